@@ -1,0 +1,61 @@
+"""The ``cellgraph`` command: one subcommand per workflow stage.
+
+Each stage module defines ``configure_parser(parser)`` and ``run(args)``; modules are imported only when
+their subcommand runs, so ``cellgraph --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import InputError
+
+STAGES: dict[str, tuple[str, str]] = {
+    "networks": ("cellgraph.networks", "parse the gene networks and map ids to HGNC symbols"),
+    "expression": ("cellgraph.expression", "QC, normalise, cluster and split single-cell counts"),
+    "grn": ("cellgraph.grn", "ARACNe gene regulatory networks per cell type and their consensus"),
+    "spectral": ("cellgraph.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),
+    "tokenize": ("cellgraph.tokenize", "per-cell rank tokens and subgraphs in shard files"),
+    "train": ("cellgraph.train", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),
+    "evaluate": ("cellgraph.evaluate", "cell-type annotation, masked-edge recovery, linear probe"),
+    "figures": ("cellgraph.figures", "paper figures and tables from the evaluation results"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellgraph", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at DEBUG level")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    wanted = None
+    if argv:
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
+            importlib.import_module(module).configure_parser(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(STAGES[args.stage][0])
+    try:
+        module.run(args)
+    except InputError as err:
+        print(f"cellgraph {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

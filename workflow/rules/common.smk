@@ -1,0 +1,49 @@
+# Config validation and every path of the workflow, in one place.
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results"]
+MODELS = config["train"]["models"]
+
+
+def res(path):
+    """A path under the results folder."""
+    return f"{RESULTS}/{path}"
+
+
+def log_of(rule_name):
+    return res(f"logs/{rule_name}.log")
+
+
+def bench_of(rule_name):
+    return res(f"benchmarks/{rule_name}.tsv")
+
+
+def flags(section, keys):
+    """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value."""
+    out = []
+    for key in keys:
+        value = config[section][key]
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            if value:
+                out.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if value:
+                out.append(flag + " " + " ".join(f"'{v}'" for v in value))
+        else:
+            out.append(f"{flag} {value}")
+    return " ".join(out)
+
+
+FIGURES = ["confusion_matrices", "roc_pr_curves", "linear_probe"]
+TABLES = ["table1_cell_type", "table2_ablation"]
+
+
+def final_outputs():
+    return (
+        [res(f"figures/{name}.png") for name in FIGURES]
+        + [res(f"tables/{name}.{ext}") for name in TABLES for ext in ("csv", "md")]
+    )

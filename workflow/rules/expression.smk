@@ -1,0 +1,26 @@
+rule expression:
+    """QC, normalisation, highly variable genes, Leiden clusters and train/val/test/held-out splits."""
+    input:
+        config["data"]["expression"],
+    output:
+        adata=res("expression/adata.h5ad"),
+        report=res("expression/report.json"),
+    params:
+        out_dir=res("expression"),
+        label_key=config["data"]["label_key"],
+        seed=config["seed"],
+        options=flags(
+            "expression",
+            ["min_counts", "max_counts", "min_genes", "min_cells", "target_sum", "n_top_genes",
+             "leiden_resolution", "n_neighbors", "n_pcs", "heldout_fraction", "heldout_types",
+             "val_fraction", "test_fraction"],
+        ),
+    log:
+        log_of("expression"),
+    benchmark:
+        bench_of("expression")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph expression --input {input} --label-key {params.label_key} --seed {params.seed}"
+        " {params.options} --out-dir {params.out_dir} > {log} 2>&1"

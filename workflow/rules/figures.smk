@@ -1,0 +1,27 @@
+rule figures:
+    """Paper figures (confusion matrices, ROC/PR curves, linear probe) and tables 1 and 2."""
+    input:
+        expand(
+            res("evaluate/{model}/{name}"),
+            model=MODELS,
+            name=["annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz"],
+        ),
+    output:
+        confusion=report(res("figures/confusion_matrices.png"), caption="../report/confusion.rst", category="Figures"),
+        curves=report(res("figures/roc_pr_curves.png"), caption="../report/curves.rst", category="Figures"),
+        probe=report(res("figures/linear_probe.png"), caption="../report/probe.rst", category="Figures"),
+        tables=expand(res("tables/{name}.{ext}"), name=TABLES, ext=["csv", "md"]),
+    params:
+        evaluate_dir=res("evaluate"),
+        models=" ".join(MODELS),
+        figures_dir=res("figures"),
+        tables_dir=res("tables"),
+    log:
+        log_of("figures"),
+    benchmark:
+        bench_of("figures")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph figures --evaluate-dir {params.evaluate_dir} --models {params.models}"
+        " --figures-dir {params.figures_dir} --tables-dir {params.tables_dir} > {log} 2>&1"

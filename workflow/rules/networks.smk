@@ -1,0 +1,30 @@
+rule networks:
+    """Parse DoRothEA, TRRUST, HuRI and STRING into one edge table of HGNC symbols."""
+    input:
+        dorothea=config["data"]["networks"]["dorothea"],
+        trrust=config["data"]["networks"]["trrust"],
+        huri=config["data"]["networks"]["huri"],
+        string=config["data"]["networks"]["string"],
+        string_info=config["data"]["networks"]["string_info"],
+        alias=config["data"]["idmap"]["alias"],
+        ensg=config["data"]["idmap"]["ensg"],
+        ensp=config["data"]["idmap"]["ensp"],
+    output:
+        edges=res("networks/edges.parquet"),
+        regulators=res("networks/regulators.txt"),
+        rejects=res("networks/rejects.tsv.gz"),
+        report=res("networks/report.json"),
+    params:
+        out_dir=res("networks"),
+        options=flags("networks", ["dorothea_confidence"]),
+    log:
+        log_of("networks"),
+    benchmark:
+        bench_of("networks")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph networks --dorothea {input.dorothea} --trrust {input.trrust} --huri {input.huri}"
+        " --string {input.string} --string-info {input.string_info} --alias-map {input.alias}"
+        " --ensg-map {input.ensg} --ensp-map {input.ensp} {params.options} --out-dir {params.out_dir}"
+        " > {log} 2>&1"
