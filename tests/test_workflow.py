@@ -1,0 +1,135 @@
+"""The whole workflow through `snakemake` on a tiny config over the real vendored data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def tiny_config(tmp_path: Path, **overrides) -> Path:
+    """The default config with absolute data paths and tiny sizes (3 cell types held out, 2 bootstraps)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+    def absolute(node):
+        if isinstance(node, dict):
+            return {k: absolute(v) for k, v in node.items()}
+        return str(REPO / node)
+
+    config["data"] = {**config["data"], "expression": str(REPO / config["data"]["expression"]),
+                      "networks": absolute(config["data"]["networks"]), "idmap": absolute(config["data"]["idmap"])}
+    config["results"] = "results"
+    config["expression"].update(n_top_genes=150, heldout_types=["B", "NK", "Monocyte"])
+    config["grn"].update(n_bootstraps=2)
+    config["tokenize"].update(n_bins=10, max_seq_len=32)
+    config["train"].update(max_epochs=1)
+    config["evaluate"].update(n_splits=2)
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_snakemake(tmp_path: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(config),
+           "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+
+
+@pytest.mark.workflow
+def test_whole_workflow_on_tiny_config(tmp_path):
+    proc = run_snakemake(tmp_path, tiny_config(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    res = tmp_path / "results"
+
+    edges = pd.read_parquet(res / "networks/edges.parquet")
+    assert {"source", "target", "weight", "graph", "directed"} <= set(edges.columns)
+    assert set(edges["graph"]) == {"dorothea", "trrust", "huri", "string"}
+
+    import anndata as ad
+
+    adata = ad.read_h5ad(res / "expression/adata.h5ad")
+    assert set(adata.obs["split"]) == {"train", "val", "test", "heldout"}
+    assert set(adata.obs.loc[adata.obs["split"] == "heldout", "trueLabel"]) == {"B", "NK", "Monocyte"}
+
+    nets = pd.read_csv(res / "grn/networks.tsv.gz", sep="\t")
+    assert set(nets["cell_type"]) == {"CD4TCM", "CD4TN", "CD4Treg", "CD8TN"}
+    assert len(nets) > 0 and (nets["mi"] > 0).all()
+    pd.read_csv(res / "grn/consensus.tsv", sep="\t")
+
+    coefficients = json.loads((res / "spectral/coefficients.json").read_text())
+    assert coefficients["K"] + 1 == len(coefficients["coefficients"])
+    report = pd.read_csv(res / "spectral/report.tsv", sep="\t")
+    assert (report["relative_error"] < 1e-5).all()
+
+    for split in ("train", "val", "test", "heldout"):
+        with np.load(res / f"tokens/{split}.npz", allow_pickle=False) as shard:
+            assert len(shard["gene_ptr"]) == len(shard["obs_names"]) + 1
+            assert (np.diff(shard["gene_ptr"]) <= 32).all()
+
+    for model in ("gremln", "vanilla"):
+        import torch
+
+        saved = torch.load(res / f"train/{model}/model.pt", map_location="cpu", weights_only=False)
+        assert {"config", "state_dict", "vocab"} <= set(saved)
+        assert len(pd.read_csv(res / f"train/{model}/metrics.tsv", sep="\t")) == 1
+        for name in ("annotation", "edge_recovery", "probe"):
+            json.loads((res / f"evaluate/{model}/{name}.json").read_text())
+
+    import matplotlib.image
+
+    for name in ("confusion_matrices", "roc_pr_curves", "linear_probe"):
+        image = matplotlib.image.imread(res / f"figures/{name}.png")
+        assert image.shape[0] > 100 and image.shape[1] > 100
+    for name in ("table1_cell_type", "table2_ablation"):
+        table = pd.read_csv(res / f"tables/{name}.csv")
+        assert len(table) >= 2
+        markdown = (res / f"tables/{name}.md").read_text()
+        assert "gremln" in markdown.lower() and "vanilla" in markdown.lower()
+
+    # every rule declared a benchmark
+    benchmarks = {p.stem for p in (res / "benchmarks").glob("*.tsv")}
+    assert {"networks", "expression", "grn", "spectral", "tokenize", "train_gremln", "train_vanilla",
+            "evaluate_gremln", "evaluate_vanilla", "figures"} <= benchmarks
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = tiny_config(tmp_path, grn={"n_bootstrapz": 3})
+    proc = run_snakemake(tmp_path, config, "-n")
+    assert proc.returncode != 0
+    assert "n_bootstrapz" in proc.stderr + proc.stdout
+
+
+def test_out_of_range_config_value_is_named(tmp_path):
+    config = tiny_config(tmp_path, tokenize={"n_bins": 1})
+    proc = run_snakemake(tmp_path, config, "-n")
+    assert proc.returncode != 0
+    out = proc.stderr + proc.stdout
+    assert "n_bins" in out and "minimum" in out
+
+
+def test_missing_label_column_fails_without_outputs(tmp_path):
+    config = tiny_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["label_key"] = "no_such_column"
+    config.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path, config, "results/expression/adata.h5ad")
+    assert proc.returncode != 0
+    assert not (tmp_path / "results/expression/adata.h5ad").exists()
+    log = (tmp_path / "results/logs/expression.log").read_text()
+    assert "no_such_column" in log
