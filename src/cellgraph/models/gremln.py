@@ -1,0 +1,236 @@
+r"""GREmLN: a transformer whose attention queries diffuse over the cell's gene regulatory network.
+
+Zhang et al. 2025, *GREmLN: a cellular regulatory network-aware transcriptomics foundation model*.
+
+Tokens. A cell is a sequence ``[CLS, g_1, ..., g_n]`` (batch dict of ``docs/design.md`` section 5). Each
+token's input is the concatenation ``[E_gene(gene_id) || E_bin(bin)]`` of a gene-identity embedding and a
+rank-bin embedding, each of width ``d/2`` (no projection, no positional embedding: the rank bin is the
+token's value and the gene id its identity; the order of the tokens carries no information). The CLS token
+is the ``<cls>`` gene id with the CLS bin; it is not a node of the graph.
+
+Graph-diffusion attention (paper section 2.2, eq. 4). In every block the queries of the gene tokens are
+diffused with the heat kernel of the cell's subgraph, the keys and values are left as they are:
+
+.. math:: Q' = \exp(-\beta L)\, Q_{\text{genes}}, \qquad
+          \operatorname{Attn} = \operatorname{softmax}\!\big(Q' K^\top / \sqrt{d_h}\big) V,
+
+with ``L`` the symmetric normalised Laplacian [B, n, n] and :math:`\exp(-\beta L)` its Chebyshev expansion
+(:func:`cellgraph.spectral.chebyshev_apply_dense`, appendix A.3) applied to ``Q`` reshaped to
+[B, n, heads * d_h] (the same kernel for all heads). The CLS query is not diffused. Padded positions are
+masked as keys. ``attention="vanilla"`` is the identical model with plain attention (the ablation).
+
+Blocks are pre-LayerNorm (nanoGPT style: fused QKV projection, ``torch.nn.functional.
+scaled_dot_product_attention``, GELU MLP of width 4d), followed by a final LayerNorm and a linear head over
+the ``n_bins + 1`` bin values (masked rank modelling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import bin_special_ids
+from ..spectral import chebyshev_apply_dense
+
+__all__ = ["GREmLNConfig", "PRESETS", "preset", "GREmLN", "load", "bin_tokens"]
+
+
+def bin_tokens(n_bins: int) -> dict[str, int]:
+    """Special bin ids of design.md section 5: ``MASK = n_bins+1, PAD = n_bins+2, CLS = n_bins+3``."""
+    return bin_special_ids(n_bins)
+
+
+@dataclass
+class GREmLNConfig:
+    """Everything that defines a model and its training run (one preset = one instance).
+
+    ``chebyshev_max_order`` is the cap on the Chebyshev order (paper: K = 64); the order actually used,
+    ``chebyshev_order``, is the smaller of the cap and the order chosen by tolerance in
+    ``coefficients.json`` (``coefficients`` holds the ``chebyshev_order + 1`` weights used).
+    """
+
+    # model
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.0
+    attention: str = "gremln"  # "gremln" | "vanilla"
+    vocab_size: int = 0  # genes + <pad> + <cls>, set from vocab.tsv
+    n_bins: int = 100  # set from the token shards
+    beta: float = 0.1
+    chebyshev_max_order: int = 64
+    chebyshev_order: int = 0
+    coefficients: list[float] = field(default_factory=list)
+    # training (paper appendix A.5: AdamW, linear warm-up then cosine decay)
+    max_epochs: int = 8
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    mask_rate: float = 0.15
+    seed: int = 0
+    preset: str = "demo"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("gremln", "vanilla"):
+            raise ValueError(f"attention must be 'gremln' or 'vanilla', got {self.attention!r}")
+        if self.d_model % 2 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be even and divisible by n_heads={self.n_heads}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, GREmLNConfig] = {
+    # small enough that both models train on ~2,100 cells x 128 tokens on 2 CPU cores in minutes
+    "demo": GREmLNConfig(d_model=64, n_layers=2, n_heads=4, max_epochs=8, batch_size=32, lr=1e-3,
+                         chebyshev_max_order=64, preset="demo"),
+    # GREmLN paper appendix A.5
+    "paper": GREmLNConfig(d_model=512, n_layers=3, n_heads=8, max_epochs=8, batch_size=64, lr=3e-4,
+                          chebyshev_max_order=64, beta=0.1, preset="paper"),
+}
+
+
+def preset(name: str, **overrides: Any) -> GREmLNConfig:
+    """A copy of preset ``name`` with ``overrides`` (``None`` values are ignored). Raises KeyError."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with optional heat-kernel diffusion of the gene-token queries."""
+
+    def __init__(self, cfg: GREmLNConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.graph = cfg.attention == "gremln"
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, laplacian: torch.Tensor | None,
+                coefficients: torch.Tensor | None) -> torch.Tensor:
+        """``x`` [B, 1+n, d], ``key_mask`` Bool [B, 1+n] (True = real), ``laplacian`` [B, n, n] -> [B, 1+n, d]."""
+        b, t, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)
+        if self.graph:
+            q = diffuse_queries(q, laplacian, coefficients)
+        h, dh = self.n_heads, d // self.n_heads
+        q, k, v = (z.view(b, t, h, dh).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, t, d)))
+
+
+def diffuse_queries(q: torch.Tensor, laplacian: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """``[q_CLS, exp(-beta L) q_genes]``: q [B, 1+n, F], laplacian [B, n, n] (fp32 even under autocast)."""
+    dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        genes = chebyshev_apply_dense(laplacian.to(dt), q[:, 1:].to(dt), coefficients)
+    return torch.cat([q[:, :1], genes.to(q.dtype)], dim=1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GREmLNConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x, key_mask, laplacian, coefficients):
+        x = x + self.attn(self.ln_1(x), key_mask, laplacian, coefficients)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GREmLN(nn.Module):
+    """GREmLN encoder with a masked-rank head (``attention="vanilla"`` for the plain-attention ablation).
+
+    Batches follow design.md section 5: ``gene_ids`` Long [B, 1+n], ``bins`` Long [B, 1+n],
+    ``attention_mask`` Bool [B, 1+n], ``laplacian`` Float [B, n, n] (unused by the vanilla model).
+    """
+
+    def __init__(self, cfg: GREmLNConfig):
+        super().__init__()
+        if cfg.vocab_size < 3:
+            raise ValueError(f"vocab_size must count <pad>, <cls> and genes, got {cfg.vocab_size}")
+        if cfg.attention == "gremln" and not cfg.coefficients:
+            raise ValueError("attention='gremln' needs Chebyshev coefficients")
+        self.config = cfg
+        half = cfg.d_model // 2
+        self.gene_emb = nn.Embedding(cfg.vocab_size, half, padding_idx=0)
+        self.bin_emb = nn.Embedding(bin_tokens(cfg.n_bins)["size"], half)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.n_bins + 1)
+        self.register_buffer("coefficients", torch.tensor(cfg.coefficients or [1.0], dtype=torch.float64),
+                             persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
+            if name.endswith("c_proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def _check(self, batch: dict[str, torch.Tensor]) -> None:
+        g = batch["gene_ids"]
+        if g.ndim != 2 or batch["bins"].shape != g.shape or batch["attention_mask"].shape != g.shape:
+            raise ValueError("gene_ids, bins and attention_mask must all be [B, 1+n]")
+        if self.config.attention == "gremln":
+            b, t = g.shape
+            if batch["laplacian"].shape != (b, t - 1, t - 1):
+                raise ValueError(f"laplacian must be [B, n, n] = {(b, t - 1, t - 1)}, "
+                                 f"got {tuple(batch['laplacian'].shape)}")
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final-LayerNorm hidden states [B, 1+n, d] (position 0 = CLS).
+
+        Raises ValueError if the batch tensors do not have the shapes of design.md section 5.
+        """
+        self._check(batch)
+        x = torch.cat([self.gene_emb(batch["gene_ids"]), self.bin_emb(batch["bins"])], dim=-1)
+        x = self.drop(x)
+        key_mask = batch["attention_mask"].bool()
+        lap = batch.get("laplacian") if self.config.attention == "gremln" else None
+        for block in self.blocks:
+            x = block(x, key_mask, lap, self.coefficients)
+        return self.ln_f(x)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B, 1+n, n_bins + 1] over the bin values 0..n_bins at every position."""
+        return self.head(self.encode(batch))
+
+
+def load(path, map_location: str | torch.device = "cpu") -> GREmLN:
+    """Load ``model.pt`` (``{"config", "state_dict", "vocab"}``) written by ``cellgraph train``; eval mode.
+
+    The vocabulary (list of gene symbols by token id) is attached as ``model.vocab``.
+    Raises FileNotFoundError if ``path`` is missing, KeyError if a key is missing.
+    """
+    obj = torch.load(path, map_location=map_location, weights_only=True)
+    model = GREmLN(GREmLNConfig(**obj["config"]))
+    model.load_state_dict(obj["state_dict"])
+    model.vocab = list(obj["vocab"])
+    return model.to(map_location).eval()

@@ -1,0 +1,193 @@
+"""Tests of the train stage: per-cell masks, the masked loss, optimisation, resumption, the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+
+from cellgraph import cli
+from cellgraph.data import TokenDataset, bin_special_ids, collate
+from cellgraph.models.gremln import GREmLN, GREmLNConfig, load
+from cellgraph.spectral import heat_kernel_coefficients
+from cellgraph.train import fit, mask_positions, masked_step
+
+from test_gremln import huri_shard
+
+N_BINS = 10
+
+
+@pytest.fixture(scope="module")
+def cells():
+    rng = np.random.default_rng(1)
+    arrays, vocab = huri_shard(lengths=tuple(int(x) for x in rng.integers(6, 14, 24)), n_bins=N_BINS, seed=1)
+    return arrays, vocab, TokenDataset.from_arrays(arrays)
+
+
+def tiny_config(vocab, **kw) -> GREmLNConfig:
+    coeffs = heat_kernel_coefficients(0.5, 1e-6).tolist()
+    base = dict(d_model=16, n_layers=1, n_heads=2, vocab_size=len(vocab), n_bins=N_BINS, beta=0.5,
+                coefficients=coeffs, chebyshev_order=len(coeffs) - 1, max_epochs=2, batch_size=6, lr=3e-3,
+                mask_rate=0.3, seed=3, preset="test")
+    base.update(kw)
+    return GREmLNConfig(**base)
+
+
+def test_masks_are_per_cell_and_only_on_gene_tokens(cells):
+    _, _, ds = cells
+    batch = collate([ds[i] for i in range(8)])
+    am = batch["attention_mask"]
+    m = mask_positions(am, batch["cell_index"], 0.3, seed=0, epoch=0)
+    assert not m[:, 0].any() and not (m & ~am).any()
+    n_real = am[:, 1:].sum(1)
+    assert torch.equal(m.sum(1), torch.clamp(torch.round(0.3 * n_real.double()).long(), min=1))
+    # the same cell in another batch (other neighbours, other padding length) gets the same mask
+    other = collate([ds[5], ds[20], ds[3]])
+    m2 = mask_positions(other["attention_mask"], other["cell_index"], 0.3, seed=0, epoch=0)
+    for row, cell in ((0, 5), (2, 3)):
+        k = int(n_real[cell]) + 1
+        assert torch.equal(m2[row, :k], m[cell, :k])
+    # another epoch or seed gives another mask
+    assert not torch.equal(mask_positions(am, batch["cell_index"], 0.3, seed=0, epoch=1), m)
+    assert not torch.equal(mask_positions(am, batch["cell_index"], 0.3, seed=1, epoch=0), m)
+
+
+def test_loss_is_over_masked_positions_only(cells):
+    _, vocab, ds = cells
+    torch.manual_seed(0)
+    model = GREmLN(tiny_config(vocab))
+    batch = collate([ds[i] for i in range(6)])
+    mask = mask_positions(batch["attention_mask"], batch["cell_index"], 0.3, seed=0, epoch=0)
+    captured = {}
+
+    def keep(_module, _inp, out):
+        out.retain_grad()
+        captured["logits"] = out
+
+    handle = model.head.register_forward_hook(keep)
+    loss, n, correct = masked_step(model, batch, mask)
+    handle.remove()
+    loss.backward()
+    grad = captured["logits"].grad
+    assert n == int(mask.sum()) and 0 <= correct <= n
+    assert torch.all(grad[~mask] == 0)  # unmasked targets cannot influence the loss
+    assert torch.all(grad[mask].abs().sum(-1) > 0)
+    # the masked inputs were replaced by MASK, and the loss is the mean CE over the masked targets
+    want = torch.nn.functional.cross_entropy(captured["logits"][mask], batch["bins"][mask])
+    torch.testing.assert_close(loss, want)
+
+
+def test_a_few_steps_reduce_the_loss(cells):
+    _, vocab, ds = cells
+    torch.manual_seed(0)
+    model = GREmLN(tiny_config(vocab))
+    batch = collate([ds[i] for i in range(6)])
+    mask = mask_positions(batch["attention_mask"], batch["cell_index"], 0.3, seed=0, epoch=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss, _, _ = masked_step(model, batch, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class _Interrupt(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash after epoch 1")
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(cells, tmp_path):
+    _, vocab, ds = cells
+    train, val = torch.utils.data.Subset(ds, range(18)), torch.utils.data.Subset(ds, range(18, 24))
+    cfg = tiny_config(vocab)
+    files = [tmp_path / "tokens.bin"]
+    files[0].write_bytes(b"shard v1")
+    whole, hist_whole, s1 = fit(cfg, train, val, collate, tmp_path / "a", files)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(cfg, train, val, collate, tmp_path / "b", files, callbacks=[_Interrupt()])
+    assert (tmp_path / "b/last.ckpt").is_file()
+    resumed, hist_resumed, s2 = fit(cfg, train, val, collate, tmp_path / "b", files)
+    assert s1["resumed_from"] is None and s2["resumed_from"] == str(tmp_path / "b/last.ckpt")
+    a, b = whole.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    key = ("epoch", "train_loss", "val_loss", "val_masked_accuracy")
+    assert [tuple(r[c] for c in key) for r in hist_whole] == [tuple(r[c] for c in key) for r in hist_resumed]
+    assert [r["epoch"] for r in hist_whole] == [1, 2]
+    # training moved the weights away from the seeded initial ones
+    torch.manual_seed(cfg.seed)
+    pl.seed_everything(cfg.seed, verbose=False)
+    init = GREmLN(cfg).state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a)
+    # a changed token file or hyper-parameter must not resume the stale checkpoint
+    files[0].write_bytes(b"shard v2")
+    _, _, s3 = fit(dataclasses.replace(cfg, max_epochs=1), train, val, collate, tmp_path / "b", files)
+    assert s3["resumed_from"] is None
+
+
+def write_tokens(folder: Path, arrays: dict, vocab: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    c = len(arrays["obs_names"])
+    for split, idx in (("train", range(0, 18)), ("val", range(18, c))):
+        idx = np.asarray(list(idx))
+        gptr, eptr = arrays["gene_ptr"], arrays["edge_ptr"]
+        g = np.concatenate([np.arange(gptr[i], gptr[i + 1]) for i in idx])
+        e = np.concatenate([np.arange(eptr[i], eptr[i + 1]) for i in idx])
+        sub = dict(arrays)
+        sub.update(obs_names=arrays["obs_names"][idx], cell_type=arrays["cell_type"][idx],
+                   split=np.array([split] * len(idx)), gene_ids=arrays["gene_ids"][g], bins=arrays["bins"][g],
+                   expr=arrays["expr"][g], edge_index=arrays["edge_index"][:, e], edge_weight=arrays["edge_weight"][e],
+                   gene_ptr=np.concatenate([[0], np.cumsum(np.diff(gptr)[idx])]),
+                   edge_ptr=np.concatenate([[0], np.cumsum(np.diff(eptr)[idx])]))
+        np.savez(folder / f"{split}.npz", **sub)
+    (folder / "vocab.tsv").write_text("token_id\tgene\n" + "".join(f"{i}\t{g}\n" for i, g in enumerate(vocab)))
+
+
+def test_cli_writes_model_and_metrics(cells, tmp_path):
+    arrays, vocab, _ = cells
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef = tmp_path / "coefficients.json"
+    coeffs = heat_kernel_coefficients(0.1, 1e-6)
+    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    common = ["--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef), "--seed", "0",
+              "--max-epochs", "2", "--batch-size", "8", "--threads", "1"]
+    outs = {}
+    for model in ("gremln", "vanilla"):
+        out = tmp_path / "train" / model
+        rc = cli.main(["train", *common, "--model", model, "--checkpoint-dir", str(tmp_path / "ck" / model),
+                       "--out-dir", str(out)])
+        assert rc == 0
+        lines = (out / "metrics.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["epoch", "train_loss", "val_loss", "val_masked_accuracy"]
+        rows = [[float(x) for x in line.split("\t")] for line in lines[1:]]
+        assert [r[0] for r in rows] == [1, 2] and all(np.isfinite(r).all() and 0 <= r[3] <= 1 for r in rows)
+        m = load(out / "model.pt")
+        assert m.vocab == vocab and m.config.attention == model and m.config.n_bins == N_BINS
+        assert m.config.chebyshev_order == len(coeffs) - 1 and m.config.beta == 0.1
+        assert not list(tmp_path.glob("**/lightning_logs")) and not Path("lightning_logs").exists()
+        batch = collate([TokenDataset(tmp_path / "tokens/val.npz")[i] for i in range(6)])
+        outs[model] = m(batch)
+        assert outs[model].shape == (6, batch["gene_ids"].shape[1], N_BINS + 1)
+    assert not torch.equal(outs["gremln"], outs["vanilla"])
+
+
+def test_cli_rejects_bad_coefficients_and_writes_nothing(cells, tmp_path, capsys):
+    arrays, vocab, _ = cells
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef = tmp_path / "coefficients.json"
+    coef.write_text(json.dumps({"beta": 0.1, "coefficients": []}))
+    rc = cli.main(["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef),
+                   "--model", "gremln", "--checkpoint-dir", str(tmp_path / "ck"), "--out-dir", str(tmp_path / "out")])
+    assert rc == 2
+    assert "coefficients" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()
