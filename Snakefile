@@ -14,6 +14,8 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/networks.smk"
+include: "workflow/rules/sources.smk"
+include: "workflow/rules/multigraph.smk"
 include: "workflow/rules/expression.smk"
 include: "workflow/rules/grn.smk"
 include: "workflow/rules/spectral.smk"

@@ -15,6 +15,7 @@ from .errors import InputError
 
 STAGES: dict[str, tuple[str, str]] = {
     "networks": ("cellgraph.networks", "parse the gene networks and map ids to HGNC symbols"),
+    "multigraph": ("cellgraph.multigraph", "nine-graph gene multigraph (human or yeast) from full network releases"),
     "expression": ("cellgraph.expression", "QC, normalise, cluster and split single-cell counts"),
     "grn": ("cellgraph.grn", "ARACNe gene regulatory networks per cell type and their consensus"),
     "spectral": ("cellgraph.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),

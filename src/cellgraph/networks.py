@@ -61,6 +61,18 @@ __all__ = [
     "build_networks",
     "EDGE_COLUMNS",
     "GRAPHS",
+    "StringLinks",
+    "read_string_links",
+    "read_string_actions",
+    "read_sif",
+    "read_biogrid",
+    "read_tflink",
+    "read_hint",
+    "YeastMaps",
+    "load_yeast_maps",
+    "map_yeast",
+    "map_human",
+    "load_entrez_map",
 ]
 
 EDGE_COLUMNS = ["source", "target", "weight", "graph", "directed"]
@@ -663,3 +675,380 @@ def run(args: argparse.Namespace) -> None:
     for g, s in report["sources"].items():
         log.info("%s: %d rows read, %d edges kept, dropped %s", g, s["rows_read"], s["edges_kept"], s["dropped"])
     log.info("%d regulators; outputs in %s", len(regulators), out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Full-release formats (issue 4): STRING links with channel scores, STRING aliases and actions, Pathway
+# Commons SIF, BioGRID TAB3, TFLink, HINT; yeast ids -> SGD systematic ORF names.
+# --------------------------------------------------------------------------------------------------
+
+#: Score columns of STRING ``protein.links[.detailed|.full]`` and ``protein.physical.links[.detailed]``.
+STRING_SCORE_COLUMNS = (
+    "neighborhood", "neighborhood_transferred", "fusion", "cooccurence", "homology", "coexpression",
+    "coexpression_transferred", "experiments", "experiments_transferred", "experimental", "database",
+    "database_transferred", "textmining", "textmining_transferred", "combined_score",
+)
+STRING_CHANNELS = ("neighborhood", "fusion", "cooccurence", "coexpression", "experimental", "database")
+
+
+@dataclass(frozen=True)
+class StringLinks:
+    """Columns of a STRING links file, dictionary-encoded.
+
+    Attributes
+    ----------
+    file : the file read.
+    ids : str array [U] of distinct protein ids (for example ``4932.YGR222W``).
+    a, b : int32 arrays [E] of indices into ``ids`` (``protein1``, ``protein2``).
+    scores : dict column -> int16 array [E] of scores in 0..1000 (STRING scores x 1000).
+    first_line : file line of row 0 (2: the header is line 1); row ``i`` is line ``first_line + i``.
+    """
+
+    file: Path
+    ids: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    scores: dict
+    first_line: int = 2
+
+
+def _line_of_text(path: Path, text: str) -> int | None:
+    """1-based number of the first line of ``path`` equal to ``text`` (error path only)."""
+    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    target = text.rstrip("\r\n").encode()
+    with opener(path, "rb") as fh:
+        for i, line in enumerate(fh, start=1):
+            if line.rstrip(b"\r\n") == target:
+                return i
+    return None
+
+
+def read_string_links(path: str | Path, columns: Iterable[str] | None = None) -> StringLinks:
+    """Read a STRING ``protein.links`` file (space-separated, header ``protein1 protein2 <scores>``).
+
+    Columnar and multi-threaded (``pyarrow.csv``): ``protein1/protein2`` are read as dictionary arrays, the
+    scores as int16; no Python loop over rows. Formats: ``protein.links.detailed`` (``neighborhood fusion
+    cooccurence coexpression experimental database textmining combined_score``), ``protein.links``,
+    ``protein.physical.links`` (``combined_score``) and their ``.full``/``.detailed`` variants
+    (Szklarczyk et al., *Nucleic Acids Research* 51:D638, 2023; STRING download page).
+
+    Parameters
+    ----------
+    path : the file (``.gz`` decompressed on the fly).
+    columns : score columns to keep (default: all in the header).
+
+    Returns
+    -------
+    StringLinks with E rows.
+
+    Raises
+    ------
+    InputError
+        Missing file; a header that is not ``protein1 protein2`` followed by known score columns; a line
+        with another number of fields (message gives the line number and its text); a score that is not
+        an integer in 0..1000 (line number); an empty file; a requested column that is absent.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    what = "STRING links"
+    path = require_file(path, what)
+    try:
+        opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\r\n").split(" ")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise InputError(f"{what} {path}: cannot be read ({err})") from err
+    unknown = [c for c in header[2:] if c not in STRING_SCORE_COLUMNS]
+    if header[:2] != ["protein1", "protein2"] or len(header) < 3 or unknown or len(set(header)) != len(header):
+        raise InputError(
+            f"{what} {path}: line 1: header {header} is not 'protein1 protein2' followed by space-separated "
+            f"STRING score columns (known: {list(STRING_SCORE_COLUMNS)})"
+        )
+    score_cols = list(header[2:]) if columns is None else list(columns)
+    missing = [c for c in score_cols if c not in header]
+    if missing:
+        raise InputError(f"{what} {path}: line 1: header lacks score column(s) {missing}; found {header}")
+    invalid: list = []
+
+    def _invalid(row):
+        invalid.append(row)
+        return "skip"
+
+    dict_t = pa.dictionary(pa.int32(), pa.string())
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False, invalid_row_handler=_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"protein1": dict_t, "protein2": dict_t, **{c: pa.int16() for c in header[2:]}},
+                include_columns=["protein1", "protein2", *score_cols],
+                strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        # A non-integer or out-of-int16 score: find its line on a string re-read (error path only).
+        if "conversion" not in str(err).lower():
+            raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
+        raw = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
+        )
+        for c in header[2:]:
+            ok = pc.match_substring_regex(raw[c], r"^[0-9]{1,4}$")
+            bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+            if bad.size:
+                raise InputError(
+                    f"{what} {path}: line {int(bad[0]) + 2}: field {c!r} is {raw[c][int(bad[0])].as_py()!r}; "
+                    "expected an integer score 0..1000"
+                ) from err
+        raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
+    if invalid:
+        row = invalid[0]
+        line = row.number if row.number is not None else _line_of_text(path, row.text)
+        raise InputError(
+            f"{what} {path}: line {line}: expected {row.expected_columns} space-separated fields "
+            f"({' '.join(header)}), found {row.actual_columns}: {row.text[:120]!r}"
+            + (f" ({len(invalid)} malformed lines in total)" if len(invalid) > 1 else "")
+        )
+    if table.num_rows == 0:
+        raise InputError(f"{what} {path}: no data rows")
+    table = table.unify_dictionaries()
+    p1 = table.column("protein1").combine_chunks()
+    p2 = table.column("protein2").combine_chunks()
+    # One id dictionary for both columns.
+    ids = pa.concat_arrays([p1.dictionary, p2.dictionary]).unique()
+    a = pc.index_in(p1.dictionary, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int32)[
+        p1.indices.to_numpy(zero_copy_only=False)
+    ]
+    b = pc.index_in(p2.dictionary, value_set=ids).to_numpy(zero_copy_only=False).astype(np.int32)[
+        p2.indices.to_numpy(zero_copy_only=False)
+    ]
+    scores = {}
+    for c in score_cols:
+        s = table.column(c).combine_chunks().to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero((s < 0) | (s > 1000))
+        if bad.size:
+            raise InputError(f"{what} {path}: line {int(bad[0]) + 2}: field {c!r} is {int(s[bad[0]])}; expected 0..1000")
+        scores[c] = s.astype(np.int16, copy=False)
+    return StringLinks(path, np.asarray(ids.to_pylist(), dtype=object), a, b, scores)
+
+
+@dataclass(frozen=True)
+class YeastMaps:
+    """S. cerevisiae names -> SGD systematic ORF names, from STRING ``protein.aliases`` and ``protein.info``.
+
+    Attributes
+    ----------
+    taxon : ``"4932"``.
+    string_orf : dict STRING id (``4932.YGR222W``) -> ORF (its ``Ensembl_gene`` alias).
+    orfs : frozenset of the ORF names (the organism's gene universe in STRING).
+    upper : dict upper-cased ORF -> ORF.
+    alias : dict alias -> ORF for aliases (any alias source, and ``preferred_name``) of exactly one ORF.
+    alias_ambiguous : dict alias -> sorted tuple of its (>1) ORFs.
+    """
+
+    taxon: str
+    string_orf: dict
+    orfs: frozenset
+    upper: dict
+    alias: dict
+    alias_ambiguous: dict
+
+
+def load_yeast_maps(aliases: str | Path, info: str | Path) -> YeastMaps:
+    """Build :class:`YeastMaps` from STRING v12 ``4932.protein.aliases`` and ``4932.protein.info``.
+
+    The ORF of a STRING protein is its ``Ensembl_gene`` alias (the SGD systematic name, for example
+    ``YEL009C``); every other alias (SGD standard names such as ``GCN4``, UniProt accessions, Entrez gene
+    ids, SGD ids ...) and STRING's ``preferred_name`` map to that ORF.
+
+    Raises
+    ------
+    InputError
+        Missing or malformed files; a STRING protein of ``info`` without an ``Ensembl_gene`` alias.
+    """
+    al = read_table(aliases, "STRING protein.aliases", ["#string_protein_id", "alias", "source"],
+                    rename={"string_protein_id": "#string_protein_id"})
+    inf = read_table(info, "STRING protein.info", ["#string_protein_id", "preferred_name"],
+                     rename={"string_protein_id": "#string_protein_id"})
+    gene = al[al["source"] == "Ensembl_gene"].drop_duplicates("#string_protein_id")
+    string_orf = dict(zip(gene["#string_protein_id"], gene["alias"]))
+    lacking = sorted(set(inf["#string_protein_id"]) - set(string_orf))
+    if lacking:
+        raise InputError(
+            f"STRING protein.aliases {aliases}: {len(lacking)} protein(s) of {info} have no 'Ensembl_gene' "
+            f"alias (the SGD systematic ORF name), for example {lacking[:5]}"
+        )
+    taxa = {s.split(".", 1)[0] for s in string_orf}
+    orfs = frozenset(string_orf.values())
+    names = pd.concat([
+        pd.DataFrame({"name": al["alias"], "sid": al["#string_protein_id"]}),
+        pd.DataFrame({"name": inf["preferred_name"], "sid": inf["#string_protein_id"]}),
+    ], ignore_index=True)
+    names["symbol"] = names["sid"].map(string_orf)
+    names = names.dropna(subset=["symbol"])
+    alias_map, alias_amb = _unique_map(names.rename(columns={"name": "alias_symbol"}), "alias_symbol")
+    up = pd.Series(sorted(orfs))
+    key = up.str.upper()
+    cnt = key.map(key.value_counts())
+    return YeastMaps(",".join(sorted(taxa)), string_orf, orfs, dict(zip(key[cnt == 1], up[cnt == 1])),
+                     alias_map, alias_amb)
+
+
+def map_yeast(names: Iterable[str], maps: YeastMaps) -> tuple[np.ndarray, np.ndarray]:
+    """Map yeast names or STRING ids to SGD systematic ORF names.
+
+    Routes, in order: ``string_id`` (a STRING protein id), ``orf`` (already an ORF name), ``orf_case``
+    (an ORF up to case), ``alias`` (an alias of exactly one ORF), else ``ambiguous`` (alias of several
+    ORFs) or ``unmapped``.
+
+    Returns
+    -------
+    (orfs, routes): object arrays [N]; ``orfs[i]`` is ``""`` when not mapped.
+    """
+    names = list(names)
+    sym = np.empty(len(names), dtype=object)
+    route = np.empty(len(names), dtype=object)
+    for i, n in enumerate(names):
+        if n in maps.string_orf:
+            sym[i], route[i] = maps.string_orf[n], "string_id"
+        elif n in maps.orfs:
+            sym[i], route[i] = n, "orf"
+        elif n.upper() in maps.upper:
+            sym[i], route[i] = maps.upper[n.upper()], "orf_case"
+        elif n in maps.alias:
+            sym[i], route[i] = maps.alias[n], "alias"
+        elif n in maps.alias_ambiguous:
+            sym[i], route[i] = "", "ambiguous"
+        else:
+            sym[i], route[i] = "", "unmapped"
+    return sym, route
+
+
+def map_human(
+    names: Iterable[str], maps: SymbolMaps, kind: str, entrez: tuple[dict, dict] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Map human ids of one ``kind`` to HGNC symbols.
+
+    ``kind``: ``symbol`` (see :func:`map_symbols`), ``ensg`` / ``ensp`` (shipped maps, ``ensp`` also with a
+    ``9606.`` prefix), ``entrez`` (the Entrez column of the ENSG and ENSP maps; an id of several symbols
+    is ambiguous; ``entrez`` from :func:`load_entrez_map`). Returns (symbols, routes) object arrays [N];
+    ``""`` when not mapped.
+    """
+    values = pd.Series(list(names), dtype=object)
+    if kind == "symbol":
+        return map_symbols(values, maps)
+    if kind == "ensg":
+        return _map_ids(values, maps.ensg, maps.ensg_ambiguous, "ensg_map")
+    if kind == "ensp":
+        return _map_ids(values.str.replace(r"^9606\.", "", regex=True), maps.ensp, maps.ensp_ambiguous, "ensp_map")
+    if kind == "entrez":
+        if entrez is None:
+            raise ValueError("kind 'entrez' needs the map of load_entrez_map")
+        ent, amb = entrez
+        return _map_ids(values, ent, amb, "entrez_map")
+    raise ValueError(f"unknown id kind {kind!r}")
+
+
+def load_entrez_map(ensg: str | Path, ensp: str | Path) -> tuple[dict, dict]:
+    """Entrez gene id -> HGNC symbol from the ``entrez`` columns of the ENSG and ENSP maps.
+
+    Returns (unique, ambiguous) dicts as in :class:`SymbolMaps`.
+    """
+    eg = read_table(ensg, "ENSG map", ["ensg", "entrez", "symbol"])
+    ep = read_table(ensp, "ENSP map", ["ensp", "entrez", "symbol"])
+    both = pd.concat([eg[["entrez", "symbol"]], ep[["entrez", "symbol"]]], ignore_index=True)
+    both = both[(both["entrez"] != "") & (both["entrez"] != "NA")]
+    return _unique_map(both, "entrez")
+
+
+def read_string_actions(path: str | Path) -> pd.DataFrame:
+    """STRING ``protein.actions`` (v11): ``item_id_a item_id_b mode action is_directional a_is_acting score``.
+
+    Returns the rows (str columns, ``score`` int64, ``_line``). Raises InputError on a malformed line, an
+    ``is_directional``/``a_is_acting`` not in {t, f} or a score not in 0..1000 (naming the line).
+    """
+    what = "STRING protein.actions"
+    cols = ["item_id_a", "item_id_b", "mode", "action", "is_directional", "a_is_acting", "score"]
+    rows = read_table(path, what, ["item_id_a", "item_id_b", "mode", "score"])
+    for c in ("is_directional", "a_is_acting"):
+        bad = np.flatnonzero(~rows[c].isin(["t", "f"]).to_numpy())
+        if bad.size:
+            raise InputError(f"{what} {path}: line {rows['_line'].iat[bad[0]]}: field {c!r} is "
+                             f"{rows[c].iat[bad[0]]!r}; expected 't' or 'f'")
+    rows["score"] = _int_column(rows, "score", path, what, 0, 1000)
+    return rows[cols + ["_line"]]
+
+
+def _int_column(rows: pd.DataFrame, col: str, path, what: str, lo: int, hi: int) -> np.ndarray:
+    v = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(v) | (v != np.round(v)) | (v < lo) | (v > hi))
+    if bad.size:
+        raise InputError(f"{what} {path}: line {rows['_line'].iat[bad[0]]}: field {col!r} is "
+                         f"{rows[col].iat[bad[0]]!r}; expected an integer in {lo}..{hi}")
+    return v.astype(np.int64)
+
+
+def read_sif(path: str | Path) -> pd.DataFrame:
+    """Pathway Commons SIF: three tab-separated fields ``source relation target``, no header (HGNC symbols
+    or CHEBI ids). Returns str columns ``source, relation, target`` and ``_line``."""
+    return read_table(path, "Pathway Commons SIF", ["source", "relation", "target"], header=False,
+                      names=["source", "relation", "target"])
+
+
+BIOGRID_COLUMNS = [
+    "#BioGRID Interaction ID", "Entrez Gene Interactor A", "Entrez Gene Interactor B",
+    "Systematic Name Interactor A", "Systematic Name Interactor B",
+    "Official Symbol Interactor A", "Official Symbol Interactor B",
+    "Experimental System", "Experimental System Type",
+    "Organism ID Interactor A", "Organism ID Interactor B",
+]
+
+
+def read_biogrid(path: str | Path) -> pd.DataFrame:
+    """BioGRID TAB3 (``BIOGRID-*.tab3.txt``, tab-separated, 37 columns, header ``#BioGRID Interaction ID``).
+
+    Returns the rows with at least :data:`BIOGRID_COLUMNS` (str) and ``_line``. ``Experimental System
+    Type`` must be ``physical`` or ``genetic``. Raises InputError naming the file and line otherwise.
+    """
+    what = "BioGRID TAB3"
+    rows = read_table(path, what, BIOGRID_COLUMNS)
+    bad = np.flatnonzero(~rows["Experimental System Type"].isin(["physical", "genetic"]).to_numpy())
+    if bad.size:
+        raise InputError(f"{what} {path}: line {rows['_line'].iat[bad[0]]}: 'Experimental System Type' is "
+                         f"{rows['Experimental System Type'].iat[bad[0]]!r}; expected 'physical' or 'genetic'")
+    return rows
+
+
+TFLINK_COLUMNS = ["UniprotID.TF", "UniprotID.Target", "NCBI.GeneID.TF", "NCBI.GeneID.Target", "Name.TF",
+                  "Name.Target", "Detection.method", "PubmedID", "Organism", "Source.database",
+                  "Small-scale.evidence"]
+
+
+def read_tflink(path: str | Path) -> pd.DataFrame:
+    """TFLink simple format (``TFLink_<Organism>_interactions_All_simpleFormat_v1.0.tsv``; Liska et al.,
+    *Database* 2022): tab-separated with header :data:`TFLINK_COLUMNS` (plus optional ortholog columns).
+    ``Small-scale.evidence`` must be ``Yes`` or ``No``. Returns str columns and ``_line``."""
+    what = "TFLink"
+    rows = read_table(path, what, ["UniprotID.TF", "UniprotID.Target", "NCBI.GeneID.TF", "NCBI.GeneID.Target",
+                                   "Name.TF", "Name.Target", "Small-scale.evidence"])
+    bad = np.flatnonzero(~rows["Small-scale.evidence"].isin(["Yes", "No"]).to_numpy())
+    if bad.size:
+        raise InputError(f"{what} {path}: line {rows['_line'].iat[bad[0]]}: 'Small-scale.evidence' is "
+                         f"{rows['Small-scale.evidence'].iat[bad[0]]!r}; expected 'Yes' or 'No'")
+    return rows
+
+
+HINT_COLUMNS = ["Uniprot_A", "Uniprot_B", "Gene_A", "Gene_B", "ORF_A", "ORF_B", "Alias_A", "Alias_B",
+                "pmid:method:quality"]
+
+
+def read_hint(path: str | Path) -> pd.DataFrame:
+    """HINT high-quality interactome (``<Organism>_binary_hq.txt`` or ``_cocomp_hq.txt``; Das & Yu, *BMC
+    Syst Biol* 2012): tab-separated with header :data:`HINT_COLUMNS`; ``Gene_*`` may be empty (then the
+    UniProt accession is used). Returns str columns and ``_line``."""
+    return read_table(path, "HINT", ["Uniprot_A", "Uniprot_B", "pmid:method:quality"])

@@ -1,0 +1,98 @@
+# Download rules for the full public network releases (issue 4): STRING v12, BioGRID TAB3, TFLink, HINT,
+# CollecTRI. Every file of config["sources"]["files"] has its URL, release and sha256; the transfer is
+# pooch's (retries with back-off, atomic write, checksum verified; a mismatch deletes the file and fails
+# naming the source and both digests). No rule of the default target depends on these: they run only
+# for `snakemake multigraph_full` (or an explicit download path), which needs the internet.
+import os as _os
+
+SOURCES_CFG = config.get("sources", {"folder": "resources/downloads", "retries": 3, "timeout": 120, "files": {}})
+SOURCE_FILES = SOURCES_CFG["files"]
+
+
+def _url_name(entry):
+    return entry.get("filename") or _os.path.basename(entry["url"].split("?", 1)[0])
+
+
+def download_path(key):
+    """Local path of the file of config key `key` (the extracted member for zip archives)."""
+    entry = SOURCE_FILES[key]
+    name = entry.get("member") or _url_name(entry)
+    return f"{SOURCES_CFG['folder']}/{key}/{name}"
+
+
+def _archive_path(key):
+    return f"{SOURCES_CFG['folder']}/archives/{_url_name(SOURCE_FILES[key])}"
+
+
+_PLAIN = [k for k, e in SOURCE_FILES.items() if not e.get("member")] or ["__none__"]
+_MEMBER = [k for k, e in SOURCE_FILES.items() if e.get("member")] or ["__none__"]
+_ARCHIVES = {_url_name(e): k for k, e in SOURCE_FILES.items() if e.get("member")}
+
+
+def _sha(entry):
+    return entry["sha256"] or "null"
+
+
+rule download_source:
+    """One release file of config sources.files (not a zip member)."""
+    output:
+        f"{SOURCES_CFG['folder']}/{{key}}/{{filename}}",
+    wildcard_constraints:
+        key="|".join(_PLAIN),
+    params:
+        url=lambda w: SOURCE_FILES[w.key]["url"],
+        sha256=lambda w: _sha(SOURCE_FILES[w.key]),
+        retries=SOURCES_CFG["retries"],
+        timeout=SOURCES_CFG["timeout"],
+    log:
+        res("logs/download/{key}/{filename}.log"),
+    retries: 0
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "python -m cellgraph.sources --name {wildcards.key} --url '{params.url}' --sha256 {params.sha256}"
+        " --retries {params.retries} --timeout {params.timeout} --out {output} > {log} 2>&1"
+
+
+rule download_archive:
+    """A zip release (BioGRID ORGANISM TAB3) shared by the entries that name one of its members."""
+    output:
+        f"{SOURCES_CFG['folder']}/archives/{{filename}}",
+    wildcard_constraints:
+        filename="|".join(_ARCHIVES) or "__none__",
+    params:
+        key=lambda w: _ARCHIVES[w.filename],
+        url=lambda w: SOURCE_FILES[_ARCHIVES[w.filename]]["url"],
+        sha256=lambda w: _sha(SOURCE_FILES[_ARCHIVES[w.filename]]),
+        retries=SOURCES_CFG["retries"],
+        timeout=SOURCES_CFG["timeout"],
+    log:
+        res("logs/download/archives/{filename}.log"),
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "python -m cellgraph.sources --name {params.key} --url '{params.url}' --sha256 {params.sha256}"
+        " --retries {params.retries} --timeout {params.timeout} --out {output} > {log} 2>&1"
+
+
+rule extract_source_member:
+    """The organism's file of a zip release."""
+    input:
+        lambda w: _archive_path(w.key),
+    output:
+        f"{SOURCES_CFG['folder']}/{{key}}/{{member}}",
+    wildcard_constraints:
+        key="|".join(_MEMBER),
+    log:
+        res("logs/download/{key}/{member}.extract.log"),
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "python -m cellgraph.sources --name {wildcards.key} --extract {wildcards.member} --archive {input}"
+        " --out {output} > {log} 2>&1"
+
+
+rule download_all_sources:
+    """Every release file of config sources.files (needs the internet)."""
+    input:
+        [download_path(k) for k in SOURCE_FILES],
