@@ -1,0 +1,290 @@
+"""Paper figures and tables from the evaluation results of the GREmLN and vanilla models.
+
+Reads ``{evaluate_dir}/{model}/`` (``annotation.json``, ``edge_recovery.json``, ``edge_curves.npz``,
+``probe.json``, ``probe_scatter.npz``; written by :mod:`cellgraph.evaluate`) for every model and writes
+
+- ``confusion_matrices.png``: row-normalised confusion matrices of the mean-pool probe on the seen test
+  cells (split 0), one panel per model, one shared colour scale [0, 1], counts written in the cells
+  (GREmLN, Zhang et al. 2025, Fig. 1);
+- ``roc_pr_curves.png``: ROC and precision-recall curves of masked-edge recovery, pooled over cell types
+  (thick) and per cell type (thin), both models (Fig. 2);
+- ``linear_probe.png``: true vs predicted expression of the ridge probe on test tokens, one panel per
+  model (Fig. 4);
+- ``table1_cell_type.{csv,md}``: per model x embedding {mean-pool, CLS} x set {seen test, with held-out}:
+  precision, recall, macro-F1 (mean and sd over the splits) and the held-out types' F1 (Table 1);
+- ``table2_ablation.{csv,md}``: per model: annotation macro-F1, edge AUROC and AP (and the
+  random-feature control AUROC), probe R^2 (Table 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .io import atomic_path, require_file
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RESULT_FILES",
+    "load_results",
+    "plot_confusion_matrices",
+    "plot_roc_pr",
+    "plot_linear_probe",
+    "table1",
+    "table2",
+    "markdown_table",
+]
+
+RESULT_FILES = ("annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz")
+EMBEDDINGS = {"mean_pool": "mean-pool", "cls": "CLS"}
+SETS = {"seen_test": "seen test", "with_heldout": "with held-out"}
+COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+
+
+def load_results(evaluate_dir: str | Path, models: list[str]) -> dict[str, dict[str, Any]]:
+    """Read every model's evaluation files into ``{model: {file stem: dict or npz arrays}}``.
+
+    Raises
+    ------
+    InputError
+        Naming the first missing or unreadable file, or a JSON file lacking a required key.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    required = {"annotation": ("embeddings",), "edge_recovery": ("pooled",), "probe": ("r2",)}
+    for m in models:
+        res: dict[str, Any] = {}
+        for name in RESULT_FILES:
+            path = require_file(Path(evaluate_dir) / m / name, f"evaluate results of model {m!r}")
+            stem = name.split(".")[0]
+            try:
+                if name.endswith(".json"):
+                    res[stem] = json.loads(path.read_text())
+                else:
+                    with np.load(path, allow_pickle=False) as z:
+                        res[stem] = {k: z[k] for k in z.files}
+            except Exception as err:  # noqa: BLE001 - any parse failure is the file's fault
+                raise InputError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+            for key in required.get(stem, ()):
+                if key not in res[stem]:
+                    raise InputError(f"{path}: missing key {key!r}")
+        for key in ("roc_fpr", "roc_tpr", "pr_precision", "pr_recall", "scores", "labels", "cell_type"):
+            if key not in res["edge_curves"]:
+                raise InputError(f"{Path(evaluate_dir) / m / 'edge_curves.npz'}: missing array {key!r}")
+        for key in ("true", "pred"):
+            if key not in res["probe_scatter"]:
+                raise InputError(f"{Path(evaluate_dir) / m / 'probe_scatter.npz'}: missing array {key!r}")
+        out[m] = res
+    return out
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrices(results: dict[str, dict[str, Any]], embedding: str = "mean_pool",
+                            which: str = "seen_test"):
+    """One row-normalised confusion-matrix panel per model (shared colour scale 0..1, one colour bar).
+
+    Returns the matplotlib Figure: ``len(results)`` panels plus the colour-bar axes.
+    """
+    plt = _mpl()
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models) + 1, 5), squeeze=False,
+                             layout="constrained")
+    im = None
+    for ax, m in zip(axes[0], models):
+        cm = results[m]["annotation"]["embeddings"][embedding][which]["confusion_matrix"]
+        norm, counts, labels = np.asarray(cm["normalized"]), np.asarray(cm["counts"]), cm["labels"]
+        im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap="Blues")
+        k = len(labels)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{norm[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.6 else "black")
+        ax.set_xticks(range(k), labels, rotation=45, ha="right")
+        ax.set_yticks(range(k), labels)
+        ax.set_xlabel("predicted cell type")
+        ax.set_ylabel("true cell type")
+        f1 = results[m]["annotation"]["embeddings"][embedding][which]["macro_f1"]
+        ax.set_title(f"{m}: macro-F1 {f1['mean']:.3f} ± {f1['sd']:.3f}")
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="fraction of true class (row-normalised)")
+    fig.suptitle(f"Cell-type annotation, {EMBEDDINGS[embedding]} embedding, {SETS[which]} cells (split 0)")
+    return fig
+
+
+def plot_roc_pr(results: dict[str, dict[str, Any]]):
+    """ROC (left) and precision-recall (right) curves of masked-edge recovery for every model.
+
+    Pooled curves thick, per-cell-type curves thin (recomputed with ``sklearn.metrics`` from the saved
+    scores). Returns the Figure (2 axes).
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _mpl()
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    for c, (m, res) in zip(COLOURS * 4, results.items()):
+        cur, pooled = res["edge_curves"], res["edge_recovery"]["pooled"]
+        ax_roc.plot(cur["roc_fpr"], cur["roc_tpr"], color=c, lw=2.2, label=f"{m} (AUROC {pooled['auroc']:.3f})")
+        ax_pr.plot(cur["pr_recall"], cur["pr_precision"], color=c, lw=2.2,
+                   label=f"{m} (AP {pooled['average_precision']:.3f})")
+        types = cur["cell_type"].astype(str)
+        for t in np.unique(types):
+            sel = types == t
+            y, s = cur["labels"][sel], cur["scores"][sel]
+            if len(np.unique(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, s)
+            prec, rec, _ = precision_recall_curve(y, s)
+            ax_roc.plot(fpr, tpr, color=c, lw=0.6, alpha=0.35)
+            ax_pr.plot(rec, prec, color=c, lw=0.6, alpha=0.35)
+    base = np.mean(next(iter(results.values()))["edge_curves"]["labels"])
+    ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
+    ax_pr.axhline(base, color="grey", ls="--", lw=0.8, label=f"chance ({base:.2f})")
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="Masked-edge recovery: ROC",
+               xlim=(0, 1), ylim=(0, 1.01))
+    ax_pr.set(xlabel="recall", ylabel="precision", title="Masked-edge recovery: precision-recall",
+              xlim=(0, 1), ylim=(0, 1.01))
+    ax_roc.legend(loc="lower right", fontsize=8)
+    ax_pr.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def plot_linear_probe(results: dict[str, dict[str, Any]]):
+    """Scatter of true vs ridge-predicted expression on test tokens, one panel per model (Figure)."""
+    plt = _mpl()
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4.6), squeeze=False,
+                             layout="constrained", sharex=True, sharey=True)
+    for ax, c, m in zip(axes[0], COLOURS * 4, models):
+        sc = results[m]["probe_scatter"]
+        t, p = sc["true"], sc["pred"]
+        ax.scatter(t, p, s=4, alpha=0.35, color=c, rasterized=True)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=0.8)
+        ax.set(xlabel="true expression (log1p normalised)", ylabel="predicted expression",
+               title=f"{m}: R² = {results[m]['probe']['r2']:.3f} (n={len(t)} shown)")
+    fig.suptitle("Linear probe: gene-token embedding -> expression (ridge, test tokens)")
+    return fig
+
+
+def _pm(d: dict[str, Any]) -> tuple[float, float]:
+    return float(d["mean"]), float(d["sd"])
+
+
+def table1(results: dict[str, dict[str, Any]]):
+    """Table 1 as a DataFrame: one row per model x embedding x set, metrics as ``*_mean``/``*_sd``."""
+    import pandas as pd
+
+    rows = []
+    for m, res in results.items():
+        for e, e_name in EMBEDDINGS.items():
+            for s, s_name in SETS.items():
+                r = res["annotation"]["embeddings"].get(e, {}).get(s)
+                if r is None:
+                    continue
+                row: dict[str, Any] = {"model": m, "embedding": e_name, "set": s_name,
+                                       "n_splits": len(r["macro_f1"]["values"])}
+                for k in ("precision", "recall", "macro_f1"):
+                    row[f"{k}_mean"], row[f"{k}_sd"] = _pm(r[k])
+                held = r.get("heldout_types", {})
+                row["heldout_types"] = ",".join(held)
+                if held:
+                    f1s = np.array([v["f1"]["values"] for v in held.values()]).mean(axis=0)
+                    row["heldout_f1_mean"] = float(f1s.mean())
+                    row["heldout_f1_sd"] = float(f1s.std(ddof=1)) if f1s.size > 1 else 0.0
+                else:
+                    row["heldout_f1_mean"] = row["heldout_f1_sd"] = np.nan
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table2(results: dict[str, dict[str, Any]]):
+    """Table 2 (ablation) as a DataFrame: one row per model."""
+    import pandas as pd
+
+    rows = []
+    for m, res in results.items():
+        emb = res["annotation"]["embeddings"]["mean_pool"]
+        row: dict[str, Any] = {"model": m}
+        row["annotation_macro_f1_mean"], row["annotation_macro_f1_sd"] = _pm(emb["seen_test"]["macro_f1"])
+        if "with_heldout" in emb:
+            row["heldout_macro_f1_mean"], row["heldout_macro_f1_sd"] = _pm(emb["with_heldout"]["macro_f1"])
+        er = res["edge_recovery"]
+        row["edge_auroc"] = er["pooled"]["auroc"]
+        row["edge_ap"] = er["pooled"]["average_precision"]
+        if "control_random_features" in er:
+            row["edge_auroc_random_features"] = er["control_random_features"]["auroc"]
+        row["probe_r2"] = res["probe"]["r2"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str:
+    """A GitHub markdown table of ``df``; each ``pm`` entry ``label -> stem`` merges the columns
+    ``stem_mean`` and ``stem_sd`` into one ``mean ± sd`` column named ``label``."""
+    pm = pm or {}
+    merged = {f"{stem}_{x}" for stem in pm.values() for x in ("mean", "sd")}
+    cols: list[tuple[str, Any]] = []
+    for c in df.columns:
+        if c in merged:
+            stem = c[: -len("_mean")] if c.endswith("_mean") else None
+            if stem is not None:
+                label = next(k for k, v in pm.items() if v == stem)
+                cols.append((label, lambda r, s=stem: "" if np.isnan(r[f"{s}_mean"])
+                             else f"{r[f'{s}_mean']:.{digits}f} ± {r[f'{s}_sd']:.{digits}f}"))
+        else:
+            cols.append((c, lambda r, c=c: f"{r[c]:.{digits}f}" if isinstance(r[c], float) else str(r[c])))
+    lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(f(r) for _, f in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--evaluate-dir", required=True, help="folder with one evaluate result folder per model")
+    p.add_argument("--models", nargs="+", default=["gremln", "vanilla"], help="models (default gremln vanilla)")
+    p.add_argument("--figures-dir", required=True, help="folder for the PNG figures")
+    p.add_argument("--tables-dir", required=True, help="folder for the CSV and markdown tables")
+
+
+def _save(fig, path: Path) -> None:
+    plt = _mpl()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=150, metadata={"Software": None})
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> None:
+    results = load_results(args.evaluate_dir, list(args.models))  # validates every input first
+    t1, t2 = table1(results), table2(results)
+    figs = {
+        "confusion_matrices.png": plot_confusion_matrices(results),
+        "roc_pr_curves.png": plot_roc_pr(results),
+        "linear_probe.png": plot_linear_probe(results),
+    }
+    fdir, tdir = Path(args.figures_dir), Path(args.tables_dir)
+    for name, fig in figs.items():
+        _save(fig, fdir / name)
+    for name, df, pm in (
+        ("table1_cell_type", t1, {"precision": "precision", "recall": "recall", "macro-F1": "macro_f1",
+                                  "held-out type F1": "heldout_f1"}),
+        ("table2_ablation", t2, {"annotation macro-F1": "annotation_macro_f1",
+                                 "macro-F1 with held-out": "heldout_macro_f1"}),
+    ):
+        with atomic_path(tdir / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False)
+        with atomic_path(tdir / f"{name}.md") as tmp:
+            tmp.write_text(markdown_table(df, pm))
+    log.info("figures: %d figures -> %s, tables -> %s", len(figs), fdir, tdir)

@@ -1,0 +1,112 @@
+"""Tests of cellgraph.figures on evaluation results made by cellgraph.evaluate on a small real-data pipeline
+(the `mini` and `evaluated` fixtures of test_evaluate.py)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellgraph import figures as fg
+from cellgraph.errors import InputError
+from test_evaluate import evaluated, mini  # noqa: F401 - pytest fixtures
+
+MODELS = ["gremln", "vanilla"]
+
+
+@pytest.fixture(scope="module")
+def results(evaluated):  # noqa: F811
+    return fg.load_results(evaluated, MODELS)
+
+
+def test_figures_have_the_expected_panels(results):
+    import matplotlib.pyplot as plt
+
+    fig = fg.plot_confusion_matrices(results)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2 and len(fig.axes) == 3  # one panel per model + one shared colour bar
+    assert all(ax.images[0].get_clim() == (0.0, 1.0) for ax in panels)
+    labels = results["gremln"]["annotation"]["embeddings"]["mean_pool"]["seen_test"]["confusion_matrix"]["labels"]
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == labels
+    assert np.allclose(panels[1].images[0].get_array(), np.array(
+        results["vanilla"]["annotation"]["embeddings"]["mean_pool"]["seen_test"]["confusion_matrix"]["normalized"]))
+    plt.close(fig)
+
+    fig = fg.plot_roc_pr(results)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(t.startswith("gremln") for t in legend) and any(t.startswith("vanilla") for t in legend)
+    n_types = len(np.unique(results["gremln"]["edge_curves"]["cell_type"]))
+    assert len(fig.axes[0].lines) == 2 * (1 + n_types) + 1  # pooled + per type per model, chance line
+    plt.close(fig)
+
+    fig = fg.plot_linear_probe(results)
+    assert len(fig.axes) == 2
+    assert [len(ax.collections[0].get_offsets()) for ax in fig.axes] == [
+        len(results[m]["probe_scatter"]["true"]) for m in MODELS]
+    plt.close(fig)
+
+
+def test_tables_hold_both_models_and_all_metrics(results):
+    t1 = fg.table1(results)
+    assert len(t1) == 2 * 2 * 2  # model x embedding x set
+    assert set(t1["model"]) == set(MODELS) and set(t1["embedding"]) == {"mean-pool", "CLS"}
+    row = t1[(t1["model"] == "vanilla") & (t1["embedding"] == "CLS") & (t1["set"] == "with held-out")].iloc[0]
+    src = results["vanilla"]["annotation"]["embeddings"]["cls"]["with_heldout"]
+    assert row["macro_f1_mean"] == pytest.approx(src["macro_f1"]["mean"])
+    assert row["recall_sd"] == pytest.approx(src["recall"]["sd"])
+    assert row["heldout_f1_mean"] == pytest.approx(src["heldout_types"]["Monocyte"]["f1"]["mean"])
+    t2 = fg.table2(results)
+    assert list(t2["model"]) == MODELS
+    for m in MODELS:
+        r = t2[t2["model"] == m].iloc[0]
+        assert r["edge_auroc"] == pytest.approx(results[m]["edge_recovery"]["pooled"]["auroc"])
+        assert r["edge_ap"] == pytest.approx(results[m]["edge_recovery"]["pooled"]["average_precision"])
+        assert r["probe_r2"] == pytest.approx(results[m]["probe"]["r2"])
+        assert r["annotation_macro_f1_mean"] == pytest.approx(
+            results[m]["annotation"]["embeddings"]["mean_pool"]["seen_test"]["macro_f1"]["mean"])
+
+
+def test_markdown_table_merges_mean_and_sd():
+    df = pd.DataFrame({"model": ["a"], "f1_mean": [0.91234], "f1_sd": [0.01], "auroc": [0.5]})
+    md = fg.markdown_table(df, {"macro-F1": "f1"})
+    assert md.splitlines() == ["| model | macro-F1 | auroc |", "|---|---|---|", "| a | 0.912 ± 0.010 | 0.500 |"]
+
+
+def test_figures_cli_writes_files(evaluated, tmp_path):  # noqa: F811
+    from cellgraph.cli import main
+
+    figs, tabs = tmp_path / "figures", tmp_path / "tables"
+    assert main(["figures", "--evaluate-dir", str(evaluated), "--models", *MODELS,
+                 "--figures-dir", str(figs), "--tables-dir", str(tabs)]) == 0
+    for name in ("confusion_matrices.png", "roc_pr_curves.png", "linear_probe.png"):
+        data = (figs / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    for name in ("table1_cell_type", "table2_ablation"):
+        csv = pd.read_csv(tabs / f"{name}.csv")
+        assert set(csv["model"]) == set(MODELS)
+        md = (tabs / f"{name}.md").read_text()
+        assert all(f"| {m} |" in md for m in MODELS) and "±" in md
+    assert "edge_auroc" in (tabs / "table2_ablation.md").read_text()
+    assert "probe_r2" in (tabs / "table2_ablation.md").read_text()
+
+
+def test_figures_bad_input_names_the_file(evaluated, tmp_path, capsys):  # noqa: F811
+    from cellgraph.cli import main
+
+    ev_dir = tmp_path / "evaluate"
+    shutil.copytree(evaluated, ev_dir)
+    (ev_dir / "vanilla" / "probe.json").unlink()
+    argv = ["figures", "--evaluate-dir", str(ev_dir), "--models", *MODELS,
+            "--figures-dir", str(tmp_path / "f"), "--tables-dir", str(tmp_path / "t")]
+    assert main(argv) == 2
+    assert str(ev_dir / "vanilla" / "probe.json") in capsys.readouterr().err
+    assert not (tmp_path / "f").exists() and not (tmp_path / "t").exists()
+    (ev_dir / "vanilla" / "probe.json").write_text("{not json")
+    with pytest.raises(InputError, match="probe.json"):
+        fg.load_results(ev_dir, MODELS)
+    with pytest.raises(InputError, match="absent/annotation.json"):
+        fg.load_results(ev_dir, ["gremln", "absent"])
