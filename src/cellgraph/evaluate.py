@@ -708,7 +708,11 @@ def run(args: argparse.Namespace) -> None:
     model_path = require_file(args.model_path, "model")
     tokens = Path(args.tokens_dir)
     vocab_path = require_file(tokens / "vocab.tsv", "vocab")
-    shard_paths = {s: require_file(tokens / f"{s}.npz", f"{s} token shard") for s in ("train", "test", "heldout")}
+    # probes fit on the train cells tokenized with the inference-time (Bayesian integration) graph, like the
+    # test cells; "train_own_graph" (their own type's network, as in training) is kept as a diagnostic
+    shard_paths = {s: require_file(tokens / f"{name}.npz", f"{name} token shard")
+                   for s, name in (("train", "train_integrated"), ("test", "test"), ("heldout", "heldout"),
+                                   ("train_own_graph", "train"))}
     adata_path = require_file(args.adata, "adata")
     networks_path = require_file(args.networks, "grn networks")
     require_file(args.coefficients, "coefficients")
@@ -753,6 +757,8 @@ def _tasks(args, model, vocab, shards, shard_paths, emb, adata, label_key, netwo
                                   "train_fraction": TRAIN_FRACTION, "n_splits": args.n_splits,
                                   "probe": "StandardScaler + LogisticRegression(C=1.0, L2)",
                                   "cells": {s: len(ds) for s, ds in shards.items()},
+                                  "train_cells_graph": "Bayesian graph integration, leave-one-out kNN "
+                                                       "(tokens/train_integrated.npz), as for test cells",
                                   "heldout_types": sorted(set(shards["heldout"].cell_type)), "embeddings": {}}
     for e in ("mean_pool", "cls"):
         res = {"seen_test": annotate_seen(emb["train"][e], shards["train"].cell_type, emb["test"][e],
@@ -765,6 +771,10 @@ def _tasks(args, model, vocab, shards, shard_paths, emb, adata, label_key, netwo
             except ValueError as err:
                 raise InputError(f"{shard_paths['heldout']}: cannot split the held-out cells 50/50 "
                                  f"stratified ({err})") from err
+        # diagnostic: the probe fitted on train cells tokenized with their own type's network (label leak)
+        res["seen_test_probe_on_own_graph_train_cells"] = annotate_seen(
+            emb["train_own_graph"][e], shards["train_own_graph"].cell_type, emb["test"][e],
+            shards["test"].cell_type, args.n_splits, args.seed)["macro_f1"]
         annotation["embeddings"][e] = res
     t_ann = time.time() - t0 - t_emb
 

@@ -36,7 +36,11 @@ the smaller p-value and the larger MI are used (counted in the report). Self-loo
 highly variable genes of the adata, sorted by symbol, from token id 2 (0 = ``<pad>``, 1 = ``<cls>``).
 Expression is read from ``adata.X`` (log1p of normalised counts).
 
-Outputs (docs/design.md section 5): ``vocab.tsv``, ``{train,val,test,heldout}.npz``, ``report.json``.
+Outputs (docs/design.md section 5): ``vocab.tsv``, ``{train,val,test,heldout}.npz``, ``report.json``, and
+``train_integrated.npz``: the train cells tokenized with the Bayesian-integration graph (leave-one-out kNN)
+instead of their own type's network. Training uses ``train.npz``; the evaluation's probes are fitted on
+``train_integrated.npz``, because the own-type graph puts type-specific network genes into a train cell's
+tokens, a label leak that test cells (integration graphs) do not have.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test", "heldout")
+# train cells tokenized with the Bayesian-integration graph, as unseen cells are: the evaluation probes
+# fit on these, so train and test embeddings come from the same inference-time procedure
+INFERENCE_SHARD = "train_integrated"
 NETWORK_COLUMNS = ("cell_type", "regulator", "target", "mi", "pvalue")
 N_PCS = 50  # PCA components for the kNN classifier of the graph integration
 
@@ -383,6 +390,32 @@ def integration_pvalues(class_probs: np.ndarray, absent_prob: np.ndarray) -> np.
 # --------------------------------------------------------------------------------------------------
 
 
+def _leave_one_out_proba(knn, x_pca: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """kNN class probabilities [C, T] of the classifier's own training cells, each without itself.
+
+    ``x_pca`` [C, p] and ``labels`` [C] must be the rows ``knn`` was fitted on, in order; the nearest
+    ``k + 1`` neighbours are queried and the cell itself dropped (uniform weights, as ``predict_proba``);
+    with only ``k`` cells, each votes with its ``k - 1`` others.
+    """
+    if x_pca.shape[0] == 0:
+        return np.zeros((0, len(classes)))
+    if x_pca.shape[0] == 1:  # a lone train cell has no other cell: it keeps its own label
+        return (np.asarray(classes) == labels[0]).astype(float)[None, :]
+    k = min(knn.n_neighbors, x_pca.shape[0] - 1)
+    neighbours = knn.kneighbors(x_pca, n_neighbors=k + 1, return_distance=False)
+    own = np.arange(x_pca.shape[0])
+    rows = []
+    for i in range(x_pca.shape[0]):  # drop the cell itself wherever ties placed it
+        nb = neighbours[i]
+        nb = nb[nb != own[i]][:k]
+        rows.append(nb)
+    nb = np.stack(rows)
+    cls = np.searchsorted(np.asarray(classes), labels)
+    probs = np.zeros((x_pca.shape[0], len(classes)))
+    np.add.at(probs, (np.repeat(own, k), cls[nb].ravel()), 1.0 / k)
+    return probs
+
+
 def write_shard(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write shard arrays as an ``.npz`` (readable by ``numpy.load``), atomically and byte-reproducibly.
 
@@ -585,8 +618,8 @@ def run(args: argparse.Namespace) -> None:
     kept_any = np.zeros(cand_key.size, dtype=bool)
     kept_per_cell: list[np.ndarray] = []
     t_tok = time.perf_counter()
-    for s in SPLITS:
-        cells = np.flatnonzero(split == s)
+    for s in (*SPLITS, INFERENCE_SHARD):
+        cells = np.flatnonzero(split == ("train" if s == INFERENCE_SHARD else s))
         x = _rows(adata, cells, adata.var_names.get_indexer(genes))
         if s == "train":
             type_graphs: dict[str, Graph] = {}
@@ -599,7 +632,12 @@ def run(args: argparse.Namespace) -> None:
             cell_graph = [type_graphs[labels[c]] for c in cells]
             graph_of = cell_graph.__getitem__
         else:
-            probs = knn.predict_proba(pca.transform(x_hvg[cells])) if cells.size else np.zeros((0, len(train_types)))
+            if s == INFERENCE_SHARD:  # train cells as if unseen: leave-one-out kNN (a cell is not its own neighbour)
+                probs = _leave_one_out_proba(knn, pca.transform(x_hvg[cells]), labels[cells], train_types)
+            elif cells.size:
+                probs = knn.predict_proba(pca.transform(x_hvg[cells]))
+            else:
+                probs = np.zeros((0, len(train_types)))
             if s in ("val", "test") and cells.size:
                 pred = np.asarray(train_types)[probs.argmax(1)]
                 knn_accuracy[s] = float((pred == labels[cells]).mean())
@@ -621,7 +659,8 @@ def run(args: argparse.Namespace) -> None:
                 {"mean": float(kept_n.mean()), "min": int(kept_n.min()), "max": int(kept_n.max())}
                 if cells.size else None
             )
-            kept_per_cell.append(kept_n)
+            if s != INFERENCE_SHARD:
+                kept_per_cell.append(kept_n)
     t_tok = time.perf_counter() - t_tok
     kept_all = np.concatenate(kept_per_cell) if kept_per_cell else np.zeros(0)
     integration.update({
@@ -669,7 +708,7 @@ def run(args: argparse.Namespace) -> None:
         "knn": {"classes": train_types, "accuracy": knn_accuracy},
     }
     # ---- write (everything validated above)
-    for s in SPLITS:
+    for s in (*SPLITS, INFERENCE_SHARD):
         write_shard(out / f"{s}.npz", shards[s])
     _write_vocab(out / "vocab.tsv", vocab)
     write_json(out / "report.json", report)

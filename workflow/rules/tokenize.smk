@@ -5,7 +5,7 @@ rule tokenize:
         networks=res("grn/networks.tsv.gz"),
     output:
         vocab=res("tokens/vocab.tsv"),
-        shards=expand(res("tokens/{split}.npz"), split=["train", "val", "test", "heldout"]),
+        shards=expand(res("tokens/{split}.npz"), split=["train", "val", "test", "heldout", "train_integrated"]),
         report=res("tokens/report.json"),
     params:
         out_dir=res("tokens"),
