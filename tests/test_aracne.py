@@ -147,3 +147,185 @@ def test_aracne_rejects_bad_input():
         A.aracne(expr, genes, regs, consolidation="fisher")
     with pytest.raises(ValueError, match="permutation"):
         A.mi_matrix(np.zeros((3, 10), dtype=np.int32), np.array([0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 3: peer options, tail-fitted null, resume, scale, bad inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _tested_values(mi, reg_idx):
+    """MI of each undirected (regulator, gene) pair once (regulator pairs in the row of the smaller index)."""
+    n_reg, n_genes = mi.shape
+    tested = np.ones(mi.shape, dtype=bool)
+    tested[np.arange(n_reg), reg_idx] = False
+    tested[np.arange(n_reg)[:, None], reg_idx[None, :]] &= np.arange(n_reg)[None, :] > np.arange(n_reg)[:, None]
+    return mi[tested]
+
+
+def test_false_positive_rate_on_independent_data_matches_p():
+    """Independent genes: the fraction of pairs above the threshold at p is p within sampling error
+    (4 binomial standard deviations), in the empirical range (p = 2e-2) and in the fitted tail (3e-3, 1e-3);
+    the null p-values of those pairs are calibrated the same way."""
+    rng = np.random.default_rng(21)
+    n = 300
+    expr = rng.standard_normal((1500, n))
+    reg_idx = np.arange(20)
+    vals = _tested_values(A.mi_matrix(A.rank_rows(expr, seed=1), reg_idx), reg_idx)
+    m = vals.size
+    null = A.null_model(n, n_pairs=100_000, seed=99)
+    pv = A.null_pvalue(null, vals)
+    for p in (2e-2, 3e-3, 1e-3):
+        sd = np.sqrt(m * p * (1 - p))
+        above = int((vals >= A.mi_threshold(null, p)).sum())
+        assert abs(above - m * p) <= 4 * sd, (p, above, m * p)
+        assert abs(int((pv <= p).sum()) - m * p) <= 4 * sd, p
+
+
+def test_threshold_monotone_across_empirical_and_fitted_range():
+    null = A.null_mi(500, n_pairs=30_000, seed=2)
+    ps = [0.2, 0.05, 0.02, 0.01, 5e-3, 1e-3, 1e-5, 1e-8, 1e-12, 1e-30]
+    thr = [A.mi_threshold(null, p) for p in ps]
+    assert all(b > a for a, b in zip(thr, thr[1:])), thr
+    # ARACNe-AP's head fit moves its threshold by < 0.1% from 1e-2 to 1e-30; the tail fit moves it a lot
+    assert thr[-1] > 2 * thr[3]
+    # null_pvalue inverts mi_threshold
+    for p, t in zip(ps[4:], thr[4:]):
+        assert A.null_pvalue(null, np.array([t]))[0] == pytest.approx(p, rel=1e-6)
+
+
+def test_bh_threshold_equals_benjamini_hochberg_over_null_pvalues():
+    null = A.null_mi(200, n_pairs=20_000, seed=3)
+    rng = np.random.default_rng(0)
+    n_tests = 5000
+    mi = np.concatenate([rng.choice(null, 4900), rng.uniform(0.05, 0.3, 100)])
+    for alpha in (0.01, 0.05, 0.2):
+        thr = A.bh_threshold(null, mi, alpha, n_tests)
+        q = A._correct(A.null_pvalue(null, mi), n_tests, "bh")
+        np.testing.assert_array_equal(q <= alpha, mi >= thr)
+        assert 0 < (mi >= thr).sum() < mi.size
+    assert A.bh_threshold(null, np.zeros(3), 0.05, 10) == np.inf
+
+
+def test_bootstrap_samplers():
+    n = 20
+    draws = np.concatenate([A.bootstrap_columns(n, "replacement", seed=0, b=b) for b in range(300)])
+    assert draws.min() == 0 and draws.max() == n - 1  # every sample can be drawn, the last one too
+    freq = np.bincount(draws, minlength=n) / draws.size
+    assert np.all(np.abs(freq - 1 / n) < 4 * np.sqrt(1 / n / draws.size))  # uniform within sampling error
+    sub = [A.bootstrap_columns(n, "subsample", seed=0, b=b) for b in range(50)]
+    assert all(s.size == round(n * (1 - np.exp(-1))) == np.unique(s).size for s in sub)
+    assert n - 1 in np.concatenate(sub)
+    np.testing.assert_array_equal(A.bootstrap_columns(n, "none", seed=0, b=3), np.arange(n))
+    # a bootstrap's draw depends on (seed, b) only
+    np.testing.assert_array_equal(A.bootstrap_columns(n, "subsample", 5, 7), A.bootstrap_columns(n, "subsample", 5, 7))
+    assert not np.array_equal(A.bootstrap_columns(n, "subsample", 5, 7), A.bootstrap_columns(n, "subsample", 5, 8))
+
+
+@pytest.fixture(scope="module")
+def planted100():
+    expr, genes, regs, true = A.planted_network(n_genes=200, n_samples=500, n_regulators=20, seed=0)
+    return expr, genes, regs, true, A.aracne(expr, genes, regs, n_bootstraps=100, seed=0)
+
+
+def test_planted_recovery_at_aracne3_precision_recall(planted100):
+    """Issue-3 case 1 (200 genes x 500 samples, 20 regulators, 100 bootstraps): precision >= 0.985 and
+    recall >= 0.996 (ARACNe3's figures at 'count >= 10') with the Poisson/Bonferroni consolidation."""
+    _, _, _, true, df = planted100
+    pred = _pairs(df)
+    tp = len(pred & true)
+    assert tp / len(pred) >= 0.985 and tp / len(true) >= 0.996, (tp / len(pred), tp / len(true))
+
+
+def test_consolidation_columns(planted100):
+    from scipy.stats import spearmanr
+
+    expr, genes, _, _, df = planted100
+    lam, m = df.attrs["poisson_lambda"], df.attrs["n_tested"]
+    np.testing.assert_allclose(df["log_p"], poisson.logsf(df["count"] - 1, lam), rtol=1e-12)
+    np.testing.assert_allclose(df["pvalue"], np.minimum(1, np.exp(df["log_p"]) * m), rtol=1e-9, atol=1e-300)
+    pos = {g: i for i, g in enumerate(genes)}
+    for row in df.sample(5, random_state=0).itertuples():
+        rho = spearmanr(expr[pos[row.regulator]], expr[pos[row.target]]).statistic
+        assert row.scc == pytest.approx(rho, abs=1e-12)
+
+
+@pytest.mark.parametrize("options", [dict(bootstrap="replacement", consolidation="binomial", correction="bh"),
+                                     dict(mi_method="fdr", mi_alpha=0.05), dict(mi_method="fwer", mi_alpha=0.05),
+                                     dict(dpi_tolerance=0.1)])
+def test_peer_options_recover_planted(options):
+    expr, genes, regs, true = A.planted_network(n_genes=120, n_samples=400, n_regulators=12, seed=4)
+    df = A.aracne(expr, genes, regs, n_bootstraps=10, seed=1, **options)
+    p, r = (lambda tp, a, b: (tp / a, tp / b))(len(_pairs(df) & true), len(_pairs(df)), len(true))
+    assert p >= 0.9 and r >= 0.9, (options, p, r)
+    if options.get("mi_method") == "fdr":
+        thr = df.attrs["mi_thresholds_per_bootstrap"]
+        assert len(thr) == 10 and all(np.isfinite(thr))
+
+
+def test_dpi_tolerance_keeps_more_edges():
+    expr, genes, regs, _ = A.planted_network(n_genes=120, n_samples=400, n_regulators=12, seed=4)
+    a = A.aracne(expr, genes, regs, n_bootstraps=1, bootstrap="none", seed=1)
+    b = A.aracne(expr, genes, regs, n_bootstraps=1, bootstrap="none", seed=1, dpi_tolerance=0.5)
+    assert _pairs(a) < _pairs(b)
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    expr, genes, regs, _ = A.planted_network(n_genes=90, n_samples=200, n_regulators=10, seed=5)
+    kw = dict(n_bootstraps=6, seed=3, n_null=20_000, mi_method="fdr", mi_alpha=0.01)
+    full = A.aracne(expr, genes, regs, **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(b):
+        if b == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        A.aracne(expr, genes, regs, checkpoint_dir=tmp_path, on_bootstrap=stop_after_2, **kw)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+    resumed = A.aracne(expr, genes, regs, checkpoint_dir=tmp_path, **kw)
+    assert resumed.attrs["bootstraps_resumed"] == 3 and len(list(tmp_path.glob("*.npz"))) == 6
+    pd.testing.assert_frame_equal(full, resumed, check_exact=True)
+    assert resumed.attrs["edges_per_bootstrap"] == full.attrs["edges_per_bootstrap"]
+    assert resumed.attrs["mi_thresholds_per_bootstrap"] == full.attrs["mi_thresholds_per_bootstrap"]
+    # other parameters never reuse these files
+    other = A.aracne(expr, genes, regs, checkpoint_dir=tmp_path, **(kw | dict(seed=4)))
+    assert other.attrs["bootstraps_resumed"] == 0
+
+
+def test_more_than_32767_samples():
+    """ARACNe-AP stores ranks as 16-bit; here 33,000 samples run and find the planted dependence."""
+    rng = np.random.default_rng(0)
+    n = 33_000
+    x = rng.standard_normal(n)
+    expr = np.vstack([x, np.tanh(x) + 0.5 * rng.standard_normal(n), rng.standard_normal(n), rng.exponential(size=n)])
+    genes = ["R", "T", "N1", "N2"]
+    df = A.aracne(expr, genes, ["R"], n_bootstraps=1, bootstrap="none", mi_pvalue=1e-3, n_null=2000)
+    assert _pairs(df) == {frozenset(("R", "T"))}
+    assert df["mi"].iloc[0] == pytest.approx(A.apmi(expr[0], expr[1], seed=0), rel=0.02)
+
+
+def test_bad_inputs_are_counted_and_named():
+    expr, genes, regs, _ = A.planted_network(n_genes=30, n_samples=60, n_regulators=4, seed=0)
+    e = expr.copy()
+    e[5, :3] = np.nan
+    e[7, 0] = np.inf
+    with pytest.raises(ValueError, match=r"4 non-finite values \(NaN/inf\) in 2 genes: G0005, G0007"):
+        A.aracne(e, genes, regs)
+    dup = list(genes)
+    dup[9] = dup[8] = "X"
+    with pytest.raises(ValueError, match="1 gene names are duplicated: X"):
+        A.aracne(expr, dup, regs)
+    with pytest.raises(ValueError, match="2 regulators are not in genes: NOPE1, NOPE2"):
+        A.aracne(expr, genes, regs + ["NOPE1", "NOPE2"])
+    e = expr.copy()
+    e[[3, 12]] = 1.5  # a constant regulator and a constant target
+    chk = A.check_input(e, genes, regs)
+    assert chk["constant_genes"] == ["G0003", "G0012"] and chk["constant_regulators"] == ["G0003"]
+    df = A.aracne(e, genes, regs, n_bootstraps=3, mi_pvalue=1e-3, n_null=5000)
+    assert df.attrs["constant_genes"] == ["G0003", "G0012"]
+    assert not ({"G0003", "G0012"} & (set(df["regulator"]) | set(df["target"])))
+    with pytest.raises(ValueError, match="2 genes are constant"):
+        A.aracne(e, genes, regs, drop_constant=False)

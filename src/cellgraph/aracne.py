@@ -17,21 +17,31 @@ Pure numpy/numba; no AnnData. The pipeline for one expression matrix ``expr`` [g
 
    One regulator against all genes is one numba pass; regulators run in parallel threads (``prange``);
    each (regulator, gene) value is computed by one thread only, so results do not depend on threads.
-3. **MI threshold** from a null model: APMI of ``n_null`` pairs of independent random permutations of
-   length ``n``; the upper tail (top 1%) of ``log P(MI >= m)`` is fit by a line in ``m`` (ARACNe-AP
-   ``calibrateMIThreshold``/``fitNull``) and extrapolated to ``mi_pvalue``. Computed once per sample
-   size and seed and cached on disk (``cache_dir``) as ``apmi_null_n{n}_m{n_null}_s{seed}_v1.npy``.
+3. **MI threshold** from a null model: APMI of ``n_null`` pairs (identity, seeded random permutation) of
+   length ``n``. The upper tail (top 1%) of ``log P(MI >= m)`` is fit by a line in ``m`` (ARACNe-AP
+   ``calibrateMIThreshold``/``fitNull``, but on the tail: ARACNe-AP fits the head of its sorted array, so
+   its threshold barely moves with p) and extrapolated to ``mi_pvalue``; p-values above 1% use the
+   empirical quantile. ``mi_method="fdr"`` instead keeps, per bootstrap, the pairs significant by
+   Benjamini-Hochberg at ``mi_alpha`` over the null p-values of all tested pairs (ARACNe3 ``--alpha``);
+   ``"fwer"`` uses p = ``mi_alpha`` / pairs. The null is computed once per sample size and seed and cached
+   on disk (``cache_dir``) as ``apmi_null_n{n}_m{n_null}_s{seed}_v2.npy``.
 4. **DPI** (Margolin et al. 2006, BMC Bioinformatics 7:S7): in every triangle regulator ``r`` --
    regulator ``q`` -- gene ``t`` whose three edges pass the threshold, the edge ``r-t`` is removed when
    ``MI(r,t) < (1 - tolerance) * min(MI(r,q), MI(q,t))``; all removals use the pre-DPI network.
 5. **Bootstraps and consolidation.** Each of ``B`` bootstraps draws ``round(n (1 - 1/e))`` samples
-   without replacement (``"subsample"``, ARACNe3) or ``n`` with replacement (``"replacement"``).
+   without replacement (``"subsample"``, ARACNe3), ``n`` with replacement over all samples
+   (``"replacement"``; ARACNe-AP's sampler never draws the last sample) or takes all (``"none"``); the
+   draw of bootstrap ``b`` depends on ``(seed, b)`` only. With ``checkpoint_dir`` each bootstrap's
+   network is written to disk as it finishes and an interrupted run resumes from those files.
    An edge's count ``k`` (bootstraps in which it survived DPI) is tested against
    ``"poisson"``: Poisson with mean ``lambda`` = total edge occurrences / tested pairs (ARACNe-AP),
    right tail ``P(X >= k)`` (ARACNe-AP computes ``P(X > k)``, off by one); or ``"binomial"``:
    Binomial(``B``, ``lambda / B``), right tail ``P(X >= k)`` (ARACNe3). P-values are corrected over all
    tested pairs (Bonferroni or Benjamini-Hochberg) and edges with corrected p < ``alpha`` are kept;
    their ``mi`` is the mean MI over the bootstraps in which they survived.
+
+Memory: ranks [G x n] int32 plus a few [R x G] arrays (counts, MI sum, one bootstrap's MI); never
+[pairs x samples].
 
 Edges are undirected pairs internally (a regulator-regulator pair is tested once); the output lists each
 kept pair as ``regulator -> target`` rows, regulator-regulator pairs in both directions (as ARACNe-AP).
@@ -44,9 +54,14 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from numba import njit, prange
+# numba's OpenMP workers spin at every parallel-region barrier by default; on a shared or oversubscribed
+# machine that made 2 threads 4x slower than 1 (7.5 s vs 2 s wall on the planted benchmark at load 6).
+# Passive waiting must be chosen before the OpenMP runtime loads; an explicit setting is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +76,16 @@ __all__ = [
     "poisson_right_tail",
     "aracne",
     "planted_network",
+    "null_pvalue",
+    "bh_threshold",
+    "bootstrap_columns",
+    "bootstrap_size",
+    "check_input",
+    "spearman_pairs",
 ]
 
 CHI2_THRESHOLD = 7.815  # chi-square, 3 degrees of freedom, 5% (ARACNe-AP MI.java)
-NULL_VERSION = 1
+NULL_VERSION = 2
 _STACK = 256  # depth-first stack rows; depth <= log2(n) + 2, 4 pushes per level
 
 
@@ -228,13 +249,29 @@ def rank_rows(values: np.ndarray, seed: int = 0, keys: np.ndarray | None = None)
     return ranks
 
 
+@njit(parallel=True, cache=True)
+def _rerank_block(rank0, cols):
+    g, n = rank0.shape
+    m = cols.shape[0]
+    out = np.empty((g, m), dtype=np.int32)
+    for i in prange(g):
+        start = np.zeros(n + 1, dtype=np.int64)
+        row = rank0[i]
+        for j in range(m):
+            start[row[cols[j]] + 1] += 1
+        for v in range(n):
+            start[v + 1] += start[v]
+        for j in range(m):
+            v = row[cols[j]]
+            out[i, j] = start[v]
+            start[v] += 1
+    return out
+
+
 def _rerank(rank0: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Ranks 0..m-1 within the columns ``cols`` of global ranks ``rank0`` [G, n] (stable for repeats)."""
-    sub = rank0[:, cols]
-    order = np.argsort(sub, axis=1, kind="stable")
-    ranks = np.empty(sub.shape, dtype=np.int32)
-    np.put_along_axis(ranks, order, np.broadcast_to(np.arange(sub.shape[1], dtype=np.int32), sub.shape), axis=1)
-    return ranks
+    """Ranks 0..m-1 within the columns ``cols`` [m] of global ranks ``rank0`` [G, n] (a counting sort per
+    gene, O(n); a column drawn twice is ranked by draw order)."""
+    return _rerank_block(np.ascontiguousarray(rank0, dtype=np.int32), np.ascontiguousarray(cols, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,12 +339,12 @@ def mi_matrix(ranks: np.ndarray, reg_idx: np.ndarray) -> np.ndarray:
     return _mi_block(ranks, reg_idx, _reg_pos(ranks.shape[0], reg_idx))
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)
 def _dpi_block(m, reg_idx, tol):
     n_reg, n_genes = m.shape
     keep = np.zeros((n_reg, n_genes), dtype=np.bool_)
     factor = 1.0 - tol
-    for r in range(n_reg):
+    for r in prange(n_reg):
         nb = np.empty(n_reg, dtype=np.int64)
         n_nb = 0
         for q in range(n_reg):
@@ -361,34 +398,64 @@ def dpi_keep(mi: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -> np.
 # --------------------------------------------------------------------------------------------------
 
 
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_NULL_CHUNK = 64
+
+
+@njit(cache=True, nogil=True)
+def _mix64(z):
+    """splitmix64 finaliser (Steele, Lea & Flood 2014): a bijective 64-bit hash."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
 @njit(parallel=True, cache=True)
-def _apmi_rows(ys):
-    m, n = ys.shape
-    out = np.empty(m, dtype=np.float64)
-    for i in prange(m):
+def _null_block(n, n_pairs, key):
+    """APMI of pairs (identity, random permutation) of length n; the permutation of pair i is a
+    Fisher-Yates shuffle driven by splitmix64 of (key, i), so values do not depend on threads."""
+    out = np.empty(n_pairs, dtype=np.float64)
+    n_chunks = (n_pairs + _NULL_CHUNK - 1) // _NULL_CHUNK
+    for c in prange(n_chunks):
+        y = np.empty(n, dtype=np.int32)
         b0 = np.empty(n, dtype=np.int64)
         b1 = np.empty(n, dtype=np.int64)
         stack = np.empty((_STACK, 7), dtype=np.int64)
-        out[i] = _apmi_core(ys[i], b0, b1, stack)
+        for i in range(c * _NULL_CHUNK, min(n_pairs, (c + 1) * _NULL_CHUNK)):
+            for j in range(n):
+                y[j] = j
+            st = _mix64(key ^ (np.uint64(i) * _GOLD))
+            for j in range(n - 1, 0, -1):
+                st = st + _GOLD
+                k = np.int64(_mix64(st) % np.uint64(j + 1))
+                tmp = y[j]
+                y[j] = y[k]
+                y[k] = tmp
+            out[i] = _apmi_core(y, b0, b1, stack)
     return out
 
 
 def null_mi(n: int, n_pairs: int = 100_000, seed: int = 0) -> np.ndarray:
     """APMI (nats) of ``n_pairs`` pairs of independent random rank vectors of length ``n``, sorted.
 
-    Pairs are (identity, random permutation), which has the law of two independent permutations.
+    Pairs are (identity, uniform random permutation), which has the law of two independent
+    permutations; the permutations are seeded Fisher-Yates shuffles (splitmix64 of ``seed``, ``n`` and the
+    pair index), computed in parallel and independent of the thread count.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 4`` or ``n >= 2**20``.
     """
-    if n < 4:
-        raise ValueError(f"null model needs n >= 4 samples, got {n}")
-    rng = np.random.default_rng([seed, n, 0x4E554C4C])
-    out = np.empty(n_pairs, dtype=np.float64)
-    batch = max(1, min(n_pairs, 2_000_000 // n))
-    base = np.arange(n, dtype=np.int32)
-    for s in range(0, n_pairs, batch):
-        b = min(batch, n_pairs - s)
-        ys = rng.permuted(np.broadcast_to(base, (b, n)), axis=1).astype(np.int32)
-        out[s : s + b] = _apmi_rows(np.ascontiguousarray(ys))
-    return np.sort(out)
+    if n < 4 or n >= 1 << 20:
+        raise ValueError(f"null model needs 4 <= n < 2**20 samples, got {n}")
+    key = np.random.SeedSequence([int(seed), int(n), 0x4E554C4C]).generate_state(1, dtype=np.uint64)[0]
+    return np.sort(_null_block(int(n), int(n_pairs), np.uint64(key)))
 
 
 def null_model(n: int, n_pairs: int = 100_000, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
@@ -412,12 +479,30 @@ def null_model(n: int, n_pairs: int = 100_000, seed: int = 0, cache_dir: str | o
     return arr
 
 
-def mi_threshold(null: np.ndarray, pvalue: float, tail: float = 0.01) -> float:
-    """MI (nats) whose null right-tail probability is ``pvalue``, by an exponential tail fit.
+def _tail_fit(null: np.ndarray, tail: float):
+    """Sorted null, size N, tail size k and the least-squares line ``log S(m) = a + b m`` of its top
+    ``tail`` fraction (S = empirical survival ``(N - i) / N`` of the i-th smallest, ARACNe-AP ``fitNull``
+    fits the head of its array instead)."""
+    x = np.sort(np.asarray(null, dtype=np.float64))
+    n = x.size
+    k = max(10, int(round(n * tail)))
+    if k >= n:
+        raise ValueError(f"null model too small ({n} pairs) for a tail fit of {k}")
+    i = np.arange(n - k, n)
+    b, a = np.polyfit(x[n - k :], np.log((n - i) / n), 1)
+    if not b < 0:
+        raise ValueError("null MI tail fit is not decreasing; too few null pairs")
+    return x, n, k, a, b
 
-    The empirical survival ``S(m_i) = (N - i) / N`` of the sorted null sample (ARACNe-AP ``fitNull``)
-    is fit on its top ``tail`` fraction by ``log S = a + b m`` (least squares) and solved for
-    ``S = pvalue``: ``m = (log pvalue - a) / b``.
+
+def mi_threshold(null: np.ndarray, pvalue: float, tail: float = 0.01) -> float:
+    """MI (nats) whose null right-tail probability is ``pvalue``.
+
+    For ``pvalue`` >= the tail fraction ``k / N`` (k = ``max(10, tail N)`` of N null values) this is the
+    empirical ``1 - pvalue`` quantile of the null; below it, the exponential tail fit
+    ``log S(m) = a + b m`` of the top k values (ARACNe-AP ``calibrateMIThreshold``/``fitNull``, fitted on
+    the tail, not on the head of the sorted array) solved for ``S = pvalue``: ``m = (log pvalue - a) / b``.
+    Smaller ``pvalue`` gives a strictly larger threshold in the fitted range.
 
     Raises
     ------
@@ -426,15 +511,42 @@ def mi_threshold(null: np.ndarray, pvalue: float, tail: float = 0.01) -> float:
     """
     if not 0.0 < pvalue < 1.0:
         raise ValueError(f"MI p-value must be in (0, 1), got {pvalue}")
-    x = np.sort(np.asarray(null, dtype=np.float64))
-    n = x.size
-    k = max(10, int(round(n * tail)))
-    i = np.arange(n - k, n)
-    logs = np.log((n - i) / n)
-    b, a = np.polyfit(x[n - k :], logs, 1)
-    if not b < 0:
-        raise ValueError("null MI tail fit is not decreasing; too few null pairs")
-    return float((math.log(pvalue) - a) / b)
+    x, n, k, a, b = _tail_fit(null, tail)
+    if pvalue >= k / n:
+        return float(np.quantile(x, 1.0 - pvalue))
+    return float(max((math.log(pvalue) - a) / b, x[n - k]))
+
+
+def null_pvalue(null: np.ndarray, mi: np.ndarray, tail: float = 0.01) -> np.ndarray:
+    """Null right-tail p-value ``P(MI_null >= mi)`` of MI values, the inverse of :func:`mi_threshold`.
+
+    Below the start of the fitted tail: the empirical survival ``#{null >= mi} / N``; in the tail:
+    ``min(k / N, exp(a + b mi))``. Non-increasing in ``mi``.
+
+    Returns
+    -------
+    float64 array of the shape of ``mi``.
+    """
+    x, n, k, a, b = _tail_fit(null, tail)
+    mi = np.asarray(mi, dtype=np.float64)
+    emp = (n - np.searchsorted(x, mi, side="left")) / n
+    fit = np.minimum(k / n, np.exp(a + b * mi))
+    return np.where(mi >= x[n - k], fit, emp)
+
+
+def bh_threshold(null: np.ndarray, mi: np.ndarray, alpha: float, n_tests: int, tail: float = 0.01) -> float:
+    """MI threshold of a Benjamini-Hochberg FDR ``alpha`` over the null p-values of ``n_tests`` pairs
+    (ARACNe3 ``--alpha`` with the FDR method), of which ``mi`` holds the observed values (any subset that
+    includes every value with null p-value <= ``alpha``). Returns ``inf`` when no pair is significant.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"MI FDR alpha must be in (0, 1), got {alpha}")
+    mi = np.sort(np.asarray(mi, dtype=np.float64))[::-1]
+    if mi.size == 0:
+        return math.inf
+    p = null_pvalue(null, mi, tail)
+    ok = np.flatnonzero(p <= alpha * np.arange(1, mi.size + 1) / n_tests)
+    return float(mi[ok[-1]]) if ok.size else math.inf
 
 
 # --------------------------------------------------------------------------------------------------
@@ -480,6 +592,115 @@ def _correct(p: np.ndarray, m: int, method: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+BOOTSTRAPS = ("subsample", "replacement", "none")
+MI_METHODS = ("pvalue", "fdr", "fwer")
+
+
+def bootstrap_size(n: int, bootstrap: str) -> int:
+    """Samples per bootstrap: ``round(n (1 - 1/e))`` for ``"subsample"``, else ``n``."""
+    return int(round(n * (1.0 - math.exp(-1.0)))) if bootstrap == "subsample" else int(n)
+
+
+def bootstrap_columns(n: int, bootstrap: str, seed: int, b: int) -> np.ndarray:
+    """Sample indices of bootstrap ``b`` (int64 [m]), from a generator seeded by ``(seed, b)`` only, so a
+    bootstrap is the same whether computed in order, alone or after a resume.
+
+    ``"subsample"``: ``round(n (1 - 1/e))`` distinct samples, sorted (ARACNe3); ``"replacement"``: ``n``
+    draws uniform over all ``0..n-1`` (every sample can be drawn, unlike ARACNe-AP's sampler, which
+    never draws the last one); ``"none"``: all samples in order (ARACNe-AP ``--nobootstrap``).
+    """
+    if bootstrap == "none":
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(b), 0x424F4F54])
+    if bootstrap == "subsample":
+        return np.sort(rng.choice(n, size=bootstrap_size(n, bootstrap), replace=False)).astype(np.int64)
+    if bootstrap == "replacement":
+        return rng.integers(0, n, size=n, dtype=np.int64)
+    raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
+
+
+def _names(xs, limit: int = 20) -> str:
+    xs = [str(x) for x in xs]
+    return ", ".join(xs[:limit]) + (f", ... ({len(xs) - limit} more)" if len(xs) > limit else "")
+
+
+def check_input(expr: np.ndarray, genes, regulators) -> dict:
+    """Bad-input census of an expression matrix [G x n] with row names ``genes`` and a regulator list.
+
+    Returns
+    -------
+    dict with lists (sorted names): ``duplicated_genes``, ``nonfinite_genes`` (rows with NaN/inf; with
+    ``nonfinite_values``, the count of such entries), ``constant_genes`` (finite rows with one value),
+    ``missing_regulators`` (regulators not among ``genes``), ``constant_regulators``.
+    """
+    expr = np.asarray(expr, dtype=np.float64)
+    genes = [str(g) for g in genes]
+    seen, dup = set(), set()
+    for g in genes:
+        (dup if g in seen else seen).add(g)
+    bad = ~np.isfinite(expr)
+    nonfinite_rows = np.flatnonzero(bad.any(axis=1))
+    finite = ~bad.any(axis=1)
+    const = finite & (expr.shape[1] > 0) & (np.ptp(np.where(bad, 0.0, expr), axis=1) == 0 if expr.size else True)
+    regs = sorted(set(str(r) for r in regulators))
+    const_names = {genes[i] for i in np.flatnonzero(const)}
+    return dict(
+        duplicated_genes=sorted(dup),
+        nonfinite_genes=sorted({genes[i] for i in nonfinite_rows}),
+        nonfinite_values=int(bad.sum()),
+        constant_genes=sorted(const_names),
+        missing_regulators=[r for r in regs if r not in seen],
+        constant_regulators=[r for r in regs if r in const_names],
+    )
+
+
+def spearman_pairs(expr: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+    """Spearman correlation (average ranks for ties, all samples) of rows ``rows_a[i]`` and ``rows_b[i]``
+    of ``expr`` [G x n]; float64 [len(rows_a)] (ARACNe3's ``scc.values``); 0 for a constant row."""
+    from scipy.stats import rankdata
+
+    used = np.unique(np.concatenate([rows_a, rows_b])).astype(np.int64)
+    if used.size == 0:
+        return np.zeros(0)
+    z = rankdata(expr[used], axis=1)
+    z -= z.mean(axis=1, keepdims=True)
+    norm = np.sqrt((z * z).sum(axis=1, keepdims=True))
+    z = np.divide(z, norm, out=np.zeros_like(z), where=norm > 0)
+    where = np.searchsorted(used, rows_a), np.searchsorted(used, rows_b)
+    return np.einsum("ij,ij->i", z[where[0]], z[where[1]])
+
+
+def _fingerprint(rank0: np.ndarray, genes, regs, params: dict) -> str:
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(rank0).tobytes())
+    h.update(json.dumps([list(map(str, genes)), list(regs), params], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_bootstrap(path: Path, keep: np.ndarray, m: np.ndarray, above: int, thr: float) -> None:
+    from .io import atomic_path
+
+    r, t = np.nonzero(keep)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, r=r.astype(np.int32), t=t.astype(np.int32), mi=m[r, t].astype(np.float32),
+                     above=np.int64(above), thr=np.float64(thr))
+
+
+def _load_bootstrap(path: Path, shape):
+    try:
+        with np.load(path) as z:
+            r, t, mi, above, thr = z["r"], z["t"], z["mi"], int(z["above"]), float(z["thr"])
+    except Exception:  # noqa: BLE001 - a torn or foreign file is recomputed
+        return None
+    if r.shape != t.shape or r.shape != mi.shape or (r.size and (r.max() >= shape[0] or t.max() >= shape[1])):
+        return None
+    return r.astype(np.int64), t.astype(np.int64), mi, above, thr
+
+
 def aracne(
     expr: np.ndarray,
     genes,
@@ -496,6 +717,11 @@ def aracne(
     cache_dir: str | os.PathLike | None = None,
     n_null: int = 100_000,
     null_seed: int | None = None,
+    mi_method: str = "pvalue",
+    mi_alpha: float = 0.05,
+    checkpoint_dir: str | os.PathLike | None = None,
+    drop_constant: bool = True,
+    on_bootstrap=None,
 ) -> pd.DataFrame:
     """ARACNe network of regulators over genes from an expression matrix.
 
@@ -510,10 +736,11 @@ def aracne(
     n_bootstraps : int >= 1
         Bootstraps B. With B = 1 there is no consolidation: every edge of the single network is kept,
         with ``pvalue`` NaN.
-    bootstrap : {"subsample", "replacement"}
-        ``round(n (1 - 1/e))`` samples without replacement (ARACNe3) or ``n`` with replacement.
+    bootstrap : {"subsample", "replacement", "none"}
+        ``round(n (1 - 1/e))`` samples without replacement (ARACNe3), ``n`` with replacement over all
+        samples, or all samples (see :func:`bootstrap_columns`).
     mi_pvalue : float in (0, 1)
-        P-value of the MI threshold under the null model.
+        ``mi_method="pvalue"``: p-value of the MI threshold under the null model (ARACNe-AP ``--pvalue``).
     dpi_tolerance : float in [0, 1)
     consolidation : {"poisson", "binomial"}
         Bootstrap-count test (ARACNe-AP Poisson / ARACNe3 binomial), right tail ``P(X >= k)``.
@@ -531,124 +758,198 @@ def aracne(
         Null-model pairs.
     null_seed : int, optional
         Seed of the null model (default ``seed``); one null per (sample size, null_seed) is cached.
+    mi_method : {"pvalue", "fdr", "fwer"}
+        MI threshold per bootstrap: null p-value ``mi_pvalue``; Benjamini-Hochberg FDR ``mi_alpha`` over
+        the null p-values of all tested pairs (ARACNe3 ``--alpha``, FDR); or Bonferroni ``mi_alpha / M``.
+    mi_alpha : float in (0, 1)
+        Level of ``"fdr"`` and ``"fwer"``.
+    checkpoint_dir : path, optional
+        Each bootstrap's post-DPI network is written there (``<fingerprint>_b<index>.npz``, atomically) as
+        it finishes; bootstraps already there for the same input and parameters are loaded, not
+        recomputed, so an interrupted run resumes. The result equals an uninterrupted run.
+    drop_constant : bool
+        Drop constant genes (no information; reported in ``attrs["constant_genes"]``) instead of raising.
+    on_bootstrap : callable(b), optional
+        Called after bootstrap ``b`` is done (progress, tests).
 
     Returns
     -------
     pandas.DataFrame with columns ``regulator, target, mi`` (mean MI in nats over the bootstraps where
-    the edge survived), ``pvalue`` (corrected), ``count`` (bootstraps where it survived), sorted by
-    regulator, target. ``df.attrs`` holds ``mi_threshold``, ``n_per_bootstrap``, ``n_tested``,
-    ``edges_per_bootstrap`` (after DPI), ``edges_above_threshold`` (before DPI), ``lambda``.
+    the edge survived), ``pvalue`` (corrected), ``count`` (bootstraps where it survived), ``log_p``
+    (natural log of the uncorrected consolidation p-value, computed in log space), ``scc`` (Spearman
+    correlation over all samples), sorted by regulator, target. ``df.attrs`` holds ``mi_threshold``
+    (per bootstrap list for ``"fdr"``), ``n_per_bootstrap``, ``n_tested``, ``edges_per_bootstrap``
+    (after DPI), ``edges_above_threshold`` (before DPI), ``poisson_lambda``, ``constant_genes``,
+    ``bootstraps_resumed``.
 
     Raises
     ------
     ValueError
-        On a bad shape, non-finite values, duplicate genes, regulators not in ``genes``, too few
-        samples (< 8 per bootstrap) or an unknown option.
+        On a bad shape, non-finite values, duplicate genes, regulators not in ``genes`` (each naming how
+        many and which), too few samples (< 8 per bootstrap) or an unknown option.
     """
     expr = np.asarray(expr, dtype=np.float64)
     genes = np.asarray([str(g) for g in genes], dtype=object)
     if expr.ndim != 2 or expr.shape[0] != genes.size:
         raise ValueError(f"expr must be [genes x samples] with {genes.size} rows, got {expr.shape}")
-    if not np.all(np.isfinite(expr)):
-        raise ValueError("expr has non-finite values")
-    if len(set(genes)) != genes.size:
-        raise ValueError("genes are not distinct")
-    pos = {g: i for i, g in enumerate(genes)}
-    regs = sorted(set(str(r) for r in regulators))
-    missing = [r for r in regs if r not in pos]
-    if missing:
-        raise ValueError(f"{len(missing)} regulators are not in genes (first: {missing[:5]})")
-    if not regs:
-        raise ValueError("no regulators")
-    if n_bootstraps < 1:
-        raise ValueError(f"n_bootstraps must be >= 1, got {n_bootstraps}")
-    if bootstrap not in ("subsample", "replacement"):
-        raise ValueError(f"bootstrap must be 'subsample' or 'replacement', got {bootstrap!r}")
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
     if consolidation not in ("poisson", "binomial"):
         raise ValueError(f"consolidation must be 'poisson' or 'binomial', got {consolidation!r}")
     if correction not in ("bonferroni", "bh"):
         raise ValueError(f"correction must be 'bonferroni' or 'bh', got {correction!r}")
+    if mi_method not in MI_METHODS:
+        raise ValueError(f"mi_method must be one of {MI_METHODS}, got {mi_method!r}")
+    if n_bootstraps < 1:
+        raise ValueError(f"n_bootstraps must be >= 1, got {n_bootstraps}")
+    chk = check_input(expr, genes, regulators)
+    if chk["duplicated_genes"]:
+        d = chk["duplicated_genes"]
+        raise ValueError(f"{len(d)} gene names are duplicated: {_names(d)}")
+    if chk["nonfinite_genes"]:
+        d = chk["nonfinite_genes"]
+        raise ValueError(f"{chk['nonfinite_values']} non-finite values (NaN/inf) in {len(d)} genes: {_names(d)}")
+    if chk["missing_regulators"]:
+        d = chk["missing_regulators"]
+        raise ValueError(f"{len(d)} regulators are not in genes: {_names(d)}")
+    if chk["constant_genes"] and not drop_constant:
+        d = chk["constant_genes"]
+        raise ValueError(f"{len(d)} genes are constant: {_names(d)}")
+    if chk["constant_genes"]:
+        keep_rows = ~np.isin(genes, chk["constant_genes"])
+        expr, genes = expr[keep_rows], genes[keep_rows]
+    const = set(chk["constant_genes"])
+    regs = sorted(set(str(r) for r in regulators) - const)
+    if not regs:
+        raise ValueError("no regulators" + (f" (all {len(const & set(map(str, regulators)))} are constant)" if const else ""))
     n_genes, n = expr.shape
-    n_b = int(round(n * (1.0 - math.exp(-1.0)))) if bootstrap == "subsample" else n
+    n_b = bootstrap_size(n, bootstrap)
     if n_b < 8:
         raise ValueError(f"too few samples: {n} ({n_b} per bootstrap, need >= 8)")
+    if n >= 1 << 20:
+        raise ValueError(f"at most 2**20 - 1 samples, got {n}")
     if threads:
         import numba
 
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
 
+    pos = {g: i for i, g in enumerate(genes)}
     reg_idx = np.array([pos[r] for r in regs], dtype=np.int64)
     reg_pos = _reg_pos(n_genes, reg_idx)
-    rng = np.random.default_rng(seed)
-    rank0 = rank_rows(expr, keys=rng.random(expr.shape))
+    keys = np.random.default_rng([int(seed), 0x4B455953]).random(expr.shape)
+    rank0 = rank_rows(expr, keys=keys)
+    del keys
     null = null_model(n_b, n_null, seed if null_seed is None else null_seed, cache_dir)
-    thr = mi_threshold(null, mi_pvalue)
 
     n_reg = reg_idx.size
-    counts = np.zeros((n_reg, n_genes), dtype=np.int32)
-    mi_sum = np.zeros((n_reg, n_genes), dtype=np.float64)
-    per_boot, above = [], []
-    for b in range(n_bootstraps):
-        if n_bootstraps == 1 and bootstrap == "subsample" and n_b == n:
-            cols = np.arange(n)
-        elif bootstrap == "subsample":
-            cols = np.sort(rng.choice(n, size=n_b, replace=False))
-        else:
-            cols = rng.integers(0, n, size=n)
-        ranks = _rerank(rank0, cols)
-        m = _mi_block(ranks, reg_idx, reg_pos)
-        m[m < thr] = 0.0
-        keep = dpi_keep(m, reg_idx, dpi_tolerance)
-        counts += keep
-        mi_sum += np.where(keep, m, 0.0)
-        above.append(int(np.count_nonzero(m)))
-        per_boot.append(int(keep.sum()))
-
     # undirected pairs tested once: row r, column t with t not a regulator of index <= r
     tested = np.ones((n_reg, n_genes), dtype=bool)
     tested[np.arange(n_reg)[:, None], reg_idx[None, :]] = np.arange(n_reg)[None, :] > np.arange(n_reg)[:, None]
     n_tested = int(tested.sum())
+    if mi_method == "pvalue":
+        thr = mi_threshold(null, mi_pvalue)
+    elif mi_method == "fwer":
+        thr = mi_threshold(null, mi_alpha / n_tested)
+    else:
+        if not 0.0 < mi_alpha < 1.0:
+            raise ValueError(f"mi_alpha must be in (0, 1), got {mi_alpha}")
+        thr = None
+        thr_alpha = mi_threshold(null, mi_alpha)  # no pair with a larger null p-value can pass BH
+
+    ckpt = None
+    if checkpoint_dir is not None:
+        params = dict(B=n_bootstraps, bootstrap=bootstrap, mi_method=mi_method, mi_pvalue=mi_pvalue,
+                      mi_alpha=mi_alpha, dpi_tolerance=dpi_tolerance, seed=seed, n_null=n_null,
+                      null_seed=null_seed, v=NULL_VERSION)
+        ckpt = Path(checkpoint_dir)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        fp = _fingerprint(rank0, genes, regs, params)
+
+    counts = np.zeros((n_reg, n_genes), dtype=np.int32)
+    mi_sum = np.zeros((n_reg, n_genes), dtype=np.float64)
+    per_boot, above, thresholds, resumed = [], [], [], 0
+    for b in range(n_bootstraps):
+        path = ckpt / f"{fp}_b{b:05d}.npz" if ckpt is not None else None
+        loaded = _load_bootstrap(path, (n_reg, n_genes)) if path is not None and path.is_file() else None
+        if loaded is not None:
+            r_b, t_b, mi_b, n_above, thr_b = loaded
+            thresholds.append(thr_b)
+            np.add.at(counts, (r_b, t_b), 1)
+            mi_sum[r_b, t_b] += mi_b.astype(np.float64)
+            resumed += 1
+            n_keep = int(np.count_nonzero(tested[r_b, t_b]))
+        else:
+            ranks = _rerank(rank0, bootstrap_columns(n, bootstrap, seed, b))
+            m = _mi_block(ranks, reg_idx, reg_pos)
+            del ranks
+            if mi_method == "fdr":
+                cand = m[tested & (m >= thr_alpha)]
+                thr_b = bh_threshold(null, cand, mi_alpha, n_tested)
+            else:
+                thr_b = thr
+            thresholds.append(thr_b)
+            m[m < thr_b] = 0.0
+            n_above = int(np.count_nonzero(m[tested]))
+            keep = dpi_keep(m, reg_idx, dpi_tolerance)
+            counts += keep
+            np.add(mi_sum, m, out=mi_sum, where=keep)
+            n_keep = int(np.count_nonzero(keep[tested]))
+            if path is not None:
+                _save_bootstrap(path, keep, m, n_above, thr_b)
+            del m, keep
+        above.append(n_above)
+        per_boot.append(n_keep)
+        if on_bootstrap is not None:
+            on_bootstrap(b)
+
     total = int(counts[tested].sum())
     lam = total / n_tested
     r_i, t_i = np.nonzero(tested & (counts > 0))
     k = counts[r_i, t_i]
     if n_bootstraps == 1:
         p_corr = np.full(k.size, np.nan)
+        log_p = np.full(k.size, np.nan)
         ok = np.ones(k.size, dtype=bool)
     else:
+        from scipy.stats import binom, poisson
+
         if consolidation == "poisson":
-            p = poisson_right_tail(k, lam)
+            log_p = poisson.logsf(k - 1, lam)
         else:
-            p = _binomial_right_tail(k, n_bootstraps, lam / n_bootstraps)
-        p_corr = _correct(p, n_tested, correction)
+            log_p = binom.logsf(k - 1, n_bootstraps, lam / n_bootstraps)
+        p_corr = _correct(np.exp(log_p), n_tested, correction)
         ok = p_corr < alpha
-    r_i, t_i, k, p_corr = r_i[ok], t_i[ok], k[ok], p_corr[ok]
+    r_i, t_i, k, p_corr, log_p = r_i[ok], t_i[ok], k[ok], p_corr[ok], log_p[ok]
     mi = mi_sum[r_i, t_i] / k
+    scc = spearman_pairs(expr, reg_idx[r_i], t_i)
     reg_names = np.asarray(regs, dtype=object)
-    rows_reg = [reg_names[r_i]]
-    rows_tgt = [genes[t_i]]
-    rows = [(mi, p_corr, k)]
     both = reg_pos[t_i] >= 0  # regulator pairs: add the reverse direction
-    rows_reg.append(genes[t_i[both]])
-    rows_tgt.append(reg_names[r_i[both]])
-    rows.append((mi[both], p_corr[both], k[both]))
+    sel = np.concatenate([np.arange(r_i.size), np.flatnonzero(both)])
+    regcol = np.concatenate([reg_names[r_i], genes[t_i[both]]]).astype(str)
+    tgtcol = np.concatenate([genes[t_i], reg_names[r_i[both]]]).astype(str)
     df = pd.DataFrame(
         {
-            "regulator": np.concatenate(rows_reg).astype(str),
-            "target": np.concatenate(rows_tgt).astype(str),
-            "mi": np.concatenate([x[0] for x in rows]).astype(np.float64),
-            "pvalue": np.concatenate([x[1] for x in rows]).astype(np.float64),
-            "count": np.concatenate([x[2] for x in rows]).astype(np.int64),
+            "regulator": regcol,
+            "target": tgtcol,
+            "mi": mi[sel].astype(np.float64),
+            "pvalue": p_corr[sel].astype(np.float64),
+            "count": k[sel].astype(np.int64),
+            "log_p": log_p[sel].astype(np.float64),
+            "scc": scc[sel].astype(np.float64),
         }
     )
     df = df.sort_values(["regulator", "target"], kind="stable").reset_index(drop=True)
     df.attrs.update(
-        mi_threshold=thr,
+        mi_threshold=thr if thr is not None else None,
+        mi_thresholds_per_bootstrap=thresholds if mi_method == "fdr" else None,
+        mi_method=mi_method,
         n_per_bootstrap=n_b,
         n_tested=n_tested,
         edges_above_threshold=above,
         edges_per_bootstrap=per_boot,
         poisson_lambda=lam,
+        constant_genes=chk["constant_genes"],
+        bootstraps_resumed=resumed,
     )
     return df
 

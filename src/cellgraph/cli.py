@@ -18,6 +18,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "multigraph": ("cellgraph.multigraph", "nine-graph gene multigraph (human or yeast) from full network releases"),
     "expression": ("cellgraph.expression", "QC, normalise, cluster and split single-cell counts"),
     "grn": ("cellgraph.grn", "ARACNe gene regulatory networks per cell type and their consensus"),
+    "aracne": ("cellgraph.aracne_io", "standalone ARACNe on an ARACNe-AP matrix or h5ad; ARACNe-AP/ARACNe3 network files"),
     "spectral": ("cellgraph.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),
     "tokenize": ("cellgraph.tokenize", "per-cell rank tokens and subgraphs in shard files"),
     "train": ("cellgraph.train", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),

@@ -40,14 +40,16 @@ log = logging.getLogger(__name__)
 __all__ = ["configure_parser", "run", "read_regulators", "cell_type_matrix", "metacells", "consensus"]
 
 DEFAULTS = dict(
-    n_bootstraps=10,
+    n_bootstraps=50,
     bootstrap="subsample",
-    mi_pvalue=1e-8,
+    mi_method="pvalue",
+    mi_pvalue=1e-5,
+    mi_alpha=0.05,
     dpi_tolerance=0.0,
     consolidation="poisson",
     correction="bonferroni",
     consolidation_alpha=0.05,
-    metacell_k=0,
+    metacell_k=10,
     min_cells_expressed=10,
     consensus_fdr=0.05,
     threads=2,
@@ -63,9 +65,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, consensus.tsv, report.json")
     p.add_argument("--seed", type=int, default=0, help="seeds tie-breaking, bootstraps, null model (default 0)")
     p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
-    p.add_argument("--bootstrap", choices=["subsample", "replacement"], default=d["bootstrap"],
-                   help="subsample: 1-1/e of the cells without replacement (ARACNe3); replacement (default %(default)s)")
+    p.add_argument("--bootstrap", choices=list(engine.BOOTSTRAPS), default=d["bootstrap"],
+                   help="subsample: 1-1/e of the cells without replacement (ARACNe3); replacement: n draws over all "
+                        "cells; none: all cells (default %(default)s)")
+    p.add_argument("--mi-method", choices=list(engine.MI_METHODS), default=d["mi_method"],
+                   help="MI threshold: pvalue (null p-value, ARACNe-AP), fdr (Benjamini-Hochberg over null p-values, "
+                        "ARACNe3 --alpha) or fwer (Bonferroni) (default %(default)s)")
     p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="p-value of the MI threshold (default %(default)s)")
+    p.add_argument("--mi-alpha", type=float, default=d["mi_alpha"], help="level of --mi-method fdr/fwer (default %(default)s)")
     p.add_argument("--dpi-tolerance", type=float, default=d["dpi_tolerance"], help="DPI tolerance in [0, 1) (default %(default)s)")
     p.add_argument("--consolidation", choices=["poisson", "binomial"], default=d["consolidation"],
                    help="bootstrap consolidation test: poisson (ARACNe-AP) or binomial (ARACNe3) (default %(default)s)")
@@ -79,6 +86,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consensus-fdr", type=float, default=d["consensus_fdr"], help="FDR of the consensus network (default %(default)s)")
     p.add_argument("--threads", type=int, default=d["threads"], help="numba threads (results do not depend on it) (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/../.cache/aracne_null)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="per-bootstrap networks (one subfolder per cell type) so an interrupted run resumes; "
+                        "default: none")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +246,8 @@ def _check_args(args) -> None:
         raise InputError(f"--n-bootstraps must be >= 1, got {args.n_bootstraps}")
     if not 0 < args.mi_pvalue < 1:
         raise InputError(f"--mi-pvalue must be in (0, 1), got {args.mi_pvalue}")
+    if not 0 < args.mi_alpha < 1:
+        raise InputError(f"--mi-alpha must be in (0, 1), got {args.mi_alpha}")
     if not 0 <= args.dpi_tolerance < 1:
         raise InputError(f"--dpi-tolerance must be in [0, 1), got {args.dpi_tolerance}")
     if not 0 < args.consolidation_alpha <= 1:
@@ -332,7 +344,8 @@ def run(args: argparse.Namespace) -> None:
                 n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap, mi_pvalue=args.mi_pvalue,
                 dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
                 alpha=args.consolidation_alpha, seed=seed_ct, threads=args.threads, cache_dir=cache_dir,
-                null_seed=args.seed,
+                null_seed=args.seed, mi_method=args.mi_method, mi_alpha=args.mi_alpha,
+                checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None,
             )
         except ValueError as err:
             raise InputError(f"{args.adata}: cell type {ct!r}: {err}") from err
@@ -345,6 +358,9 @@ def run(args: argparse.Namespace) -> None:
             seed=seed_ct,
             samples_per_bootstrap=a["n_per_bootstrap"],
             mi_threshold_nats=a["mi_threshold"],
+            mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
+            constant_genes_skipped=dict(count=len(a["constant_genes"]), names=_names(a["constant_genes"])),
+            bootstraps_resumed=a["bootstraps_resumed"],
             pairs_tested=a["n_tested"],
             edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
             edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"],

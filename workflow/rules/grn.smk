@@ -12,7 +12,7 @@ rule grn:
         seed=config["seed"],
         options=flags(
             "grn",
-            ["n_bootstraps", "bootstrap", "mi_pvalue", "dpi_tolerance", "consolidation", "correction",
+            ["n_bootstraps", "bootstrap", "mi_method", "mi_pvalue", "mi_alpha", "dpi_tolerance", "consolidation", "correction",
              "consolidation_alpha", "metacell_k", "min_cells_expressed", "consensus_fdr"],
         ),
     threads: config["grn"]["threads"]

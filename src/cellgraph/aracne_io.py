@@ -1,0 +1,338 @@
+"""ARACNe file formats and the standalone ``cellgraph aracne`` command (a drop-in for ARACNe-AP / ARACNe3).
+
+Inputs
+------
+- ARACNe-AP expression matrix: tab-separated text, one header line (first field a label such as
+  ``gene``, then sample names), then one line per gene: its name and one value per sample.
+- h5ad: cells x genes (``X`` or ``--layer``), genes from ``var_names``; transposed to genes x cells.
+- Regulator list: one name per line (ARACNe-AP ``--tfs``); blank lines and ``#`` comments ignored.
+
+Outputs
+-------
+- ARACNe-AP ``network.txt``: ``Regulator  Target  MI  pvalue`` (tab-separated, header; MI in nats,
+  pvalue the corrected consolidation p-value).
+- ARACNe3 consolidated network: ``regulator.values  target.values  mi.values  scc.values  count.values
+  log.p.values`` (scc = Spearman correlation over all samples, count = bootstraps where the edge survived,
+  log.p = natural log of the uncorrected consolidation p-value).
+
+Floats are written with 17 significant digits and read with round-trip precision, so a network read
+back equals the one written. These files load into VIPER / pyviper like the peers' outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import aracne as engine
+from .errors import InputError
+from .io import atomic_path, require_file, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "read_expression_tsv",
+    "read_expression_h5ad",
+    "read_expression",
+    "write_expression_tsv",
+    "write_network_ap",
+    "read_network_ap",
+    "write_network_aracne3",
+    "read_network_aracne3",
+    "configure_parser",
+    "run",
+]
+
+AP_COLUMNS = ["Regulator", "Target", "MI", "pvalue"]
+AP_MAP = dict(zip(AP_COLUMNS, ["regulator", "target", "mi", "pvalue"]))
+A3_COLUMNS = ["regulator.values", "target.values", "mi.values", "scc.values", "count.values", "log.p.values"]
+A3_MAP = dict(zip(A3_COLUMNS, ["regulator", "target", "mi", "scc", "count", "log_p"]))
+
+
+def _names(xs, limit: int = 20) -> str:
+    xs = [str(x) for x in xs]
+    return ", ".join(xs[:limit]) + (f", ... ({len(xs) - limit} more)" if len(xs) > limit else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Expression
+# --------------------------------------------------------------------------------------------------
+
+
+def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
+    """Read an ARACNe-AP expression matrix.
+
+    Returns
+    -------
+    (expr float64 [G, n], gene names [G], sample names [n]). Missing values (empty, NA, NaN) are NaN; they
+    are not dropped here (the caller reports them, see :func:`cellgraph.aracne.check_input`).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or empty, a line has more fields than the header, or a value is not a
+        number (naming the line, the sample column and the value).
+    """
+    path = require_file(path, "expression matrix")
+    try:
+        df = pd.read_csv(path, sep="\t", header=0, index_col=0, dtype={0: str}, low_memory=False,
+                         float_precision="round_trip")
+    except pd.errors.EmptyDataError as err:
+        raise InputError(f"{path}: empty expression matrix") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a tab-separated genes x samples matrix ({err})") from err
+    if df.shape[1] == 0:
+        raise InputError(f"{path}: no sample columns (expected a header 'gene<TAB>sample1<TAB>...')")
+    if df.shape[0] == 0:
+        raise InputError(f"{path}: no gene rows below the header")
+    for j, col in enumerate(df.columns):
+        if df[col].dtype.kind in "fiub":
+            continue
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = np.flatnonzero(num.isna().to_numpy() & df[col].notna().to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"{path}: line {i + 2}, sample {col!r} (column {j + 2}): {df[col].iloc[i]!r} is not a number "
+                f"({bad.size} such values in this column)"
+            )
+        df[col] = num
+    genes = [str(g) for g in df.index]
+    return df.to_numpy(dtype=np.float64), genes, [str(c) for c in df.columns]
+
+
+def read_expression_h5ad(path, layer: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Read an h5ad (cells x genes) as (expr float64 [G, n], var_names [G], obs_names [n]).
+
+    Raises
+    ------
+    InputError
+        If the file is not an h5ad or has no layer ``layer``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    path = require_file(path, "expression h5ad")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
+        raise InputError(f"{path}: cannot be read as h5ad ({err})") from err
+    if layer is not None and layer not in adata.layers:
+        raise InputError(f"{path}: no layer {layer!r} (layers: {list(adata.layers)})")
+    x = adata.X if layer is None else adata.layers[layer]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return np.asarray(x, dtype=np.float64).T.copy(), [str(g) for g in adata.var_names], [str(c) for c in adata.obs_names]
+
+
+def read_expression(path, layer: str | None = None):
+    """:func:`read_expression_h5ad` for ``*.h5ad``, else :func:`read_expression_tsv`."""
+    if str(path).endswith(".h5ad"):
+        return read_expression_h5ad(path, layer)
+    return read_expression_tsv(path)
+
+
+def write_expression_tsv(path, expr: np.ndarray, genes, samples, label: str = "gene") -> None:
+    """Write an ARACNe-AP expression matrix (header ``label, samples...``; one line per gene)."""
+    df = pd.DataFrame(np.asarray(expr), index=pd.Index([str(g) for g in genes], name=label),
+                      columns=[str(s) for s in samples])
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", float_format="%.17g")
+
+
+# --------------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------------
+
+
+def write_network_ap(df: pd.DataFrame, path) -> None:
+    """ARACNe-AP ``network.txt`` from an engine network (``regulator, target, mi, pvalue``)."""
+    out = df[["regulator", "target", "mi", "pvalue"]].rename(columns={v: k for k, v in AP_MAP.items()})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+def write_network_aracne3(df: pd.DataFrame, path) -> None:
+    """ARACNe3 consolidated network from an engine network (``regulator, target, mi, scc, count, log_p``)."""
+    out = df[list(A3_MAP.values())].rename(columns={v: k for k, v in A3_MAP.items()})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+def _read_network(path, columns: list[str], mapping: dict, what: str) -> pd.DataFrame:
+    path = require_file(path, what)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype={columns[0]: str, columns[1]: str}, keep_default_na=False,
+                         na_values={c: ["NA", "NaN", "nan", ""] for c in columns[2:]},
+                         float_precision="round_trip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: cannot be read as a tab-separated {what} ({err})") from err
+    if list(df.columns) != columns:
+        raise InputError(f"{path}: header {list(df.columns)}; expected {columns} ({what})")
+    for c in columns[2:]:
+        if df[c].dtype.kind not in "fi":
+            bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{path}: line {i + 2}, column {c!r}: {df[c].iloc[i]!r} is not a number")
+    return df.rename(columns=mapping)
+
+
+def read_network_ap(path) -> pd.DataFrame:
+    """Read an ARACNe-AP ``network.txt`` as ``regulator, target, mi, pvalue``.
+
+    Raises
+    ------
+    InputError
+        On a wrong header or a non-numeric MI / p-value (naming the line).
+    """
+    return _read_network(path, AP_COLUMNS, AP_MAP, "ARACNe-AP network")
+
+
+def read_network_aracne3(path) -> pd.DataFrame:
+    """Read an ARACNe3 consolidated network as ``regulator, target, mi, scc, count, log_p``.
+
+    Raises
+    ------
+    InputError
+        On a wrong header or a non-numeric value (naming the line).
+    """
+    return _read_network(path, A3_COLUMNS, A3_MAP, "ARACNe3 network")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command
+# --------------------------------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    from .grn import DEFAULTS as d
+
+    p.add_argument("--expression", required=True,
+                   help="ARACNe-AP expression matrix (tab-separated genes x samples, header line) or an .h5ad")
+    p.add_argument("--layer", default=None, help="h5ad layer to use instead of X")
+    p.add_argument("--regulators", required=True, help="regulator list, one name per line")
+    p.add_argument("--out-dir", required=True, help="folder for the network file and report.json")
+    p.add_argument("--format", choices=["aracne-ap", "aracne3"], default="aracne-ap",
+                   help="aracne-ap: network.txt (Regulator Target MI pvalue); aracne3: network.tsv with "
+                        "regulator.values ... log.p.values (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds tie-breaking, bootstraps, null model (default 0)")
+    p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
+    p.add_argument("--bootstrap", choices=list(engine.BOOTSTRAPS), default=d["bootstrap"],
+                   help="subsample 1-1/e without replacement (ARACNe3), replacement over all samples, or none "
+                        "(all samples) (default %(default)s)")
+    p.add_argument("--mi-method", choices=list(engine.MI_METHODS), default=d["mi_method"],
+                   help="MI threshold: null p-value (ARACNe-AP), BH FDR or Bonferroni over null p-values "
+                        "(ARACNe3 --alpha) (default %(default)s)")
+    p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="null p-value of the MI threshold (default %(default)s)")
+    p.add_argument("--mi-alpha", type=float, default=d["mi_alpha"], help="level of --mi-method fdr/fwer (default %(default)s)")
+    p.add_argument("--dpi-tolerance", type=float, default=d["dpi_tolerance"], help="DPI tolerance in [0, 1) (default %(default)s)")
+    p.add_argument("--consolidation", choices=["poisson", "binomial"], default=d["consolidation"],
+                   help="bootstrap consolidation: poisson (ARACNe-AP) or binomial (ARACNe3) (default %(default)s)")
+    p.add_argument("--correction", choices=["bonferroni", "bh"], default=d["correction"],
+                   help="multiple-testing correction of the consolidation (default %(default)s)")
+    p.add_argument("--consolidation-alpha", type=float, default=d["consolidation_alpha"],
+                   help="keep edges with corrected p-value below this (default %(default)s)")
+    p.add_argument("--n-null", type=int, default=100_000, help="null-model pairs (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d["threads"], help="numba threads; output does not depend on it (default %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/.cache)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="per-bootstrap networks for resuming an interrupted run (default <out-dir>/bootstraps)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the per-bootstrap files after success")
+
+
+def _check(args) -> None:
+    if args.n_bootstraps < 1:
+        raise InputError(f"--n-bootstraps must be >= 1, got {args.n_bootstraps}")
+    for flag, v in (("--mi-pvalue", args.mi_pvalue), ("--mi-alpha", args.mi_alpha)):
+        if not 0 < v < 1:
+            raise InputError(f"{flag} must be in (0, 1), got {v}")
+    if not 0 <= args.dpi_tolerance < 1:
+        raise InputError(f"--dpi-tolerance must be in [0, 1), got {args.dpi_tolerance}")
+    if not 0 < args.consolidation_alpha <= 1:
+        raise InputError(f"--consolidation-alpha must be in (0, 1], got {args.consolidation_alpha}")
+    if args.threads < 1 or args.n_null < 1000:
+        raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
+
+
+def run(args: argparse.Namespace) -> None:
+    from .grn import read_regulators
+
+    _check(args)
+    t0 = time.perf_counter()
+    regulators = read_regulators(args.regulators)
+    expr, genes, samples = read_expression(args.expression, args.layer)
+    chk = engine.check_input(expr, genes, regulators)
+    if chk["duplicated_genes"]:
+        d = chk["duplicated_genes"]
+        raise InputError(f"{args.expression}: {len(d)} gene names occur more than once: {_names(d)}")
+    if chk["nonfinite_genes"]:
+        d = chk["nonfinite_genes"]
+        raise InputError(f"{args.expression}: {chk['nonfinite_values']} missing or non-finite values (NA/NaN/inf) "
+                         f"in {len(d)} genes: {_names(d)}")
+    missing = chk["missing_regulators"]
+    present = [r for r in regulators if r not in set(missing) and r not in set(chk["constant_regulators"])]
+    if not present:
+        raise InputError(f"{args.regulators}: none of the {len(regulators)} regulators is a non-constant gene of "
+                         f"{args.expression} ({len(missing)} missing: {_names(missing, 5)}; "
+                         f"{len(chk['constant_regulators'])} constant)")
+    if missing:
+        log.warning("%d of %d regulators are not in %s and are skipped: %s", len(missing), len(regulators),
+                    args.expression, _names(missing, 10))
+    if chk["constant_genes"]:
+        log.warning("%d constant genes are skipped: %s", len(chk["constant_genes"]), _names(chk["constant_genes"], 10))
+    out = Path(args.out_dir)
+    cache = Path(args.cache_dir) if args.cache_dir else out / ".cache"
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "bootstraps"
+    try:
+        df = engine.aracne(
+            expr, genes, present, n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap,
+            mi_method=args.mi_method, mi_pvalue=args.mi_pvalue, mi_alpha=args.mi_alpha,
+            dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
+            alpha=args.consolidation_alpha, seed=args.seed, threads=args.threads, cache_dir=cache,
+            n_null=args.n_null, checkpoint_dir=ckpt,
+            on_bootstrap=lambda b: log.debug("bootstrap %d done", b),
+        )
+    except ValueError as err:
+        raise InputError(f"{args.expression}: {err}") from err
+    a = df.attrs
+    report = dict(
+        inputs=dict(expression=str(args.expression), regulators=str(args.regulators), layer=args.layer),
+        params={k: getattr(args, k) for k in ("format", "seed", "n_bootstraps", "bootstrap", "mi_method", "mi_pvalue",
+                                              "mi_alpha", "dpi_tolerance", "consolidation", "correction",
+                                              "consolidation_alpha", "n_null", "threads")},
+        genes=len(genes),
+        samples=len(samples),
+        regulators_read=len(regulators),
+        regulators_used=len(present),
+        regulators_missing=dict(count=len(missing), names=missing),
+        constant_genes=dict(count=len(chk["constant_genes"]), names=chk["constant_genes"]),
+        constant_regulators=dict(count=len(chk["constant_regulators"]), names=chk["constant_regulators"]),
+        genes_used=len(genes) - len(chk["constant_genes"]),
+        samples_per_bootstrap=a["n_per_bootstrap"],
+        mi_threshold_nats=a["mi_threshold"],
+        mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
+        pairs_tested=a["n_tested"],
+        edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
+        edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"],
+        poisson_lambda=a["poisson_lambda"],
+        bootstraps_resumed=a["bootstraps_resumed"],
+        edges=int(len(df)),
+    )
+    if args.format == "aracne-ap":
+        write_network_ap(df, out / "network.txt")
+    else:
+        write_network_aracne3(df, out / "network.tsv")
+    write_json(out / "report.json", report)
+    if not args.keep_checkpoints and not args.checkpoint_dir:
+        for f in ckpt.glob("*.npz"):
+            f.unlink()
+        try:
+            ckpt.rmdir()
+        except OSError:
+            pass
+    log.info("aracne: %d genes x %d samples, %d regulators -> %d edges (%.1f s)", len(genes), len(samples),
+             len(present), len(df), time.perf_counter() - t0)
