@@ -237,7 +237,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-dir", required=True, help="folder for coefficients.json and report.tsv")
     p.add_argument("--beta", type=float, default=0.1, help="diffusion time of exp(-beta L) (default 0.1)")
     p.add_argument("--tol", type=float, default=1e-6, help="Chebyshev tail tolerance (default 1e-6)")
-    p.add_argument("--mi-weighted", action="store_true", help="weight edges by mutual information")
+    p.add_argument("--mi-weighted", action=argparse.BooleanOptionalAction, default=False,
+                   help="weight edges by mutual information (default %(default)s)")
 
 
 def network_laplacians(networks, mi_weighted: bool = False):

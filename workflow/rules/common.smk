@@ -28,8 +28,7 @@ def flags(section, keys):
         value = config[section][key]
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            if value:
-                out.append(flag)
+            out.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, (list, tuple)):
             if value:
                 out.append(flag + " " + " ".join(f"'{v}'" for v in value))

@@ -13,7 +13,8 @@ rule grn:
         options=flags(
             "grn",
             ["n_bootstraps", "bootstrap", "mi_method", "mi_pvalue", "mi_alpha", "dpi_tolerance", "consolidation", "correction",
-             "consolidation_alpha", "metacell_k", "min_cells_expressed", "consensus_fdr"],
+             "consolidation_alpha", "metacell_k", "min_cells_expressed", "consensus_fdr",
+             "permutation_control"],
         ),
     threads: config["grn"]["threads"]
     log:
