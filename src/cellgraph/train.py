@@ -12,6 +12,18 @@ and resumption are Lightning's; a run resumes from ``<checkpoint-dir>/last.ckpt`
 Outputs (design.md section 6): ``<out-dir>/model.pt`` ``{"config", "state_dict", "vocab"}`` and
 ``<out-dir>/metrics.tsv`` (``epoch, train_loss, val_loss, val_masked_accuracy``); ``report.json`` with
 timings and sizes goes to the checkpoint folder (not a declared output).
+
+Data-parallel training (``--devices N --num-nodes M``): Lightning DDP (gloo on CPU, NCCL on GPU). Without an
+outer launcher Lightning starts the N processes of a node itself; under ``torchrun`` or ``srun`` it reads
+the ranks from the environment. The global batch ``batch_size`` is split evenly over the ranks by
+:class:`ShardedBatchSampler` (every cell exactly once per epoch, the same cells per optimisation step as one
+process), the loss of each rank is normalised by the global number of masked tokens, so the averaged
+gradients equal those of one process with the same global batch; metrics are summed over the ranks and only
+rank 0 writes files. Checkpoints (every epoch and, with ``--checkpoint-every-n-steps``, every k steps,
+keeping the last 2) carry the run's fingerprint and the position in the epoch, so a killed run resumes
+mid-epoch and ends with the weights and metrics of an uninterrupted one. They are read with
+``torch.load(weights_only=True)``; an unreadable one is reported by name, renamed ``*.corrupt`` and the
+next newest is used.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -36,7 +49,8 @@ from .models.gremln import PRESETS, GREmLN, GREmLNConfig, bin_tokens, preset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mask_positions", "masked_step", "MaskedRankModule", "fit", "fingerprint", "configure_parser", "run"]
+__all__ = ["mask_positions", "masked_step", "MaskedRankModule", "ShardedBatchSampler", "fit", "fingerprint",
+           "select_checkpoint", "configure_parser", "run"]
 
 TRAIN_STREAM, VAL_STREAM = 1, 2
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_masked_accuracy"]
@@ -68,19 +82,24 @@ def mask_positions(attention_mask: torch.Tensor, cell_index: torch.Tensor, mask_
     return torch.from_numpy(out).to(attention_mask.device)
 
 
-def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tensor
-                ) -> tuple[torch.Tensor, int, int]:
-    """Mean cross-entropy over masked positions, their number and the number predicted right.
+def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tensor,
+                denominator: float | torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+    """Cross-entropy over masked positions, their number and the number predicted right.
 
     ``mask`` Bool [B, 1+n] from :func:`mask_positions`; the masked bins are replaced by ``MASK`` before the
     forward pass and the targets are the original bins (0..n_bins). Unmasked positions do not contribute.
+    The loss is the mean over the masked positions, or their sum divided by ``denominator`` when given
+    (data-parallel training: the global number of masked positions over the world size).
     """
     target = batch["bins"]
     inputs = dict(batch)
     inputs["bins"] = torch.where(mask, torch.full_like(target, bin_tokens(model.config.n_bins)["MASK"]), target)
     logits = model(inputs)[mask].float()  # [M, n_bins + 1]
     tgt = target[mask]
-    loss = F.cross_entropy(logits, tgt)
+    if denominator is None:
+        loss = F.cross_entropy(logits, tgt)
+    else:
+        loss = F.cross_entropy(logits, tgt, reduction="sum") / denominator
     return loss, int(tgt.numel()), int((logits.argmax(-1) == tgt).sum())
 
 
@@ -96,7 +115,13 @@ def _lightning():
 
 
 class MaskedRankModule(_lightning().LightningModule):
-    """Lightning wrapper: masked-rank loss, AdamW + warm-up/cosine schedule, per-epoch metric history."""
+    """Lightning wrapper: masked-rank loss, AdamW + warm-up/cosine schedule, per-epoch metric history.
+
+    Batches may carry ``valid`` Bool [B] (False = padding cell of :class:`ShardedBatchSampler`, ignored).
+    The loss of a rank is ``sum of its masked cross-entropies / (global masked count / world size)``, so
+    DDP's gradient average equals the gradient of the global-batch mean. Metric sums are reduced over the
+    ranks at the end of the epoch and saved (reduced) in mid-epoch checkpoints.
+    """
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -104,28 +129,58 @@ class MaskedRankModule(_lightning().LightningModule):
         self.cfg = GREmLNConfig(**config)
         self.model = GREmLN(self.cfg)
         self.history: list[dict[str, float]] = []
+        self.run_fingerprint: str | None = None
+        self.total_steps: int | None = None  # optimiser steps of the whole run (learning-rate schedule)
+        self.batches_done = 0  # training batches of the current epoch
+        self._restored: tuple[int, list[float], int] | None = None  # (epoch, reduced sums, batches) mid-epoch
         self._reset("train")
         self._reset("val")
 
     def _reset(self, which: str) -> None:
-        setattr(self, f"_{which}_acc", [0.0, 0, 0])  # loss * count, count, correct
+        setattr(self, f"_{which}_acc", [0.0, 0, 0])  # sum of cross-entropy, count, correct
         if which == "train":
             self._t0 = time.perf_counter()
+
+    def _reduce(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over the ranks (identity on one process)."""
+        if self.trainer.world_size == 1:
+            return list(values)
+        t = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        return self.trainer.strategy.reduce(t, reduce_op="sum").cpu().tolist()
 
     def _run(self, batch, stream: int, epoch: int, which: str) -> torch.Tensor:
         mask = mask_positions(batch["attention_mask"], batch["cell_index"], self.cfg.mask_rate, self.cfg.seed,
                               epoch, stream)
-        loss, n, correct = masked_step(self.model, batch, mask)
+        if "valid" in batch:
+            mask = mask & batch["valid"][:, None]
+        denominator = None
+        if which == "train":
+            total = self._reduce([float(mask.sum())])[0]
+            denominator = max(total, 1.0) / self.trainer.world_size
+        loss, n, correct = masked_step(self.model, batch, mask, denominator)
         acc = getattr(self, f"_{which}_acc")
-        acc[0] += float(loss.detach()) * n
+        ce_sum = float(loss.detach()) * (denominator if denominator is not None else n)
+        acc[0] += ce_sum
         acc[1] += n
         acc[2] += correct
         return loss
 
-    def on_train_epoch_start(self) -> None:
+    def on_train_epoch_start(self) -> None:  # not called when Lightning resumes inside an epoch
         self._reset("train")
+        self.batches_done = 0
+        if (self._restored is not None and self._restored[0] == self.current_epoch
+                and self._restored[2] < self.trainer.num_training_batches):
+            self._apply_restored()
+        self._restored = None
+
+    def _apply_restored(self) -> None:
+        """Metric sums (reduced; given to rank 0) and position of the epoch a checkpoint was taken in."""
+        _, sums, done = self._restored
+        self._train_acc = list(sums) if self.global_rank == 0 else [0.0, 0, 0]
+        self.batches_done = done
 
     def training_step(self, batch, batch_idx):
+        self.batches_done += 1
         return self._run(batch, TRAIN_STREAM, self.current_epoch, "train")
 
     def on_validation_epoch_start(self) -> None:
@@ -134,8 +189,8 @@ class MaskedRankModule(_lightning().LightningModule):
     def validation_step(self, batch, batch_idx):
         return self._run(batch, VAL_STREAM, 0, "val")
 
-    def on_train_epoch_end(self) -> None:  # runs after this epoch's validation, before the checkpoint
-        tr, va = self._train_acc, self._val_acc
+    def on_train_epoch_end(self) -> None:  # runs after this epoch's validation
+        tr, va = self._reduce(self._train_acc), self._reduce(self._val_acc)
         row = {
             "epoch": int(self.current_epoch) + 1,
             "train_loss": tr[0] / max(tr[1], 1),
@@ -144,14 +199,22 @@ class MaskedRankModule(_lightning().LightningModule):
             "seconds": time.perf_counter() - self._t0,
         }
         self.history.append(row)
-        log.info("epoch %d: train_loss %.4f val_loss %.4f val_masked_accuracy %.4f (%.1f s)", row["epoch"],
-                 row["train_loss"], row["val_loss"], row["val_masked_accuracy"], row["seconds"])
+        if self.global_rank == 0:
+            log.info("epoch %d: train_loss %.4f val_loss %.4f val_masked_accuracy %.4f (%.1f s)", row["epoch"],
+                     row["train_loss"], row["val_loss"], row["val_masked_accuracy"], row["seconds"])
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def on_save_checkpoint(self, checkpoint: dict) -> None:  # called on every rank
         checkpoint["metrics_history"] = list(self.history)
+        checkpoint["cellgraph_fingerprint"] = self.run_fingerprint
+        checkpoint["train_progress"] = {"epoch": int(self.current_epoch), "batches_done": int(self.batches_done),
+                                        "sums": self._reduce(self._train_acc)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("metrics_history", []))
+        prog = checkpoint.get("train_progress")
+        if prog and 0 < prog["batches_done"]:
+            self._restored = (int(prog["epoch"]), list(prog["sums"]), int(prog["batches_done"]))
+            self._apply_restored()  # an end-of-epoch checkpoint: on_train_epoch_start resets it
 
     def configure_optimizers(self):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
@@ -160,7 +223,9 @@ class MaskedRankModule(_lightning().LightningModule):
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.cfg.lr, betas=(0.9, 0.95),
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        # set by fit(); trainer.estimated_stepping_batches would set up the train loader before a checkpoint's
+        # loader state (the position inside the epoch) is restored
+        total = self.total_steps or max(int(self.trainer.estimated_stepping_batches), 1)
         warm = max(int(round(self.cfg.warmup_fraction * total)), 1)
 
         def factor(step: int) -> float:
@@ -171,6 +236,115 @@ class MaskedRankModule(_lightning().LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Sharding the data over ranks
+# --------------------------------------------------------------------------------------------------
+
+
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """Per-rank batches of a global batch: every cell exactly once per epoch, no duplicates, no gaps.
+
+    Epoch ``e`` orders the ``n`` cells by ``torch.randperm(n, generator=manual_seed(seed + e))`` (or 0..n-1
+    without ``shuffle``) and cuts the order into global batches of ``global_batch`` cells (the last one
+    shorter); rank ``r`` of ``world_size`` gets positions ``r, r + W, r + 2W, ...`` of each global batch.
+    When a global batch is not a multiple of ``W`` the missing places are ``-1`` (a padding cell that
+    carries ``valid = False`` and contributes nothing), so every rank runs the same number of steps and the
+    union over ranks of step ``k`` is exactly the ``k``-th batch of one process. ``skip`` batches at the
+    start of epoch ``skip_epoch`` are left out (resumption inside an epoch).
+
+    Raises ValueError if ``global_batch`` is not a positive multiple of ``world_size``.
+    """
+
+    def __init__(self, n: int, global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        if global_batch < world_size or global_batch % world_size:
+            raise ValueError(f"batch size {global_batch} must be a positive multiple of the world size {world_size}")
+        self.n, self.global_batch, self.rank, self.world_size = n, global_batch, rank, world_size
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.skip, self.skip_epoch = 0, -1
+        self.sampler = _EpochSetter(self)  # Lightning calls batch_sampler.sampler.set_epoch(e) every epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.global_batch)
+
+    def global_order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        order = self.global_order()
+        start = self.skip if self.epoch == self.skip_epoch else 0  # every iterator of that epoch skips
+        for k in range(start, len(self)):
+            chunk = order[k * self.global_batch: (k + 1) * self.global_batch]
+            chunk += [-1] * (-len(chunk) % self.world_size)
+            yield chunk[self.rank:: self.world_size]
+
+
+class _EpochSetter:
+    def __init__(self, parent: ShardedBatchSampler):
+        self.parent = parent
+
+    def set_epoch(self, epoch: int) -> None:
+        self.parent.set_epoch(epoch)
+
+
+class _PaddedDataset(torch.utils.data.Dataset):
+    """``ds[i]`` for ``i >= 0``; index ``-1`` is a padding cell (a copy of cell 0, flagged invalid)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return (self.ds[max(int(i), 0)], int(i) >= 0)
+
+
+class _ValidCollate:
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        batch = self.collate([it for it, _ in items])
+        batch["valid"] = torch.tensor([ok for _, ok in items], dtype=torch.bool)
+        return batch
+
+
+class _ResumableLoader(torch.utils.data.DataLoader):
+    """A DataLoader over a :class:`ShardedBatchSampler` whose state (epoch, batches done) is checkpointed."""
+
+    module: "MaskedRankModule | None" = None
+
+    def state_dict(self) -> dict[str, int]:
+        m = self.module
+        if m is None:
+            return {"epoch": 0, "batches_done": 0}
+        epoch, done = int(m.current_epoch), int(m.batches_done)
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # called before Lightning creates the resumed epoch's iterator (and before its set_epoch)
+        epoch = int(state.get("epoch", 0))
+        self.batch_sampler.set_epoch(epoch)
+        self.batch_sampler.skip, self.batch_sampler.skip_epoch = int(state.get("batches_done", 0)), epoch
+
+
+def _loader(ds, collate, batch_size: int, rank: int, world: int, seed: int, shuffle: bool) -> _ResumableLoader:
+    sampler = ShardedBatchSampler(len(ds), batch_size, rank, world, seed, shuffle)
+    return _ResumableLoader(_PaddedDataset(ds), batch_sampler=sampler, collate_fn=_ValidCollate(collate))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,12 +363,65 @@ def fingerprint(config: dict[str, Any], files: Sequence[str | Path]) -> str:
     return h.hexdigest()
 
 
-def _trainer(pl, config: GREmLNConfig, ckdir: Path, cuda: bool, callbacks: list):
+def _env_is_rank_zero() -> bool:
+    """Whether the launcher's environment (torchrun, srun, Lightning's own launcher) makes this rank 0.
+
+    Read before the process group exists; decides which process may rename or delete checkpoint files.
+    """
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+    ranks = [os.environ.get(v, "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK")]
+    if slurm_tasks > 1:
+        ranks.append(os.environ.get("SLURM_PROCID", "0"))
+    return all(int(r or 0) == 0 for r in ranks)
+
+
+def select_checkpoint(ckdir: Path, fp: str, cleanup: bool = False) -> tuple[Path | None, list[str]]:
+    """The newest readable checkpoint of ``ckdir`` whose stored fingerprint is ``fp``, and problems met.
+
+    Candidates ``*.ckpt`` are tried newest first (``last.ckpt`` wins a tie); each is read with
+    ``torch.load(weights_only=True)``. An unreadable (corrupt, truncated) one is reported by name in the
+    returned list and, with ``cleanup``, renamed ``<name>.corrupt``; one of another run (fingerprint
+    differs) is deleted with ``cleanup``. Read-only without ``cleanup`` (ranks other than 0).
+    """
+    problems: list[str] = []
+    found: Path | None = None
+    cands = sorted(ckdir.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+    for path in cands:
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+            stored = ck.get("cellgraph_fingerprint")
+        except Exception as err:  # noqa: BLE001 - any failure to read means: not usable
+            problems.append(f"{path}: unreadable checkpoint skipped ({type(err).__name__}: {str(err)[:200]})")
+            if cleanup:
+                path.rename(path.with_name(path.name + ".corrupt"))
+            continue
+        if stored != fp:
+            if cleanup:
+                path.unlink()
+            continue
+        if found is None:
+            found = path
+            if not cleanup:
+                break
+    return found, problems
+
+
+def _trainer(pl, config: GREmLNConfig, ckdir: Path, cuda: bool, callbacks: list, devices: int = 1,
+             num_nodes: int = 1):
     """A quiet Lightning Trainer: no logger, progress bar or summary; checkpoints in ``ckdir``."""
+    distributed = devices * num_nodes > 1
+    strategy = "auto"
+    if distributed:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if cuda else "gloo")
     return pl.Trainer(
         max_epochs=config.max_epochs,
         accelerator="gpu" if cuda else "cpu",
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        use_distributed_sampler=False,  # ShardedBatchSampler shards the data itself
         precision="bf16-mixed" if cuda else "32-true",
         logger=False,
         enable_progress_bar=False,
@@ -207,68 +434,90 @@ def _trainer(pl, config: GREmLNConfig, ckdir: Path, cuda: bool, callbacks: list)
     )
 
 
+def _step_checkpoint(every: int, ckdir: Path):
+    """ModelCheckpoint every ``every`` optimiser steps inside an epoch, keeping the newest 2."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class MidEpochCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+                return  # the end-of-epoch checkpoint (after validation) covers it
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+    return MidEpochCheckpoint(dirpath=str(ckdir), filename="step{step:06d}", monitor="step", mode="max",
+                              save_top_k=2, every_n_train_steps=every, enable_version_counter=False,
+                              auto_insert_metric_name=False)
+
+
 def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | Path,
-        fingerprint_files: Sequence[str | Path] = (), callbacks: Sequence[Any] = ()
+        fingerprint_files: Sequence[str | Path] = (), callbacks: Sequence[Any] = (), devices: int = 1,
+        num_nodes: int = 1, checkpoint_every_n_steps: int | None = None
         ) -> tuple[GREmLN, list[dict[str, float]], dict[str, Any]]:
     """Train ``GREmLN(config)`` on ``train_ds``, validating on ``val_ds`` after every epoch.
 
     Datasets yield items that ``collate`` turns into design.md section 5 batches (with ``cell_index``).
-    Checkpoints go to ``checkpoint_dir/last.ckpt`` every epoch; an existing one is resumed only when
-    ``checkpoint_dir/fingerprint.json`` matches :func:`fingerprint` of ``(config, fingerprint_files)``.
-    CUDA with bf16 autocast when available, else CPU fp32. Returns the trained model (eval mode, CPU,
-    fp32), the per-epoch metric rows and a run summary (device, resumed, epochs, seconds).
+    Checkpoints go to ``checkpoint_dir`` every epoch (``last.ckpt``) and every ``checkpoint_every_n_steps``
+    steps; the newest readable one whose stored fingerprint equals :func:`fingerprint` of
+    ``(config, fingerprint_files)`` is resumed (:func:`select_checkpoint`). ``devices`` x ``num_nodes`` > 1
+    trains data-parallel (Lightning DDP; ``config.batch_size`` is the global batch and must be a multiple
+    of the world size). CUDA with bf16 autocast when available, else CPU fp32. Returns the trained model
+    (eval mode, CPU, fp32), the per-epoch metric rows and a run summary (device, resumed, ranks, seconds).
     """
     pl = _lightning()
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from torch.utils.data import DataLoader, DistributedSampler
 
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
+    world = devices * num_nodes
+    if config.batch_size % world:
+        raise InputError(f"batch size {config.batch_size} must be a multiple of devices x nodes = {world}")
     cfg = config.to_dict()
     fp = fingerprint(cfg, fingerprint_files)
-    last, fp_file = ckdir / "last.ckpt", ckdir / "fingerprint.json"
-    resume = None
-    if last.is_file() and fp_file.is_file():
-        try:
-            if json.loads(fp_file.read_text()).get("fingerprint") == fp:
-                resume = last
-        except (json.JSONDecodeError, AttributeError):
-            resume = None
+    fp_file = ckdir / "fingerprint.json"
+    rank0 = _env_is_rank_zero()
+    resume, problems = select_checkpoint(ckdir, fp, cleanup=rank0)
+    for problem in problems:
+        log.warning("%s", problem)
     if resume is None:
-        if last.exists():
-            log.info("%s: fingerprint differs from the current run; starting fresh", last)
-        for stale in ckdir.glob("*.ckpt"):  # this folder is ours: stale checkpoints of another run
-            stale.unlink()
-        write_json(fp_file, {"fingerprint": fp, "config": cfg, "files": [str(f) for f in fingerprint_files]})
+        if rank0:
+            write_json(fp_file, {"fingerprint": fp, "config": cfg, "files": [str(f) for f in fingerprint_files]})
     else:
-        log.info("resuming from %s", last)
+        log.info("resuming from %s", resume)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = MaskedRankModule(cfg)
-    # a per-epoch permutation seeded by (seed, epoch): the same order whether or not the run was resumed
-    sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=config.seed)
-    train_dl = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate)
-    val_dl = DataLoader(val_ds, batch_size=config.batch_size, shuffle=False, collate_fn=collate)
+    module.run_fingerprint = fp
     cuda = torch.cuda.is_available()
     pl_log = logging.getLogger("lightning.pytorch")  # no device banners or tips in the stage's log
     level = pl_log.level
     pl_log.setLevel(logging.WARNING)
     try:
-        trainer = _trainer(pl, config, ckdir, cuda, [ModelCheckpoint(
-            dirpath=str(ckdir), filename="{epoch:03d}", save_last=True, save_top_k=1, every_n_epochs=1,
-            enable_version_counter=False), *callbacks])
+        cbs = [ModelCheckpoint(dirpath=str(ckdir), filename="{epoch:03d}", save_last=True, save_top_k=1,
+                               every_n_epochs=1, enable_version_counter=False)]
+        if checkpoint_every_n_steps:
+            cbs.append(_step_checkpoint(checkpoint_every_n_steps, ckdir))
+        trainer = _trainer(pl, config, ckdir, cuda, [*cbs, *callbacks], devices, num_nodes)
+        rank, world = trainer.global_rank, trainer.world_size  # launchers from the environment are known here
+        # per-epoch permutations seeded by (seed, epoch): the same order whether or not the run was resumed
+        train_dl = _loader(train_ds, collate, config.batch_size, rank, world, config.seed, True)
+        val_dl = _loader(val_ds, collate, config.batch_size, rank, world, config.seed, False)
+        train_dl.module = module
+        module.total_steps = max(len(train_dl) * config.max_epochs, 1)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
             warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not used.*")
-            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None)
+            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
     finally:
         pl_log.setLevel(level)
     model = module.model.float().cpu().eval()
     summary = {"device": "cuda" if cuda else "cpu", "precision": "bf16-mixed" if cuda else "32-true",
-               "resumed_from": str(resume) if resume else None, "fit_seconds": time.perf_counter() - t0,
+               "resumed_from": str(resume) if resume else None, "skipped_checkpoints": problems,
+               "fit_seconds": time.perf_counter() - t0, "global_rank": int(trainer.global_rank),
+               "world_size": int(trainer.world_size), "global_batch": config.batch_size,
                "n_parameters": int(sum(p.numel() for p in model.parameters()))}
     return model, list(module.history), summary
 
@@ -291,6 +540,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="cells per batch (default: the preset's; demo 32 = config train.batch_size)")
     p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of gene tokens masked (default 0.15)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes (GPUs, or CPU processes) per node for data-parallel training (default 1)")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes for data-parallel training (default 1)")
+    p.add_argument("--checkpoint-every-n-steps", type=int, default=0,
+                   help="also checkpoint every k optimiser steps inside an epoch, keeping 2 (default 0 = off)")
     p.add_argument("--checkpoint-dir", required=True, help="folder for resumable checkpoints (last.ckpt)")
     p.add_argument("--out-dir", required=True, help="folder for model.pt and metrics.tsv")
 
@@ -334,16 +588,21 @@ def run(args: argparse.Namespace) -> None:
     if _shard_n_bins(val_path) != n_bins:
         raise InputError(f"{val_path}: n_bins differs from {train_path}")
     for name, v in (("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size),
-                    ("--threads", args.threads)):
+                    ("--threads", args.threads), ("--devices", args.devices), ("--num-nodes", args.num_nodes)):
         if v is not None and v < 1:
             raise InputError(f"{name} must be >= 1, got {v}")
     if not 0.0 < args.mask_rate < 1.0:
         raise InputError(f"--mask-rate must be in (0, 1), got {args.mask_rate}")
+    if args.checkpoint_every_n_steps < 0:
+        raise InputError(f"--checkpoint-every-n-steps must be >= 0, got {args.checkpoint_every_n_steps}")
     base = PRESETS[args.preset]
     order = min(base.chebyshev_max_order, len(coeffs) - 1)
     config = preset(args.preset, attention=args.model, vocab_size=len(vocab), n_bins=n_bins, beta=beta,
                     chebyshev_order=order, coefficients=coeffs[: order + 1], max_epochs=args.max_epochs,
                     batch_size=args.batch_size, mask_rate=args.mask_rate, seed=args.seed)
+    world = args.devices * args.num_nodes
+    if config.batch_size % world:
+        raise InputError(f"--batch-size {config.batch_size} must be a multiple of --devices x --num-nodes = {world}")
     train_ds, val_ds = data.TokenDataset(train_path), data.TokenDataset(val_path)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"{tokens}: train.npz and val.npz must hold at least one cell each")
@@ -351,7 +610,11 @@ def run(args: argparse.Namespace) -> None:
     log.info("training %s (%s preset) on %d train / %d val cells, %d genes, K=%d", args.model, args.preset,
              len(train_ds), len(val_ds), len(vocab) - 2, order)
     model, history, summary = fit(config, train_ds, val_ds, data.collate, args.checkpoint_dir,
-                                  fingerprint_files=[train_path, val_path, vocab_path])
+                                  fingerprint_files=[train_path, val_path, vocab_path], devices=args.devices,
+                                  num_nodes=args.num_nodes,
+                                  checkpoint_every_n_steps=args.checkpoint_every_n_steps or None)
+    if summary["global_rank"] != 0:
+        return  # only rank 0 writes outputs
     out = Path(args.out_dir)
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "vocab": vocab}, tmp)

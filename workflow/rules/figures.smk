@@ -25,3 +25,43 @@ rule figures:
     shell:
         "cellgraph figures --evaluate-dir {params.evaluate_dir} --models {params.models}"
         " --figures-dir {params.figures_dir} --tables-dir {params.tables_dir} > {log} 2>&1"
+
+
+# ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
+PERT_FIGURES = ["perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion"]
+PERT_TABLES = ["table_perturbation_forward", "table_perturbation_yeast", "table3_reverse_perturbation"]
+
+
+rule perturbation_figures:
+    """Forward-prediction correlations vs baselines, yeast fitness/epsilon, reverse-prediction confusion matrix."""
+    input:
+        res("perturbation/forward/metrics.tsv"),
+        res("perturbation/forward/predictions.npz"),
+        res("perturbation/yeast/metrics.tsv"),
+        res("perturbation/reverse/metrics.tsv"),
+        res("perturbation/reverse/confusion.npz"),
+    output:
+        figures=[report(res(f"figures/{name}.png"), category="Perturbation") for name in PERT_FIGURES],
+        tables=expand(res("tables/{name}.{ext}"), name=PERT_TABLES, ext=["csv", "md"]),
+    params:
+        forward_dir=res("perturbation/forward"),
+        yeast_dir=res("perturbation/yeast"),
+        reverse_dir=res("perturbation/reverse"),
+        figures_dir=res("figures"),
+        tables_dir=res("tables"),
+    log:
+        log_of("perturbation_figures"),
+    benchmark:
+        bench_of("perturbation_figures")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph perturb --task figures --forward-dir {params.forward_dir} --yeast-dir {params.yeast_dir}"
+        " --reverse-dir {params.reverse_dir} --figures-dir {params.figures_dir} --tables-dir {params.tables_dir}"
+        " > {log} 2>&1"
+
+
+rule perturbation:
+    """Target: every output of issue 5 (forward, yeast, reverse, figures and tables)."""
+    input:
+        rules.perturbation_figures.output,

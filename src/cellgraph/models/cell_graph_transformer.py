@@ -1,0 +1,476 @@
+r"""Cell graph transformers: y = f(G, S) for a wild-type gene multigraph G and a set S of perturbed genes.
+
+Two models share one encoder (nanoGPT/DiT style: a dataclass config, small modules, shape comments):
+
+- **Shared encoder** ``F(G)``: one learned embedding per gene of the universe (N genes) and a CLS token; L
+  pre-LayerNorm transformer blocks over the N + 1 tokens. There is no per-sample input, so the wild-type
+  cell is encoded once per training step, independently of the batch size B: f(G, S) = g(F(G), S).
+- **Graph-regularised attention.** Each graph k of ``config.graph_reg`` is assigned to a (layer l_k, head
+  h_k, weight lambda_k). Its loss is
+
+  .. math:: \mathcal{L}_k = \lambda_k \, \frac{1}{|R_k|} \sum_{i \in R_k}
+            \mathrm{KL}\big(\tilde A_k[i,:] \,\|\, \alpha_{l_k h_k}[i,:]\big),
+
+  with :math:`\tilde A_k` the row-normalised (weighted) adjacency over genes, :math:`\alpha` the softmax
+  attention row over all N + 1 tokens (the CLS column has zero target mass), and :math:`R_k` a uniform
+  sample (without replacement) of ``ceil(row_sample_rate * n_k)`` of the n_k rows of positive degree. The
+  normaliser is |R_k|, the number of sampled rows; lambda_k is applied exactly once, here, and the training
+  loss adds the sum over k unchanged. (The public torchcell code, as read, applies its weight both in the
+  model and in the loss and divides by an edge count that evaluates to 2 per graph.) The attention output
+  itself comes from ``torch.nn.functional.scaled_dot_product_attention``; softmax rows are computed only for
+  the sampled rows, so no [heads, N, N] map is ever materialised (unless ``materialize_attention=True``,
+  the benchmark's comparison variant).
+- :class:`CellGraphTransformer` (non-equivariant): H[S] is collapsed at once by ``config.head``:
+  ``mean`` pool; ``cross_attention`` from the pooled query to all genes (zero for an empty S);
+  ``hypersagnn`` (Zhang et al. 2020, *Hyper-SAGNN*, ICLR: masked self-attention "dynamic" minus
+  position-wise "static" embeddings, squared, mean-pooled). ``MLP([h_CLS || z_S])`` gives the scalar tasks.
+- :class:`EquivariantCellGraphTransformer`: Type I transform (all genes attend to the embeddings of their
+  sample's perturbed genes, perturbation-type embeddings added to the keys; residual + LayerNorm, FFN,
+  residual + LayerNorm) batched over samples with padding masks, giving H_pert [B, N, d]; Type II readouts:
+  fitness = MLP(mean over genes), interaction = MLP([h_CLS || mean over S of H_pert]), expression = a
+  per-gene MLP [B, N], gene set = MLP(mean over a configured gene set) [B, m]. Permuting the genes permutes
+  H_pert and the expression readout the same way and leaves the others unchanged.
+
+Batches (PyG-style pointer arrays for variable-size S): ``pert_ptr`` Long [B+1], ``pert_idx`` Long [P]
+(gene indices 0..N-1, sample b owns ``pert_idx[pert_ptr[b]:pert_ptr[b+1]]``), ``pert_type`` Long [P]
+(index into :data:`PERTURBATION_TYPES`). Labels ``y_<task>`` and masks ``m_<task>`` (bool, True = labelled):
+scalar tasks [B]; ``expression`` [B, N] (mask False for unmeasured genes); ``gene_set`` [B, m].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PERTURBATION_TYPES", "CGTConfig", "preset", "SharedEncoder", "CellGraphTransformer",
+           "EquivariantCellGraphTransformer", "multitask_loss", "row_normalized_csr", "sampled_rows_kl",
+           "full_attention_kl", "segment_ids", "build_model", "load"]
+
+PERTURBATION_TYPES = ("deletion", "knockdown", "overexpression")  # deletion = knockout
+SCALAR_TASKS = ("fitness", "interaction")
+
+
+@dataclass
+class CGTConfig:
+    """Hyper-parameters. ``graph_reg``: graph name -> [layer, head, lambda]."""
+
+    n_genes: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_mult: int = 2
+    dropout: float = 0.0
+    head: str = "cross_attention"  # non-equivariant perturbation head: mean | cross_attention | hypersagnn
+    graph_reg: dict = field(default_factory=dict)
+    row_sample_rate: float = 0.1
+    n_gene_set: int = 0  # m outputs of the gene-set readout (0 = none)
+    task_weights: dict = field(default_factory=lambda: {"fitness": 1.0, "interaction": 1.0, "expression": 1.0,
+                                                        "gene_set": 1.0})
+    materialize_attention: bool = False  # benchmark variant: full [heads, N+1, N+1] maps
+    checkpoint: bool = False  # recompute the [B, N, d] Type I activations in backward (torch.utils.checkpoint)
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if self.head not in ("mean", "cross_attention", "hypersagnn"):
+            raise ValueError(f"head must be mean, cross_attention or hypersagnn, not {self.head!r}")
+        for g, (layer, h, lam) in self.graph_reg.items():
+            if not (0 <= int(layer) < self.n_layers and 0 <= int(h) < self.n_heads) or float(lam) < 0:
+                raise ValueError(f"graph_reg[{g!r}] = {[layer, h, lam]}: layer/head out of range or lambda < 0")
+
+
+PRESETS = {
+    "demo": dict(d_model=32, n_layers=2, n_heads=4, ffn_mult=2, row_sample_rate=0.25),
+    "paper": dict(d_model=96, n_layers=8, n_heads=12, ffn_mult=4, row_sample_rate=0.1),
+}
+
+
+def preset(name: str, n_genes: int, **overrides) -> CGTConfig:
+    """``CGTConfig`` of preset ``demo`` (2 layers, d 32) or ``paper`` (8 layers, d 96, 12 heads)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return CGTConfig(n_genes=n_genes, **{**PRESETS[name], **overrides})
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph regularisation helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def row_normalized_csr(edge_index: torch.Tensor, edge_weight: torch.Tensor | None, n: int, directed: bool):
+    """Row-normalised adjacency A~ (rows sum to 1) as COO sorted by row.
+
+    edge_index Long [2, E] (row = attending gene i, col = attended gene j, genes 0..n-1); undirected
+    graphs are given once and mirrored here. Returns ``(row Long [E'], col Long [E'], val Float [E'],
+    pos_rows Long [n_pos])``, ``pos_rows`` the rows of positive degree. Self-loops and duplicates are
+    dropped (duplicates: weights summed by ``coalesce``).
+    """
+    from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
+
+    ei = edge_index.long()  # [2, E]
+    w = torch.ones(ei.shape[1]) if edge_weight is None else edge_weight.float().clamp_min(0)  # [E]
+    ei, w = remove_self_loops(ei, w)
+    if not directed:
+        ei, w = to_undirected(ei, w, num_nodes=n, reduce="max")  # [2, E'] both directions
+    ei, w = coalesce(ei, w, num_nodes=n)  # sorted by row
+    keep = w > 0
+    ei, w = ei[:, keep], w[keep]
+    rowsum = torch.zeros(n).index_add_(0, ei[0], w)  # [n]
+    val = w / rowsum[ei[0]]  # [E']
+    pos_rows = torch.nonzero(rowsum > 0).flatten()  # [n_pos]
+    return ei[0], ei[1], val, pos_rows
+
+
+def sampled_rows_kl(log_alpha_rows: torch.Tensor, rows: torch.Tensor, row: torch.Tensor, col: torch.Tensor,
+                    val: torch.Tensor, n_genes: int) -> torch.Tensor:
+    """Mean over sampled rows of KL(A~[i,:] || alpha[i,:]).
+
+    log_alpha_rows Float [R, N+1]: log-softmax attention rows of the sampled genes ``rows`` Long [R]
+    (token 0 = CLS, gene j = token j+1); (row, col, val) the row-normalised adjacency over genes
+    (:func:`row_normalized_csr`). KL = sum_j p_ij (log p_ij - log alpha_ij) over the edges of row i.
+    Returns a scalar: the sum over sampled rows divided by R.
+    """
+    slot = torch.full((n_genes,), -1, dtype=torch.long)  # [N] position of each gene among sampled rows
+    slot[rows] = torch.arange(rows.numel())
+    e_slot = slot[row]  # [E]
+    sel = e_slot >= 0  # [E] edges of sampled rows
+    p = val[sel]  # [E_s]
+    la = log_alpha_rows[e_slot[sel], col[sel] + 1]  # [E_s]
+    return (p * (p.log() - la)).sum() / rows.numel()  # scalar
+
+
+def full_attention_kl(alpha: torch.Tensor, rows: torch.Tensor, row, col, val) -> torch.Tensor:
+    """Reference for tests: the same KL read off a full attention map alpha Float [N+1, N+1] (one head)."""
+    n = alpha.shape[0] - 1
+    target = torch.zeros(n, n + 1)  # [N, N+1] A~ with a zero CLS column
+    target[row, col + 1] = val
+    t = target[rows]  # [R, N+1]
+    a = alpha[rows + 1]  # [R, N+1]
+    return torch.where(t > 0, t * (t.log() - a.log()), torch.zeros(())).sum() / rows.numel()
+
+
+def segment_ids(ptr: torch.Tensor) -> torch.Tensor:
+    """Sample index of every entry of a pointer array: ptr Long [B+1] -> Long [ptr[-1]]."""
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
+
+
+def _segment_mean(x: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
+    """Mean of rows x [P, d] per segment id seg [P] -> [n_seg, d]; empty segments give exactly 0."""
+    total = torch.zeros(n_seg, x.shape[-1], dtype=x.dtype).index_add(0, seg, x)  # [B, d]
+    count = torch.zeros(n_seg, dtype=x.dtype).index_add(0, seg, torch.ones_like(seg, dtype=x.dtype))  # [B]
+    return total / count.clamp_min(1)[:, None]  # [B, d]
+
+
+def _dense_sets(x: torch.Tensor, ptr: torch.Tensor):
+    """Pad per-sample sets: x [P, d] with ptr [B+1] -> (X [B, S, d] zero-padded, mask Bool [B, S])."""
+    from torch_geometric.utils import to_dense_batch
+
+    b = ptr.numel() - 1
+    seg = segment_ids(ptr)  # [P]
+    smax = max(int(ptr.diff().max()) if b else 0, 1)
+    xd, mask = to_dense_batch(x, seg, batch_size=b, max_num_nodes=smax)  # [B, S, d], [B, S]
+    return xd, mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoder
+# --------------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Sequential):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+class RegularisedSelfAttention(nn.Module):
+    """Multi-head self-attention over the N + 1 tokens with sampled-row KL regularisation of chosen heads."""
+
+    def __init__(self, cfg: CGTConfig):
+        super().__init__()
+        self.h, self.dh = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.materialize = cfg.materialize_attention
+
+    def forward(self, x: torch.Tensor, reg: list) -> tuple[torch.Tensor, list]:
+        """x [T=N+1, d]; reg: list of (head, rows Long [R]) -> (out [T, d], list of log-alpha rows [R, T])."""
+        t, d = x.shape
+        q, k, v = self.qkv(x).view(t, 3, self.h, self.dh).permute(1, 2, 0, 3)  # each [H, T, dh]
+        drop = self.dropout if self.training else 0.0
+        if self.materialize:
+            att = (q @ k.transpose(-1, -2) / math.sqrt(self.dh)).log_softmax(-1)  # [H, T, T]
+            y = F.dropout(att.exp(), drop, self.training) @ v  # [H, T, dh]
+            rows_out = [att[hd, rows + 1] for hd, rows in reg]  # each [R, T]
+        else:
+            # 4-D input selects the fused CPU flash kernel (3-D falls back to the math path, which materialises
+            # the [H, T, T] map)
+            y = F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=drop)[0]  # [H, T, dh]
+            rows_out = [
+                (q[hd, rows + 1] @ k[hd].T / math.sqrt(self.dh)).log_softmax(-1)  # [R, T]
+                for hd, rows in reg
+            ]
+        y = y.transpose(0, 1).reshape(t, d)  # [T, d]
+        return self.proj(y), rows_out  # [T, d]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: CGTConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
+        self.attn = RegularisedSelfAttention(cfg)
+        self.mlp = MLP(cfg.d_model, cfg.ffn_mult * cfg.d_model, cfg.d_model, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, reg: list):
+        a, rows = self.attn(self.ln1(x), reg)  # [T, d]
+        x = x + a  # [T, d]
+        x = x + self.mlp(self.ln2(x))  # [T, d]
+        return x, rows
+
+
+class SharedEncoder(nn.Module):
+    """F(G): gene embeddings [N, d] + CLS -> L blocks -> H [N+1, d] (row 0 = CLS), once per step.
+
+    Graphs for the regularisation are attached with :meth:`set_graphs`; :meth:`forward` returns
+    ``(H [N+1, d], reg_loss scalar = sum_k lambda_k * mean-KL_k, per-graph KL dict)``.
+    """
+
+    def __init__(self, cfg: CGTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.gene_emb = nn.Embedding(cfg.n_genes, cfg.d_model)  # [N, d]
+        self.cls = nn.Parameter(torch.zeros(1, cfg.d_model))  # [1, d]
+        nn.init.normal_(self.gene_emb.weight, std=0.02)
+        nn.init.normal_(self.cls, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.graph_names: list[str] = []
+
+    def set_graphs(self, graphs: dict) -> None:
+        """graphs: name -> (edge_index Long [2, E] over genes 0..N-1, edge_weight Float [E] or None, directed).
+
+        Only the graphs named in ``cfg.graph_reg`` are kept (as buffers, so they travel in the state dict).
+        """
+        self.graph_names = []
+        for name in self.cfg.graph_reg:
+            if name not in graphs:
+                raise KeyError(f"graph_reg names graph {name!r} but no such graph was given ({sorted(graphs)})")
+            row, col, val, pos = row_normalized_csr(*graphs[name][:2], self.cfg.n_genes, graphs[name][2])
+            if pos.numel() == 0:
+                continue  # no edges among these genes: nothing to regularise
+            for key, t in zip(("row", "col", "val", "pos"), (row, col, val, pos)):
+                self.register_buffer(f"reg_{name}_{key}", t, persistent=True)
+            self.graph_names.append(name)
+
+    def sample_rows(self, name: str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Rows R_k: ceil(rate * n_pos) positive-degree rows of graph ``name``, uniformly without replacement."""
+        pos = getattr(self, f"reg_{name}_pos")  # [n_pos]
+        r = max(1, math.ceil(self.cfg.row_sample_rate * pos.numel()))
+        return pos[torch.randperm(pos.numel(), generator=generator)[:r]].sort().values  # [R]
+
+    def forward(self, rows: dict | None = None):
+        """rows: optional graph -> sampled rows Long [R] (default: drawn with :meth:`sample_rows`)."""
+        cfg = self.cfg
+        rows = dict(rows or {})
+        for name in self.graph_names:
+            rows.setdefault(name, self.sample_rows(name))
+        x = torch.cat([self.cls, self.gene_emb.weight], 0)  # [N+1, d]
+        kl: dict[str, torch.Tensor] = {}
+        reg_loss = x.new_zeros(())
+        for li, block in enumerate(self.blocks):
+            here = [n for n in self.graph_names if int(cfg.graph_reg[n][0]) == li]
+            x, log_rows = block(x, [(int(cfg.graph_reg[n][1]), rows[n]) for n in here])  # [N+1, d]
+            for name, la in zip(here, log_rows):
+                kl[name] = sampled_rows_kl(la, rows[name], getattr(self, f"reg_{name}_row"),
+                                           getattr(self, f"reg_{name}_col"), getattr(self, f"reg_{name}_val"),
+                                           cfg.n_genes)
+                reg_loss = reg_loss + float(cfg.graph_reg[name][2]) * kl[name]  # lambda_k applied once
+        return self.ln_f(x), reg_loss, kl  # [N+1, d], scalar, {graph: scalar}
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+
+
+class CellGraphTransformer(nn.Module):
+    """Non-equivariant model: [h_CLS || z_S] -> MLP -> scalar tasks (fitness, interaction)."""
+
+    def __init__(self, cfg: CGTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoder = SharedEncoder(cfg)
+        self.type_emb = nn.Embedding(len(PERTURBATION_TYPES), d)  # [3, d]
+        nn.init.zeros_(self.type_emb.weight)
+        if cfg.head == "cross_attention":
+            self.cross = nn.MultiheadAttention(d, cfg.n_heads, batch_first=True)
+        elif cfg.head == "hypersagnn":
+            self.static = MLP(d, d, d)
+            self.dyn = nn.MultiheadAttention(d, cfg.n_heads, batch_first=True)
+        self.out = MLP(2 * d, 2 * d, len(SCALAR_TASKS), cfg.dropout)
+
+    def collapse(self, genes: torch.Tensor, batch: dict) -> torch.Tensor:
+        """genes H [N, d] -> z_S [B, d] (exactly zero for an empty S with ``cross_attention``)."""
+        ptr = batch["pert_ptr"]  # [B+1]
+        b = ptr.numel() - 1
+        hs = genes[batch["pert_idx"]] + self.type_emb(batch["pert_type"])  # [P, d]
+        pooled = _segment_mean(hs, segment_ids(ptr), b)  # [B, d]
+        has = (ptr.diff() > 0)  # [B]
+        if self.cfg.head == "mean":
+            return pooled  # [B, d]
+        if self.cfg.head == "cross_attention":
+            kv = genes.unsqueeze(0).expand(b, -1, -1)  # [B, N, d] (view)
+            z, _ = self.cross(pooled.unsqueeze(1), kv, kv, need_weights=False)  # [B, 1, d]
+            return z.squeeze(1) * has[:, None]  # [B, d]
+        xs, mask = _dense_sets(hs, ptr)  # [B, S, d], [B, S]
+        key_pad = ~(mask | ~has[:, None])  # [B, S] empty sets attend to padding; zeroed below
+        dyn, _ = self.dyn(xs, xs, xs, key_padding_mask=key_pad, need_weights=False)  # [B, S, d]
+        score = (dyn - self.static(xs)).pow(2) * mask[..., None]  # [B, S, d]
+        return score.sum(1) / mask.sum(1).clamp_min(1)[:, None]  # [B, d]
+
+    def forward(self, batch: dict, rows: dict | None = None) -> tuple[dict, torch.Tensor, dict]:
+        """-> (predictions {task: [B]}, reg_loss scalar, per-graph KL)."""
+        h, reg_loss, kl = self.encoder(rows)  # [N+1, d]
+        z = self.collapse(h[1:], batch)  # [B, d]
+        cls = h[0].expand(z.shape[0], -1)  # [B, d]
+        y = self.out(torch.cat([cls, z], -1))  # [B, n_scalar]
+        return {t: y[:, i] for i, t in enumerate(SCALAR_TASKS)}, reg_loss, kl
+
+
+class TypeITransform(nn.Module):
+    """All genes attend to their sample's perturbed genes (keys + type embeddings); two residual LayerNorms."""
+
+    def __init__(self, cfg: CGTConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.h, self.dh = cfg.n_heads, d // cfg.n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.type_emb = nn.Embedding(len(PERTURBATION_TYPES), d)  # [3, d]
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ffn = MLP(d, cfg.ffn_mult * d, d, cfg.dropout)
+
+    def forward(self, genes: torch.Tensor, batch: dict) -> torch.Tensor:
+        """genes H [N, d] -> H_pert [B, N, d]; empty S -> attention term exactly 0."""
+        ptr = batch["pert_ptr"]  # [B+1]
+        n, d = genes.shape
+        b = ptr.numel() - 1
+        hs = genes[batch["pert_idx"]]  # [P, d]
+        keys = hs + self.type_emb(batch["pert_type"])  # [P, d]
+        kd, mask = _dense_sets(keys, ptr)  # [B, S, d], [B, S]
+        vd, _ = _dense_sets(hs, ptr)  # [B, S, d]
+        has = ptr.diff() > 0  # [B]
+        s = kd.shape[1]
+        q = self.q(genes).view(n, self.h, self.dh).transpose(0, 1).unsqueeze(0)  # [1, H, N, dh]
+        k = self.k(kd).view(b, s, self.h, self.dh).transpose(1, 2)  # [B, H, S, dh]
+        v = self.v(vd).view(b, s, self.h, self.dh).transpose(1, 2)  # [B, H, S, dh]
+        allowed = (mask | ~has[:, None])[:, None, None, :]  # [B, 1, 1, S] (empty S: no NaN, zeroed below)
+        a = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v, attn_mask=allowed)  # [B, H, N, dh]
+        a = self.o(a.transpose(1, 2).reshape(b, n, d)) * has[:, None, None]  # [B, N, d]
+        x = self.ln1(genes.unsqueeze(0) + a)  # [B, N, d]
+        return self.ln2(x + self.ffn(x))  # [B, N, d]
+
+
+class EquivariantCellGraphTransformer(nn.Module):
+    """Shared encoder, Type I transform, Type II readouts (fitness, interaction, expression, gene set)."""
+
+    def __init__(self, cfg: CGTConfig, gene_set: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.encoder = SharedEncoder(cfg)
+        self.type1 = TypeITransform(cfg)
+        self.fitness = MLP(d, d, 1)
+        self.interaction = MLP(2 * d, d, 1)
+        self.expression = MLP(d, d, 1)  # shared over genes: equivariant
+        if cfg.n_gene_set:
+            gs = torch.zeros(cfg.n_genes, dtype=torch.bool) if gene_set is None else gene_set.bool()
+            self.register_buffer("gene_set_mask", gs)  # [N]
+            self.gene_set = MLP(d, d, cfg.n_gene_set)
+
+    def _type1_expression(self, genes: torch.Tensor, batch: dict):
+        hp = self.type1(genes, batch)  # [B, N, d]
+        return hp, self.expression(hp).squeeze(-1)  # [B, N, d], [B, N]
+
+    def forward(self, batch: dict, rows: dict | None = None) -> tuple[dict, torch.Tensor, dict]:
+        """-> (predictions, reg_loss, per-graph KL); predictions: fitness [B], interaction [B],
+        expression [B, N], gene_set [B, m] (if configured), and ``h_pert`` [B, N, d]."""
+        h, reg_loss, kl = self.encoder(rows)  # [N+1, d]
+        if self.cfg.checkpoint and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            hp, expr = checkpoint(self._type1_expression, h[1:], batch, use_reentrant=False)  # [B, N, d], [B, N]
+        else:
+            hp, expr = self._type1_expression(h[1:], batch)  # [B, N, d], [B, N]
+        b = hp.shape[0]
+        ptr = batch["pert_ptr"]  # [B+1]
+        seg = segment_ids(ptr)  # [P]
+        hs = _segment_mean(hp[seg, batch["pert_idx"]], seg, b)  # [B, d] mean over S of H_pert
+        out = {
+            "fitness": self.fitness(hp.mean(1)).squeeze(-1),  # [B]
+            "interaction": self.interaction(torch.cat([h[0].expand(b, -1), hs], -1)).squeeze(-1),  # [B]
+            "expression": expr,  # [B, N]
+            "h_pert": hp,  # [B, N, d]
+        }
+        if self.cfg.n_gene_set:
+            m = self.gene_set_mask.float()  # [N]
+            pooled = (hp * m[None, :, None]).sum(1) / m.sum().clamp_min(1)  # [B, d]
+            out["gene_set"] = self.gene_set(pooled)  # [B, m]
+        return out, reg_loss, kl
+
+
+def multitask_loss(pred: dict, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
+    """Sparse multi-task MSE: L = sum_t w_t * loss_t over the tasks with labels ``y_<t>`` in the batch.
+
+    loss_t = mean over the labelled entries of (pred - y)^2, where ``m_<t>`` (bool, same shape as y:
+    [B] scalar tasks, [B, N] expression with unmeasured genes False, [B, m] gene set) marks labelled
+    entries. Unlabelled entries are removed by boolean indexing before any arithmetic, so their (possibly
+    NaN) labels contribute neither value nor gradient; a task with no labelled entry contributes 0.
+    Normaliser: the number of labelled entries of that task in the batch.
+    Returns (total scalar, {task: float loss}).
+    """
+    total = None
+    parts = {}
+    for t, w in weights.items():
+        if f"y_{t}" not in batch or t not in pred or w == 0:
+            continue
+        m = batch[f"m_{t}"]
+        if not bool(m.any()):
+            continue
+        lt = (pred[t][m] - batch[f"y_{t}"][m]).pow(2).mean()  # scalar
+        parts[t] = float(lt.detach())
+        total = w * lt if total is None else total + w * lt
+    if total is None:
+        total = next(iter(pred.values())).sum() * 0.0
+    return total, parts
+
+
+def build_model(kind: str, cfg: CGTConfig, graphs: dict | None = None, gene_set=None) -> nn.Module:
+    """``kind`` in {``equivariant``, ``non_equivariant``}; graphs as for :meth:`SharedEncoder.set_graphs`."""
+    if kind == "equivariant":
+        model = EquivariantCellGraphTransformer(cfg, gene_set)
+    elif kind == "non_equivariant":
+        model = CellGraphTransformer(cfg)
+    else:
+        raise ValueError(f"model kind must be equivariant or non_equivariant, not {kind!r}")
+    if graphs:
+        model.encoder.set_graphs(graphs)
+    return model
+
+
+def load(path, map_location="cpu") -> nn.Module:
+    """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.perturb`."""
+    ck = torch.load(path, map_location=map_location, weights_only=False)
+    cfg = CGTConfig(**ck["config"])
+    model = build_model(ck["kind"], cfg, ck.get("graphs"))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval()
+
+
+def config_dict(cfg: CGTConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,757 @@
+r"""Perturbation prediction with the cell graph transformers (issue 5): forward, yeast, reverse, figures.
+
+``cellgraph perturb --task forward`` (Papalexi et al. 2021 ECCITE-seq, THP-1 CRISPR knockouts)
+    Cells with ``obs.top_grna_frac >= --min-grna-frac`` are kept; S = {target of the top gRNA} (type
+    ``deletion``), the ``--control`` cells have S = {}. Gene universe: the 299 measured genes plus the 25 targets
+    (16 targets are not measured: their expression labels are masked). Graphs: the human multigraph restricted
+    to that universe (genes absent from it have no edges). Labels per cell: ``expression`` = log1p of counts
+    normalised to 1e4 per cell over the measured genes (``scanpy.pp.normalize_total``), centred on the mean of
+    the training control cells (so the readout learns shifts from the unperturbed state), and a scalar
+    *perturbation score* (readout ``fitness``): the projection of the cell's shift from the control mean onto
+    its target's mean shift, :math:`s_c = \langle x_c - \mu_0, \delta_p\rangle / \lVert\delta_p\rVert` with
+    :math:`\delta_p = \mu_p - \mu_0` computed on the training cells (log-expression units; masked for
+    control cells). Leave-perturbation-out cross-validation: the targets are split into ``--n-folds`` groups;
+    a fold trains the :class:`~cellgraph.models.cell_graph_transformer.EquivariantCellGraphTransformer` on all
+    other cells (control cells included) and predicts, for each held-out target p, the mean expression change
+    :math:`\hat\delta_p = \hat y(S=\{p\}) - \hat y(S=\{\})` over the measured genes. Metrics per held-out
+    perturbation against the observed :math:`\delta_p` (all its cells vs all control cells): Pearson,
+    Spearman, MSE. Baselines: no change (:math:`\hat\delta = 0`; correlations undefined, reported empty) and
+    the mean observed change of the fold's training perturbations.
+
+``cellgraph perturb --task yeast`` (Costanzo et al. 2016 fragment, STRING yeast multigraph)
+    Names are mapped to ORFs through STRING ``protein.info`` ``preferred_name``. Universe: the mapped genes
+    and their ``--yeast-hops``-hop neighbours in the multigraph. Samples: every single deletion (fitness =
+    its mean SMF over the rows naming it) and every pair (fitness = DMF, interaction = epsilon = DMF - SMF_q
+    SMF_a); singles have no interaction label (sparse multi-task). 5-fold CV over pairs (singles always train).
+    Both models are trained; metrics on held-out pairs: Pearson, Spearman, MSE for DMF and epsilon; baselines:
+    the training mean, and the multiplicative model DMF = SMF_q SMF_a (epsilon = 0).
+
+``cellgraph perturb --task reverse`` (GREmLN paper section 4.5, Table 3)
+    The ``--n-top-perturbations`` targets with the largest centroid distance from the control centroid in PCA
+    space (``scanpy.pp.pca``, 20 components of the log-normalised expression); cells of those targets; 3
+    stratified 80/20 splits; classifiers: lasso logistic regression (L1, ``l1_ratio=1``) on expression, and
+    a logistic-regression probe on frozen GREmLN / vanilla CLS embeddings (``--gremln-model``,
+    ``--vanilla-model``, when given: cells are tokenised with the model's PBMC vocabulary, so only the genes
+    present in that vocabulary are tokens; the cells' graph is the ``--grn-cell-type`` ARACNe network of
+    ``--grn-networks``). Accuracy and macro-F1, mean and sd over splits.
+
+``cellgraph perturb --task figures`` reads the three results folders and writes figures and tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import InputError
+from .io import atomic_path, require_file, write_json
+from .models import cell_graph_transformer as cgt
+
+log = logging.getLogger(__name__)
+
+TASKS = ("forward", "yeast", "reverse", "figures")
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples with pointer arrays
+# --------------------------------------------------------------------------------------------------
+
+
+class Samples(torch.utils.data.Dataset):
+    """Perturbation samples: sets S as pointer arrays plus labels.
+
+    sets: list of int arrays (gene indices); labels: task -> (y ndarray [n, ...], m bool ndarray [n, ...]).
+    Items are sample indices; :meth:`collate` builds the batch dict of
+    :mod:`cellgraph.models.cell_graph_transformer` (``pert_ptr``, ``pert_idx``, ``pert_type`` all deletion,
+    ``y_<task>``, ``m_<task>``).
+    """
+
+    def __init__(self, sets: list, labels: dict):
+        self.sets = [np.asarray(s, dtype=np.int64) for s in sets]
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.sets)
+
+    def __getitem__(self, i):
+        return i
+
+    def collate(self, idx) -> dict:
+        """Batch of samples ``idx``: identical sets are encoded once (``pert_ptr`` over the U distinct sets,
+        ``set_of_sample`` Long [B] maps each sample to its set); labels stay per sample. Since f(G, S) depends
+        on S only, the loss on ``pred[set_of_sample]`` equals the per-sample loss exactly."""
+        idx = np.asarray(idx)
+        keys = [self.sets[i].tobytes() for i in idx]
+        uniq: dict[bytes, int] = {}
+        set_of = np.array([uniq.setdefault(k, len(uniq)) for k in keys], dtype=np.int64)
+        first = {}
+        for j, k in enumerate(keys):
+            first.setdefault(k, idx[j])
+        usets = [self.sets[first[k]] for k in uniq]
+        sizes = np.array([len(s) for s in usets], dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum(sizes)])
+        flat = np.concatenate(usets) if sizes.sum() else np.zeros(0, np.int64)
+        batch = {"pert_ptr": torch.from_numpy(ptr), "pert_idx": torch.from_numpy(flat.astype(np.int64)),
+                 "pert_type": torch.zeros(len(flat), dtype=torch.long), "set_of_sample": torch.from_numpy(set_of)}
+        for t, (y, m) in self.labels.items():
+            batch[f"y_{t}"] = torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.float32))
+            batch[f"m_{t}"] = torch.from_numpy(np.ascontiguousarray(m[idx], dtype=bool))
+        return batch
+
+
+def per_sample(out: dict, batch: dict) -> dict:
+    """Predictions of the distinct sets -> predictions per sample (``out[t][set_of_sample]``)."""
+    s = batch["set_of_sample"]
+    return {k: v[s] for k, v in out.items() if k != "h_pert"}
+
+
+def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int):
+    """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
+    per-epoch mean training loss list."""
+    import lightning.pytorch as pl
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.epoch_losses: list[float] = []
+            self._acc: list[float] = []
+
+        def training_step(self, batch, _):
+            out, reg, _ = self.model(batch)
+            loss, _ = cgt.multitask_loss(per_sample(out, batch), batch, weights)
+            total = loss + reg
+            self._acc.append(float(total.detach()))
+            return total
+
+        def on_train_epoch_end(self):
+            self.epoch_losses.append(float(np.mean(self._acc)))
+            self._acc = []
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    module = Module()
+    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=samples.collate,
+                                         generator=torch.Generator().manual_seed(seed))
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         deterministic=True)
+    trainer.fit(module, loader)
+    model.eval()
+    return module.epoch_losses
+
+
+@torch.no_grad()
+def predict(model, sets: list) -> dict:
+    """Model outputs (numpy) for the given sets, one batch, eval mode; ``h_pert`` dropped."""
+    model.eval()
+    batch = Samples(sets, {}).collate(np.arange(len(sets)))
+    out, _, _ = model(batch)
+    return {k: v.numpy() for k, v in per_sample(out, batch).items()}
+
+
+def _corr(a, b):
+    """(Pearson, Spearman) or (nan, nan) when either side is constant."""
+    from scipy.stats import pearsonr, spearmanr
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan"), float("nan")
+    return float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0])
+
+
+def graph_reg_from_flags(items: list[str]) -> dict:
+    """``["physical:0:0:0.1", ...]`` -> {graph: [layer, head, lambda]}."""
+    out = {}
+    for it in items:
+        parts = it.split(":")
+        try:
+            out[parts[0]] = [int(parts[1]), int(parts[2]), float(parts[3])]
+        except (IndexError, ValueError):
+            raise InputError(f"--graph-reg {it!r}: expected GRAPH:LAYER:HEAD:LAMBDA, e.g. physical:0:0:0.1") from None
+    return out
+
+
+def restrict_graphs(mg: dict, genes: list[str]) -> tuple[dict, dict]:
+    """Multigraph (``load_multigraph`` dict) restricted to ``genes`` -> ({graph: (edge_index [2, E] over
+    positions in genes, weight [E], directed)}, {graph: edges kept}). Graphs with no edge are left out."""
+    pos = {g: i for i, g in enumerate(genes)}
+    remap = torch.tensor([pos.get(n, -1) for n in mg["nodes"]], dtype=torch.long)
+    out, kept = {}, {}
+    for g, ei in mg["edge_index"].items():
+        if ei.numel() == 0:
+            continue
+        e = remap[ei]  # [2, E]
+        ok = (e >= 0).all(0)
+        kept[g] = int(ok.sum())
+        if kept[g]:
+            out[g] = (e[:, ok], mg["edge_weight"][g][ok], mg["directed"][g])
+    return out, kept
+
+
+def _make_model(kind, args, n_genes, graphs, report_key, report):
+    reg = {g: v for g, v in graph_reg_from_flags(args.graph_reg).items() if g in graphs}
+    report.setdefault("graph_reg_dropped", {})[report_key] = sorted(set(graph_reg_from_flags(args.graph_reg)) - set(reg))
+    cfg = cgt.preset(args.preset, n_genes, head=args.head, graph_reg=reg)
+    return cgt.build_model(kind, cfg, graphs), cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Papalexi forward prediction
+# --------------------------------------------------------------------------------------------------
+
+
+def load_papalexi(path, min_grna_frac: float, control: str):
+    """Read and filter the ECCITE-seq h5ad -> (adata with log-normalised X, report dict).
+
+    Raises InputError for missing obs columns, no control cells, non-count X."""
+    import anndata as ad
+    import scanpy as sc
+
+    path = require_file(path, "--adata")
+    adata = ad.read_h5ad(path)
+    for col in ("perturbation", "top_grna_frac"):
+        if col not in adata.obs:
+            raise InputError(f"--adata {path}: obs has no column {col!r}")
+    keep = adata.obs["top_grna_frac"].to_numpy(float) >= min_grna_frac
+    rep = {"cells_read": int(adata.n_obs), "genes": int(adata.n_vars),
+           "cells_dropped_top_grna_frac": int((~keep).sum()), "min_grna_frac": min_grna_frac}
+    adata = adata[keep].copy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    if (adata.obs["perturbation"] == control).sum() == 0:
+        raise InputError(f"--adata {path}: no cell with obs.perturbation == {control!r} after the top_grna_frac filter")
+    x = adata.X
+    vals = x.data if hasattr(x, "data") else np.asarray(x).ravel()
+    if vals.size and (vals.min() < 0 or not np.allclose(vals, np.round(vals))):
+        raise InputError(f"--adata {path}: X must hold raw counts (non-negative whole numbers)")
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    rep["cells_kept"] = int(adata.n_obs)
+    rep["cells_per_perturbation"] = adata.obs["perturbation"].value_counts().sort_index().to_dict()
+    return adata, rep
+
+
+def leave_perturbation_out_folds(perturbation: np.ndarray, control: str, n_folds: int, seed: int):
+    """Split the non-control labels into ``n_folds`` groups -> list of (train cell positions, held-out labels).
+
+    Control cells are always in training; no cell whose label is held out is in that fold's training set."""
+    targets = np.array(sorted(set(perturbation) - {control}))
+    if len(targets) < n_folds:
+        raise InputError(f"{len(targets)} perturbations cannot be split into {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    groups = np.array_split(rng.permutation(targets), n_folds)
+    out = []
+    for held in groups:
+        held = sorted(str(h) for h in held)
+        out.append((np.flatnonzero(~np.isin(perturbation, held)), held))
+    return out
+
+
+def papalexi_arrays(adata, control: str, graph_genes: set):
+    """Universe, expression matrix and sets: -> dict with ``genes`` [N] (measured genes, then targets not
+    measured, sorted), ``measured`` bool [N], ``expr`` float32 [C, N] (0 for unmeasured), ``sets`` list
+    (one per cell), ``perturbation`` str [C]."""
+    measured_genes = list(adata.var_names)
+    pert = adata.obs["perturbation"].to_numpy(str)
+    extra = sorted(set(pert) - {control} - set(measured_genes))
+    genes = measured_genes + extra
+    pos = {g: i for i, g in enumerate(genes)}
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    expr = np.zeros((adata.n_obs, len(genes)), np.float32)
+    expr[:, : len(measured_genes)] = x
+    measured = np.zeros(len(genes), bool)
+    measured[: len(measured_genes)] = True
+    sets = [np.array([], np.int64) if p == control else np.array([pos[p]]) for p in pert]
+    return {"genes": genes, "measured": measured, "expr": expr, "sets": sets, "perturbation": pert,
+            "targets_unmeasured": extra, "genes_not_in_multigraph": sorted(set(genes) - graph_genes)}
+
+
+def perturbation_scores(expr, pert, control, train_mask):
+    """Perturbation score per cell (module docstring) -> (score float32 [C], labelled bool [C])."""
+    mu0 = expr[(pert == control) & train_mask].mean(0)
+    score = np.zeros(len(pert), np.float32)
+    lab = np.zeros(len(pert), bool)
+    for p in set(pert) - {control}:
+        sel = (pert == p) & train_mask
+        if not sel.any():
+            continue
+        delta = expr[sel].mean(0) - mu0
+        nrm = np.linalg.norm(delta)
+        if nrm > 0:
+            cells = pert == p
+            score[cells] = (expr[cells] - mu0) @ delta / nrm
+            lab[cells] = True
+    return score, lab & train_mask
+
+
+def run_forward(args, out: Path) -> None:
+    from .multigraph import load_multigraph
+
+    t0 = time.time()
+    adata, report = load_papalexi(args.adata, args.min_grna_frac, args.control)
+    mg = load_multigraph(args.multigraph)
+    d = papalexi_arrays(adata, args.control, set(mg["nodes"]))
+    genes, measured, expr, pert = d["genes"], d["measured"], d["expr"], d["perturbation"]
+    graphs, kept = restrict_graphs(mg, genes)
+    report.update(universe=len(genes), measured_genes=int(measured.sum()), targets_unmeasured=d["targets_unmeasured"],
+                  genes_not_in_multigraph=len(d["genes_not_in_multigraph"]), graph_edges=kept)
+    folds = leave_perturbation_out_folds(pert, args.control, args.n_folds, args.seed)
+    ctrl = pert == args.control
+    mu0 = expr[ctrl].mean(0)
+    observed = {p: (expr[pert == p].mean(0) - mu0)[measured] for p in set(pert) - {args.control}}
+    rows, preds, fold_info, models = [], {}, [], []
+    for k, (train_idx, held) in enumerate(folds):
+        tf = time.time()
+        train_mask = np.zeros(len(pert), bool)
+        train_mask[train_idx] = True
+        score, lab = perturbation_scores(expr, pert, args.control, train_mask)
+        m_expr = np.broadcast_to(measured, expr.shape)
+        shift = expr[train_idx] - expr[ctrl & train_mask].mean(0)  # [C_train, N] centred on the control mean
+        samples = Samples([d["sets"][i] for i in train_idx],
+                          {"expression": (shift, m_expr[train_idx]), "fitness": (score[train_idx], lab[train_idx])})
+        model, cfg = _make_model("equivariant", args, len(genes), graphs, "forward", report)
+        losses = fit(model, samples, {"expression": 1.0, "fitness": args.score_weight}, max_epochs=args.max_epochs,
+                     batch_size=args.batch_size, lr=args.lr, seed=args.seed + k)
+        pos = {g: i for i, g in enumerate(genes)}
+        p_out = predict(model, [np.array([], np.int64)] + [np.array([pos[p]]) for p in held])
+        base = p_out["expression"][0][measured]
+        train_perts = sorted(set(pert[train_idx]) - {args.control})
+        mean_change = np.mean([observed[p] for p in train_perts], 0)
+        for j, p in enumerate(held):
+            obs = observed[p]
+            pred = p_out["expression"][j + 1][measured] - base
+            preds[p] = pred
+            for method, yhat in (("equivariant_cgt", pred), ("no_change", np.zeros_like(obs)),
+                                 ("train_mean_change", mean_change)):
+                r, rho = _corr(yhat, obs)
+                rows.append({"perturbation": p, "fold": k, "n_cells": int((pert == p).sum()), "method": method,
+                             "pearson": r, "spearman": rho, "mse": float(np.mean((yhat - obs) ** 2))})
+        fold_info.append({"fold": k, "heldout": held, "train_cells": int(len(train_idx)),
+                          "epoch_losses": losses, "seconds": round(time.time() - tf, 1)})
+        models.append(model.state_dict())
+        log.info("fold %d: held out %s, %.1f s, final loss %.4f", k, held, time.time() - tf, losses[-1])
+    metrics = pd.DataFrame(rows)
+    summary = _summary(metrics, ["method"])
+    report.update(folds=fold_info, config=cgt.config_dict(cfg), seconds=round(time.time() - t0, 1))
+    with atomic_path(out / "metrics.tsv") as tmp:
+        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    with atomic_path(out / "summary.tsv") as tmp:
+        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    names = sorted(preds)
+    with atomic_path(out / "predictions.npz") as tmp:
+        np.savez_compressed(tmp, perturbations=np.array(names), genes=np.array(genes)[measured],
+                            predicted=np.stack([preds[p] for p in names]),
+                            observed=np.stack([observed[p] for p in names]))
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"kind": "equivariant", "config": cgt.config_dict(cfg), "graphs": graphs, "genes": genes,
+                    "fold_state_dicts": models, "state_dict": models[0]}, tmp)
+    write_json(out / "report.json", report)
+    log.info("forward prediction:\n%s", summary.to_string(index=False))
+
+
+def _summary(metrics: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    g = metrics.groupby(by, sort=False)
+    return g.agg(n=("mse", "size"), pearson_mean=("pearson", "mean"), pearson_sd=("pearson", "std"),
+                 spearman_mean=("spearman", "mean"), spearman_sd=("spearman", "std"), mse_mean=("mse", "mean")
+                 ).reset_index()
+
+
+# --------------------------------------------------------------------------------------------------
+# Yeast fitness / epsilon
+# --------------------------------------------------------------------------------------------------
+
+COSTANZO_COLUMNS = ("genepairs", "Query_single_mutant_fitness_(SMF)", "Array_SMF", "Double_mutant_fitness")
+
+
+def load_costanzo(path, info_path):
+    """Costanzo fragment -> DataFrame (query, array ORFs; smf_q, smf_a, dmf, epsilon) and report.
+
+    Names map through STRING ``protein.info`` ``preferred_name`` (case-insensitive) or, failing that, when the
+    name is itself an ORF id. Rows with an unmapped name are dropped and counted."""
+    path = require_file(path, "--pairs")
+    df = pd.read_csv(path)
+    missing = [c for c in COSTANZO_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"--pairs {path}: missing column(s) {missing}")
+    info = pd.read_csv(require_file(info_path, "--string-info"), sep="\t")
+    if "preferred_name" not in info or "#string_protein_id" not in info:
+        raise InputError(f"--string-info {info_path}: expected columns #string_protein_id, preferred_name")
+    orf = info["#string_protein_id"].str.split(".", n=1).str[1]
+    name2orf = dict(zip(info["preferred_name"].str.upper(), orf))
+    name2orf.update({o.upper(): o for o in orf})
+    parts = df["genepairs"].astype(str).str.split("_", n=1, expand=True)
+    if parts.shape[1] != 2 or parts[1].isna().any():
+        bad = int(np.flatnonzero(parts[1].isna().to_numpy())[0]) + 2 if parts.shape[1] == 2 else 2
+        raise InputError(f"--pairs {path}: line {bad}: genepairs must be QUERY_ARRAY")
+    q = parts[0].str.upper().map(name2orf)
+    a = parts[1].str.upper().map(name2orf)
+    ok = q.notna() & a.notna()
+    out = pd.DataFrame({"query": q, "array": a, "query_name": parts[0], "array_name": parts[1],
+                        "smf_q": df[COSTANZO_COLUMNS[1]].astype(float), "smf_a": df[COSTANZO_COLUMNS[2]].astype(float),
+                        "dmf": df[COSTANZO_COLUMNS[3]].astype(float)})[ok].reset_index(drop=True)
+    out["epsilon"] = out["dmf"] - out["smf_q"] * out["smf_a"]
+    rep = {"pairs_read": int(len(df)), "pairs_unmapped": int((~ok).sum()), "pairs_kept": int(len(out)),
+           "unmapped_names": sorted(set(parts[0][q.isna()]) | set(parts[1][a.isna()]))}
+    return out, rep
+
+
+def yeast_universe(mg: dict, seeds: list[str], hops: int) -> list[str]:
+    """``seeds`` plus their ``hops``-hop neighbours over all graphs (hops < 0: every node), sorted."""
+    if hops < 0:
+        return list(mg["nodes"])
+    idx = {n: i for i, n in enumerate(mg["nodes"])}
+    cur = {idx[s] for s in seeds if s in idx}
+    allowed = set(cur)
+    ei = torch.cat([e for e in mg["edge_index"].values() if e.numel()], 1).numpy() if mg["edge_index"] else np.zeros((2, 0))
+    for _ in range(hops):
+        hit = np.isin(ei[0], list(cur)) | np.isin(ei[1], list(cur))
+        new = set(ei[0][hit]) | set(ei[1][hit])
+        cur = new - allowed
+        allowed |= new
+    return sorted({mg["nodes"][i] for i in allowed} | set(seeds))
+
+
+def run_yeast(args, out: Path) -> None:
+    from sklearn.model_selection import KFold
+
+    from .multigraph import load_multigraph
+
+    t0 = time.time()
+    pairs, report = load_costanzo(args.pairs, args.string_info)
+    mg = load_multigraph(args.multigraph)
+    seeds = sorted(set(pairs["query"]) | set(pairs["array"]))
+    genes = yeast_universe(mg, seeds, args.yeast_hops)
+    pos = {g: i for i, g in enumerate(genes)}
+    graphs, kept = restrict_graphs(mg, genes)
+    smf = pd.concat([pairs[["query", "smf_q"]].set_axis(["g", "smf"], axis=1),
+                     pairs[["array", "smf_a"]].set_axis(["g", "smf"], axis=1)]).groupby("g")["smf"].mean()
+    report.update(universe=len(genes), phenotype_genes=len(seeds), hops=args.yeast_hops, graph_edges=kept,
+                  seed_genes_not_in_multigraph=sorted(set(seeds) - set(mg["nodes"])))
+    single_sets = [np.array([pos[g]]) for g in smf.index]
+    pair_sets = [np.array([pos[q], pos[a]]) for q, a in zip(pairs["query"], pairs["array"])]
+    kf = KFold(n_splits=args.n_folds, shuffle=True, random_state=args.seed)
+    rows, fold_info = [], []
+    for k, (tr, te) in enumerate(kf.split(pairs)):
+        n_s, n_p = len(single_sets), len(tr)
+        fit_y = np.concatenate([smf.to_numpy(), pairs["dmf"].to_numpy()[tr]]).astype(np.float32)
+        eps_y = np.concatenate([np.full(n_s, np.nan), pairs["epsilon"].to_numpy()[tr]]).astype(np.float32)
+        eps_m = np.concatenate([np.zeros(n_s, bool), np.ones(n_p, bool)])
+        samples = Samples(single_sets + [pair_sets[i] for i in tr],
+                          {"fitness": (fit_y, np.ones(n_s + n_p, bool)), "interaction": (eps_y, eps_m)})
+        test = pairs.iloc[te]
+        obs = {"dmf": test["dmf"].to_numpy(), "epsilon": test["epsilon"].to_numpy()}
+        trn = pairs.iloc[tr]
+        methods = {
+            "mean": {"dmf": np.full(len(te), trn["dmf"].mean()), "epsilon": np.full(len(te), trn["epsilon"].mean())},
+            "multiplicative": {"dmf": (test["smf_q"] * test["smf_a"]).to_numpy(), "epsilon": np.zeros(len(te))},
+        }
+        info = {"fold": k, "train_pairs": int(n_p), "test_pairs": int(len(te))}
+        for kind in ("equivariant", "non_equivariant"):
+            tf = time.time()
+            model, cfg = _make_model(kind, args, len(genes), graphs, "yeast", report)
+            losses = fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=args.yeast_max_epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed + k)
+            p = predict(model, [pair_sets[i] for i in te])
+            methods[f"{kind}_cgt"] = {"dmf": p["fitness"], "epsilon": p["interaction"]}
+            info[kind] = {"epoch_losses": losses, "seconds": round(time.time() - tf, 1)}
+        for method, pr in methods.items():
+            for target in ("dmf", "epsilon"):
+                r, rho = _corr(pr[target], obs[target])
+                rows.append({"fold": k, "method": method, "target": target, "pearson": r, "spearman": rho,
+                             "mse": float(np.mean((pr[target] - obs[target]) ** 2))})
+        fold_info.append(info)
+        log.info("yeast fold %d done", k)
+    metrics = pd.DataFrame(rows)
+    summary = _summary(metrics, ["target", "method"])
+    report.update(folds=fold_info, seconds=round(time.time() - t0, 1))
+    with atomic_path(out / "metrics.tsv") as tmp:
+        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    with atomic_path(out / "summary.tsv") as tmp:
+        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_json(out / "report.json", report)
+    log.info("yeast:\n%s", summary.to_string(index=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reverse perturbation prediction (GREmLN paper 4.5, Table 3)
+# --------------------------------------------------------------------------------------------------
+
+
+def top_shift_perturbations(adata, control: str, n_top: int, n_comps: int, seed: int) -> pd.DataFrame:
+    """Distance of each perturbation's centroid from the control centroid in PCA space (``scanpy.pp.pca`` of
+    the log-normalised X, ``n_comps`` components) -> DataFrame (perturbation, n_cells, shift, top) sorted by
+    shift, ``top`` True for the ``n_top`` largest (the paper's rule)."""
+    import scanpy as sc
+
+    x = sc.pp.pca(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, dtype=np.float32),
+                  n_comps=min(n_comps, adata.n_vars - 1), random_state=seed)
+    pert = adata.obs["perturbation"].to_numpy(str)
+    c0 = x[pert == control].mean(0)
+    rows = [{"perturbation": p, "n_cells": int((pert == p).sum()), "shift": float(np.linalg.norm(x[pert == p].mean(0) - c0))}
+            for p in sorted(set(pert) - {control})]
+    df = pd.DataFrame(rows).sort_values("shift", ascending=False, kind="stable").reset_index(drop=True)
+    if n_top > len(df):
+        raise InputError(f"--n-top-perturbations {n_top}: only {len(df)} perturbations in --adata")
+    df["top"] = np.arange(len(df)) < n_top
+    return df
+
+
+def frozen_embeddings(model_path, adata, cells, networks_path, cell_type, seed, report: dict, key: str):
+    """CLS embeddings [C, d] of a main-job model (``cellgraph.models.gremln.load``) for Papalexi cells.
+
+    The cells are tokenised with the model's PBMC vocabulary (``cellgraph.tokenize.tokenize_cells``): genes
+    of the vocabulary not measured here are zero (not expressed) and only the measured vocabulary genes become
+    tokens. X for tokenisation is log1p(CPM) over the 299 genes (design.md section 2). The graph of every cell
+    is the ARACNe network of ``cell_type`` in ``networks_path`` or, when that type has no network (held out),
+    the union over types (maximum MI), which is reported."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from . import data as cg_data
+    from .models import gremln
+    from .tokenize import tokenize_cells
+
+    model = gremln.load(require_file(model_path, f"--{key}-model"))
+    vocab = list(model.vocab)
+    genes = vocab[2:]
+    measured = [g for g in genes if g in set(adata.var_names)]
+    counts = adata.layers["counts"][cells]
+    counts = sp.csr_matrix(counts)
+    lib = np.asarray(counts.sum(1)).ravel()
+    col = adata.var_names.get_indexer(measured)
+    x = sp.csr_matrix(np.log1p(counts[:, col].toarray() / np.maximum(lib, 1)[:, None] * 1e6).astype(np.float32))
+    full = sp.hstack([x, sp.csr_matrix((len(cells), len(genes) - len(measured)), dtype=np.float32)]).tocsr()
+    names = measured + [g for g in genes if g not in set(measured)]
+    tok = ad.AnnData(full, obs=pd.DataFrame({"split": "test", "perturbation": adata.obs["perturbation"].to_numpy()[cells]},
+                                             index=[f"c{i}" for i in range(len(cells))]),
+                     var=pd.DataFrame(index=names))
+    tok.uns["cellgraph"] = {"label_key": "perturbation"}
+    nets = pd.read_csv(require_file(networks_path, "--grn-networks"), sep="\t")
+    if not {"cell_type", "regulator", "target", "mi"} <= set(nets.columns):
+        raise InputError(f"--grn-networks {networks_path}: expected columns cell_type, regulator, target, mi")
+    sub = nets[nets["cell_type"] == cell_type]
+    used = cell_type
+    if sub.empty:
+        sub = nets.groupby(["regulator", "target"], as_index=False)["mi"].max()
+        used = f"union of {sorted(nets['cell_type'].unique())} ({cell_type} has no network)"
+    graph = sub.rename(columns={"mi": "weight"})[["regulator", "target", "weight"]]
+    max_len = int(getattr(model.config, "max_seq_len", 0) or 128)
+    stats: dict = {}
+    arrays = tokenize_cells(tok, np.arange(len(cells)), graph, vocab, model.config.n_bins, max_len, seed, stats)
+    ds = cg_data.TokenDataset.from_arrays(arrays)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, collate_fn=cg_data.collate)
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            out.append(model.encode(batch)[:, 0])  # [B, d] CLS
+    report[f"{key}_embedding"] = {"vocab_genes": len(genes), "vocab_genes_measured": len(measured),
+                                  "graph": used, "graph_edges": int(len(graph)),
+                                  "graph_edges_outside_vocab": int(stats.get("graph_edges_outside_vocab", 0))}
+    return torch.cat(out).numpy()
+
+
+def run_reverse(args, out: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.time()
+    adata, report = load_papalexi(args.adata, args.min_grna_frac, args.control)
+    shifts = top_shift_perturbations(adata, args.control, args.n_top_perturbations, 20, args.seed)
+    classes = shifts.loc[shifts["top"], "perturbation"].tolist()
+    pert = adata.obs["perturbation"].to_numpy(str)
+    cells = np.flatnonzero(np.isin(pert, classes))
+    y = pert[cells]
+    x = adata.X[cells].toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X[cells])
+    features = {"lasso_expression": x}
+    for key, path in (("gremln", args.gremln_model), ("vanilla", args.vanilla_model)):
+        if path:
+            if not args.grn_networks:
+                raise InputError("--task reverse with a model needs --grn-networks")
+            features[f"{key}_frozen_probe"] = frozen_embeddings(path, adata, cells, args.grn_networks,
+                                                                args.grn_cell_type, args.seed, report, key)
+    report["not_done"] = "GREmLN fine-tuned with a classification head is not implemented"
+    sss = StratifiedShuffleSplit(n_splits=args.n_splits, test_size=0.2, random_state=args.seed)
+    rows, conf = [], {}
+    for k, (tr, te) in enumerate(sss.split(cells, y)):
+        for method, f in features.items():
+            if method.startswith("lasso"):
+                clf = LogisticRegression(l1_ratio=1.0, C=0.1, solver="saga", max_iter=300, tol=1e-3)
+            else:
+                clf = LogisticRegression(C=1.0, max_iter=1000)
+            model = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr])
+            pred = model.predict(f[te])
+            rows.append({"split": k, "method": method, "accuracy": accuracy_score(y[te], pred),
+                         "macro_f1": f1_score(y[te], pred, average="macro"), "n_train": len(tr), "n_test": len(te)})
+            cm = confusion_matrix(y[te], pred, labels=classes)
+            conf[method] = conf.get(method, 0) + cm
+    metrics = pd.DataFrame(rows)
+    g = metrics.groupby("method", sort=False)
+    summary = g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
+                    macro_f1_mean=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std")).reset_index()
+    report.update(classes=classes, cells=int(len(cells)), shifts=shifts.to_dict("records"),
+                  chance_accuracy=float(pd.Series(y).value_counts(normalize=True).max()),
+                  seconds=round(time.time() - t0, 1))
+    with atomic_path(out / "metrics.tsv") as tmp:
+        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    with atomic_path(out / "summary.tsv") as tmp:
+        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    with atomic_path(out / "confusion.npz") as tmp:
+        np.savez_compressed(tmp, classes=np.array(classes), methods=np.array(list(conf)),
+                            confusion=np.stack([conf[m] for m in conf]))
+    write_json(out / "report.json", report)
+    log.info("reverse perturbation prediction:\n%s", summary.to_string(index=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures and tables
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_table(df: pd.DataFrame, tables_dir: Path, name: str) -> None:
+    with atomic_path(tables_dir / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4g")
+    with atomic_path(tables_dir / f"{name}.md") as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")
+
+
+def run_figures(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs, tabs = Path(args.figures_dir), Path(args.tables_dir)
+    fwd = pd.read_csv(require_file(Path(args.forward_dir) / "metrics.tsv", "forward metrics"), sep="\t")
+    yst = pd.read_csv(require_file(Path(args.yeast_dir) / "metrics.tsv", "yeast metrics"), sep="\t")
+    rev = pd.read_csv(require_file(Path(args.reverse_dir) / "metrics.tsv", "reverse metrics"), sep="\t")
+    cz = np.load(require_file(Path(args.reverse_dir) / "confusion.npz", "reverse confusion"))
+    _write_table(_summary(fwd, ["method"]), tabs, "table_perturbation_forward")
+    _write_table(_summary(yst, ["target", "method"]), tabs, "table_perturbation_yeast")
+    g = rev.groupby("method", sort=False)
+    _write_table(g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
+                       macro_f1_mean=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std")).reset_index(),
+                 tabs, "table3_reverse_perturbation")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    wide = fwd.pivot_table(index="perturbation", columns="method", values=["pearson", "mse"], dropna=False)
+    order = wide["mse"].get("equivariant_cgt", wide["mse"].iloc[:, 0]).sort_values().index
+    for method in wide["mse"].columns:
+        axes[0].plot(range(len(order)), wide["mse"].loc[order, method], "o-", ms=3, label=method)
+        if method in wide["pearson"].columns and wide["pearson"][method].notna().any():
+            axes[1].plot(range(len(order)), wide["pearson"].loc[order, method], "o-", ms=3, label=method)
+    for ax, lab in zip(axes, ("MSE of mean expression change", "Pearson r (predicted vs observed change)")):
+        ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+        ax.set_ylabel(lab)
+        ax.legend(fontsize=7)
+    fig.suptitle("Papalexi 2021, leave-perturbation-out forward prediction")
+    fig.tight_layout()
+    with atomic_path(figs / "perturbation_forward.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, target in zip(axes, ("dmf", "epsilon")):
+        sub = yst[yst["target"] == target]
+        s = sub.groupby("method", sort=False)[["pearson", "spearman"]].mean()
+        s.plot.bar(ax=ax, rot=30)
+        ax.set_title(f"{target}: mean over folds (constant baselines have no correlation)", fontsize=8)
+        ax.axhline(0, color="k", lw=0.5)
+    fig.tight_layout()
+    with atomic_path(figs / "perturbation_yeast.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+    methods, classes, conf = list(cz["methods"]), list(cz["classes"]), cz["confusion"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 5), squeeze=False)
+    for ax, m, cm in zip(axes[0], methods, conf):
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes, fontsize=6)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    with atomic_path(figs / "perturbation_reverse_confusion.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--adata", default=None, metavar="H5AD", help="Papalexi ECCITE-seq h5ad (forward, reverse)")
+    p.add_argument("--multigraph", default=None, metavar="NPZ", help="multigraph.npz of the organism (forward, yeast)")
+    p.add_argument("--pairs", default=None, metavar="CSV", help="Costanzo 2016 pairs (yeast)")
+    p.add_argument("--string-info", default=None, metavar="FILE", help="STRING protein.info of yeast (name -> ORF)")
+    p.add_argument("--min-grna-frac", type=float, default=0.8, help="keep cells with top_grna_frac >= this")
+    p.add_argument("--control", default="non-targeting", help="obs.perturbation label of control cells")
+    p.add_argument("--preset", default="demo", choices=sorted(cgt.PRESETS))
+    p.add_argument("--head", default="cross_attention", choices=["mean", "cross_attention", "hypersagnn"])
+    p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
+                   metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=12)
+    p.add_argument("--yeast-max-epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--score-weight", type=float, default=0.1, help="task weight of the perturbation score")
+    p.add_argument("--yeast-hops", type=int, default=1, help="neighbourhood of the phenotype genes (-1 = all)")
+    p.add_argument("--n-top-perturbations", type=int, default=20)
+    p.add_argument("--n-splits", type=int, default=3)
+    p.add_argument("--gremln-model", default=None, metavar="PT")
+    p.add_argument("--vanilla-model", default=None, metavar="PT")
+    p.add_argument("--grn-networks", default=None, metavar="TSV.GZ", help="ARACNe networks.tsv.gz (reverse)")
+    p.add_argument("--grn-cell-type", default="Monocyte", help="ARACNe network used as the cells' graph (reverse)")
+    p.add_argument("--forward-dir", default=None, help="figures: results of --task forward")
+    p.add_argument("--yeast-dir", default=None, help="figures: results of --task yeast")
+    p.add_argument("--reverse-dir", default=None, help="figures: results of --task reverse")
+    p.add_argument("--figures-dir", default=None)
+    p.add_argument("--tables-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default=None, help="results folder (forward, yeast, reverse)")
+
+
+def _need(args, *names):
+    for n in names:
+        if getattr(args, n) in (None, ""):
+            raise InputError(f"--task {args.task} needs --{n.replace('_', '-')}")
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations"):
+        if getattr(args, n) < 1:
+            raise InputError(f"--{n.replace('_', '-')} must be >= 1, not {getattr(args, n)}")
+    graph_reg_from_flags(args.graph_reg)
+    if args.task == "forward":
+        _need(args, "adata", "multigraph", "out_dir")
+        run_forward(args, Path(args.out_dir))
+    elif args.task == "yeast":
+        _need(args, "pairs", "string_info", "multigraph", "out_dir")
+        run_yeast(args, Path(args.out_dir))
+    elif args.task == "reverse":
+        _need(args, "adata", "out_dir")
+        run_reverse(args, Path(args.out_dir))
+    else:
+        _need(args, "forward_dir", "yeast_dir", "reverse_dir", "figures_dir", "tables_dir")
+        run_figures(args)

@@ -1,0 +1,112 @@
+"""cellgraph perturb: real Papalexi / Costanzo loading, leave-perturbation-out splits, set batching, CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cellgraph import cli, perturb
+from cellgraph.errors import InputError
+from cellgraph.models import cell_graph_transformer as cgt
+
+REPO = Path(__file__).resolve().parents[1]
+PAPALEXI = REPO / "resources/perturbation/papalexi2021_thp1_eccite_lowmoi.h5ad"
+COSTANZO = REPO / "resources/phenotypes/costanzo2016_fragment_301pairs.csv"
+YEAST_INFO = REPO / "resources/networks/yeast/4932.protein.info.v12.0.txt.gz"
+
+
+@pytest.fixture(scope="module")
+def papalexi():
+    return perturb.load_papalexi(PAPALEXI, 0.8, "non-targeting")
+
+
+def test_papalexi_filter_counts_and_universe(papalexi):
+    adata, rep = papalexi
+    assert rep["cells_kept"] + rep["cells_dropped_top_grna_frac"] == rep["cells_read"] == 20729
+    assert (adata.obs["top_grna_frac"] >= 0.8).all()
+    # log1p of counts normalised to 1e4: expm1 rows sum to 1e4
+    np.testing.assert_allclose(np.expm1(adata.X[:5].toarray()).sum(1), 1e4, rtol=1e-4)
+    d = perturb.papalexi_arrays(adata, "non-targeting", set(adata.var_names))
+    targets = set(adata.obs["perturbation"]) - {"non-targeting"}
+    assert len(targets) == 25 and targets <= set(d["genes"])
+    assert d["measured"].sum() == 299 and len(d["genes"]) == 299 + len(d["targets_unmeasured"])
+    assert not d["expr"][:, ~d["measured"]].any()
+    ctrl = adata.obs["perturbation"].to_numpy() == "non-targeting"
+    assert all(len(s) == 0 for s, c in zip(d["sets"], ctrl) if c)
+    assert all(d["genes"][s[0]] == p for s, p in zip(d["sets"], d["perturbation"]) if len(s))
+
+
+def test_leave_perturbation_out_never_leaks(papalexi):
+    adata, _ = papalexi
+    pert = adata.obs["perturbation"].to_numpy(str)
+    folds = perturb.leave_perturbation_out_folds(pert, "non-targeting", 5, seed=0)
+    held_all = [p for _, held in folds for p in held]
+    assert sorted(held_all) == sorted(set(pert) - {"non-targeting"})  # each target held out exactly once
+    for train_idx, held in folds:
+        assert not np.isin(pert[train_idx], held).any()
+        assert (pert[train_idx] == "non-targeting").sum() == (pert == "non-targeting").sum()
+        # the training labels built for the fold come only from training cells
+        train_mask = np.zeros(len(pert), bool)
+        train_mask[train_idx] = True
+        d = perturb.papalexi_arrays(adata, "non-targeting", set())
+        score, lab = perturb.perturbation_scores(d["expr"], pert, "non-targeting", train_mask)
+        assert not lab[np.isin(pert, held)].any() and not lab[pert == "non-targeting"].any()
+        assert lab[train_mask & (pert != "non-targeting")].all()
+    # a different seed gives a different split
+    other = perturb.leave_perturbation_out_folds(pert, "non-targeting", 5, seed=1)
+    assert [h for _, h in other] != [h for _, h in folds]
+
+
+def test_deduplicated_set_batches_give_per_sample_predictions():
+    torch.manual_seed(0)
+    n = 12
+    model = cgt.build_model("equivariant", cgt.preset("demo", n)).eval()
+    sets = [np.array([3]), np.array([], np.int64), np.array([3]), np.array([5, 7]), np.array([], np.int64)]
+    y = np.arange(5, dtype=np.float32)
+    s = perturb.Samples(sets, {"fitness": (y, np.ones(5, bool))})
+    batch = s.collate([0, 1, 2, 3, 4])
+    assert batch["pert_ptr"].tolist() == [0, 1, 1, 3]  # three distinct sets
+    assert batch["set_of_sample"].tolist() == [0, 1, 0, 2, 1]
+    with torch.no_grad():
+        out, _, _ = model(batch)
+        per = perturb.per_sample(out, batch)
+        for i, st in enumerate(sets):
+            one, _, _ = model(perturb.Samples([st], {}).collate([0]))
+            torch.testing.assert_close(per["expression"][i], one["expression"][0], atol=1e-5, rtol=1e-4)
+    assert torch.equal(batch["y_fitness"], torch.from_numpy(y))
+
+
+def test_costanzo_mapping_and_epsilon():
+    pairs, rep = perturb.load_costanzo(COSTANZO, YEAST_INFO)
+    assert rep["pairs_read"] == 301 and rep["pairs_kept"] + rep["pairs_unmapped"] == 301
+    assert pairs["query"].str.match(r"^Y[A-P][LR]\d{3}[WC]").all()
+    row = pairs[(pairs["query_name"] == "cox9") & (pairs["array_name"] == "ade1")].iloc[0]
+    assert row["query"] == "YDL067C"
+    assert row["epsilon"] == pytest.approx(0.7624 - 0.769 * 1.005)
+
+
+def test_yeast_universe_hops():
+    mg = {"nodes": ["A", "B", "C", "D"], "edge_index": {"physical": torch.tensor([[0, 1], [1, 2]])},
+          "edge_weight": {"physical": torch.ones(2)}, "directed": {"physical": False}}
+    assert perturb.yeast_universe(mg, ["A"], 0) == ["A"]
+    assert perturb.yeast_universe(mg, ["A"], 1) == ["A", "B"]
+    assert perturb.yeast_universe(mg, ["A"], 2) == ["A", "B", "C"]
+    assert perturb.yeast_universe(mg, ["A"], -1) == ["A", "B", "C", "D"]
+    graphs, kept = perturb.restrict_graphs(mg, ["C", "B"])
+    assert kept == {"physical": 1} and graphs["physical"][0].tolist() == [[1], [0]]
+
+
+def test_cli_bad_input_exits_2(tmp_path, capsys):
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("genepairs,label,Array_SMF\ncox9_ade1,0,1.0\n")
+    code = cli.main(["perturb", "--task", "yeast", "--pairs", str(bad), "--string-info", str(YEAST_INFO),
+                     "--multigraph", str(tmp_path / "none.npz"), "--out-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "missing column" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    code = cli.main(["perturb", "--task", "forward", "--adata", str(PAPALEXI), "--graph-reg", "physical:x",
+                     "--multigraph", "m.npz", "--out-dir", str(tmp_path / "o2")])
+    assert code == 2 and "GRAPH:LAYER:HEAD:LAMBDA" in capsys.readouterr().err
