@@ -227,3 +227,15 @@ def test_permutation_control_finds_fewer_edges_than_real_data(inputs, tmp_path):
     assert len(net) > 0
     assert control["empirical_fdr"] == pytest.approx(min(1.0, control["edges"] / len(net)))
     assert control["edges"] < 0.5 * len(net)
+
+
+def test_no_edge_in_any_type_is_an_error_and_writes_nothing(inputs, tmp_path, capsys):
+    """A run in which nothing survives consolidation cannot feed the later stages: one clear error."""
+    out = tmp_path / "grn"
+    code = cli_main(["grn", "--adata", str(inputs["adata"]), "--regulators", str(inputs["regulators"]),
+                 "--out-dir", str(out), "--n-bootstraps", "2", "--mi-pvalue", "1e-12", "--metacell-k", "0",
+                 "--no-permutation-control"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no edge survived" in err and "--mi-pvalue 1e-12" in err
+    assert not (out / "networks.tsv.gz").exists()

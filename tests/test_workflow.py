@@ -30,7 +30,7 @@ def tiny_config(tmp_path: Path, **overrides) -> Path:
                       "networks": absolute(config["data"]["networks"]), "idmap": absolute(config["data"]["idmap"])}
     config["results"] = "results"
     config["expression"].update(n_top_genes=150, heldout_types=["B", "NK", "Monocyte"])
-    config["grn"].update(n_bootstraps=2)
+    config["grn"].update(n_bootstraps=10, mi_pvalue=1e-3, permutation_control=False)
     config["tokenize"].update(n_bins=10, max_seq_len=32)
     config["train"].update(max_epochs=1)
     config["evaluate"].update(n_splits=2)

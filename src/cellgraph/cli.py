@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("cellgraph.train", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),
     "evaluate": ("cellgraph.evaluate", "cell-type annotation, masked-edge recovery, linear probe"),
     "figures": ("cellgraph.figures", "paper figures and tables from the evaluation results"),
+    "install-profile": ("cellgraph.profile", "copy profiles/slurm to ~/.config/snakemake so `snakemake --profile slurm` works"),
     "perturb": ("cellgraph.perturb", "cell graph transformers: forward/reverse perturbation prediction, yeast fitness"),
 }
 

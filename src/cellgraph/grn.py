@@ -397,6 +397,13 @@ def run(args: argparse.Namespace) -> None:
     networks = pd.concat(frames, ignore_index=True)[NETWORK_COLUMNS]
     no_edges = sorted(ct for ct in universes if not (networks["cell_type"] == ct).any())
     report["cell_types_without_edges"] = no_edges
+    if networks.empty:
+        raise InputError(
+            f"{args.adata}: no edge survived in any of the {len(universes)} cell types with --mi-pvalue "
+            f"{args.mi_pvalue}, --n-bootstraps {args.n_bootstraps}, --consolidation-alpha "
+            f"{args.consolidation_alpha} (consolidation needs several bootstraps; a larger --mi-pvalue or more "
+            f"--n-bootstraps finds more edges)"
+        )
     if args.permutation_control:
         control_edges = sum(e["permutation_control"]["edges"] for e in report["cell_types"].values()
                             if "permutation_control" in e)

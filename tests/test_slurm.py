@@ -1,0 +1,249 @@
+"""The workflow on a live one-node Slurm cluster (tests/slurm/cluster.sh), and `cellgraph install-profile`.
+
+The cluster tests need Debian's slurm-wlm and munge installed (``apt-get install -y slurmctld slurmd
+slurm-client munge``) and root; where they are missing the tests are skipped with the reason printed.
+The cluster is started once for this module and stopped in the fixture's finaliser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from cellgraph import cli
+from cellgraph.profile import install_profile
+
+from test_distributed import max_weight_difference
+from test_workflow import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+TEST_PROFILE = REPO / "tests" / "slurm" / "profile"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SKIP_FILES = {"report.json"}  # timings and absolute paths
+SKIP_DIRS = {"logs", "benchmarks", "checkpoints", "figures", ".snakemake"}
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def _missing_slurm() -> str | None:
+    missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue") if not shutil.which(c)]
+    if missing:
+        return ("Slurm packages not installed (missing " + ", ".join(missing) + "); "
+                "apt-get install -y slurmctld slurmd slurm-client munge")
+    if os.geteuid() != 0:
+        return "the test cluster needs root (it starts munged, slurmctld, slurmd)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    reason = _missing_slurm()
+    if reason:
+        print(f"SKIPPED test_slurm: {reason}")
+        pytest.skip(reason)
+    started = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=120)
+    request.addfinalizer(lambda: subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=120))
+    assert started.returncode == 0, started.stdout + started.stderr
+    return started.stdout
+
+
+def snakemake(workdir: Path, config: Path, *extra: str, timeout: int = 900) -> tuple[subprocess.CompletedProcess, float]:
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", str(config), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """The tiny real-data config, run locally and through the Slurm test profile; wall times in seconds."""
+    base = tmp_path_factory.mktemp("slurm_runs")
+    # the tiny config's own grn settings (single cells, 10 bootstraps); the permuted-data control is not
+    # what this test is about
+    grn = {"permutation_control": False}
+    # train on 1 thread: the 2-rank Slurm job below then runs each rank with the same thread count
+    config = tiny_config(base, grn=grn, train={"max_epochs": 1, "threads": 1}, evaluate={"n_splits": 2})
+    local, slurm = base / "local", base / "slurm"
+    local.mkdir()
+    slurm.mkdir()
+    proc, t_local = snakemake(local, config, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    proc, t_slurm = snakemake(slurm, config, "--workflow-profile", str(TEST_PROFILE))
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    print(f"tiny workflow wall time: local {t_local:.0f} s, Slurm {t_slurm:.0f} s")
+    return {"local": local / "results", "slurm": slurm / "results", "config": config, "slurm_dir": slurm,
+            "log": proc.stderr, "times": (t_local, t_slurm)}
+
+
+def _close(a, b, where: str) -> None:
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert (np.isnan(a) and np.isnan(b)) or np.isclose(a, b, rtol=1e-6, atol=1e-9), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def compare_file(a: Path, b: Path) -> str:
+    """Assert two result files hold the same data (numerically); returns the kind compared."""
+    name = a.name
+    if name.endswith(".npz"):
+        with np.load(a, allow_pickle=False) as x, np.load(b, allow_pickle=False) as y:
+            assert set(x.files) == set(y.files), name
+            for k in x.files:
+                if x[k].dtype.kind in "fc":
+                    np.testing.assert_allclose(y[k], x[k], rtol=1e-6, atol=1e-9, err_msg=f"{name}:{k}")
+                else:
+                    np.testing.assert_array_equal(y[k], x[k], err_msg=f"{name}:{k}")
+        return "npz"
+    if name.endswith(".json"):
+        _close(json.loads(a.read_text()), json.loads(b.read_text()), name)
+        return "json"
+    if name.endswith((".tsv", ".tsv.gz", ".csv", ".txt")) or name.endswith(".txt.gz"):
+        sep = "," if ".csv" in name else "\t"
+        try:
+            x, y = pd.read_csv(a, sep=sep), pd.read_csv(b, sep=sep)
+        except pd.errors.EmptyDataError:
+            assert a.read_bytes() == b.read_bytes(), name
+            return "text"
+        pd.testing.assert_frame_equal(y, x, check_exact=False, rtol=1e-6, atol=1e-9, obj=name)
+        return "table"
+    if name.endswith(".parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(b), pd.read_parquet(a), check_exact=False, rtol=1e-6,
+                                      atol=1e-9, obj=name)
+        return "table"
+    if name.endswith(".pt"):
+        x = torch.load(a, map_location="cpu", weights_only=True)
+        y = torch.load(b, map_location="cpu", weights_only=True)
+        assert x.keys() == y.keys() and x.get("config") == y.get("config") and x.get("vocab") == y.get("vocab")
+        for k, t in x["state_dict"].items():
+            torch.testing.assert_close(y["state_dict"][k], t, rtol=1e-6, atol=1e-7, msg=f"{name}:{k}")
+        return "model"
+    if name.endswith(".h5ad"):
+        import anndata as ad
+
+        x, y = ad.read_h5ad(a), ad.read_h5ad(b)
+        assert (x.obs_names == y.obs_names).all() and (x.var_names == y.var_names).all(), name
+        pd.testing.assert_frame_equal(y.obs, x.obs, check_exact=False, rtol=1e-6, obj=f"{name} obs")
+        xa = x.X.toarray() if hasattr(x.X, "toarray") else np.asarray(x.X)
+        ya = y.X.toarray() if hasattr(y.X, "toarray") else np.asarray(y.X)
+        np.testing.assert_allclose(ya, xa, rtol=1e-6, atol=1e-9, err_msg=name)
+        return "h5ad"
+    if name.endswith(".md"):
+        return "skipped"  # the markdown renderings of the csv tables compared above
+    assert a.read_bytes() == b.read_bytes(), name
+    return "bytes"
+
+
+def test_workflow_on_slurm_equals_local_run(runs):
+    local, slurm = runs["local"], runs["slurm"]
+    files = sorted(p.relative_to(local) for p in local.rglob("*")
+                   if p.is_file() and p.name not in SKIP_FILES and not SKIP_DIRS & set(p.relative_to(local).parts))
+    other = sorted(p.relative_to(slurm) for p in slurm.rglob("*")
+                   if p.is_file() and p.name not in SKIP_FILES and not SKIP_DIRS & set(p.relative_to(slurm).parts))
+    assert files == other
+    kinds = {rel.as_posix(): compare_file(local / rel, slurm / rel) for rel in files}
+    assert {"npz", "json", "table", "model", "h5ad"} <= set(kinds.values())
+    assert kinds["train/gremln/model.pt"] == "model" and kinds["tables/table1_cell_type.csv"] == "table"
+    for name in ("confusion_matrices", "roc_pr_curves", "linear_probe"):  # figures exist (not compared)
+        assert (slurm / f"figures/{name}.png").stat().st_size > 1000
+    # the jobs really went through Slurm: the executor logged sbatch job ids
+    assert "Job " in runs["log"] and "has been submitted with SLURM jobid" in runs["log"]
+    t_local, t_slurm = runs["times"]
+    print(f"tiny workflow: local {t_local:.0f} s, Slurm {t_slurm:.0f} s")
+
+
+def test_two_process_training_as_slurm_job(runs):
+    """`srun -n 2` inside one Slurm job: 2 DDP ranks reach the 1-process weights of the local run."""
+    workdir = runs["slurm_dir"]
+    shutil.rmtree(runs["slurm"] / "checkpoints/gremln")
+    proc, seconds = snakemake(workdir, runs["config"], "--workflow-profile", str(TEST_PROFILE),
+                              "--set-resources", "train:tasks=2", "train:mpi=srun", "train:mem_mb=4000",
+                              "--forcerun", "train", "--",
+                              "results/train/gremln/model.pt")
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    assert "srun -n 2 --ntasks-per-node=2 cellgraph train" in proc.stdout + proc.stderr
+    report = json.loads((runs["slurm"] / "checkpoints/gremln/report.json").read_text())
+    assert report["world_size"] == 2 and report["resumed_from"] is None
+    log = (runs["slurm"] / "logs/train_gremln.log").read_text()
+    assert "2 rank(s)" in log and "GLOBAL_RANK: 1, MEMBER: 2/2" in log
+    diff = max_weight_difference(runs["local"] / "train/gremln/model.pt", runs["slurm"] / "train/gremln/model.pt")
+    print(f"Slurm 2-rank job: {seconds:.0f} s, max |w_local,1 proc - w_slurm,2 ranks| = {diff:.2g}")
+    # ~30 AdamW steps of the demo preset on ~1,000 cells: float reduction order differs between one process
+    # and two ranks (gloo all-reduce); measured 1.2e-5. The 1e-5 bound on the demo
+    # preset with few cells is test_distributed.py's
+    assert diff < 5e-5
+    a = pd.read_csv(runs["local"] / "train/gremln/metrics.tsv", sep="\t")
+    b = pd.read_csv(runs["slurm"] / "train/gremln/metrics.tsv", sep="\t")
+    pd.testing.assert_frame_equal(b, a, check_exact=False, atol=2e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# install-profile (no cluster needed)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_install_profile_makes_profile_slurm_resolvable(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert cli.main(["install-profile"]) == 0
+    dest = tmp_path / "xdg/snakemake/slurm"
+    assert (dest / "config.yaml").read_bytes() == (REPO / "profiles/slurm/config.yaml").read_bytes()
+    assert str(dest) in capsys.readouterr().out
+    assert cli.main(["install-profile"]) == 0  # rerunning over an identical copy is fine
+    (dest / "config.yaml").write_text("executor: local\n")
+    assert cli.main(["install-profile"]) == 2  # a user's edited profile is not overwritten silently
+    assert "--force" in capsys.readouterr().err
+    assert (dest / "config.yaml").read_text() == "executor: local\n"
+    assert cli.main(["install-profile", "--force"]) == 0
+    cfg = yaml.safe_load((dest / "config.yaml").read_text())
+    assert cfg["executor"] == "slurm"
+    with pytest.raises(Exception, match="config.yaml"):
+        install_profile(tmp_path / "nowhere", "x")
+
+
+def test_profile_slurm_by_name_plans_the_paper_workflow(tmp_path):
+    """`snakemake --profile slurm` (installed) and `--workflow-profile profiles/slurm` plan the paper run."""
+    env = _env()
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    install_profile(REPO / "profiles/slurm", "slurm", config_dir=tmp_path / "xdg/snakemake")
+    plans = {}
+    for how in (["--profile", "slurm"], ["--workflow-profile", str(REPO / "profiles/slurm")]):
+        proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "--configfile",
+                               str(REPO / "config/paper.yaml"), *how, "-n", "-p"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out = proc.stdout + proc.stderr
+        stats = out[out.index("Job stats:"): out.index("total")]
+        counts = dict(line.split() for line in stats.splitlines()[3:] if line.strip())
+        train = [line for line in out.splitlines() if "mpi=srun" in line]
+        plans[how[0]] = (counts, {frozenset(line.split("resources:")[1].strip().split(", ")) for line in train})
+        assert "srun -n 4 --ntasks-per-node=4 cellgraph train" in out and "--devices 4 --num-nodes 1" in out
+        assert "config/paper.yaml" in out or "results/paper" in out
+    counts, train = plans["--profile"]
+    assert counts == {"expression": "1", "networks": "1", "grn": "1", "spectral": "1", "tokenize": "1",
+                      "train": "2", "evaluate": "2", "figures": "1", "all": "1"}
+    assert len(train) == 1 and {"gpu=4", "tasks=4", "tasks_per_gpu=1", "mpi=srun", "cpus_per_gpu=8", "runtime=120",
+                                "slurm_partition=CHANGE_ME_gpu_partition"} <= next(iter(train))
+    assert plans["--profile"] == plans["--workflow-profile"]
