@@ -343,13 +343,15 @@ def run(args: argparse.Namespace) -> None:
         else:
             expr = cell_type_matrix(adata, cells, keep_pos)
         seed_ct = int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0])
+        settings = dict(
+            n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap, mi_pvalue=args.mi_pvalue,
+            dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
+            alpha=args.consolidation_alpha, seed=seed_ct, threads=args.threads, cache_dir=cache_dir,
+            null_seed=args.seed, mi_method=args.mi_method, mi_alpha=args.mi_alpha,
+        )
         try:
             df = engine.aracne(
-                expr, var_names[keep_pos], regs_ct,
-                n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap, mi_pvalue=args.mi_pvalue,
-                dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
-                alpha=args.consolidation_alpha, seed=seed_ct, threads=args.threads, cache_dir=cache_dir,
-                null_seed=args.seed, mi_method=args.mi_method, mi_alpha=args.mi_alpha,
+                expr, var_names[keep_pos], regs_ct, **settings,
                 checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None,
             )
         except ValueError as err:
@@ -358,14 +360,7 @@ def run(args: argparse.Namespace) -> None:
             # the same run on data with every gene permuted independently across the type's cells: each
             # marginal is kept, every gene-gene dependence removed, so every edge found is a false one
             rng = np.random.default_rng([args.seed, ti, 7])
-            permuted = rng.permuted(expr, axis=1)
-            control = engine.aracne(
-                permuted, var_names[keep_pos], regs_ct,
-                n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap, mi_pvalue=args.mi_pvalue,
-                dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
-                alpha=args.consolidation_alpha, seed=seed_ct, threads=args.threads, cache_dir=cache_dir,
-                null_seed=args.seed, mi_method=args.mi_method, mi_alpha=args.mi_alpha,
-            )
+            control = engine.aracne(rng.permuted(expr, axis=1), var_names[keep_pos], regs_ct, **settings)
             entry["permutation_control"] = dict(
                 edges=int(len(control)),
                 empirical_fdr=float(min(1.0, len(control) / len(df))) if len(df) else None,
