@@ -17,6 +17,7 @@ from cellgraph.spectral import heat_kernel_coefficients
 from cellgraph.train import ShardedBatchSampler
 
 from test_gremln import huri_shard
+from test_train import write_split_shard
 
 REPO = Path(__file__).resolve().parents[1]
 CELLGRAPH = str(Path(sys.executable).parent / "cellgraph")
@@ -30,16 +31,7 @@ def write_token_dir(folder: Path, n_train: int = 19, n_val: int = 11, seed: int 
     arrays, vocab = huri_shard(lengths=tuple(int(x) for x in rng.integers(6, 14, n)), n_bins=N_BINS, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, idx in (("train", np.arange(n_train)), ("val", np.arange(n_train, n))):
-        gptr, eptr = arrays["gene_ptr"], arrays["edge_ptr"]
-        g = np.concatenate([np.arange(gptr[i], gptr[i + 1]) for i in idx])
-        e = np.concatenate([np.arange(eptr[i], eptr[i + 1]) for i in idx])
-        sub = dict(arrays)
-        sub.update(obs_names=arrays["obs_names"][idx], cell_type=arrays["cell_type"][idx],
-                   split=np.array([split] * len(idx)), gene_ids=arrays["gene_ids"][g], bins=arrays["bins"][g],
-                   expr=arrays["expr"][g], edge_index=arrays["edge_index"][:, e], edge_weight=arrays["edge_weight"][e],
-                   gene_ptr=np.concatenate([[0], np.cumsum(np.diff(gptr)[idx])]),
-                   edge_ptr=np.concatenate([[0], np.cumsum(np.diff(eptr)[idx])]))
-        np.savez(folder / f"{split}.npz", **sub)
+        write_split_shard(folder / f"{split}.npz", arrays, split, idx)
     (folder / "vocab.tsv").write_text("token_id\tgene\n" + "".join(f"{i}\t{g}\n" for i, g in enumerate(vocab)))
     coeffs = heat_kernel_coefficients(0.1, 1e-6)
     (folder / "coefficients.json").write_text(json.dumps(

@@ -135,21 +135,25 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(cells, tmp_path):
     assert s3["resumed_from"] is None
 
 
+def write_split_shard(path: Path, arrays: dict, split: str, idx: np.ndarray) -> None:
+    """Write the cells ``idx`` of shard ``arrays`` as one split's npz (pointers rebuilt)."""
+    gptr, eptr = arrays["gene_ptr"], arrays["edge_ptr"]
+    g = np.concatenate([np.arange(gptr[i], gptr[i + 1]) for i in idx])
+    e = np.concatenate([np.arange(eptr[i], eptr[i + 1]) for i in idx])
+    sub = dict(arrays)
+    sub.update(obs_names=arrays["obs_names"][idx], cell_type=arrays["cell_type"][idx],
+               split=np.array([split] * len(idx)), gene_ids=arrays["gene_ids"][g], bins=arrays["bins"][g],
+               expr=arrays["expr"][g], edge_index=arrays["edge_index"][:, e], edge_weight=arrays["edge_weight"][e],
+               gene_ptr=np.concatenate([[0], np.cumsum(np.diff(gptr)[idx])]),
+               edge_ptr=np.concatenate([[0], np.cumsum(np.diff(eptr)[idx])]))
+    np.savez(path, **sub)
+
+
 def write_tokens(folder: Path, arrays: dict, vocab: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     c = len(arrays["obs_names"])
-    for split, idx in (("train", range(0, 18)), ("val", range(18, c))):
-        idx = np.asarray(list(idx))
-        gptr, eptr = arrays["gene_ptr"], arrays["edge_ptr"]
-        g = np.concatenate([np.arange(gptr[i], gptr[i + 1]) for i in idx])
-        e = np.concatenate([np.arange(eptr[i], eptr[i + 1]) for i in idx])
-        sub = dict(arrays)
-        sub.update(obs_names=arrays["obs_names"][idx], cell_type=arrays["cell_type"][idx],
-                   split=np.array([split] * len(idx)), gene_ids=arrays["gene_ids"][g], bins=arrays["bins"][g],
-                   expr=arrays["expr"][g], edge_index=arrays["edge_index"][:, e], edge_weight=arrays["edge_weight"][e],
-                   gene_ptr=np.concatenate([[0], np.cumsum(np.diff(gptr)[idx])]),
-                   edge_ptr=np.concatenate([[0], np.cumsum(np.diff(eptr)[idx])]))
-        np.savez(folder / f"{split}.npz", **sub)
+    for split, idx in (("train", np.arange(0, 18)), ("val", np.arange(18, c))):
+        write_split_shard(folder / f"{split}.npz", arrays, split, idx)
     (folder / "vocab.tsv").write_text("token_id\tgene\n" + "".join(f"{i}\t{g}\n" for i, g in enumerate(vocab)))
 
 

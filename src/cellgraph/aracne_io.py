@@ -209,7 +209,7 @@ def read_network_aracne3(path) -> pd.DataFrame:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    from .grn import DEFAULTS as d
+    from .grn import add_engine_arguments
 
     p.add_argument("--expression", required=True,
                    help="ARACNe-AP expression matrix (tab-separated genes x samples, header line) or an .h5ad")
@@ -219,25 +219,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["aracne-ap", "aracne3"], default="aracne-ap",
                    help="aracne-ap: network.txt (Regulator Target MI pvalue); aracne3: network.tsv with "
                         "regulator.values ... log.p.values (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seeds tie-breaking, bootstraps, null model (default 0)")
-    p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
-    p.add_argument("--bootstrap", choices=list(engine.BOOTSTRAPS), default=d["bootstrap"],
-                   help="subsample 1-1/e without replacement (ARACNe3), replacement over all samples, or none "
-                        "(all samples) (default %(default)s)")
-    p.add_argument("--mi-method", choices=list(engine.MI_METHODS), default=d["mi_method"],
-                   help="MI threshold: null p-value (ARACNe-AP), BH FDR or Bonferroni over null p-values "
-                        "(ARACNe3 --alpha) (default %(default)s)")
-    p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="null p-value of the MI threshold (default %(default)s)")
-    p.add_argument("--mi-alpha", type=float, default=d["mi_alpha"], help="level of --mi-method fdr/fwer (default %(default)s)")
-    p.add_argument("--dpi-tolerance", type=float, default=d["dpi_tolerance"], help="DPI tolerance in [0, 1) (default %(default)s)")
-    p.add_argument("--consolidation", choices=["poisson", "binomial"], default=d["consolidation"],
-                   help="bootstrap consolidation: poisson (ARACNe-AP) or binomial (ARACNe3) (default %(default)s)")
-    p.add_argument("--correction", choices=["bonferroni", "bh"], default=d["correction"],
-                   help="multiple-testing correction of the consolidation (default %(default)s)")
-    p.add_argument("--consolidation-alpha", type=float, default=d["consolidation_alpha"],
-                   help="keep edges with corrected p-value below this (default %(default)s)")
+    add_engine_arguments(p)
     p.add_argument("--n-null", type=int, default=100_000, help="null-model pairs (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d["threads"], help="numba threads; output does not depend on it (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/.cache)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="per-bootstrap networks for resuming an interrupted run (default <out-dir>/bootstraps)")

@@ -59,11 +59,10 @@ NETWORK_COLUMNS = ["cell_type", "regulator", "target", "mi", "pvalue", "count"]
 CONSENSUS_COLUMNS = ["regulator", "target", "n_types", "pvalue", "qvalue"]
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The ARACNe engine's options (seed, bootstraps, MI threshold, DPI, consolidation, threads), shared by
+    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`DEFAULTS` (= config/config.yaml)."""
     d = DEFAULTS
-    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad)")
-    p.add_argument("--regulators", required=True, help="regulators.txt, one HGNC symbol per line")
-    p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, consensus.tsv, report.json")
     p.add_argument("--seed", type=int, default=0, help="seeds tie-breaking, bootstraps, null model (default 0)")
     p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
     p.add_argument("--bootstrap", choices=list(engine.BOOTSTRAPS), default=d["bootstrap"],
@@ -81,6 +80,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="multiple-testing correction of the consolidation (default %(default)s)")
     p.add_argument("--consolidation-alpha", type=float, default=d["consolidation_alpha"],
                    help="keep edges with corrected p-value below this (default %(default)s)")
+    p.add_argument("--threads", type=int, default=d["threads"], help="numba threads (results do not depend on it) (default %(default)s)")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad)")
+    p.add_argument("--regulators", required=True, help="regulators.txt, one HGNC symbol per line")
+    p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, consensus.tsv, report.json")
+    add_engine_arguments(p)
     p.add_argument("--metacell-k", type=int, default=d["metacell_k"], help="cells per kNN metacell; 0 = off (default %(default)s)")
     p.add_argument("--min-cells-expressed", type=int, default=d["min_cells_expressed"],
                    help="skip (and report) genes expressed in fewer train cells of a type (default %(default)s)")
@@ -89,7 +97,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="also run each type on its genes permuted independently across its cells (no gene-gene "
                         "dependence left) and report the edges found there: an empirical false-discovery estimate "
                         "(default %(default)s)")
-    p.add_argument("--threads", type=int, default=d["threads"], help="numba threads (results do not depend on it) (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/../.cache/aracne_null)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="per-bootstrap networks (one subfolder per cell type) so an interrupted run resumes; "
