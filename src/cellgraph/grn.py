@@ -416,8 +416,8 @@ def run(args: argparse.Namespace) -> None:
                     "at the same settings, over the edges found on the real data",
         )
     if no_edges:
-        log.warning("grn: no edge survived for %d cell types (%s); sparse single cells may need --metacell-k "
-                    "or a larger --mi-pvalue", len(no_edges), ", ".join(no_edges))
+        log.warning("grn: no edge survived for %d cell types (%s); more --n-bootstraps or a larger "
+                    "--mi-pvalue find more (check the permutation control's empirical FDR)", len(no_edges), ", ".join(no_edges))
     cons, info = consensus(networks, universes, args.consensus_fdr)
     report["consensus"] = info | dict(edges=int(len(cons)), fdr=args.consensus_fdr)
     report["edges_total"] = int(len(networks))
