@@ -368,3 +368,33 @@ def test_download_rules_dry_run_and_stay_out_of_default_target(tmp_path):
     assert "download_source" in full.stdout and "extract_source_member" in full.stdout
     default = subprocess.run(snake[:-2], capture_output=True, text=True, timeout=120)
     assert default.returncode == 0 and "download" not in default.stdout
+
+
+def test_collectri_omnipath_tsv(tmp_path):
+    """CollecTRI, a small file written in the OmniPath interactions TSV format (genesymbols=yes): signs from the
+    consensus columns, a complex regulator split into its members, an unknown symbol rejected, a bad flag named."""
+    header = "\t".join(nw.COLLECTRI_COLUMNS + ["curation_effort"])
+    path = tmp_path / "collectri_human.tsv"
+    path.write_text("\n".join([
+        header,
+        "P04637\tQ00987\tTP53\tMDM2\t1\t1\t0\t1\t1\t0\t12",                  # stimulation
+        "P01106\tP38936\tMYC\tCDKN1A\t1\t0\t1\t1\t0\t1\t5",                   # inhibition
+        "COMPLEX:P05412_P01100\tP14780\tJUN_FOS\tMMP9\t1\t1\t0\t1\t1\t0\t3",  # AP-1 -> MMP9: two edges
+        "P04637\tQ99999\tTP53\tNOTAGENE1\t1\t0\t0\t1\t0\t0\t1",               # unmapped target, unsigned
+    ]) + "\n")
+    idmap = {k: str(v) for k, v in IDMAP.items()}
+    graphs, rejects, rep = build_multigraph("human", {"collectri": str(path), **idmap}, {})
+    nodes = np.asarray(graphs["nodes"])
+    ei, w = graphs["regulatory"]
+    got = {(nodes[a], nodes[b]): float(x) for a, b, x in zip(ei[0], ei[1], w)}
+    assert got == {("TP53", "MDM2"): 1.0, ("MYC", "CDKN1A"): -1.0, ("JUN", "MMP9"): 1.0, ("FOS", "MMP9"): 1.0}
+    src = rep["sources"]["collectri"]
+    assert src["rows_in_file"] == 4 and src["complex_rows"] == 1 and src["edges_from_complex_members"] == 2
+    assert src["rows_read"] == 5 and src["edges_kept"] == 4 and src["dropped"]["unmapped"] == 1
+    row = rejects[rejects["source"] == "collectri"].iloc[0]
+    assert (row["line"], row["value"], row["reason"]) == (5, "NOTAGENE1", "unmapped")
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(header + "\n" + "P04637\tQ00987\tTP53\tMDM2\t1\tyes\t0\t1\t1\t0\t12\n")
+    with pytest.raises(InputError, match=r"bad.tsv: line 2: field 'is_stimulation' is 'yes'"):
+        build_multigraph("human", {"collectri": str(bad), **idmap}, {})

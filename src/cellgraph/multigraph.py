@@ -5,7 +5,9 @@ Graph types (:data:`GRAPH_TYPES`) and where their edges come from:
 - ``physical`` (undirected): STRING ``protein.physical.links`` (combined score), BioGRID TAB3 rows of
   ``Experimental System Type`` physical, HuRI, HINT binary and co-complex, Pathway Commons SIF relations
   ``in-complex-with`` and ``interacts-with``.
-- ``regulatory`` (directed TF -> target): DoRothEA (confidence letters), TRRUST, Pathway Commons
+- ``regulatory`` (directed TF -> target): DoRothEA (confidence letters), CollecTRI (OmniPath TSV; a
+  complex regulator such as ``JUN_FOS`` gives one edge per member, weight +1 stimulation, -1 inhibition,
+  0 unsigned), TRRUST, Pathway Commons
   ``controls-expression-of``, STRING v11 ``protein.actions`` rows of mode ``expression`` with
   ``a_is_acting = t``.
 - ``tflink`` (directed): TFLink simple format.
@@ -70,8 +72,8 @@ DEFAULT_THRESHOLDS = {
     "string_physical.combined_score": 400,
     "string_actions.score": 400,
 }
-HUMAN_ONLY = ("dorothea", "trrust", "huri", "pathway_commons")
-SOURCES = ("string_links", "string_physical", "string_actions", "dorothea", "trrust", "huri",
+HUMAN_ONLY = ("dorothea", "collectri", "trrust", "huri", "pathway_commons")
+SOURCES = ("string_links", "string_physical", "string_actions", "dorothea", "collectri", "trrust", "huri",
            "pathway_commons", "biogrid", "tflink", "hint_binary", "hint_cocomp")
 
 
@@ -209,6 +211,28 @@ def _tflink_part(path, kind) -> Part:
     rows = nw.read_tflink(path)
     return _part_from_rows("tflink", "tflink", path, rows, "Name.TF", "Name.Target", np.ones(len(rows)),
                            np.zeros(len(rows)), kind)
+
+
+def _collectri_part(path, kind) -> Part:
+    rows = nw.read_collectri(path)
+    n = len(rows)
+    # A complex regulator (COMPLEX:...; symbols joined by "_") regulates the target through each member.
+    members = rows["source_genesymbol"].str.strip().str.split("_")
+    counts = members.str.len().to_numpy()
+    is_complex = rows["source"].str.startswith("COMPLEX:").to_numpy()
+    if (counts[~is_complex] > 1).any():  # a plain protein whose symbol holds "_": keep the symbol whole
+        members = members.where(is_complex, rows["source_genesymbol"].str.strip().map(lambda x: [x]))
+        counts = members.str.len().to_numpy()
+    rows = rows.loc[rows.index.repeat(counts)].reset_index(drop=True)
+    regulator = pd.Series(np.concatenate(members.to_numpy()) if n else np.array([], dtype=object), dtype=object)
+    sign = (rows["consensus_stimulation"].astype(int) - rows["consensus_inhibition"].astype(int)).to_numpy()
+    part = _part_from_rows("collectri", "regulatory", path, rows, "source_genesymbol", "target_genesymbol",
+                           sign.astype(np.float32), np.zeros(len(rows)), kind, ids_a=regulator)
+    part.extra["rows_in_file"] = int(n)
+    part.extra["complex_rows"] = int(is_complex.sum())
+    part.extra["edges_from_complex_members"] = int(counts[is_complex].sum())
+    part.extra["note"] = "rows_read counts complex rows once per member (one edge per member)"
+    return part
 
 
 def _hint_part(source, path, organism, kind) -> Part:
@@ -393,6 +417,7 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
         id_maps = {"alias": str(inputs["alias_map"]), "ensg": str(inputs["ensg_map"]), "ensp": str(inputs["ensp_map"]),
                    "approved_symbols": len(hmaps.approved), "entrez_unique": len(entrez[0])}
         kinds = {"string_links": "string", "string_physical": "string", "biogrid": "entrez", "tflink": "symbol",
+                 "collectri": "symbol",
                  "hint_binary": "symbol", "hint_cocomp": "symbol"}
 
     per_graph: dict[str, list[tuple[str, pd.DataFrame]]] = {g: [] for g in GRAPH_TYPES}
@@ -427,6 +452,8 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
             parts = [_biogrid_part(path, organism, kinds[s])]
         elif s == "tflink":
             parts = [_tflink_part(path, kinds[s])]
+        elif s == "collectri":
+            parts = [_collectri_part(path, kinds[s])]
         else:
             parts = [_hint_part(s, path, organism, kinds[s])]
         reps = {}
@@ -617,7 +644,8 @@ _FILE_FLAGS = {
     "string_info": "STRING protein.info of the organism",
     "string_aliases": "STRING protein.aliases (yeast: ids -> SGD ORF names)",
     "string_actions": "STRING v11 protein.actions (yeast regulatory)",
-    "dorothea": "DoRothEA regulons (human)", "trrust": "TRRUST raw data (human)", "huri": "HuRI binary PPI (human)",
+    "dorothea": "DoRothEA regulons (human)", "collectri": "CollecTRI regulons, OmniPath TSV (human)",
+    "trrust": "TRRUST raw data (human)", "huri": "HuRI binary PPI (human)",
     "pathway_commons": "Pathway Commons SIF, HGNC symbols (human)",
     "biogrid": "BioGRID TAB3 (.tab3.txt)", "tflink": "TFLink simple format", "hint_binary": "HINT binary hq",
     "hint_cocomp": "HINT co-complex hq",

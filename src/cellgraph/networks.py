@@ -68,6 +68,7 @@ __all__ = [
     "read_biogrid",
     "read_tflink",
     "read_hint",
+    "read_collectri",
     "YeastMaps",
     "load_yeast_maps",
     "map_yeast",
@@ -1052,3 +1053,27 @@ def read_hint(path: str | Path) -> pd.DataFrame:
     Syst Biol* 2012): tab-separated with header :data:`HINT_COLUMNS`; ``Gene_*`` may be empty (then the
     UniProt accession is used). Returns str columns and ``_line``."""
     return read_table(path, "HINT", ["Uniprot_A", "Uniprot_B", "pmid:method:quality"])
+
+
+COLLECTRI_COLUMNS = ["source", "target", "source_genesymbol", "target_genesymbol", "is_directed", "is_stimulation",
+                     "is_inhibition", "consensus_direction", "consensus_stimulation", "consensus_inhibition"]
+
+
+def read_collectri(path: str | Path) -> pd.DataFrame:
+    """CollecTRI regulons as served by OmniPath (``/interactions?datasets=collectri&genesymbols=yes&format=tsv``;
+    Mueller-Dott et al., *NAR* 2023): tab-separated with header :data:`COLLECTRI_COLUMNS` (further columns
+    allowed). ``source``/``target`` are UniProt accessions, or ``COMPLEX:<acc>_<acc>`` for the AP-1 and NF-kB
+    complexes whose ``*_genesymbol`` joins the member symbols with ``_``. The ``consensus_*`` and ``is_*``
+    fields must be 0 or 1. Returns str columns and ``_line``.
+
+    Raises :class:`InputError` naming the file, line and field of the first bad value."""
+    what = "CollecTRI"
+    flags = ["is_directed", "is_stimulation", "is_inhibition", "consensus_direction", "consensus_stimulation",
+             "consensus_inhibition"]
+    rows = read_table(path, what, ["source", "target", "source_genesymbol", "target_genesymbol", *flags])
+    for f in flags:
+        bad = np.flatnonzero(~rows[f].str.strip().isin(["0", "1"]).to_numpy())
+        if bad.size:
+            raise InputError(f"{what} {path}: line {rows['_line'].iat[bad[0]]}: field {f!r} is "
+                             f"{rows[f].iat[bad[0]]!r}; expected 0 or 1")
+    return rows
