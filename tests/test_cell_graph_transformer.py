@@ -202,3 +202,48 @@ def test_activation_checkpointing_gives_the_same_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
     assert grads[0].abs().sum() > 0
+
+
+def test_attention_rows_equal_the_heads_softmax_rows():
+    torch.manual_seed(0)
+    cfg = cgt.preset("demo", 20)
+    enc = cgt.SharedEncoder(cfg).eval()
+    rows = torch.tensor([0, 4, 19])
+    got = enc.attention_rows(rows)  # [L, H, R, N+1]
+    assert got.shape == (cfg.n_layers, cfg.n_heads, 3, 21)
+    x = torch.cat([enc.cls, enc.gene_emb.weight], 0)
+    with torch.no_grad():
+        for li, block in enumerate(enc.blocks):  # reference: the log-softmax rows the KL term is computed from
+            x_next, log_rows = block(x, [(h, rows) for h in range(cfg.n_heads)])
+            torch.testing.assert_close(got[li], torch.stack(log_rows).exp())
+            x = x_next
+    torch.testing.assert_close(got.sum(-1), torch.ones(cfg.n_layers, cfg.n_heads, 3))
+
+
+def test_attention_diagnostics_on_known_attention(monkeypatch):
+    """Head 0 attends exactly along the graph (A~), head 1 uniformly: every metric has a known value."""
+    n = 10
+    edge_index = torch.tensor([[0, 0, 1, 2, 3], [1, 2, 2, 3, 4]])  # undirected, mirrored inside
+    cfg = cgt.CGTConfig(n_genes=n, d_model=8, n_layers=1, n_heads=2, graph_reg={"g": [0, 0, 0.1]})
+    enc = cgt.SharedEncoder(cfg)
+    row, col, val, _ = cgt.row_normalized_csr(edge_index, None, n, False)
+    a_tilde = torch.zeros(n, n + 1)
+    a_tilde[row, col + 1] = val
+
+    def fake(rows):
+        uniform = torch.full((rows.numel(), n + 1), 1.0 / (n + 1))
+        return torch.stack([a_tilde[rows], uniform])[None]  # [1, 2, R, N+1]
+
+    monkeypatch.setattr(enc, "attention_rows", fake)
+    g_rows, h_rows = cgt.attention_diagnostics(enc, {"g": (edge_index, None, False)}, ks=(2, 32))
+    h0, h1 = g_rows
+    deg = torch.tensor([2, 2, 3, 2, 1], dtype=torch.float)  # genes 0-4 have edges
+    assert h0["regularised"] and not h1["regularised"] and h0["rows"] == 5
+    assert h0["edge_mass"] == pytest.approx(1.0) and h0["recall_at_degree"] == pytest.approx(1.0)
+    assert h0["precision_at_2"] == pytest.approx(float((deg.clamp(max=2) / 2).mean()))
+    assert h0["precision_at_32"] == pytest.approx(float((deg / n).mean()))  # k capped at N
+    assert h1["edge_mass"] == pytest.approx(h1["uniform_mass"]) == pytest.approx(float((deg / (n + 1)).mean()))
+    # heads: A~ rows of the sampled genes (some have no edges: zero rows) vs uniform
+    assert h_rows[1]["entropy"] == pytest.approx(math.log(n + 1))
+    assert h_rows[1]["effective_rank"] == pytest.approx(1.0)  # all rows equal: rank one
+    assert h_rows[0]["effective_rank"] > 1.5

@@ -10,7 +10,9 @@ r"""Perturbation prediction with the cell graph transformers (issue 5): forward,
     *perturbation score* (readout ``fitness``): the projection of the cell's shift from the control mean onto
     its target's mean shift, :math:`s_c = \langle x_c - \mu_0, \delta_p\rangle / \lVert\delta_p\rVert` with
     :math:`\delta_p = \mu_p - \mu_0` computed on the training cells (log-expression units; masked for
-    control cells). Leave-perturbation-out cross-validation: the targets are split into ``--n-folds`` groups;
+    control cells). The model is trained on one sample per training set S, labelled with the mean over its
+    training cells (:func:`set_mean_samples`; an epoch is one pass over the sets).
+    Leave-perturbation-out cross-validation: the targets are split into ``--n-folds`` groups;
     a fold trains the :class:`~cellgraph.models.cell_graph_transformer.EquivariantCellGraphTransformer` on all
     other cells (control cells included) and predicts, for each held-out target p, the mean expression change
     :math:`\hat\delta_p = \hat y(S=\{p\}) - \hat y(S=\{\})` over the measured genes. Metrics per held-out
@@ -33,7 +35,14 @@ r"""Perturbation prediction with the cell graph transformers (issue 5): forward,
     a logistic-regression probe on frozen GREmLN / vanilla CLS embeddings (``--gremln-model``,
     ``--vanilla-model``, when given: cells are tokenised with the model's PBMC vocabulary, so only the genes
     present in that vocabulary are tokens; the cells' graph is the ``--grn-cell-type`` ARACNe network of
-    ``--grn-networks``). Accuracy and macro-F1, mean and sd over splits.
+    ``--grn-networks``), and each model fine-tuned with a linear classification head on its CLS state
+    (``--finetune-epochs`` of cross-entropy, all weights trained; 0 skips it). Accuracy and macro-F1, mean and
+    sd over splits.
+
+Attention diagnostics (forward and yeast): after every training epoch, per (graph, layer, head) of the shared
+encoder, recall@degree, precision@{8, 32, 128} and the attention mass on true edges, and per head the
+attention entropy and effective rank (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`),
+written to ``attention_diagnostics.tsv`` and ``attention_heads.tsv``.
 
 ``cellgraph perturb --task figures`` reads the three results folders and writes figures and tables.
 """
@@ -54,6 +63,7 @@ import torch
 from .errors import InputError
 from .io import atomic_path, require_file, write_json
 from .models import cell_graph_transformer as cgt
+from .train import quiet_lightning
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +123,17 @@ def per_sample(out: dict, batch: dict) -> dict:
     return {k: v[s] for k, v in out.items() if k != "h_pert"}
 
 
-def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int):
+def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int,
+        diagnostics: dict | None = None):
     """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
-    per-epoch mean training loss list."""
+    per-epoch mean training loss list.
+
+    diagnostics: optional ``{"graphs": graphs (as for SharedEncoder.set_graphs), "graph_rows": list,
+    "head_rows": list, "every": E, **columns}``; after every E-th epoch (default 1) and the last one, the
+    attention diagnostics of the encoder
+    (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`, eval mode) are appended to the two
+    lists with ``epoch`` and the extra columns. The encoder has no per-cell input, so its attention maps are
+    the same for any validation data: the end of each epoch is the validation point."""
     import lightning.pytorch as pl
 
     class Module(pl.LightningModule):
@@ -135,6 +153,16 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
         def on_train_epoch_end(self):
             self.epoch_losses.append(float(np.mean(self._acc)))
             self._acc = []
+            every = int(diagnostics.get("every", 1)) if diagnostics else 0
+            last = self.current_epoch + 1 == max_epochs
+            if diagnostics and ((self.current_epoch + 1) % every == 0 or last):
+                self.model.eval()
+                g_rows, h_rows = cgt.attention_diagnostics(self.model.encoder, diagnostics["graphs"], seed=seed)
+                self.model.train()
+                extra = {k: v for k, v in diagnostics.items() if k not in ("graphs", "graph_rows", "head_rows", "every")}
+                tag = {**extra, "epoch": self.current_epoch + 1}
+                diagnostics["graph_rows"].extend({**tag, **r} for r in g_rows)
+                diagnostics["head_rows"].extend({**tag, **r} for r in h_rows)
 
         def configure_optimizers(self):
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
@@ -143,10 +171,11 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
     module = Module()
     loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=samples.collate,
                                          generator=torch.Generator().manual_seed(seed))
-    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         deterministic=True)
-    trainer.fit(module, loader)
+    with quiet_lightning():
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             deterministic=True)
+        trainer.fit(module, loader)
     model.eval()
     return module.epoch_losses
 
@@ -295,6 +324,30 @@ def perturbation_scores(expr, pert, control, train_mask):
     return score, lab & train_mask
 
 
+def set_mean_samples(shift, score, labelled, pert, train_idx, sets, measured) -> Samples:
+    """One training sample per perturbation label (control included): the mean over its training cells.
+
+    shift float32 [C, N] (expression centred on the training control mean), score float32 [C] with
+    ``labelled`` bool [C]; ``train_idx`` the training cell positions; ``sets`` one gene-index array per cell;
+    ``measured`` bool [N] (the expression mask). Since f(G, S) depends on the cell only through S, the
+    per-cell squared error equals the squared error on these means plus the within-set variance (a constant)
+    summed with cell-count weights; here each set counts once, and no minibatch of cells adds noise to the
+    small mean shifts (0.04-0.2 log units against a per-cell variance of about 2.7)."""
+    labels = pert[train_idx]
+    uniq = sorted(set(labels))
+    y_expr = np.stack([shift[train_idx[labels == p]].mean(0) for p in uniq]).astype(np.float32)  # [U, N]
+    y_score = np.zeros(len(uniq), np.float32)
+    m_score = np.zeros(len(uniq), bool)
+    for j, p in enumerate(uniq):
+        cells = train_idx[(labels == p) & labelled[train_idx]]
+        if cells.size:
+            y_score[j], m_score[j] = score[cells].mean(), True
+    first = {p: train_idx[labels == p][0] for p in uniq}
+    return Samples([sets[first[p]] for p in uniq],
+                   {"expression": (y_expr, np.broadcast_to(measured, y_expr.shape).copy()),
+                    "fitness": (y_score, m_score)})
+
+
 def run_forward(args, out: Path) -> None:
     from .multigraph import load_multigraph
 
@@ -311,20 +364,28 @@ def run_forward(args, out: Path) -> None:
     mu0 = expr[ctrl].mean(0)
     observed = {p: (expr[pert == p].mean(0) - mu0)[measured] for p in set(pert) - {args.control}}
     rows, preds, fold_info, models = [], {}, [], []
+    diag_rows: dict = {"graph_rows": [], "head_rows": []}
     for k, (train_idx, held) in enumerate(folds):
         tf = time.time()
         train_mask = np.zeros(len(pert), bool)
         train_mask[train_idx] = True
         score, lab = perturbation_scores(expr, pert, args.control, train_mask)
-        m_expr = np.broadcast_to(measured, expr.shape)
-        shift = expr[train_idx] - expr[ctrl & train_mask].mean(0)  # [C_train, N] centred on the control mean
-        samples = Samples([d["sets"][i] for i in train_idx],
-                          {"expression": (shift, m_expr[train_idx]), "fitness": (score[train_idx], lab[train_idx])})
+        samples = set_mean_samples(expr - expr[ctrl & train_mask].mean(0), score, lab, pert, train_idx,
+                                   d["sets"], measured)
+        # per-gene standardisation of the set means (sd over the training sets; the model predicts z-units):
+        # raw shifts of 0.04-0.2 leave the expression readout at the all-zero solution
+        y_expr, m_expr = samples.labels["expression"]
+        gene_sd = np.ones(len(genes), np.float32)
+        gene_sd[measured] = np.maximum(y_expr[:, measured].std(0), 1e-3)
+        samples.labels["expression"] = (y_expr / gene_sd, m_expr)
         model, cfg = _make_model("equivariant", args, len(genes), graphs, "forward", report)
         losses = fit(model, samples, {"expression": 1.0, "fitness": args.score_weight}, max_epochs=args.max_epochs,
-                     batch_size=args.batch_size, lr=args.lr, seed=args.seed + k)
+                     batch_size=args.batch_size, lr=args.lr, seed=args.seed + k,
+                     diagnostics={"graphs": graphs, **diag_rows, "every": args.diagnostics_every,
+                                  "model": "equivariant_cgt", "fold": k})
         pos = {g: i for i, g in enumerate(genes)}
         p_out = predict(model, [np.array([], np.int64)] + [np.array([pos[p]]) for p in held])
+        p_out["expression"] = p_out["expression"] * gene_sd  # back to log-expression units
         base = p_out["expression"][0][measured]
         train_perts = sorted(set(pert[train_idx]) - {args.control})
         mean_change = np.mean([observed[p] for p in train_perts], 0)
@@ -337,7 +398,7 @@ def run_forward(args, out: Path) -> None:
                 r, rho = _corr(yhat, obs)
                 rows.append({"perturbation": p, "fold": k, "n_cells": int((pert == p).sum()), "method": method,
                              "pearson": r, "spearman": rho, "mse": float(np.mean((yhat - obs) ** 2))})
-        fold_info.append({"fold": k, "heldout": held, "train_cells": int(len(train_idx)),
+        fold_info.append({"fold": k, "heldout": held, "train_cells": int(len(train_idx)), "train_sets": len(samples),
                           "epoch_losses": losses, "seconds": round(time.time() - tf, 1)})
         models.append(model.state_dict())
         log.info("fold %d: held out %s, %.1f s, final loss %.4f", k, held, time.time() - tf, losses[-1])
@@ -356,8 +417,17 @@ def run_forward(args, out: Path) -> None:
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"kind": "equivariant", "config": cgt.config_dict(cfg), "graphs": graphs, "genes": genes,
                     "fold_state_dicts": models, "state_dict": models[0]}, tmp)
+    write_diagnostics(out, diag_rows)
     write_json(out / "report.json", report)
     log.info("forward prediction:\n%s", summary.to_string(index=False))
+
+
+def write_diagnostics(out: Path, diag_rows: dict) -> None:
+    """``attention_diagnostics.tsv`` (per epoch, fold, model, graph, layer, head) and ``attention_heads.tsv``
+    (per epoch, fold, model, layer, head) in ``out``."""
+    for key, name in (("graph_rows", "attention_diagnostics.tsv"), ("head_rows", "attention_heads.tsv")):
+        with atomic_path(out / name) as tmp:
+            pd.DataFrame(diag_rows[key]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
 
 
 def _summary(metrics: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -442,6 +512,7 @@ def run_yeast(args, out: Path) -> None:
     pair_sets = [np.array([pos[q], pos[a]]) for q, a in zip(pairs["query"], pairs["array"])]
     kf = KFold(n_splits=args.n_folds, shuffle=True, random_state=args.seed)
     rows, fold_info = [], []
+    diag_rows: dict = {"graph_rows": [], "head_rows": []}
     for k, (tr, te) in enumerate(kf.split(pairs)):
         n_s, n_p = len(single_sets), len(tr)
         fit_y = np.concatenate([smf.to_numpy(), pairs["dmf"].to_numpy()[tr]]).astype(np.float32)
@@ -461,7 +532,9 @@ def run_yeast(args, out: Path) -> None:
             tf = time.time()
             model, cfg = _make_model(kind, args, len(genes), graphs, "yeast", report)
             losses = fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=args.yeast_max_epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed + k)
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed + k,
+                         diagnostics={"graphs": graphs, **diag_rows, "every": args.diagnostics_every,
+                                      "model": f"{kind}_cgt", "fold": k})
             p = predict(model, [pair_sets[i] for i in te])
             methods[f"{kind}_cgt"] = {"dmf": p["fitness"], "epsilon": p["interaction"]}
             info[kind] = {"epoch_losses": losses, "seconds": round(time.time() - tf, 1)}
@@ -479,6 +552,7 @@ def run_yeast(args, out: Path) -> None:
         metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     with atomic_path(out / "summary.tsv") as tmp:
         summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_diagnostics(out, diag_rows)
     write_json(out / "report.json", report)
     log.info("yeast:\n%s", summary.to_string(index=False))
 
@@ -507,14 +581,15 @@ def top_shift_perturbations(adata, control: str, n_top: int, n_comps: int, seed:
     return df
 
 
-def frozen_embeddings(model_path, adata, cells, networks_path, cell_type, seed, report: dict, key: str):
-    """CLS embeddings [C, d] of a main-job model (``cellgraph.models.gremln.load``) for Papalexi cells.
+def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, report: dict, key: str):
+    """A main-job model (``cellgraph.models.gremln.load``) and the Papalexi cells ``cells`` tokenised for it
+    -> (model, :class:`cellgraph.data.TokenDataset`).
 
     The cells are tokenised with the model's PBMC vocabulary (``cellgraph.tokenize.tokenize_cells``): genes
     of the vocabulary not measured here are zero (not expressed) and only the measured vocabulary genes become
     tokens. X for tokenisation is log1p(CPM) over the 299 genes (design.md section 2). The graph of every cell
     is the ARACNe network of ``cell_type`` in ``networks_path`` or, when that type has no network (held out),
-    the union over types (maximum MI), which is reported."""
+    the union over types (maximum MI), which is reported under ``report[f"{key}_embedding"]``."""
     import anndata as ad
     import scipy.sparse as sp
 
@@ -549,16 +624,73 @@ def frozen_embeddings(model_path, adata, cells, networks_path, cell_type, seed, 
     max_len = int(getattr(model.config, "max_seq_len", 0) or 128)
     stats: dict = {}
     arrays = tokenize_cells(tok, np.arange(len(cells)), graph, vocab, model.config.n_bins, max_len, seed, stats)
-    ds = cg_data.TokenDataset.from_arrays(arrays)
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, collate_fn=cg_data.collate)
-    out = []
-    with torch.no_grad():
-        for batch in loader:
-            out.append(model.encode(batch)[:, 0])  # [B, d] CLS
     report[f"{key}_embedding"] = {"vocab_genes": len(genes), "vocab_genes_measured": len(measured),
                                   "graph": used, "graph_edges": int(len(graph)),
                                   "graph_edges_outside_vocab": int(stats.get("graph_edges_outside_vocab", 0))}
-    return torch.cat(out).numpy()
+    return model, cg_data.TokenDataset.from_arrays(arrays)
+
+
+@torch.no_grad()
+def cls_embeddings(model, ds) -> np.ndarray:
+    """CLS hidden states [C, d] of every cell of the token dataset ``ds`` (eval mode, batches of 64)."""
+    from . import data as cg_data
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, collate_fn=cg_data.collate)
+    return torch.cat([model.encode(batch)[:, 0] for batch in loader]).numpy()
+
+
+def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int, *,
+                        epochs: int, lr: float, seed: int) -> np.ndarray:
+    """Fine-tune a copy of a GREmLN encoder with a linear classification head on its CLS state.
+
+    ``y`` int [C] class of every cell of ``ds``; ``train``/``test`` cell positions. Loss: cross-entropy;
+    AdamW, learning rate ``lr`` for the encoder and 10 ``lr`` for the new head, ``epochs`` passes over the
+    training cells in batches of 64 (Lightning, CPU fp32). Returns the predicted classes of ``test`` [T].
+    (GREmLN paper section 4.5: the pretrained encoder, all weights trained, with a classification head.)"""
+    import copy
+
+    import lightning.pytorch as pl
+
+    from . import data as cg_data
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.encoder = copy.deepcopy(model).train()
+            self.head = torch.nn.Linear(model.config.d_model, n_classes)  # [d] -> [n_classes]
+
+        def forward(self, batch):
+            return self.head(self.encoder.encode(batch)[:, 0])  # [B, n_classes]
+
+        def training_step(self, batch, _):
+            return torch.nn.functional.cross_entropy(self(batch), batch["label"])
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW([{"params": self.encoder.parameters(), "lr": lr},
+                                      {"params": self.head.parameters(), "lr": 10 * lr}], weight_decay=0.01)
+
+    labels = torch.as_tensor(y, dtype=torch.long)
+
+    def collate(items):
+        batch = cg_data.collate(items)
+        batch["label"] = labels[batch["cell_index"]]
+        return batch
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    clf = Classifier()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, train), batch_size=64, shuffle=True,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    with quiet_lightning():
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             deterministic=True)
+        trainer.fit(clf, loader)
+    clf.eval()
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, test), batch_size=64, shuffle=False,
+                                              collate_fn=collate)
+    with torch.no_grad():
+        return torch.cat([clf(b).argmax(-1) for b in test_loader]).numpy()
 
 
 def run_reverse(args, out: Path) -> None:
@@ -577,23 +709,35 @@ def run_reverse(args, out: Path) -> None:
     y = pert[cells]
     x = adata.X[cells].toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X[cells])
     features = {"lasso_expression": x}
+    encoders = {}
     for key, path in (("gremln", args.gremln_model), ("vanilla", args.vanilla_model)):
         if path:
             if not args.grn_networks:
                 raise InputError("--task reverse with a model needs --grn-networks")
-            features[f"{key}_frozen_probe"] = frozen_embeddings(path, adata, cells, args.grn_networks,
-                                                                args.grn_cell_type, args.seed, report, key)
-    report["not_done"] = "GREmLN fine-tuned with a classification head is not implemented"
+            enc, ds = tokenized_cells(path, adata, cells, args.grn_networks, args.grn_cell_type, args.seed, report, key)
+            features[f"{key}_frozen_probe"] = cls_embeddings(enc, ds)
+            if args.finetune_epochs > 0:
+                encoders[f"{key}_finetuned"] = (enc, ds)
+    class_of = {c: i for i, c in enumerate(classes)}
+    y_int = np.array([class_of[v] for v in y])
     sss = StratifiedShuffleSplit(n_splits=args.n_splits, test_size=0.2, random_state=args.seed)
     rows, conf = [], {}
     for k, (tr, te) in enumerate(sss.split(cells, y)):
+        predictions = {}
         for method, f in features.items():
             if method.startswith("lasso"):
                 clf = LogisticRegression(l1_ratio=1.0, C=0.1, solver="saga", max_iter=300, tol=1e-3)
             else:
                 clf = LogisticRegression(C=1.0, max_iter=1000)
-            model = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr])
-            pred = model.predict(f[te])
+            predictions[method] = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr]).predict(f[te])
+        for method, (enc, ds) in encoders.items():
+            tf = time.time()
+            pred_int = finetune_classifier(enc, ds, y_int, tr, te, len(classes), epochs=args.finetune_epochs,
+                                           lr=args.finetune_lr, seed=args.seed + k)
+            predictions[method] = np.asarray(classes)[pred_int]
+            report.setdefault("finetune_seconds", []).append({"split": k, "method": method,
+                                                              "seconds": round(time.time() - tf, 1)})
+        for method, pred in predictions.items():
             rows.append({"split": k, "method": method, "accuracy": accuracy_score(y[te], pred),
                          "macro_f1": f1_score(y[te], pred, average="macro"), "n_train": len(tr), "n_test": len(te)})
             cm = confusion_matrix(y[te], pred, labels=classes)
@@ -675,6 +819,8 @@ def run_figures(args) -> None:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
+    _attention_figure(plt, {"papalexi": Path(args.forward_dir), "yeast": Path(args.yeast_dir)}, figs, tabs)
+
     methods, classes, conf = list(cz["methods"]), list(cz["classes"]), cz["confusion"]
     fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 5), squeeze=False)
     for ax, m, cm in zip(axes[0], methods, conf):
@@ -687,6 +833,46 @@ def run_figures(args) -> None:
         ax.set_ylabel("true")
     fig.tight_layout()
     with atomic_path(figs / "perturbation_reverse_confusion.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
+    """Tables of the last epoch's attention diagnostics (mean over folds) and a heatmap per dataset and
+    model: attention mass on true edges per graph (rows) and (layer, head) (columns), regularised heads boxed."""
+    g_parts, h_parts = [], []
+    for dataset, d in dirs.items():
+        g = pd.read_csv(require_file(d / "attention_diagnostics.tsv", f"{dataset} attention diagnostics"), sep="\t")
+        h = pd.read_csv(require_file(d / "attention_heads.tsv", f"{dataset} attention heads"), sep="\t")
+        last = g["epoch"].max()
+        g_parts.append(g[g["epoch"] == last].assign(dataset=dataset))
+        h_parts.append(h[h["epoch"] == h["epoch"].max()].assign(dataset=dataset))
+    keys = ["dataset", "model", "graph", "layer", "head", "regularised"]
+    metrics = [c for c in g_parts[0].columns if c.startswith(("recall", "precision", "edge_mass", "uniform"))]
+    gt = pd.concat(g_parts).groupby(keys, sort=False)[metrics].mean().reset_index()
+    ht = pd.concat(h_parts).groupby(["dataset", "model", "layer", "head"], sort=False)[
+        ["entropy", "uniform_entropy", "effective_rank"]].mean().reset_index()
+    _write_table(gt, tabs, "table_attention_diagnostics")
+    _write_table(ht, tabs, "table_attention_heads")
+    panels = list(gt.groupby(["dataset", "model"], sort=False))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 + 0.9 * len(panels) * 2), squeeze=False)
+    for ax, ((dataset, model), sub) in zip(axes[:, 0], panels):
+        sub = sub.assign(col="L" + sub["layer"].astype(str) + "H" + sub["head"].astype(str))
+        wide = sub.pivot(index="graph", columns="col", values="edge_mass")
+        base = sub.pivot(index="graph", columns="col", values="uniform_mass")
+        im = ax.imshow(wide.to_numpy(), aspect="auto", cmap="viridis", vmin=0)
+        for i, gname in enumerate(wide.index):
+            for j, cname in enumerate(wide.columns):
+                ax.text(j, i, f"{wide.iat[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+                reg = sub[(sub["graph"] == gname) & (sub["col"] == cname)]["regularised"]
+                if len(reg) and bool(reg.iloc[0]):
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_xticks(range(wide.shape[1]), wide.columns, fontsize=7)
+        ax.set_yticks(range(wide.shape[0]), [f"{g} (uniform {base.loc[g].mean():.3f})" for g in wide.index], fontsize=7)
+        ax.set_title(f"{dataset}, {model}: attention mass on true edges (red: regularised head)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    with atomic_path(figs / "perturbation_attention.png") as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
@@ -709,7 +895,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
                    metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=12)
+    p.add_argument("--max-epochs", type=int, default=200,
+                   help="forward: epochs = full-batch steps over the training sets")
+    p.add_argument("--diagnostics-every", type=int, default=10,
+                   help="attention diagnostics after every N-th epoch and the last one")
     p.add_argument("--yeast-max-epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -721,6 +910,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vanilla-model", default=None, metavar="PT")
     p.add_argument("--grn-networks", default=None, metavar="TSV.GZ", help="ARACNe networks.tsv.gz (reverse)")
     p.add_argument("--grn-cell-type", default="Monocyte", help="ARACNe network used as the cells' graph (reverse)")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="reverse: epochs of fine-tuning GREmLN/vanilla with a classification head (0 = skip)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="reverse: encoder learning rate (head: 10x)")
     p.add_argument("--forward-dir", default=None, help="figures: results of --task forward")
     p.add_argument("--yeast-dir", default=None, help="figures: results of --task yeast")
     p.add_argument("--reverse-dir", default=None, help="figures: results of --task reverse")
@@ -739,7 +931,8 @@ def _need(args, *names):
 
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations"):
+    for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations",
+              "diagnostics_every"):
         if getattr(args, n) < 1:
             raise InputError(f"--{n.replace('_', '-')} must be >= 1, not {getattr(args, n)}")
     graph_reg_from_flags(args.graph_reg)

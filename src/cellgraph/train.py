@@ -29,6 +29,7 @@ next newest is used.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,6 +113,25 @@ def _lightning():
     import lightning.pytorch as pl
 
     return pl
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """No device banners, tips or known-harmless warnings from Lightning in a stage's log (warnings and
+    errors still show)."""
+    pl_log = logging.getLogger("lightning.pytorch")
+    level = pl_log.level
+    pl_log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not used.*")
+            yield
+    finally:
+        pl_log.setLevel(level)
 
 
 class MaskedRankModule(_lightning().LightningModule):
@@ -488,10 +508,7 @@ def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | P
     module = MaskedRankModule(cfg)
     module.run_fingerprint = fp
     cuda = torch.cuda.is_available()
-    pl_log = logging.getLogger("lightning.pytorch")  # no device banners or tips in the stage's log
-    level = pl_log.level
-    pl_log.setLevel(logging.WARNING)
-    try:
+    with quiet_lightning():
         cbs = [ModelCheckpoint(dirpath=str(ckdir), filename="{epoch:03d}", save_last=True, save_top_k=1,
                                every_n_epochs=1, enable_version_counter=False)]
         if checkpoint_every_n_steps:
@@ -504,15 +521,7 @@ def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | P
         train_dl.module = module
         module.total_steps = max(len(train_dl) * config.max_epochs, 1)
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*treespec.*LeafSpec.*")
-            warnings.filterwarnings("ignore", message=".*`srun` command is available.*")
-            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=".*LightningModule.*has parameters that were not used.*")
-            trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
-    finally:
-        pl_log.setLevel(level)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(resume) if resume else None, weights_only=True)
     model = module.model.float().cpu().eval()
     summary = {"device": "cuda" if cuda else "cpu", "precision": "bf16-mixed" if cuda else "32-true",
                "resumed_from": str(resume) if resume else None, "skipped_checkpoints": problems,

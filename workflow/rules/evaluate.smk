@@ -49,7 +49,8 @@ rule perturbation_reverse:
         out_dir=res("perturbation/reverse"),
         seed=config["seed"],
         options=lambda wildcards: flags("perturbation", ["min_grna_frac", "control", "n_top_perturbations",
-                                                         "n_splits", "grn_cell_type"]),
+                                                         "n_splits", "grn_cell_type", "finetune_epochs",
+                                                         "finetune_lr"]),
     threads: config.get("perturbation", {}).get("threads", 1)
     log:
         log_of("perturbation_reverse"),

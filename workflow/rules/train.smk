@@ -65,12 +65,15 @@ rule perturbation_forward:
         summary=res("perturbation/forward/summary.tsv"),
         predictions=res("perturbation/forward/predictions.npz"),
         model=res("perturbation/forward/model.pt"),
+        attention=res("perturbation/forward/attention_diagnostics.tsv"),
+        attention_heads=res("perturbation/forward/attention_heads.tsv"),
         report=res("perturbation/forward/report.json"),
     params:
         out_dir=res("perturbation/forward"),
         seed=config["seed"],
         options=lambda wildcards: pert_flags(["min_grna_frac", "control", "preset", "graph_reg", "n_folds",
-                                              "max_epochs", "batch_size", "lr", "score_weight"]),
+                                              "max_epochs", "batch_size", "lr", "score_weight",
+                                              "diagnostics_every"]),
     threads: PERT.get("threads", 1)
     log:
         log_of("perturbation_forward"),
@@ -92,12 +95,14 @@ rule perturbation_yeast:
     output:
         metrics=res("perturbation/yeast/metrics.tsv"),
         summary=res("perturbation/yeast/summary.tsv"),
+        attention=res("perturbation/yeast/attention_diagnostics.tsv"),
+        attention_heads=res("perturbation/yeast/attention_heads.tsv"),
         report=res("perturbation/yeast/report.json"),
     params:
         out_dir=res("perturbation/yeast"),
         seed=config["seed"],
         options=lambda wildcards: pert_flags(["preset", "head", "graph_reg", "n_folds", "yeast_max_epochs",
-                                              "batch_size", "lr", "yeast_hops"]),
+                                              "batch_size", "lr", "yeast_hops", "diagnostics_every"]),
     threads: PERT.get("threads", 1)
     log:
         log_of("perturbation_yeast"),

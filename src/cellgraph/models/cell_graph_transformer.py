@@ -25,7 +25,8 @@ Two models share one encoder (nanoGPT/DiT style: a dataclass config, small modul
   ``hypersagnn`` (Zhang et al. 2020, *Hyper-SAGNN*, ICLR: masked self-attention "dynamic" minus
   position-wise "static" embeddings, squared, mean-pooled). ``MLP([h_CLS || z_S])`` gives the scalar tasks.
 - :class:`EquivariantCellGraphTransformer`: Type I transform (all genes attend to the embeddings of their
-  sample's perturbed genes, perturbation-type embeddings added to the keys; residual + LayerNorm, FFN,
+  sample's perturbed genes, perturbation-type embeddings added to the keys and the values (the values'
+  type term is an effect shared by all genes of that type); residual + LayerNorm, FFN,
   residual + LayerNorm) batched over samples with padding masks, giving H_pert [B, N, d]; Type II readouts:
   fitness = MLP(mean over genes), interaction = MLP([h_CLS || mean over S of H_pert]), expression = a
   per-gene MLP [B, N], gene set = MLP(mean over a configured gene set) [B, m]. Permuting the genes permutes
@@ -49,7 +50,7 @@ from torch import nn
 
 __all__ = ["PERTURBATION_TYPES", "CGTConfig", "preset", "SharedEncoder", "CellGraphTransformer",
            "EquivariantCellGraphTransformer", "multitask_loss", "row_normalized_csr", "sampled_rows_kl",
-           "full_attention_kl", "segment_ids", "build_model", "load"]
+           "full_attention_kl", "segment_ids", "build_model", "load", "attention_diagnostics"]
 
 PERTURBATION_TYPES = ("deletion", "knockdown", "overexpression")  # deletion = knockout
 SCALAR_TASKS = ("fitness", "interaction")
@@ -292,6 +293,89 @@ class SharedEncoder(nn.Module):
                 reg_loss = reg_loss + float(cfg.graph_reg[name][2]) * kl[name]  # lambda_k applied once
         return self.ln_f(x), reg_loss, kl  # [N+1, d], scalar, {graph: scalar}
 
+    @torch.no_grad()
+    def attention_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Softmax attention rows of genes ``rows`` Long [R] in every layer and head -> Float [L, H, R, N+1]
+        (column 0 = CLS, column j+1 = gene j). Only these R rows are formed, never the [H, N+1, N+1] map."""
+        x = torch.cat([self.cls, self.gene_emb.weight], 0)  # [N+1, d]
+        out = []
+        for block in self.blocks:
+            attn = block.attn
+            t = x.shape[0]
+            q, k, _ = attn.qkv(block.ln1(x)).view(t, 3, attn.h, attn.dh).permute(1, 2, 0, 3)  # each [H, T, dh]
+            out.append((q[:, rows + 1] @ k.transpose(1, 2) / math.sqrt(attn.dh)).softmax(-1))  # [H, R, T]
+            x, _ = block(x, [])  # [T, d]
+        return torch.stack(out)  # [L, H, R, T]
+
+
+def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128), max_rows: int = 256,
+                          seed: int = 0) -> tuple[list[dict], list[dict]]:
+    r"""How each attention head of ``encoder`` follows each gene graph (issue 5 diagnostics).
+
+    graphs: name -> (edge_index Long [2, E], edge_weight or None, directed) over genes 0..N-1, all graphs,
+    regularised or not. Per graph, up to ``max_rows`` rows of positive degree are drawn (seeded); for every
+    (graph, layer, head), with :math:`lpha_i` the head's softmax row of gene i over the N + 1 tokens,
+    :math:`\mathcal N(i)` the neighbours of i (out-neighbours for directed graphs, the convention of the
+    regularisation) and the genes ranked by :math:`lpha_{ij}` (CLS excluded), means over the rows of:
+
+    - ``recall_at_degree``: the share of :math:`\mathcal N(i)` among the top-:math:`|\mathcal N(i)|` genes
+      (R-precision);
+    - ``precision_at_k``: the share of true neighbours among the top min(k, N) genes, k in ``ks``;
+    - ``edge_mass``: :math:`\sum_{j \in \mathcal N(i)} lpha_{ij}`, beside ``uniform_mass`` =
+      :math:`|\mathcal N(i)| / (N + 1)`, its value under uniform attention.
+
+    Per (layer, head), over up to ``max_rows`` genes drawn uniformly: ``entropy`` (nats, mean over rows of
+    :math:`-\sum_j lpha_{ij} \log lpha_{ij}`; uniform attention gives log(N + 1)) and ``effective_rank``
+    of the [R, N+1] attention matrix (Roy & Vetterli 2007: exp of the entropy of its normalised singular
+    values). Returns (rows per (graph, layer, head), rows per (layer, head)) as lists of dicts.
+    """
+    cfg = encoder.cfg
+    n = cfg.n_genes
+    gen = torch.Generator().manual_seed(seed)
+    graph_rows, head_rows = [], []
+    regularised = {(g, int(v[0]), int(v[1])) for g, v in cfg.graph_reg.items() if float(v[2]) > 0}
+    for name in sorted(graphs):
+        ei, w, directed = graphs[name][:3]
+        row, col, _, pos = row_normalized_csr(ei, w, n, directed)
+        if pos.numel() == 0:
+            continue
+        rows = pos[torch.randperm(pos.numel(), generator=gen)[:max_rows]].sort().values  # [R]
+        slot = torch.full((n,), -1, dtype=torch.long)
+        slot[rows] = torch.arange(rows.numel())
+        sel = slot[row] >= 0
+        nbr = torch.zeros(rows.numel(), n, dtype=torch.bool)  # [R, N]
+        nbr[slot[row[sel]], col[sel]] = True
+        deg = nbr.sum(1)  # [R]
+        att = encoder.attention_rows(rows)  # [L, H, R, N+1]
+        for li in range(att.shape[0]):  # one layer at a time: [H, R, N] index arrays
+            genes_att = att[li, ..., 1:]  # [H, R, N]
+            order = genes_att.argsort(-1, descending=True)  # [H, R, N]
+            hit = torch.gather(nbr.expand_as(order), -1, order).float().cumsum(-1)  # [H, R, N] hits in top-m
+            idx = (deg - 1).clamp_min(0).expand(hit.shape[0], -1)[..., None]  # [H, R, 1]
+            r_at_deg = torch.gather(hit, -1, idx)[..., 0] / deg  # [H, R]
+            mass = (genes_att * nbr).sum(-1)  # [H, R]
+            for hd in range(att.shape[1]):
+                rec = {"graph": name, "layer": li, "head": hd, "regularised": (name, li, hd) in regularised,
+                       "rows": int(rows.numel()), "mean_degree": float(deg.float().mean()),
+                       "recall_at_degree": float(r_at_deg[hd].mean())}
+                for k in ks:
+                    kk = min(k, n)
+                    rec[f"precision_at_{k}"] = float((hit[hd, :, kk - 1] / kk).mean())
+                rec["edge_mass"] = float(mass[hd].mean())
+                rec["uniform_mass"] = float((deg.float() / (n + 1)).mean())
+                graph_rows.append(rec)
+    rows = torch.randperm(n, generator=gen)[:max_rows].sort().values
+    att = encoder.attention_rows(rows)  # [L, H, R, N+1]
+    ent = -(att * att.clamp_min(1e-30).log()).sum(-1).mean(-1)  # [L, H]
+    for li in range(att.shape[0]):
+        for hd in range(att.shape[1]):
+            sv = torch.linalg.svdvals(att[li, hd].double())  # [min(R, N+1)]
+            p_sv = sv / sv.sum()
+            erank = float(torch.exp(-(p_sv * p_sv.clamp_min(1e-300).log()).sum()))
+            head_rows.append({"layer": li, "head": hd, "rows": int(rows.numel()), "entropy": float(ent[li, hd]),
+                              "uniform_entropy": math.log(n + 1), "effective_rank": erank})
+    return graph_rows, head_rows
+
 
 # --------------------------------------------------------------------------------------------------
 # Models
@@ -363,7 +447,9 @@ class TypeITransform(nn.Module):
         hs = genes[batch["pert_idx"]]  # [P, d]
         keys = hs + self.type_emb(batch["pert_type"])  # [P, d]
         kd, mask = _dense_sets(keys, ptr)  # [B, S, d], [B, S]
-        vd, _ = _dense_sets(hs, ptr)  # [B, S, d]
+        # values carry the type embedding too: a perturbation type has an effect shared by all its genes,
+        # which is what transfers to a gene never perturbed in training
+        vd = kd  # [B, S, d]
         has = ptr.diff() > 0  # [B]
         s = kd.shape[1]
         q = self.q(genes).view(n, self.h, self.dh).transpose(0, 1).unsqueeze(0)  # [1, H, N, dh]
