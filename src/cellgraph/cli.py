@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "figures": ("cellgraph.figures", "paper figures and tables from the evaluation results"),
     "install-profile": ("cellgraph.profile", "copy profiles/slurm to ~/.config/snakemake so `snakemake --profile slurm` works"),
     "perturb": ("cellgraph.perturb", "cell graph transformers: forward/reverse perturbation prediction, yeast fitness"),
+    "diffusion": ("cellgraph.diffusion", "latent-token diffusion transformer: train, sample, evaluate"),
 }
 
 
