@@ -123,6 +123,17 @@ def per_sample(out: dict, batch: dict) -> dict:
     return {k: v[s] for k, v in out.items() if k != "h_pert"}
 
 
+def _fit_on_cpu(module, loader, max_epochs: int) -> None:
+    """Lightning fit on the CPU, deterministic, no logger, checkpoints or progress bar (small models)."""
+    import lightning.pytorch as pl
+
+    with quiet_lightning():
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             deterministic=True)
+        trainer.fit(module, loader)
+
+
 def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int,
         diagnostics: dict | None = None):
     """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
@@ -171,11 +182,7 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
     module = Module()
     loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=samples.collate,
                                          generator=torch.Generator().manual_seed(seed))
-    with quiet_lightning():
-        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             deterministic=True)
-        trainer.fit(module, loader)
+    _fit_on_cpu(module, loader, max_epochs)
     model.eval()
     return module.epoch_losses
 
@@ -681,11 +688,7 @@ def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.nd
     clf = Classifier()
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, train), batch_size=64, shuffle=True,
                                          collate_fn=collate, generator=torch.Generator().manual_seed(seed))
-    with quiet_lightning():
-        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             deterministic=True)
-        trainer.fit(clf, loader)
+    _fit_on_cpu(clf, loader, epochs)
     clf.eval()
     test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, test), batch_size=64, shuffle=False,
                                               collate_fn=collate)
@@ -863,7 +866,8 @@ def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
         im = ax.imshow(wide.to_numpy(), aspect="auto", cmap="viridis", vmin=0)
         for i, gname in enumerate(wide.index):
             for j, cname in enumerate(wide.columns):
-                ax.text(j, i, f"{wide.iat[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
+                bright = wide.iat[i, j] > 0.6 * np.nanmax(wide.to_numpy())
+                ax.text(j, i, f"{wide.iat[i, j]:.2f}", ha="center", va="center", fontsize=6, color="k" if bright else "w")
                 reg = sub[(sub["graph"] == gname) & (sub["col"] == cname)]["regularised"]
                 if len(reg) and bool(reg.iloc[0]):
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
