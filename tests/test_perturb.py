@@ -170,3 +170,52 @@ def test_fit_records_attention_diagnostics_every_epoch_and_regularisation_pulls_
     assert reg["edge_mass"] > 4 * reg["uniform_mass"]
     assert reg["edge_mass"] > 2 * last.drop(index=(0, 1))["edge_mass"].max()
     assert reg["recall_at_degree"] > 0.5
+
+
+def test_forward_yeast_reverse_and_figures_end_to_end(tmp_path, papalexi):
+    """The three tasks on the real data with tiny settings, then the figures task on their outputs."""
+    from cellgraph.multigraph import build_multigraph, save_multigraph
+
+    mgs = {}
+    for org, inputs in (("human", {"huri": REPO / "resources/demo/networks/human/HuRI_binaryPPI.tsv",
+                                   "dorothea": REPO / "resources/demo/networks/human/dorothea_hs_regulons.tsv.gz",
+                                   **{k: REPO / "resources/demo/networks/idmap" / f for k, f in (
+                                       ("alias_map", "hs_alias_symbol.tsv"), ("ensg_map", "hs_ensg_entrez_symbol.tsv"),
+                                       ("ensp_map", "hs_ensp_entrez_symbol.tsv"))}}),
+                        ("yeast", {"string_physical": REPO / "resources/networks/yeast/4932.protein.physical.links.v12.0.txt.gz",
+                                   "string_info": YEAST_INFO,
+                                   "string_aliases": REPO / "resources/networks/yeast/4932.protein.aliases.v12.0.txt.gz"})):
+        graphs, _, _ = build_multigraph(org, inputs)
+        mgs[org] = tmp_path / f"{org}.npz"
+        save_multigraph(mgs[org], org, graphs)
+    common = ["--threads", "1", "--diagnostics-every", "2"]
+    assert cli.main(["perturb", "--task", "forward", "--adata", str(PAPALEXI), "--multigraph", str(mgs["human"]),
+                     "--max-epochs", "3", "--out-dir", str(tmp_path / "fwd"), *common]) == 0
+    assert cli.main(["perturb", "--task", "yeast", "--pairs", str(COSTANZO), "--string-info", str(YEAST_INFO),
+                     "--multigraph", str(mgs["yeast"]), "--yeast-max-epochs", "2", "--yeast-hops", "0",
+                     "--out-dir", str(tmp_path / "yeast"), *common]) == 0
+    assert cli.main(["perturb", "--task", "reverse", "--adata", str(PAPALEXI), "--n-top-perturbations", "3",
+                     "--n-splits", "2", "--out-dir", str(tmp_path / "rev"), "--threads", "1"]) == 0
+    metrics = pd.read_csv(tmp_path / "fwd" / "metrics.tsv", sep="\t")
+    assert metrics["perturbation"].nunique() == 25 and len(metrics) == 75
+    scores = pd.read_csv(tmp_path / "fwd" / "score_predictions.tsv", sep="\t")
+    adata, _ = papalexi
+    pert = adata.obs["perturbation"].to_numpy(str)
+    x = adata.X.toarray()
+    stat1 = np.linalg.norm(x[pert == "STAT1"].mean(0) - x[pert == "non-targeting"].mean(0))
+    assert scores.loc[scores["perturbation"] == "STAT1", "observed"].iloc[0] == pytest.approx(stat1, rel=1e-4)
+    summary = pd.read_csv(tmp_path / "fwd" / "score_summary.tsv", sep="\t")
+    assert set(summary["method"]) == {"equivariant_cgt", "non_equivariant_cgt", "train_mean_score"}
+    assert (summary["n"] == 25).all()
+    diag = pd.read_csv(tmp_path / "fwd" / "attention_diagnostics.tsv", sep="\t")
+    assert sorted(diag["epoch"].unique()) == [2, 3]  # every 2nd epoch and the last
+    assert set(diag["model"]) == {"equivariant_cgt", "non_equivariant_cgt"} and diag["fold"].nunique() == 5
+    figs, tabs = tmp_path / "figures", tmp_path / "tables"
+    assert cli.main(["perturb", "--task", "figures", "--forward-dir", str(tmp_path / "fwd"),
+                     "--yeast-dir", str(tmp_path / "yeast"), "--reverse-dir", str(tmp_path / "rev"),
+                     "--figures-dir", str(figs), "--tables-dir", str(tabs)]) == 0
+    for name in ("perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion", "perturbation_attention"):
+        assert (figs / f"{name}.png").stat().st_size > 10_000
+    att = pd.read_csv(tabs / "table_attention_diagnostics.csv")
+    assert set(att["dataset"]) == {"papalexi", "yeast"} and att["regularised"].sum() >= 2
+    assert set(pd.read_csv(tabs / "table_perturbation_score.csv")["method"]) == set(summary["method"])

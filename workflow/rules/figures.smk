@@ -30,7 +30,8 @@ rule figures:
 # ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
 PERT_FIGURES = ["perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion",
                 "perturbation_attention"]
-PERT_TABLES = ["table_perturbation_forward", "table_perturbation_yeast", "table3_reverse_perturbation",
+PERT_TABLES = ["table_perturbation_forward", "table_perturbation_score", "table_perturbation_yeast",
+               "table3_reverse_perturbation",
                "table_attention_diagnostics", "table_attention_heads"]
 
 
@@ -40,6 +41,7 @@ rule perturbation_figures:
         res("perturbation/forward/metrics.tsv"),
         res("perturbation/forward/predictions.npz"),
         res("perturbation/yeast/metrics.tsv"),
+        res("perturbation/forward/score_summary.tsv"),
         res("perturbation/forward/attention_diagnostics.tsv"),
         res("perturbation/forward/attention_heads.tsv"),
         res("perturbation/yeast/attention_diagnostics.tsv"),

@@ -65,6 +65,8 @@ rule perturbation_forward:
         summary=res("perturbation/forward/summary.tsv"),
         predictions=res("perturbation/forward/predictions.npz"),
         model=res("perturbation/forward/model.pt"),
+        score_predictions=res("perturbation/forward/score_predictions.tsv"),
+        score_summary=res("perturbation/forward/score_summary.tsv"),
         attention=res("perturbation/forward/attention_diagnostics.tsv"),
         attention_heads=res("perturbation/forward/attention_heads.tsv"),
         report=res("perturbation/forward/report.json"),
