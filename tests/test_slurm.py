@@ -247,3 +247,18 @@ def test_profile_slurm_by_name_plans_the_paper_workflow(tmp_path):
     assert len(train) == 1 and {"gpu=4", "tasks=4", "tasks_per_gpu=1", "mpi=srun", "cpus_per_gpu=8", "runtime=120",
                                 "slurm_partition=CHANGE_ME_gpu_partition"} <= next(iter(train))
     assert plans["--profile"] == plans["--workflow-profile"]
+
+
+def test_profile_slurm_gives_diffusion_training_one_gpu(tmp_path):
+    """The diffusion training rule asks the Slurm profile for one GPU (bf16 autocast on CUDA in the stage)."""
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "--configfile",
+                           str(REPO / "config/paper.yaml"), "--workflow-profile", str(REPO / "profiles/slurm"),
+                           "-n", "-p", "--config", f"results={tmp_path / 'res'}", "--", "diffusion"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    blocks = [b for b in out.split("\n\n") if "rule diffusion_train:" in b]
+    assert len(blocks) == 2  # pbmc and papalexi
+    for b in blocks:
+        res = next(line for line in b.splitlines() if "resources:" in line)
+        assert "gpu=1" in res and "slurm_partition=CHANGE_ME_gpu_partition" in res and "cpus_per_gpu=8" in res
