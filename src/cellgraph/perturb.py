@@ -11,7 +11,8 @@ r"""Perturbation prediction with the cell graph transformers (issue 5): forward,
     its target's mean shift, :math:`s_c = \langle x_c - \mu_0, \delta_p\rangle / \lVert\delta_p\rVert` with
     :math:`\delta_p = \mu_p - \mu_0` computed on the training cells (log-expression units; masked for
     control cells). The model is trained on one sample per training set S, labelled with the mean over its
-    training cells (:func:`set_mean_samples`; an epoch is one pass over the sets).
+    training cells (:func:`set_mean_samples`; an epoch is one pass over the sets), each gene and the score
+    standardised by their sd over the training sets (predictions are mapped back to log-expression units).
     Leave-perturbation-out cross-validation: the targets are split into ``--n-folds`` groups;
     a fold trains the :class:`~cellgraph.models.cell_graph_transformer.EquivariantCellGraphTransformer` on all
     other cells (control cells included) and predicts, for each held-out target p, the mean expression change
@@ -21,7 +22,8 @@ r"""Perturbation prediction with the cell graph transformers (issue 5): forward,
     learnt by the :class:`~cellgraph.models.cell_graph_transformer.CellGraphTransformer` (non-equivariant,
     score only); for a held-out p the observed score of its cells is :math:`\lVert\delta_p\rVert` (the
     projection onto its own mean shift), and ``score_summary.tsv`` gives Pearson, Spearman and MSE across the
-    held-out perturbations of all folds for both models and the mean training score (a constant). Baselines: no change (:math:`\hat\delta = 0`; correlations undefined, reported empty) and
+    held-out perturbations of all folds for both models and the mean training score (constant within a
+    fold). Baselines: no change (:math:`\hat\delta = 0`; correlations undefined, reported empty) and
     the mean observed change of the fold's training perturbations.
 
 ``cellgraph perturb --task yeast`` (Costanzo et al. 2016 fragment, STRING yeast multigraph)
@@ -45,10 +47,11 @@ r"""Perturbation prediction with the cell graph transformers (issue 5): forward,
     (``--finetune-epochs`` of cross-entropy, all weights trained; 0 skips it). Accuracy and macro-F1, mean and
     sd over splits.
 
-Attention diagnostics (forward and yeast): after every training epoch, per (graph, layer, head) of the shared
-encoder, recall@degree, precision@{8, 32, 128} and the attention mass on true edges, and per head the
-attention entropy and effective rank (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`),
-written to ``attention_diagnostics.tsv`` and ``attention_heads.tsv``.
+Attention diagnostics (forward and yeast): after every ``--diagnostics-every``-th epoch and the last, per
+(graph, layer, head) of the shared encoder, recall@degree, precision@{8, 32, 128} and the attention mass on
+true edges, and per head the attention entropy and effective rank
+(:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`), written to
+``attention_diagnostics.tsv`` and ``attention_heads.tsv``.
 
 ``cellgraph perturb --task figures`` reads the three results folders and writes figures and tables.
 """
