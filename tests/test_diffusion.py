@@ -217,20 +217,15 @@ def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
                       "--checkpoint-dir", tmp_path / "ck"))
     with pytest.raises(InputError, match="--task 'fit'"):
         dfn.run(parse("--task", "fit", "--dataset", "pbmc", "--out-dir", out))
-    a = ad.read_h5ad(pbmc_stage_adata)
-    del a.obs["split"]
-    bad = tmp_path / "nosplit.h5ad"
-    a.write_h5ad(bad)
-    with pytest.raises(InputError, match="obs has no column 'split'"):
-        dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", bad, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / "ck"))
-    p = ad.read_h5ad(PAPALEXI)
-    del p.obs["perturbation"]
-    badp = tmp_path / "nopert.h5ad"
-    p.write_h5ad(badp)
-    with pytest.raises(InputError, match="perturbation"):
-        dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", badp, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / "ck"))
+    for dataset, source, column, message in (("pbmc", pbmc_stage_adata, "split", "obs has no column 'split'"),
+                                             ("papalexi", PAPALEXI, "perturbation", "perturbation")):
+        a = ad.read_h5ad(source)
+        del a.obs[column]
+        bad = tmp_path / f"no_{column}.h5ad"
+        a.write_h5ad(bad)
+        with pytest.raises(InputError, match=message):
+            dfn.run(parse("--task", "train", "--dataset", dataset, "--adata", bad, "--out-dir", out,
+                          "--checkpoint-dir", tmp_path / "ck"))
     with pytest.raises(InputError, match="--model-path"):
         dfn.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out))
     assert not out.exists() or not any(out.iterdir())  # nothing written

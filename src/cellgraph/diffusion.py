@@ -82,7 +82,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -588,8 +588,7 @@ def run_train(args, data: Data, out: Path) -> None:
            "seconds": round(time.time() - t0, 1)}
     with atomic_path(out / "model.pt") as tmp:
         torch.save(obj, tmp)
-    with atomic_path(out / "metrics.tsv") as tmp:
-        pd.DataFrame(history, columns=METRIC_COLUMNS).to_csv(tmp, sep="\t", index=False, float_format="%.6f")
+    write_tsv(pd.DataFrame(history, columns=METRIC_COLUMNS), out / "metrics.tsv", "%.6f")
     log.info("trained %d fold(s) in %.1f s", len(folds), time.time() - t0)
 
 
@@ -792,17 +791,6 @@ def _check_generated(path, dataset: str, meta: dict, genes: list[str]):
     return gen
 
 
-def _save_table(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-
-
-def _savefig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
@@ -832,9 +820,9 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
             rows.append({"cell_type": t, "method": method, "n_generated": len(a), "n_real_test": len(real),
                          **distribution_metrics(a, real, pca, args.seed)})
     table = pd.DataFrame(rows)
-    _save_table(table, out / "evaluation.tsv")
+    write_tsv(table, out / "evaluation.tsv", "%.4g")
     summary = table.groupby("method", sort=False)[["pearson_mean", "mmd_rbf", "energy_distance", "c2st_auroc"]].mean()
-    _save_table(summary.reset_index(), out / "summary.tsv")
+    write_tsv(summary.reset_index(), out / "summary.tsv", "%.4g")
     # guidance scale vs quality (DDIM, as many cells per type as test cells, capped)
     curve = []
     for s in args.guidance_scales:
@@ -846,9 +834,9 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
         curve.append({"guidance_scale": s, **{k: float(np.nanmean([p[k] for p in per]))
                                               for k in ("pearson_mean", "mmd_rbf", "energy_distance")}})
     curve = pd.DataFrame(curve)
-    _save_table(curve, out / "guidance.tsv")
+    write_tsv(curve, out / "guidance.tsv", "%.4g")
     timing = pd.DataFrame(_timing(models[0], meta, std, data.vocab[0], args))
-    _save_table(timing, out / "sampling_time.tsv")
+    write_tsv(timing, out / "sampling_time.tsv", "%.4g")
     _umap_figure(data.x[test], data.labels[test], gx, glab, out / "umap.png", args.seed)
     _guidance_figure(curve, ["mmd_rbf", "pearson_mean"], out / "guidance.png", "PBMC: mean over cell types")
     report.update(evaluation=table.to_dict("records"), summary=summary.reset_index().to_dict("records"),
@@ -888,12 +876,12 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
                              "method": method, "pearson": r, "spearman": rho,
                              "mse": float(np.mean((yhat - obs_d) ** 2))})
     table = pd.DataFrame(rows)
-    _save_table(table, out / "evaluation.tsv")
+    write_tsv(table, out / "evaluation.tsv", "%.4g")
     summary = (table.assign(set=np.where(table["heldout"], "heldout", "seen"))
                .groupby(["set", "method"], sort=False)
                .agg(n=("mse", "size"), pearson_mean=("pearson", "mean"), pearson_sd=("pearson", "std"),
                     mse_mean=("mse", "mean")).reset_index())
-    _save_table(summary, out / "summary.tsv")
+    write_tsv(summary, out / "summary.tsv", "%.4g")
     f0 = obj["folds"][0]
     seen = [p for p in f0["train_labels"] if p != meta["control"]][: args.curve_seen]
     curve = []
@@ -908,9 +896,9 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
         curve.append({"guidance_scale": s, "pearson_heldout": float(np.nanmean([r[p] for p in f0["heldout"]])),
                       "pearson_seen": float(np.nanmean([r[p] for p in seen])) if seen else float("nan")})
     curve = pd.DataFrame(curve)
-    _save_table(curve, out / "guidance.tsv")
+    write_tsv(curve, out / "guidance.tsv", "%.4g")
     timing = pd.DataFrame(_timing(models[0], meta, obj["standardise"][0], meta["control"], args))
-    _save_table(timing, out / "sampling_time.tsv")
+    write_tsv(timing, out / "sampling_time.tsv", "%.4g")
     _perturbation_figure(table, out / "perturbation.png")
     _guidance_figure(curve, ["pearson_heldout", "pearson_seen"], out / "guidance.png",
                      "Papalexi: Pearson of generated vs observed mean change")
@@ -948,7 +936,7 @@ def _umap_figure(xr, lr, xg, lg, path: Path, seed: int) -> None:
     axes[0].set_ylabel("UMAP 2")
     axes[1].legend(markerscale=3, fontsize=8, loc="best")
     fig.suptitle("PBMC: real test and generated cells (joint UMAP), coloured by cell type")
-    _savefig(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def _guidance_figure(curve: pd.DataFrame, cols: list[str], path: Path, title: str) -> None:
@@ -964,7 +952,7 @@ def _guidance_figure(curve: pd.DataFrame, cols: list[str], path: Path, title: st
         ax.set_ylabel(c)
     fig.suptitle(title)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def _perturbation_figure(table: pd.DataFrame, path: Path) -> None:
@@ -988,7 +976,7 @@ def _perturbation_figure(table: pd.DataFrame, path: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle("Papalexi: held-out perturbations (no_change has no Pearson)")
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path, bbox_inches="tight")
 
 
 def run_evaluate(args, data: Data, out: Path) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_path, require_file
+from .io import atomic_path, require_file, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -260,10 +260,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    plt = _mpl()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=150, metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path, dpi=150)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import aracne as engine
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, require_file, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,5 @@ def run(args: argparse.Namespace) -> None:
         # no file name and mtime 0 in the gzip header: same seed, same bytes
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
             gz.write(networks.to_csv(sep="\t", index=False, float_format="%.6g").encode())
-    with atomic_path(out / "consensus.tsv") as tmp:
-        cons.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_tsv(cons, out / "consensus.tsv")
     write_json(out / "report.json", report)

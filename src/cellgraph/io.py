@@ -64,3 +64,19 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     if not p.is_file():
         raise InputError(f"{what}: file not found: {p}")
     return p
+
+
+def write_tsv(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
+    """Write a DataFrame as a tab-separated table without its index, atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format=float_format)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: Any) -> None:
+    """Save a matplotlib figure as PNG atomically (no software tag, so reruns give the same bytes) and close
+    it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}, **savefig_kwargs)
+    plt.close(fig)

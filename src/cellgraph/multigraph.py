@@ -51,7 +51,7 @@ import pandas as pd
 
 from . import networks as nw
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -560,9 +560,7 @@ def _degree_figure(graphs: dict, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def save_multigraph(path: str | Path, organism: str, graphs: dict) -> None:
@@ -698,8 +696,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     save_multigraph(out / "multigraph.npz", args.organism, graphs)
     summary = summarize(graphs)
-    with atomic_path(out / "summary.tsv") as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_tsv(summary, out / "summary.tsv")
     _degree_figure(graphs, out / "degrees.png", f"{args.organism} multigraph: degree distributions")
     with atomic_path(out / "rejects.tsv.gz") as tmp:
         tmp.write_bytes(gzip.compress(rejects.to_csv(sep="\t", index=False).encode(), compresslevel=6, mtime=0))

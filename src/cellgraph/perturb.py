@@ -70,7 +70,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 from .models import cell_graph_transformer as cgt
 from .train import quiet_lightning
 
@@ -437,10 +437,8 @@ def run_forward(args, out: Path) -> None:
     metrics = pd.DataFrame(rows)
     summary = _summary(metrics, ["method"])
     report.update(folds=fold_info, config=cgt.config_dict(cfg), seconds=round(time.time() - t0, 1))
-    with atomic_path(out / "metrics.tsv") as tmp:
-        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out / "summary.tsv") as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_tsv(metrics, out / "metrics.tsv")
+    write_tsv(summary, out / "summary.tsv", "%.4g")
     names = sorted(preds)
     with atomic_path(out / "predictions.npz") as tmp:
         np.savez_compressed(tmp, perturbations=np.array(names), genes=np.array(genes)[measured],
@@ -454,10 +452,8 @@ def run_forward(args, out: Path) -> None:
         {"method": m, "n": len(g), **dict(zip(("pearson", "spearman"), _corr(g["predicted"], g["observed"]))),
          "mse": float(((g["predicted"] - g["observed"]) ** 2).mean())}
         for m, g in scores.groupby("method", sort=False)])
-    with atomic_path(out / "score_predictions.tsv") as tmp:
-        scores.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out / "score_summary.tsv") as tmp:
-        score_summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_tsv(scores, out / "score_predictions.tsv")
+    write_tsv(score_summary, out / "score_summary.tsv", "%.4g")
     write_diagnostics(out, diag_rows)
     write_json(out / "report.json", report)
     log.info("forward prediction:\n%s\nperturbation score of held-out perturbations:\n%s",
@@ -468,8 +464,7 @@ def write_diagnostics(out: Path, diag_rows: dict) -> None:
     """``attention_diagnostics.tsv`` (per epoch, fold, model, graph, layer, head) and ``attention_heads.tsv``
     (per epoch, fold, model, layer, head) in ``out``."""
     for key, name in (("graph_rows", "attention_diagnostics.tsv"), ("head_rows", "attention_heads.tsv")):
-        with atomic_path(out / name) as tmp:
-            pd.DataFrame(diag_rows[key]).to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        write_tsv(pd.DataFrame(diag_rows[key]), out / name)
 
 
 def _summary(metrics: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -593,10 +588,8 @@ def run_yeast(args, out: Path) -> None:
     metrics = pd.DataFrame(rows)
     summary = _summary(metrics, ["target", "method"])
     report.update(folds=fold_info, seconds=round(time.time() - t0, 1))
-    with atomic_path(out / "metrics.tsv") as tmp:
-        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out / "summary.tsv") as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_tsv(metrics, out / "metrics.tsv")
+    write_tsv(summary, out / "summary.tsv", "%.4g")
     write_diagnostics(out, diag_rows)
     write_json(out / "report.json", report)
     log.info("yeast:\n%s", summary.to_string(index=False))
@@ -645,14 +638,15 @@ def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, re
     model = gremln.load(require_file(model_path, f"--{key}-model"))
     vocab = list(model.vocab)
     genes = vocab[2:]
-    measured = [g for g in genes if g in set(adata.var_names)]
+    present = set(adata.var_names)
+    measured = [g for g in genes if g in present]
     counts = adata.layers["counts"][cells]
     counts = sp.csr_matrix(counts)
     lib = np.asarray(counts.sum(1)).ravel()
     col = adata.var_names.get_indexer(measured)
     x = sp.csr_matrix(np.log1p(counts[:, col].toarray() / np.maximum(lib, 1)[:, None] * 1e6).astype(np.float32))
     full = sp.hstack([x, sp.csr_matrix((len(cells), len(genes) - len(measured)), dtype=np.float32)]).tocsr()
-    names = measured + [g for g in genes if g not in set(measured)]
+    names = measured + [g for g in genes if g not in present]
     tok = ad.AnnData(full, obs=pd.DataFrame({"split": "test", "perturbation": adata.obs["perturbation"].to_numpy()[cells]},
                                              index=[f"c{i}" for i in range(len(cells))]),
                      var=pd.DataFrame(index=names))
@@ -790,10 +784,8 @@ def run_reverse(args, out: Path) -> None:
     report.update(classes=classes, cells=int(len(cells)), shifts=shifts.to_dict("records"),
                   chance_accuracy=float(pd.Series(y).value_counts(normalize=True).max()),
                   seconds=round(time.time() - t0, 1))
-    with atomic_path(out / "metrics.tsv") as tmp:
-        metrics.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    with atomic_path(out / "summary.tsv") as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    write_tsv(metrics, out / "metrics.tsv")
+    write_tsv(summary, out / "summary.tsv", "%.4g")
     with atomic_path(out / "confusion.npz") as tmp:
         np.savez_compressed(tmp, classes=np.array(classes), methods=np.array(list(conf)),
                             confusion=np.stack([conf[m] for m in conf]))
@@ -846,9 +838,7 @@ def run_figures(args) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("Papalexi 2021, leave-perturbation-out forward prediction")
     fig.tight_layout()
-    with atomic_path(figs / "perturbation_forward.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, figs / "perturbation_forward.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, target in zip(axes, ("dmf", "epsilon")):
@@ -858,9 +848,7 @@ def run_figures(args) -> None:
         ax.set_title(f"{target}: mean over folds (constant baselines have no correlation)", fontsize=8)
         ax.axhline(0, color="k", lw=0.5)
     fig.tight_layout()
-    with atomic_path(figs / "perturbation_yeast.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, figs / "perturbation_yeast.png")
 
     _attention_figure(plt, {"papalexi": Path(args.forward_dir), "yeast": Path(args.yeast_dir)}, figs, tabs)
 
@@ -875,9 +863,7 @@ def run_figures(args) -> None:
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     fig.tight_layout()
-    with atomic_path(figs / "perturbation_reverse_confusion.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, figs / "perturbation_reverse_confusion.png")
 
 
 def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
@@ -916,9 +902,7 @@ def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
         ax.set_title(f"{dataset}, {model}: attention mass on true edges (red: regularised head)", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
-    with atomic_path(figs / "perturbation_attention.png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, figs / "perturbation_attention.png")
 
 
 # --------------------------------------------------------------------------------------------------
