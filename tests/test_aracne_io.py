@@ -42,7 +42,7 @@ def test_expression_tsv_round_trip(planted):
 
 
 def test_network_round_trips(planted, tmp_path):
-    df = A.aracne(planted["expr"], planted["genes"], planted["regs"], n_bootstraps=5, seed=0, n_null=20_000)
+    df = A.aracne(planted["expr"], planted["genes"], planted["regs"], n_bootstraps=10, seed=0, n_null=20_000)
     assert len(df) > 0
     io.write_network_ap(df, tmp_path / "network.txt")
     assert (tmp_path / "network.txt").read_text().splitlines()[0] == "Regulator\tTarget\tMI\tpvalue"
@@ -53,6 +53,13 @@ def test_network_round_trips(planted, tmp_path):
     assert head == ["regulator.values", "target.values", "mi.values", "scc.values", "count.values", "log.p.values"]
     pd.testing.assert_frame_equal(io.read_network_aracne3(tmp_path / "network.tsv"),
                                   df[["regulator", "target", "mi", "scc", "count", "log_p"]], check_exact=True)
+
+
+def test_empty_network_reads_back(tmp_path):
+    empty = pd.DataFrame(columns=["regulator", "target", "mi", "pvalue", "count", "log_p", "scc"])
+    io.write_network_aracne3(empty, tmp_path / "n.tsv")
+    back = io.read_network_aracne3(tmp_path / "n.tsv")
+    assert len(back) == 0 and list(back.columns) == ["regulator", "target", "mi", "scc", "count", "log_p"]
 
 
 def test_read_network_rejects_wrong_header(tmp_path):
@@ -71,7 +78,7 @@ def _run(argv):
 
 def test_command_reports_missing_regulators_and_constant_genes(planted, tmp_path):
     out = tmp_path / "out"
-    base = ["--expression", planted["tsv"], "--regulators", planted["reg"], "--n-bootstraps", 6, "--seed", 2,
+    base = ["--expression", planted["tsv"], "--regulators", planted["reg"], "--n-bootstraps", 10, "--seed", 2,
             "--n-null", 20_000, "--mi-pvalue", 1e-6]
     assert _run(base + ["--out-dir", out, "--threads", 1]) == 0
     rep = json.loads((out / "report.json").read_text())
@@ -88,9 +95,23 @@ def test_command_reports_missing_regulators_and_constant_genes(planted, tmp_path
     assert _run(base + ["--out-dir", out2, "--threads", 2]) == 0
     assert (out / "network.txt").read_bytes() == (out2 / "network.txt").read_bytes()
     for t, d in ((1, tmp_path / "a3_1"), (2, tmp_path / "a3_2")):
-        assert _run(base + ["--out-dir", d, "--threads", t, "--format", "aracne3", "--bootstrap", "replacement",
-                            "--consolidation", "binomial", "--mi-method", "fdr"]) == 0
+        assert _run(base + ["--out-dir", d, "--threads", t, "--format", "aracne3", "--consolidation", "binomial",
+                            "--mi-method", "pvalue"]) == 0
     assert (tmp_path / "a3_1" / "network.tsv").read_bytes() == (tmp_path / "a3_2" / "network.tsv").read_bytes()
+    # decoupler columns: source, target, weight (= Spearman), mi, pvalue, count; the same edges as network.txt
+    assert _run(base + ["--out-dir", tmp_path / "dc", "--format", "decoupler"]) == 0
+    dc = pd.read_csv(tmp_path / "dc" / "network.tsv", sep="\t")
+    assert list(dc.columns) == ["source", "target", "weight", "mi", "pvalue", "count"]
+    assert list(zip(dc["source"], dc["target"])) == list(zip(net["regulator"], net["target"]))
+    assert dc["weight"].between(-1, 1).all() and (dc["weight"].abs() > 0).all()
+
+
+def test_command_refuses_draws_with_replacement(planted, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _run(["--expression", planted["tsv"], "--regulators", planted["reg"], "--out-dir", tmp_path / "o",
+              "--bootstrap", "replacement"])
+    assert exit_info.value.code == 2
+    assert "adjacent ranks in both genes" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def _edit(lines, i, j, value):
@@ -156,10 +177,11 @@ def test_command_on_real_h5ad_aracne3_format(tmp_path):
     reg.write_text("\n".join(tfs) + "\n")
     out = tmp_path / "out"
     assert _run(["--expression", path, "--regulators", reg, "--out-dir", out, "--format", "aracne3",
-                 "--n-bootstraps", 5, "--mi-pvalue", 1e-4, "--consolidation-alpha", 0.5, "--n-null", 20_000]) == 0
+                 "--n-bootstraps", 10, "--mi-method", "pvalue", "--mi-pvalue", 1e-3, "--consolidation-alpha", 0.5,
+                 "--n-null", 20_000]) == 0
     net = io.read_network_aracne3(out / "network.tsv")
     assert len(net) > 0 and set(net["regulator"]) <= set(tfs)
-    assert ((net["count"] >= 1) & (net["count"] <= 5)).all() and (net["log_p"] <= 0).all()
+    assert ((net["count"] >= 1) & (net["count"] <= 10)).all() and (net["log_p"] <= 0).all()
     x = a.X.toarray()
     pos = {g: i for i, g in enumerate(a.var_names)}
     row = net.iloc[0]

@@ -2,11 +2,11 @@ r"""ARACNe engine: adaptive-partitioning mutual information, null-model threshol
 
 Pure numpy/numba; no AnnData. The pipeline for one expression matrix ``expr`` [genes x samples]:
 
-1. **Ranks** (copula transform). Each gene is ranked once over all samples; ties (scRNA-seq has many
-   zeros) are broken by a random key per (gene, sample) drawn from ``seed``, so the order of tied values
-   is a seeded random permutation. For each bootstrap the samples drawn are re-ranked 0..n-1 within the
-   bootstrap from those global ranks (a sample drawn twice by ``bootstrap="replacement"`` is broken by
-   its draw position). Ranks are computed once per bootstrap.
+1. **Ranks** (copula transform), afresh in every bootstrap. The samples drawn for bootstrap ``b`` are
+   ranked 0..m-1 per gene; ties (scRNA-seq has many zeros) are broken by random keys drawn for that
+   bootstrap from ``(seed, b)`` (:func:`bootstrap_ranks`). A tie order frozen once for all bootstraps
+   would let a chance dependence inside a gene's block of zeros recur in every bootstrap: on independent
+   genes with 64% zeros it gave 10 edges that pass consolidation, fresh ties gave none.
 2. **Mutual information** by adaptive partitioning (APMI; Darbellay & Vajda 1999, IEEE Trans. Inf.
    Theory 45:1315; ARACNe-AP, Lachmann et al. 2016, Bioinformatics 32:2233): the rank square is split
    recursively into quadrants at the midpoints while a chi-square test of equal quadrant counts rejects
@@ -18,29 +18,33 @@ Pure numpy/numba; no AnnData. The pipeline for one expression matrix ``expr`` [g
    One regulator against all genes is one numba pass; regulators run in parallel threads (``prange``);
    each (regulator, gene) value is computed by one thread only, so results do not depend on threads.
 3. **MI threshold** from a null model: APMI of ``n_null`` pairs (identity, seeded random permutation) of
-   length ``n``. The upper tail (top 1%) of ``log P(MI >= m)`` is fit by a line in ``m`` (ARACNe-AP
+   length ``m``. The upper tail (top 1%) of ``log P(MI >= x)`` is fit by a line in ``x`` (ARACNe-AP
    ``calibrateMIThreshold``/``fitNull``, but on the tail: ARACNe-AP fits the head of its sorted array, so
-   its threshold barely moves with p) and extrapolated to ``mi_pvalue``; p-values above 1% use the
-   empirical quantile. ``mi_method="fdr"`` instead keeps, per bootstrap, the pairs significant by
-   Benjamini-Hochberg at ``mi_alpha`` over the null p-values of all tested pairs (ARACNe3 ``--alpha``);
-   ``"fwer"`` uses p = ``mi_alpha`` / pairs. The null is computed once per sample size and seed and cached
-   on disk (``cache_dir``) as ``apmi_null_n{n}_m{n_null}_s{seed}_v2.npy``.
+   its threshold barely moves with p); p-values above 1% use the empirical survival (:func:`null_pvalue`).
+   The default ``mi_method="fdr"`` keeps, per bootstrap, the pairs significant by Benjamini-Hochberg at
+   ``mi_alpha`` over the null p-values of all tested pairs (ARACNe3 ``--alpha``): the error control of the
+   method. ``"fwer"`` uses p = ``mi_alpha`` / pairs, ``"pvalue"`` the fixed null p-value ``mi_pvalue``
+   (ARACNe-AP ``--pvalue``). The null is computed once per sample size and seed and cached on disk
+   (``cache_dir``) as ``apmi_null_n{m}_m{n_null}_s{seed}_v2.npy``.
 4. **DPI** (Margolin et al. 2006, BMC Bioinformatics 7:S7): in every triangle regulator ``r`` --
    regulator ``q`` -- gene ``t`` whose three edges pass the threshold, the edge ``r-t`` is removed when
    ``MI(r,t) < (1 - tolerance) * min(MI(r,q), MI(q,t))``; all removals use the pre-DPI network.
-5. **Bootstraps and consolidation.** Each of ``B`` bootstraps draws ``round(n (1 - 1/e))`` samples
-   without replacement (``"subsample"``, ARACNe3), ``n`` with replacement over all samples
-   (``"replacement"``; ARACNe-AP's sampler never draws the last sample) or takes all (``"none"``); the
-   draw of bootstrap ``b`` depends on ``(seed, b)`` only. With ``checkpoint_dir`` each bootstrap's
-   network is written to disk as it finishes and an interrupted run resumes from those files.
-   An edge's count ``k`` (bootstraps in which it survived DPI) is tested against
-   ``"poisson"``: Poisson with mean ``lambda`` = total edge occurrences / tested pairs (ARACNe-AP),
-   right tail ``P(X >= k)`` (ARACNe-AP computes ``P(X > k)``, off by one); or ``"binomial"``:
-   Binomial(``B``, ``lambda / B``), right tail ``P(X >= k)`` (ARACNe3). P-values are corrected over all
-   tested pairs (Bonferroni or Benjamini-Hochberg) and edges with corrected p < ``alpha`` are kept;
-   their ``mi`` is the mean MI over the bootstraps in which they survived.
+5. **Bootstraps and the recurrence cut.** Each of ``B`` bootstraps draws ``round(n (1 - 1/e))`` samples
+   without replacement (``"subsample"``, ARACNe3) or takes all (``"none"``); the draw of bootstrap ``b``
+   depends on ``(seed, b)`` only. Draws with replacement are refused: a repeated sample sits on adjacent
+   ranks in both genes, which APMI reads as dependence (per-pair false-positive rate 0.20 at p 1e-3 on
+   independent data). With ``checkpoint_dir`` each bootstrap's network is written to disk as it finishes
+   and an interrupted run resumes from those files. An edge's count ``k`` (bootstraps in which it survived
+   DPI) gets the right tail ``P(X >= k)`` of ``"poisson"``: Poisson(``lambda``), ``lambda`` = total edge
+   occurrences / tested pairs (ARACNe-AP, which computes ``P(X > k)``, off by one), or ``"binomial"``:
+   Binomial(``B``, ``theta``), ``theta`` = the mean over bootstraps of ARACNe3's per-bootstrap
+   false-positive-rate estimate (for ``"fdr"``: ``alpha E_dpi / (M - (1 - alpha) E_thr)``). Adjusted over
+   the tested pairs (Bonferroni or Benjamini-Hochberg), this gives the smallest count ``min_count`` with
+   adjusted p < ``consolidation_alpha``; edges with ``k >= min_count`` are kept, with ``mi`` the mean MI
+   over the bootstraps in which they survived. The count test treats bootstraps as independent, which
+   subsamples of one data set are not: it is a stability filter, not an error rate.
 
-Memory: ranks [G x n] int32 plus a few [R x G] arrays (counts, MI sum, one bootstrap's MI); never
+Memory: one bootstrap's ranks [G x m] int32 plus a few [R x G] arrays (counts, MI sum, one bootstrap's MI); never
 [pairs x samples].
 
 Edges are undirected pairs internally (a regulator-regulator pair is tested once); the output lists each
@@ -76,6 +80,7 @@ __all__ = [
     "poisson_right_tail",
     "aracne",
     "planted_network",
+    "planted_counts",
     "null_pvalue",
     "bh_threshold",
     "bootstrap_columns",
@@ -249,29 +254,45 @@ def rank_rows(values: np.ndarray, seed: int = 0, keys: np.ndarray | None = None)
     return ranks
 
 
-@njit(parallel=True, cache=True)
-def _rerank_block(rank0, cols):
-    g, n = rank0.shape
-    m = cols.shape[0]
-    out = np.empty((g, m), dtype=np.int32)
-    for i in prange(g):
-        start = np.zeros(n + 1, dtype=np.int64)
-        row = rank0[i]
-        for j in range(m):
-            start[row[cols[j]] + 1] += 1
-        for v in range(n):
-            start[v + 1] += start[v]
-        for j in range(m):
-            v = row[cols[j]]
-            out[i, j] = start[v]
-            start[v] += 1
-    return out
+def bootstrap_ranks(expr: np.ndarray, cols: np.ndarray, seed: int, b: int, strata: np.ndarray | None = None) -> np.ndarray:
+    """Ranks 0..m-1 of each gene within the samples ``cols`` of bootstrap ``b``, ties broken afresh.
 
+    The tie-breaking keys are drawn for this bootstrap only, from ``(seed, b)``: in a sparse gene the block of
+    zeros gets a new random order in every bootstrap, so a chance dependence inside it does not recur across
+    bootstraps (ARACNe3 re-ranks each subsample; ARACNe-AP adds fresh noise per run). Keys come from one
+    numpy generator, so ranks do not depend on the thread count.
 
-def _rerank(rank0: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Ranks 0..m-1 within the columns ``cols`` [m] of global ranks ``rank0`` [G, n] (a counting sort per
-    gene, O(n); a column drawn twice is ranked by draw order)."""
-    return _rerank_block(np.ascontiguousarray(rank0, dtype=np.int32), np.ascontiguousarray(cols, dtype=np.int64))
+    With ``strata`` (e.g. bins of sequencing depth) each gene is first ranked within each stratum and
+    mapped to the uniform score ``(rank + 1/2) / size``, and these scores are ranked over all samples: a
+    copula transform conditional on the stratum. Under independence given the stratum the result is a
+    uniform random permutation per gene, independent across genes, so the null model of :func:`null_mi`
+    holds; a dependence that two genes share only through the stratum (in single cells: the capture depth,
+    which makes zeros co-occur in shallow cells) is removed.
+
+    Parameters
+    ----------
+    expr : float array [G, n]
+    cols : int array [m], distinct sample indices (see :func:`bootstrap_columns`).
+    seed, b : int
+        Run seed and bootstrap index.
+    strata : int array [n], optional
+        Stratum label of every sample.
+
+    Returns
+    -------
+    int32 array [G, m], each row a permutation of 0..m-1.
+    """
+    cols = np.asarray(cols, dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(b), 0x4B455953])
+    sub = np.asarray(expr)[:, cols]
+    if strata is None:
+        return rank_rows(sub, keys=rng.random(sub.shape))
+    labels = np.asarray(strata)[cols]
+    scores = np.empty(sub.shape, dtype=np.float64)
+    for k in np.unique(labels):
+        idx = np.flatnonzero(labels == k)
+        scores[:, idx] = (rank_rows(sub[:, idx], keys=rng.random((sub.shape[0], idx.size))) + 0.5) / idx.size
+    return rank_rows(scores, keys=rng.random(sub.shape))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -563,15 +584,27 @@ def poisson_right_tail(k: np.ndarray, lam: float) -> np.ndarray:
     return np.where(k <= 0, 1.0, gammainc(np.maximum(k, 1e-300), lam))
 
 
-def _binomial_right_tail(k: np.ndarray, n: int, p: float) -> np.ndarray:
-    from scipy.stats import binom
+def adjust_pvalues(p: np.ndarray, m: int, method: str) -> np.ndarray:
+    """Bonferroni or Benjamini-Hochberg adjusted p-values over ``m`` tests, of which ``p`` are the observed
+    ones; the other ``m - len(p)`` have p = 1 and are not materialised (exact for both methods: an unobserved
+    test ranks after every observed one). ``scipy.stats.false_discovery_control`` gives the same values when
+    all ``m`` p-values are passed.
 
-    return binom.sf(np.asarray(k) - 1, n, p)
+    Parameters
+    ----------
+    p : float array [k], k <= m
+    m : int, number of tests
+    method : {"bonferroni", "bh"}
 
+    Returns
+    -------
+    float64 array [k], adjusted p-values capped at 1.
 
-def _correct(p: np.ndarray, m: int, method: str) -> np.ndarray:
-    """Bonferroni or Benjamini-Hochberg over ``m`` tests, of which ``p`` are the observed ones (the
-    other ``m - len(p)`` have p = 1)."""
+    Raises
+    ------
+    ValueError
+        On an unknown method.
+    """
     p = np.asarray(p, dtype=np.float64)
     if method == "bonferroni":
         return np.minimum(1.0, p * m)
@@ -584,7 +617,26 @@ def _correct(p: np.ndarray, m: int, method: str) -> np.ndarray:
         out = np.empty_like(q)
         out[order] = np.minimum(q, 1.0)
         return out
-    raise ValueError(f"correction must be 'bonferroni' or 'bh', got {method!r}")
+    raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}")
+
+
+def count_log_pvalues(k: np.ndarray, n_bootstraps: int, consolidation: str, rate: float) -> np.ndarray:
+    """Natural log of the right-tail p-value ``P(X >= k)`` of a bootstrap count ``k``.
+
+    ``"poisson"``: X ~ Poisson(``rate``), ``rate`` = mean count per tested pair (ARACNe-AP, with the tail
+    ``P(X >= k)``; ARACNe-AP computes ``P(X > k)``); ``"binomial"``: X ~ Binomial(B, ``rate``), ``rate`` =
+    theta, the mean over bootstraps of the per-bootstrap false-positive-rate estimate (ARACNe3). Both treat
+    the bootstraps as independent, which subsamples of one data set are not: the value ranks edges by
+    stability and sets the recurrence cut; it is not an error rate.
+    """
+    from scipy.stats import binom, poisson
+
+    k = np.asarray(k)
+    if consolidation == "poisson":
+        return poisson.logsf(k - 1, rate)
+    if consolidation == "binomial":
+        return binom.logsf(k - 1, n_bootstraps, rate)
+    raise ValueError(f"consolidation must be one of {CONSOLIDATIONS}, got {consolidation!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -592,8 +644,59 @@ def _correct(p: np.ndarray, m: int, method: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
-BOOTSTRAPS = ("subsample", "replacement", "none")
-MI_METHODS = ("pvalue", "fdr", "fwer")
+BOOTSTRAPS = ("subsample", "none")
+MI_METHODS = ("fdr", "pvalue", "fwer")
+CONSOLIDATIONS = ("poisson", "binomial")
+CORRECTIONS = ("bonferroni", "bh")
+
+#: The one set of engine defaults: :func:`aracne`, ``cellgraph aracne`` and the ``grn`` stage read it, and
+#: ``config/config.yaml`` (section ``grn``) repeats it (a test checks). Per-bootstrap error control by
+#: Benjamini-Hochberg over the null p-values (ARACNe3 ``--alpha``), DPI, then the recurrence cut.
+DEFAULTS = dict(
+    n_bootstraps=50,
+    bootstrap="subsample",
+    mi_method="fdr",
+    mi_alpha=0.05,
+    mi_pvalue=1e-4,
+    dpi_tolerance=0.0,
+    consolidation="poisson",
+    correction="bonferroni",
+    consolidation_alpha=0.05,
+)
+
+REPLACEMENT_UNSUPPORTED = (
+    "bootstrap 'replacement' is not supported: a sample drawn twice takes adjacent ranks in both genes, which "
+    "adaptive partitioning reads as dependence, so the null model (computed on distinct samples) no longer "
+    "holds (on independent genes 20% of pairs pass at an MI p-value of 1e-3); use 'subsample' (1 - 1/e of "
+    "the samples without replacement, ARACNe3) or 'none'"
+)
+
+
+def check_options(n_bootstraps, bootstrap, mi_method, mi_alpha, mi_pvalue, dpi_tolerance, consolidation,
+                  correction, consolidation_alpha) -> None:
+    """Validate the engine options (the keys of :data:`DEFAULTS`).
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad option (message starts with its name) and what was expected.
+    """
+    if bootstrap == "replacement":
+        raise ValueError(REPLACEMENT_UNSUPPORTED)
+    for name, value, allowed in (("bootstrap", bootstrap, BOOTSTRAPS), ("mi_method", mi_method, MI_METHODS),
+                                 ("consolidation", consolidation, CONSOLIDATIONS),
+                                 ("correction", correction, CORRECTIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    if int(n_bootstraps) < 1:
+        raise ValueError(f"n_bootstraps must be >= 1, got {n_bootstraps}")
+    for name, value in (("mi_alpha", mi_alpha), ("mi_pvalue", mi_pvalue)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    if not 0.0 <= dpi_tolerance < 1.0:
+        raise ValueError(f"dpi_tolerance must be in [0, 1), got {dpi_tolerance}")
+    if not 0.0 < consolidation_alpha <= 1.0:
+        raise ValueError(f"consolidation_alpha must be in (0, 1], got {consolidation_alpha}")
 
 
 def bootstrap_size(n: int, bootstrap: str) -> int:
@@ -605,18 +708,22 @@ def bootstrap_columns(n: int, bootstrap: str, seed: int, b: int) -> np.ndarray:
     """Sample indices of bootstrap ``b`` (int64 [m]), from a generator seeded by ``(seed, b)`` only, so a
     bootstrap is the same whether computed in order, alone or after a resume.
 
-    ``"subsample"``: ``round(n (1 - 1/e))`` distinct samples, sorted (ARACNe3); ``"replacement"``: ``n``
-    draws uniform over all ``0..n-1`` (every sample can be drawn, unlike ARACNe-AP's sampler, which
-    never draws the last one); ``"none"``: all samples in order (ARACNe-AP ``--nobootstrap``).
+    ``"subsample"``: ``round(n (1 - 1/e))`` distinct samples, sorted (ARACNe3); ``"none"``: all samples in
+    order (ARACNe-AP ``--nobootstrap``; with B > 1 the bootstraps differ only in their tie-breaking).
+
+    Raises
+    ------
+    ValueError
+        For ``"replacement"`` (see :data:`REPLACEMENT_UNSUPPORTED`) or an unknown scheme.
     """
     if bootstrap == "none":
         return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng([int(seed), int(b), 0x424F4F54])
     if bootstrap == "subsample":
+        rng = np.random.default_rng([int(seed), int(b), 0x424F4F54])
         return np.sort(rng.choice(n, size=bootstrap_size(n, bootstrap), replace=False)).astype(np.int64)
     if bootstrap == "replacement":
-        return rng.integers(0, n, size=n, dtype=np.int64)
-    raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
+        raise ValueError(REPLACEMENT_UNSUPPORTED)
+    raise ValueError(f"bootstrap must be one of {', '.join(BOOTSTRAPS)}; got {bootstrap!r}")
 
 
 def _names(xs, limit: int = 20) -> str:
@@ -670,12 +777,65 @@ def spearman_pairs(expr: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> 
     return np.einsum("ij,ij->i", z[where[0]], z[where[1]])
 
 
-def _fingerprint(rank0: np.ndarray, genes, regs, params: dict) -> str:
+def _validated(expr, genes, regulators, drop_constant):
+    """(expr [G', n], genes [G'], sorted regulators, constant genes) after the bad-input checks."""
+    expr = np.asarray(expr, dtype=np.float64)
+    genes = np.asarray([str(g) for g in genes], dtype=object)
+    if expr.ndim != 2 or expr.shape[0] != genes.size:
+        raise ValueError(f"expr must be [genes x samples] with {genes.size} rows, got {expr.shape}")
+    chk = check_input(expr, genes, regulators)
+    for key, what in (("duplicated_genes", "gene names are duplicated"), ("missing_regulators", "regulators are not in genes")):
+        if chk[key]:
+            raise ValueError(f"{len(chk[key])} {what}: {_names(chk[key])}")
+    if chk["nonfinite_genes"]:
+        d = chk["nonfinite_genes"]
+        raise ValueError(f"{chk['nonfinite_values']} non-finite values (NaN/inf) in {len(d)} genes: {_names(d)}")
+    const = chk["constant_genes"]
+    if const and not drop_constant:
+        raise ValueError(f"{len(const)} genes are constant: {_names(const)}")
+    if const:
+        keep_rows = ~np.isin(genes, const)
+        expr, genes = expr[keep_rows], genes[keep_rows]
+    regs = sorted(set(str(r) for r in regulators) - set(const))
+    if not regs:
+        raise ValueError("no regulators" + (f" (all {len(set(const) & set(map(str, regulators)))} are constant)" if const else ""))
+    if expr.shape[1] >= 1 << 20:
+        raise ValueError(f"at most 2**20 - 1 samples, got {expr.shape[1]}")
+    return expr, genes, regs, const
+
+
+def _threshold_rule(null, opts, n_tested):
+    """Callable: a bootstrap's MI [R, G] and tested mask -> its MI threshold (nats)."""
+    if opts["mi_method"] == "pvalue":
+        thr = mi_threshold(null, opts["mi_pvalue"])
+        return lambda m, tested: thr
+    if opts["mi_method"] == "fwer":
+        thr = mi_threshold(null, opts["mi_alpha"] / n_tested)
+        return lambda m, tested: thr
+    floor = mi_threshold(null, opts["mi_alpha"])  # no pair with a larger null p-value can pass BH
+
+    def bh(m, tested):
+        return bh_threshold(null, m[tested & (m >= floor)], opts["mi_alpha"], n_tested)
+
+    return bh
+
+
+def _fpr_estimate(opts, n_tested, above, kept) -> float:
+    """ARACNe3's per-bootstrap false-positive-rate estimate from the edges above threshold (``above``) and
+    after DPI (``kept``) among ``n_tested`` pairs (its ``FPR_estimate_subnet``)."""
+    a = opts["mi_alpha"]
+    if opts["mi_method"] == "fdr":
+        return a * kept / (n_tested - (1.0 - a) * above)
+    base = a / n_tested if opts["mi_method"] == "fwer" else opts["mi_pvalue"]
+    return base * kept / above if above else base
+
+
+def _fingerprint(expr: np.ndarray, genes, regs, params: dict) -> str:
     import hashlib
     import json
 
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(rank0).tobytes())
+    h.update(np.ascontiguousarray(expr, dtype=np.float64).tobytes())
     h.update(json.dumps([list(map(str, genes)), list(regs), params], sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -701,29 +861,150 @@ def _load_bootstrap(path: Path, shape):
     return r.astype(np.int64), t.astype(np.int64), mi, above, thr
 
 
+class _Problem:
+    """The fixed parts of one ARACNe run: ranks input, regulator layout, tested pairs, null, threshold rule."""
+
+    def __init__(self, expr, genes, regs, opts, seed, null, null_key, strata):
+        self.expr, self.genes, self.regs, self.opts, self.seed = expr, genes, regs, opts, seed
+        self.null_key, self.strata = null_key, strata
+        pos = {g: i for i, g in enumerate(genes)}
+        self.reg_idx = np.array([pos[r] for r in regs], dtype=np.int64)
+        self.reg_pos = _reg_pos(genes.size, self.reg_idx)
+        n_reg = self.reg_idx.size
+        # undirected pairs tested once: row r, column t with t not a regulator of index <= r
+        tested = np.ones((n_reg, genes.size), dtype=bool)
+        tested[np.arange(n_reg)[:, None], self.reg_idx[None, :]] = np.arange(n_reg)[None, :] > np.arange(n_reg)[:, None]
+        self.tested, self.n_tested = tested, int(tested.sum())
+        self.threshold = _threshold_rule(null, opts, self.n_tested)
+
+    def bootstrap(self, b: int, thr_fixed: float | None):
+        """Post-DPI network of bootstrap ``b``: (keep [R, G] bool, MI [R, G] zeroed below threshold,
+        pairs above threshold, threshold)."""
+        cols = bootstrap_columns(self.expr.shape[1], self.opts["bootstrap"], self.seed, b)
+        m = _mi_block(bootstrap_ranks(self.expr, cols, self.seed, b, self.strata), self.reg_idx, self.reg_pos)
+        thr = self.threshold(m, self.tested) if thr_fixed is None else float(thr_fixed)
+        m[m < thr] = 0.0
+        n_above = int(np.count_nonzero(m[self.tested]))
+        return dpi_keep(m, self.reg_idx, self.opts["dpi_tolerance"]), m, n_above, thr
+
+
+def _run_bootstraps(prob: _Problem, mi_thresholds, checkpoint_dir, on_bootstrap):
+    """Counts [R, G], MI sums [R, G] and per-bootstrap records (thresholds, above, kept, resumed)."""
+    opts, shape = prob.opts, prob.tested.shape
+    ckpt = None
+    if checkpoint_dir is not None:
+        params = dict(opts, seed=prob.seed, null=prob.null_key, fixed=mi_thresholds, ties="fresh-per-bootstrap",
+                      strata=None if prob.strata is None else prob.strata.tolist(), v=NULL_VERSION)
+        ckpt = Path(checkpoint_dir)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        fp = _fingerprint(prob.expr, prob.genes, prob.regs, params)
+    counts = np.zeros(shape, dtype=np.int32)
+    mi_sum = np.zeros(shape, dtype=np.float64)
+    rec = dict(thresholds=[], above=[], kept=[], resumed=0)
+    for b in range(opts["n_bootstraps"]):
+        path = ckpt / f"{fp}_b{b:05d}.npz" if ckpt is not None else None
+        loaded = _load_bootstrap(path, shape) if path is not None and path.is_file() else None
+        if loaded is not None:
+            r_b, t_b, mi_b, n_above, thr_b = loaded
+            np.add.at(counts, (r_b, t_b), 1)
+            mi_sum[r_b, t_b] += mi_b.astype(np.float64)
+            n_keep = int(np.count_nonzero(prob.tested[r_b, t_b]))
+            rec["resumed"] += 1
+        else:
+            keep, m, n_above, thr_b = prob.bootstrap(b, None if mi_thresholds is None else mi_thresholds[b])
+            counts += keep
+            np.add(mi_sum, m, out=mi_sum, where=keep)
+            n_keep = int(np.count_nonzero(keep[prob.tested]))
+            if path is not None:
+                _save_bootstrap(path, keep, m, n_above, thr_b)
+        rec["thresholds"].append(float(thr_b))
+        rec["above"].append(n_above)
+        rec["kept"].append(n_keep)
+        if on_bootstrap is not None:
+            on_bootstrap(b)
+    return counts, mi_sum, rec
+
+
+def _consolidate(k, n_tested, opts, rec, min_count):
+    """Recurrence cut over the bootstrap counts ``k`` [E] of the pairs seen at least once.
+
+    Returns (log p [E], adjusted p [E], min_count, rate). An edge is kept iff ``k >= min_count``; without a
+    given ``min_count`` it is the smallest count whose adjusted p-value is below ``consolidation_alpha``
+    (B + 1 when none is), which for both corrections is exactly the set with adjusted p < alpha.
+    """
+    b = opts["n_bootstraps"]
+    if opts["consolidation"] == "poisson":
+        rate = float(sum(rec["kept"])) / n_tested
+    else:
+        rate = float(np.mean([_fpr_estimate(opts, n_tested, a, e) for a, e in zip(rec["above"], rec["kept"])]))
+    if b == 1:
+        return np.full(k.size, np.nan), np.full(k.size, np.nan), 1 if min_count is None else int(min_count), rate
+    log_p = count_log_pvalues(k, b, opts["consolidation"], max(rate, 1e-300))
+    p_adj = adjust_pvalues(np.exp(log_p), n_tested, opts["correction"])
+    if min_count is None:
+        passing = k[p_adj < opts["consolidation_alpha"]]
+        min_count = int(passing.min()) if passing.size else b + 1
+    return log_p, p_adj, int(min_count), rate
+
+
+def _network_frame(prob: _Problem, r_i, t_i, k, mi, p_adj, log_p) -> pd.DataFrame:
+    """Output rows ``regulator -> target``; regulator pairs in both directions (ARACNe-AP)."""
+    scc = spearman_pairs(prob.expr, prob.reg_idx[r_i], t_i)
+    reg_names = np.asarray(prob.regs, dtype=object)
+    both = prob.reg_pos[t_i] >= 0
+    sel = np.concatenate([np.arange(r_i.size), np.flatnonzero(both)])
+    df = pd.DataFrame(
+        {
+            "regulator": np.concatenate([reg_names[r_i], prob.genes[t_i[both]]]).astype(str),
+            "target": np.concatenate([prob.genes[t_i], reg_names[r_i[both]]]).astype(str),
+            "mi": mi[sel].astype(np.float64),
+            "pvalue": p_adj[sel].astype(np.float64),
+            "count": k[sel].astype(np.int64),
+            "log_p": log_p[sel].astype(np.float64),
+            "scc": scc[sel].astype(np.float64),
+        }
+    )
+    return df.sort_values(["regulator", "target"], kind="stable").reset_index(drop=True)
+
+
+def consolidation_rule(opts: dict, min_count: int) -> str:
+    """The recurrence rule of a run in words (for reports)."""
+    b, test = opts["n_bootstraps"], opts["consolidation"]
+    if b == 1:
+        return "one bootstrap: every post-DPI edge is kept (no recurrence filter)"
+    rate = "lambda = mean count per tested pair" if test == "poisson" else "theta = mean per-bootstrap FPR estimate (ARACNe3)"
+    return (f"kept iff the edge survives DPI in >= {min_count} of {b} bootstraps: the smallest count whose "
+            f"{test} right tail P(X >= k) ({rate}), {opts['correction']}-adjusted over the tested pairs, is below "
+            f"{opts['consolidation_alpha']:g}; a stability filter (bootstraps of one data set are not independent), "
+            f"the error control is the per-bootstrap MI threshold")
+
+
 def aracne(
     expr: np.ndarray,
     genes,
     regulators,
-    n_bootstraps: int = 10,
-    bootstrap: str = "subsample",
-    mi_pvalue: float = 1e-8,
-    dpi_tolerance: float = 0.0,
-    consolidation: str = "poisson",
-    correction: str = "bonferroni",
-    alpha: float = 0.05,
+    n_bootstraps: int = DEFAULTS["n_bootstraps"],
+    bootstrap: str = DEFAULTS["bootstrap"],
+    mi_method: str = DEFAULTS["mi_method"],
+    mi_alpha: float = DEFAULTS["mi_alpha"],
+    mi_pvalue: float = DEFAULTS["mi_pvalue"],
+    dpi_tolerance: float = DEFAULTS["dpi_tolerance"],
+    consolidation: str = DEFAULTS["consolidation"],
+    correction: str = DEFAULTS["correction"],
+    consolidation_alpha: float = DEFAULTS["consolidation_alpha"],
     seed: int = 0,
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     n_null: int = 100_000,
     null_seed: int | None = None,
-    mi_method: str = "pvalue",
-    mi_alpha: float = 0.05,
+    strata=None,
+    mi_thresholds=None,
+    min_count: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     drop_constant: bool = True,
     on_bootstrap=None,
 ) -> pd.DataFrame:
-    """ARACNe network of regulators over genes from an expression matrix.
+    """ARACNe network of regulators over genes from an expression matrix (module docstring: the method).
 
     Parameters
     ----------
@@ -733,23 +1014,11 @@ def aracne(
         Distinct gene names of the rows.
     regulators : sequence of str
         Regulator names; all must be in ``genes`` (at least one).
-    n_bootstraps : int >= 1
-        Bootstraps B. With B = 1 there is no consolidation: every edge of the single network is kept,
-        with ``pvalue`` NaN.
-    bootstrap : {"subsample", "replacement", "none"}
-        ``round(n (1 - 1/e))`` samples without replacement (ARACNe3), ``n`` with replacement over all
-        samples, or all samples (see :func:`bootstrap_columns`).
-    mi_pvalue : float in (0, 1)
-        ``mi_method="pvalue"``: p-value of the MI threshold under the null model (ARACNe-AP ``--pvalue``).
-    dpi_tolerance : float in [0, 1)
-    consolidation : {"poisson", "binomial"}
-        Bootstrap-count test (ARACNe-AP Poisson / ARACNe3 binomial), right tail ``P(X >= k)``.
-    correction : {"bonferroni", "bh"}
-        Multiple-testing correction over all tested (regulator, gene) pairs.
-    alpha : float
-        Edges with corrected p-value < ``alpha`` are kept.
+    n_bootstraps, bootstrap, mi_method, mi_alpha, mi_pvalue, dpi_tolerance, consolidation, correction,
+    consolidation_alpha
+        The engine options; defaults :data:`DEFAULTS`, meaning in the module docstring (steps 3-5).
     seed : int
-        Seeds tie-breaking keys, bootstrap draws and the null model.
+        Seeds the bootstrap draws and their tie-breaking keys (per bootstrap, from ``(seed, b)``).
     threads : int, optional
         numba threads (results do not depend on it).
     cache_dir : path, optional
@@ -758,11 +1027,15 @@ def aracne(
         Null-model pairs.
     null_seed : int, optional
         Seed of the null model (default ``seed``); one null per (sample size, null_seed) is cached.
-    mi_method : {"pvalue", "fdr", "fwer"}
-        MI threshold per bootstrap: null p-value ``mi_pvalue``; Benjamini-Hochberg FDR ``mi_alpha`` over
-        the null p-values of all tested pairs (ARACNe3 ``--alpha``, FDR); or Bonferroni ``mi_alpha / M``.
-    mi_alpha : float in (0, 1)
-        Level of ``"fdr"`` and ``"fwer"``.
+    strata : int array [n], optional
+        Stratum of each sample (e.g. bins of sequencing depth): ranks become conditional on it (see
+        :func:`bootstrap_ranks`).
+    mi_thresholds : sequence of B floats, optional
+        Use these MI thresholds (nats) per bootstrap instead of the ``mi_method`` rule (a control run with
+        the real run's thresholds: its ``attrs["mi_thresholds_per_bootstrap"]``).
+    min_count : int, optional
+        Keep edges seen in at least this many bootstraps instead of deriving the cut from the count test
+        (a control run with the real run's cut: its ``attrs["min_count"]``).
     checkpoint_dir : path, optional
         Each bootstrap's post-DPI network is written there (``<fingerprint>_b<index>.npz``, atomically) as
         it finishes; bootstraps already there for the same input and parameters are loaded, not
@@ -774,182 +1047,65 @@ def aracne(
 
     Returns
     -------
-    pandas.DataFrame with columns ``regulator, target, mi`` (mean MI in nats over the bootstraps where
-    the edge survived), ``pvalue`` (corrected), ``count`` (bootstraps where it survived), ``log_p``
-    (natural log of the uncorrected consolidation p-value, computed in log space), ``scc`` (Spearman
-    correlation over all samples), sorted by regulator, target. ``df.attrs`` holds ``mi_threshold``
-    (per bootstrap list for ``"fdr"``), ``n_per_bootstrap``, ``n_tested``, ``edges_per_bootstrap``
-    (after DPI), ``edges_above_threshold`` (before DPI), ``poisson_lambda``, ``constant_genes``,
+    pandas.DataFrame with columns ``regulator, target, mi`` (mean MI in nats over the bootstraps where the
+    edge survived), ``pvalue`` (adjusted count p-value), ``count`` (bootstraps where it survived), ``log_p``
+    (natural log of the unadjusted count p-value), ``scc`` (Spearman correlation over all samples), sorted
+    by regulator, target. ``df.attrs``: ``mi_thresholds_per_bootstrap``, ``mi_threshold`` (the common value
+    for ``"pvalue"``/``"fwer"``, else None), ``n_per_bootstrap``, ``n_tested``, ``edges_above_threshold``
+    and ``edges_per_bootstrap`` (after DPI), ``count_rate`` (Poisson lambda or binomial theta),
+    ``min_count`` (the recurrence cut), ``consolidation_rule`` (in words), ``constant_genes``,
     ``bootstraps_resumed``.
 
     Raises
     ------
     ValueError
         On a bad shape, non-finite values, duplicate genes, regulators not in ``genes`` (each naming how
-        many and which), too few samples (< 8 per bootstrap) or an unknown option.
+        many and which), too few samples (< 8 per bootstrap), ``mi_thresholds`` of the wrong length or a
+        bad option (:func:`check_options`).
     """
-    expr = np.asarray(expr, dtype=np.float64)
-    genes = np.asarray([str(g) for g in genes], dtype=object)
-    if expr.ndim != 2 or expr.shape[0] != genes.size:
-        raise ValueError(f"expr must be [genes x samples] with {genes.size} rows, got {expr.shape}")
-    if bootstrap not in BOOTSTRAPS:
-        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
-    if consolidation not in ("poisson", "binomial"):
-        raise ValueError(f"consolidation must be 'poisson' or 'binomial', got {consolidation!r}")
-    if correction not in ("bonferroni", "bh"):
-        raise ValueError(f"correction must be 'bonferroni' or 'bh', got {correction!r}")
-    if mi_method not in MI_METHODS:
-        raise ValueError(f"mi_method must be one of {MI_METHODS}, got {mi_method!r}")
-    if n_bootstraps < 1:
-        raise ValueError(f"n_bootstraps must be >= 1, got {n_bootstraps}")
-    chk = check_input(expr, genes, regulators)
-    if chk["duplicated_genes"]:
-        d = chk["duplicated_genes"]
-        raise ValueError(f"{len(d)} gene names are duplicated: {_names(d)}")
-    if chk["nonfinite_genes"]:
-        d = chk["nonfinite_genes"]
-        raise ValueError(f"{chk['nonfinite_values']} non-finite values (NaN/inf) in {len(d)} genes: {_names(d)}")
-    if chk["missing_regulators"]:
-        d = chk["missing_regulators"]
-        raise ValueError(f"{len(d)} regulators are not in genes: {_names(d)}")
-    if chk["constant_genes"] and not drop_constant:
-        d = chk["constant_genes"]
-        raise ValueError(f"{len(d)} genes are constant: {_names(d)}")
-    if chk["constant_genes"]:
-        keep_rows = ~np.isin(genes, chk["constant_genes"])
-        expr, genes = expr[keep_rows], genes[keep_rows]
-    const = set(chk["constant_genes"])
-    regs = sorted(set(str(r) for r in regulators) - const)
-    if not regs:
-        raise ValueError("no regulators" + (f" (all {len(const & set(map(str, regulators)))} are constant)" if const else ""))
-    n_genes, n = expr.shape
-    n_b = bootstrap_size(n, bootstrap)
+    opts = dict(n_bootstraps=int(n_bootstraps), bootstrap=bootstrap, mi_method=mi_method, mi_alpha=mi_alpha,
+                mi_pvalue=mi_pvalue, dpi_tolerance=dpi_tolerance, consolidation=consolidation,
+                correction=correction, consolidation_alpha=consolidation_alpha)
+    check_options(**opts)
+    if mi_thresholds is not None and len(mi_thresholds) != opts["n_bootstraps"]:
+        raise ValueError(f"mi_thresholds has {len(mi_thresholds)} values for {n_bootstraps} bootstraps")
+    expr, genes, regs, const = _validated(expr, genes, regulators, drop_constant)
+    n_b = bootstrap_size(expr.shape[1], bootstrap)
     if n_b < 8:
-        raise ValueError(f"too few samples: {n} ({n_b} per bootstrap, need >= 8)")
-    if n >= 1 << 20:
-        raise ValueError(f"at most 2**20 - 1 samples, got {n}")
+        raise ValueError(f"too few samples: {expr.shape[1]} ({n_b} per bootstrap, need >= 8)")
     if threads:
         import numba
 
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    null_key = seed if null_seed is None else null_seed
+    if strata is not None:
+        strata = np.asarray(strata)
+        if strata.shape != (expr.shape[1],):
+            raise ValueError(f"strata must have one label per sample ({expr.shape[1]}), got shape {strata.shape}")
+    prob = _Problem(expr, genes, regs, opts, seed, null_model(n_b, n_null, null_key, cache_dir), (n_null, null_key),
+                    strata)
+    counts, mi_sum, rec = _run_bootstraps(prob, mi_thresholds, checkpoint_dir, on_bootstrap)
 
-    pos = {g: i for i, g in enumerate(genes)}
-    reg_idx = np.array([pos[r] for r in regs], dtype=np.int64)
-    reg_pos = _reg_pos(n_genes, reg_idx)
-    keys = np.random.default_rng([int(seed), 0x4B455953]).random(expr.shape)
-    rank0 = rank_rows(expr, keys=keys)
-    del keys
-    null = null_model(n_b, n_null, seed if null_seed is None else null_seed, cache_dir)
-
-    n_reg = reg_idx.size
-    # undirected pairs tested once: row r, column t with t not a regulator of index <= r
-    tested = np.ones((n_reg, n_genes), dtype=bool)
-    tested[np.arange(n_reg)[:, None], reg_idx[None, :]] = np.arange(n_reg)[None, :] > np.arange(n_reg)[:, None]
-    n_tested = int(tested.sum())
-    if mi_method == "pvalue":
-        thr = mi_threshold(null, mi_pvalue)
-    elif mi_method == "fwer":
-        thr = mi_threshold(null, mi_alpha / n_tested)
-    else:
-        if not 0.0 < mi_alpha < 1.0:
-            raise ValueError(f"mi_alpha must be in (0, 1), got {mi_alpha}")
-        thr = None
-        thr_alpha = mi_threshold(null, mi_alpha)  # no pair with a larger null p-value can pass BH
-
-    ckpt = None
-    if checkpoint_dir is not None:
-        params = dict(B=n_bootstraps, bootstrap=bootstrap, mi_method=mi_method, mi_pvalue=mi_pvalue,
-                      mi_alpha=mi_alpha, dpi_tolerance=dpi_tolerance, seed=seed, n_null=n_null,
-                      null_seed=null_seed, v=NULL_VERSION)
-        ckpt = Path(checkpoint_dir)
-        ckpt.mkdir(parents=True, exist_ok=True)
-        fp = _fingerprint(rank0, genes, regs, params)
-
-    counts = np.zeros((n_reg, n_genes), dtype=np.int32)
-    mi_sum = np.zeros((n_reg, n_genes), dtype=np.float64)
-    per_boot, above, thresholds, resumed = [], [], [], 0
-    for b in range(n_bootstraps):
-        path = ckpt / f"{fp}_b{b:05d}.npz" if ckpt is not None else None
-        loaded = _load_bootstrap(path, (n_reg, n_genes)) if path is not None and path.is_file() else None
-        if loaded is not None:
-            r_b, t_b, mi_b, n_above, thr_b = loaded
-            thresholds.append(thr_b)
-            np.add.at(counts, (r_b, t_b), 1)
-            mi_sum[r_b, t_b] += mi_b.astype(np.float64)
-            resumed += 1
-            n_keep = int(np.count_nonzero(tested[r_b, t_b]))
-        else:
-            ranks = _rerank(rank0, bootstrap_columns(n, bootstrap, seed, b))
-            m = _mi_block(ranks, reg_idx, reg_pos)
-            del ranks
-            if mi_method == "fdr":
-                cand = m[tested & (m >= thr_alpha)]
-                thr_b = bh_threshold(null, cand, mi_alpha, n_tested)
-            else:
-                thr_b = thr
-            thresholds.append(thr_b)
-            m[m < thr_b] = 0.0
-            n_above = int(np.count_nonzero(m[tested]))
-            keep = dpi_keep(m, reg_idx, dpi_tolerance)
-            counts += keep
-            np.add(mi_sum, m, out=mi_sum, where=keep)
-            n_keep = int(np.count_nonzero(keep[tested]))
-            if path is not None:
-                _save_bootstrap(path, keep, m, n_above, thr_b)
-            del m, keep
-        above.append(n_above)
-        per_boot.append(n_keep)
-        if on_bootstrap is not None:
-            on_bootstrap(b)
-
-    total = int(counts[tested].sum())
-    lam = total / n_tested
-    r_i, t_i = np.nonzero(tested & (counts > 0))
+    r_i, t_i = np.nonzero(prob.tested & (counts > 0))
     k = counts[r_i, t_i]
-    if n_bootstraps == 1:
-        p_corr = np.full(k.size, np.nan)
-        log_p = np.full(k.size, np.nan)
-        ok = np.ones(k.size, dtype=bool)
-    else:
-        from scipy.stats import binom, poisson
-
-        if consolidation == "poisson":
-            log_p = poisson.logsf(k - 1, lam)
-        else:
-            log_p = binom.logsf(k - 1, n_bootstraps, lam / n_bootstraps)
-        p_corr = _correct(np.exp(log_p), n_tested, correction)
-        ok = p_corr < alpha
-    r_i, t_i, k, p_corr, log_p = r_i[ok], t_i[ok], k[ok], p_corr[ok], log_p[ok]
-    mi = mi_sum[r_i, t_i] / k
-    scc = spearman_pairs(expr, reg_idx[r_i], t_i)
-    reg_names = np.asarray(regs, dtype=object)
-    both = reg_pos[t_i] >= 0  # regulator pairs: add the reverse direction
-    sel = np.concatenate([np.arange(r_i.size), np.flatnonzero(both)])
-    regcol = np.concatenate([reg_names[r_i], genes[t_i[both]]]).astype(str)
-    tgtcol = np.concatenate([genes[t_i], reg_names[r_i[both]]]).astype(str)
-    df = pd.DataFrame(
-        {
-            "regulator": regcol,
-            "target": tgtcol,
-            "mi": mi[sel].astype(np.float64),
-            "pvalue": p_corr[sel].astype(np.float64),
-            "count": k[sel].astype(np.int64),
-            "log_p": log_p[sel].astype(np.float64),
-            "scc": scc[sel].astype(np.float64),
-        }
-    )
-    df = df.sort_values(["regulator", "target"], kind="stable").reset_index(drop=True)
+    log_p, p_adj, cut, rate = _consolidate(k, prob.n_tested, opts, rec, min_count)
+    ok = k >= cut
+    r_i, t_i, k = r_i[ok], t_i[ok], k[ok]
+    df = _network_frame(prob, r_i, t_i, k, mi_sum[r_i, t_i] / np.maximum(k, 1), p_adj[ok], log_p[ok])
+    fixed = mi_method in ("pvalue", "fwer") and mi_thresholds is None
     df.attrs.update(
-        mi_threshold=thr if thr is not None else None,
-        mi_thresholds_per_bootstrap=thresholds if mi_method == "fdr" else None,
         mi_method=mi_method,
+        mi_threshold=rec["thresholds"][0] if fixed else None,
+        mi_thresholds_per_bootstrap=rec["thresholds"],
         n_per_bootstrap=n_b,
-        n_tested=n_tested,
-        edges_above_threshold=above,
-        edges_per_bootstrap=per_boot,
-        poisson_lambda=lam,
-        constant_genes=chk["constant_genes"],
-        bootstraps_resumed=resumed,
+        n_tested=prob.n_tested,
+        edges_above_threshold=rec["above"],
+        edges_per_bootstrap=rec["kept"],
+        count_rate=rate,
+        min_count=cut,
+        consolidation_rule=consolidation_rule(opts, cut),
+        constant_genes=list(const),
+        bootstraps_resumed=rec["resumed"],
     )
     return df
 
@@ -959,27 +1115,43 @@ def aracne(
 # --------------------------------------------------------------------------------------------------
 
 
+EFFECTS = {
+    "linear": lambda z: z,
+    "sigmoid": lambda z: np.tanh(2.0 * z),
+    "quadratic": lambda z: z**2,
+    "exponential": lambda z: np.exp(0.5 * z),
+    "repression": lambda z: -np.tanh(2.0 * z),
+}
+"""Effects of a parent's standardised expression ``z`` on a child in the planted networks."""
+
+
 def planted_network(
-    n_genes: int = 200, n_samples: int = 500, n_regulators: int = 20, noise: float = 0.5, seed: int = 0
+    n_genes: int = 200, n_samples: int = 500, n_regulators: int = 20, noise: float = 0.5, seed: int = 0,
+    effects=("linear", "sigmoid", "quadratic", "exponential"),
 ):
     """Expression generated from a known regulator graph, with linear and non-linear effects.
 
     A quarter of the regulators (rounded down) are children of an earlier regulator, the others are
     independent standard normal sources; each non-regulator gene has one regulator parent (assigned
     round-robin). With ``z`` the standardised parent, a child is ``standardise(f(z)) + noise * N(0, 1)``
-    with ``f`` cycling through linear ``z``, sigmoid ``tanh(2 z)``, quadratic (non-monotone) ``z**2`` and
-    exponential ``exp(z / 2)`` effects.
+    with ``f`` cycling through ``effects`` (names of :data:`EFFECTS`; by default linear ``z``, sigmoid
+    ``tanh(2 z)``, quadratic (non-monotone) ``z**2`` and exponential ``exp(z / 2)``).
 
     Returns
     -------
     expr : float array [n_genes, n_samples]; genes : list[str]; regulators : list[str];
     true_edges : set of frozenset({parent, child}) (undirected true pairs).
+
+    Raises
+    ------
+    KeyError
+        On an effect name not in :data:`EFFECTS`.
     """
     rng = np.random.default_rng(seed)
     genes = [f"G{i:04d}" for i in range(n_genes)]
     regs = genes[:n_regulators]
     expr = np.empty((n_genes, n_samples))
-    effects = [lambda z: z, lambda z: np.tanh(2.0 * z), lambda z: z**2, lambda z: np.exp(0.5 * z)]
+    funcs = [EFFECTS[e] for e in effects]
     parent = {}
     n_child_regs = n_regulators // 4
     for i in range(n_regulators):
@@ -994,8 +1166,55 @@ def planted_network(
             expr[i] = rng.standard_normal(n_samples)
             continue
         z = expr[parent[i]]
-        f = effects[j % len(effects)]((z - z.mean()) / z.std())
+        f = funcs[j % len(funcs)]((z - z.mean()) / z.std())
         f = (f - f.mean()) / f.std()
         expr[i] = f + noise * rng.standard_normal(n_samples)
     true_edges = {frozenset((genes[p], genes[c])) for c, p in parent.items()}
     return expr, genes, regs, true_edges
+
+
+def planted_counts(
+    n_genes: int = 200,
+    n_cells: int = 350,
+    n_regulators: int = 20,
+    zero_fraction: tuple[float, float] = (0.60, 0.75),
+    library_sizes: np.ndarray | None = None,
+    log_sd: float = 1.0,
+    noise: float = 0.5,
+    seed: int = 0,
+    effects=("linear", "sigmoid", "exponential", "repression"),
+):
+    """Single-cell UMI counts from a planted regulator graph, with scRNA-seq sparsity and depth.
+
+    The latent log-expression ``z`` [G, n] is :func:`planted_network` (standardised per gene) with monotone
+    effects by default (activation and repression, as Hill-type regulation; a non-monotone effect such as
+    ``"quadratic"`` is invisible through a parent whose zeros cover half its range). Cell ``c``
+    has library size ``L_c`` (``library_sizes``, e.g. the total UMIs of real cells, resampled with
+    replacement to ``n_cells``; default log-normal with median 2,000 and log-sd 0.5), and gene ``g`` a
+    baseline ``b_g`` solved (bisection) so that its expected zero fraction
+    ``mean_c exp(-b_g L_c / median(L) exp(log_sd z_gc))`` equals a target drawn uniformly from
+    ``zero_fraction``. Counts are ``Poisson(b_g L_c / median(L) exp(log_sd z_gc))``.
+
+    Returns
+    -------
+    counts : float array [n_genes, n_cells] of whole numbers; log_cpm : float array [n_genes, n_cells]
+    (``log1p(counts / L_c * 1e6)``); library_sizes : float array [n_cells] (``L``); genes : list[str];
+    regulators : list[str]; true_edges : set of frozenset({parent, child}).
+    """
+    latent, genes, regs, true = planted_network(n_genes, n_cells, n_regulators, noise, seed, effects)
+    rng = np.random.default_rng([seed, 0x434F554E])
+    z = (latent - latent.mean(axis=1, keepdims=True)) / latent.std(axis=1, keepdims=True)
+    if library_sizes is None:
+        lib = np.exp(np.log(2000.0) + 0.5 * rng.standard_normal(n_cells))
+    else:
+        lib = rng.choice(np.asarray(library_sizes, dtype=np.float64), size=n_cells, replace=True)
+    rel = np.exp(log_sd * z) * (lib / np.median(lib))[None, :]  # [G, n]
+    target = rng.uniform(*zero_fraction, size=n_genes)
+    lo, hi = np.full(n_genes, -20.0), np.full(n_genes, 20.0)
+    for _ in range(80):  # bisection on log b_g: the zero fraction decreases in b_g
+        mid = (lo + hi) / 2
+        frac = np.exp(-np.exp(mid)[:, None] * rel).mean(axis=1)
+        lo, hi = np.where(frac > target, mid, lo), np.where(frac > target, hi, mid)
+    counts = rng.poisson(np.exp((lo + hi) / 2)[:, None] * rel).astype(np.float64)
+    return counts, np.log1p(counts / lib[None, :] * 1e6), lib, genes, regs, true
+

@@ -14,6 +14,8 @@ Outputs
 - ARACNe3 consolidated network: ``regulator.values  target.values  mi.values  scc.values  count.values
   log.p.values`` (scc = Spearman correlation over all samples, count = bootstraps where the edge survived,
   log.p = natural log of the uncorrected consolidation p-value).
+- decoupler ``net``: ``source  target  weight  mi  pvalue  count`` (source = regulator, weight = Spearman
+  correlation over all samples, the signed mode of regulation), readable by ``decoupler`` as is.
 
 Floats are written with 17 significant digits and read with round-trip precision, so a network read
 back equals the one written. These files load into VIPER / pyviper like the peers' outputs.
@@ -44,6 +46,7 @@ __all__ = [
     "read_network_ap",
     "write_network_aracne3",
     "read_network_aracne3",
+    "write_network_decoupler",
     "configure_parser",
     "run",
 ]
@@ -163,6 +166,19 @@ def write_network_aracne3(df: pd.DataFrame, path) -> None:
         out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
 
 
+def write_network_decoupler(df: pd.DataFrame, path) -> None:
+    """decoupler-style network (``source, target, weight, mi, pvalue, count``; weight = ``scc``) from an
+    engine network."""
+    out = pd.DataFrame({"source": df["regulator"], "target": df["target"], "weight": df["scc"], "mi": df["mi"],
+                        "pvalue": df["pvalue"], "count": df["count"]})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+FORMATS = {"aracne-ap": ("network.txt", write_network_ap), "aracne3": ("network.tsv", write_network_aracne3),
+           "decoupler": ("network.tsv", write_network_decoupler)}
+
+
 def _read_network(path, columns: list[str], mapping: dict, what: str) -> pd.DataFrame:
     path = require_file(path, what)
     try:
@@ -175,9 +191,11 @@ def _read_network(path, columns: list[str], mapping: dict, what: str) -> pd.Data
         raise InputError(f"{path}: header {list(df.columns)}; expected {columns} ({what})")
     for c in columns[2:]:
         if df[c].dtype.kind not in "fi":
-            bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: line {i + 2}, column {c!r}: {df[c].iloc[i]!r} is not a number")
+            bad = np.flatnonzero((pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()).to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise InputError(f"{path}: line {i + 2}, column {c!r}: {df[c].iloc[i]!r} is not a number")
+            df[c] = pd.to_numeric(df[c])
     return df.rename(columns=mapping)
 
 
@@ -216,9 +234,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default=None, help="h5ad layer to use instead of X")
     p.add_argument("--regulators", required=True, help="regulator list, one name per line")
     p.add_argument("--out-dir", required=True, help="folder for the network file and report.json")
-    p.add_argument("--format", choices=["aracne-ap", "aracne3"], default="aracne-ap",
+    p.add_argument("--format", choices=list(FORMATS), default="aracne-ap",
                    help="aracne-ap: network.txt (Regulator Target MI pvalue); aracne3: network.tsv with "
-                        "regulator.values ... log.p.values (default %(default)s)")
+                        "regulator.values ... log.p.values; decoupler: network.tsv with source target weight mi "
+                        "pvalue count (default %(default)s)")
     add_engine_arguments(p)
     p.add_argument("--n-null", type=int, default=100_000, help="null-model pairs (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/.cache)")
@@ -228,15 +247,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    if args.n_bootstraps < 1:
-        raise InputError(f"--n-bootstraps must be >= 1, got {args.n_bootstraps}")
-    for flag, v in (("--mi-pvalue", args.mi_pvalue), ("--mi-alpha", args.mi_alpha)):
-        if not 0 < v < 1:
-            raise InputError(f"{flag} must be in (0, 1), got {v}")
-    if not 0 <= args.dpi_tolerance < 1:
-        raise InputError(f"--dpi-tolerance must be in [0, 1), got {args.dpi_tolerance}")
-    if not 0 < args.consolidation_alpha <= 1:
-        raise InputError(f"--consolidation-alpha must be in (0, 1], got {args.consolidation_alpha}")
+    try:
+        engine.check_options(**{k: getattr(args, k) for k in engine.DEFAULTS})
+    except ValueError as err:
+        key = str(err).split()[0]
+        raise InputError(f"--{key.replace('_', '-')}{str(err)[len(key):]}" if key in engine.DEFAULTS else str(err)) from err
     if args.threads < 1 or args.n_null < 1000:
         raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
 
@@ -272,10 +287,8 @@ def run(args: argparse.Namespace) -> None:
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "bootstraps"
     try:
         df = engine.aracne(
-            expr, genes, present, n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap,
-            mi_method=args.mi_method, mi_pvalue=args.mi_pvalue, mi_alpha=args.mi_alpha,
-            dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
-            alpha=args.consolidation_alpha, seed=args.seed, threads=args.threads, cache_dir=cache,
+            expr, genes, present, **{k: getattr(args, k) for k in engine.DEFAULTS},
+            seed=args.seed, threads=args.threads, cache_dir=cache,
             n_null=args.n_null, checkpoint_dir=ckpt,
             on_bootstrap=lambda b: log.debug("bootstrap %d done", b),
         )
@@ -284,9 +297,7 @@ def run(args: argparse.Namespace) -> None:
     a = df.attrs
     report = dict(
         inputs=dict(expression=str(args.expression), regulators=str(args.regulators), layer=args.layer),
-        params={k: getattr(args, k) for k in ("format", "seed", "n_bootstraps", "bootstrap", "mi_method", "mi_pvalue",
-                                              "mi_alpha", "dpi_tolerance", "consolidation", "correction",
-                                              "consolidation_alpha", "n_null", "threads")},
+        params={k: getattr(args, k) for k in ("format", "seed", *engine.DEFAULTS, "n_null", "threads")},
         genes=len(genes),
         samples=len(samples),
         regulators_read=len(regulators),
@@ -301,14 +312,14 @@ def run(args: argparse.Namespace) -> None:
         pairs_tested=a["n_tested"],
         edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
         edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"],
-        poisson_lambda=a["poisson_lambda"],
+        count_rate=a["count_rate"],
+        min_count=a["min_count"],
+        consolidation_rule=a["consolidation_rule"],
         bootstraps_resumed=a["bootstraps_resumed"],
         edges=int(len(df)),
     )
-    if args.format == "aracne-ap":
-        write_network_ap(df, out / "network.txt")
-    else:
-        write_network_aracne3(df, out / "network.tsv")
+    name, writer = FORMATS[args.format]
+    writer(df, out / name)
     write_json(out / "report.json", report)
     if not args.keep_checkpoints and not args.checkpoint_dir:
         for f in ckpt.glob("*.npz"):
