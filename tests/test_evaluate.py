@@ -267,7 +267,7 @@ def mini(tmp_path_factory):
     rows = []
     for t in sorted(set(lab) - {"Monocyte"}):
         s = d.sample(frac=0.8, random_state=int(rng.integers(1e6)))
-        rows.append(pd.DataFrame({"cell_type": t, "regulator": s["tf"].to_numpy(), "target": s["target"].to_numpy(),
+        rows.append(pd.DataFrame({"cell_type": t, "source": s["tf"].to_numpy(), "target": s["target"].to_numpy(),
                                   "mi": rng.uniform(0.05, 0.5, len(s)), "pvalue": 1e-6, "count": 10}))
     pd.concat(rows).to_csv(root / "networks.tsv.gz", sep="\t", index=False)
     coeffs = heat_kernel_coefficients(0.1, 1e-6)
@@ -299,15 +299,15 @@ def test_hidden_edges_never_reach_the_encoder_graph(mini):
     vocab = read_vocab(mini / "tokens" / "vocab.tsv")
     net = pd.read_csv(mini / "networks.tsv.gz", sep="\t")
     net = net[net["cell_type"] == "B"].rename(columns={"mi": "weight"})
-    pairs = ev.undirected_pairs(net["regulator"], net["target"])
+    pairs = ev.undirected_pairs(net["source"], net["target"])
     hidden = {tuple(p) for p in pairs[ev.hide_edges(len(pairs), 0.3, 0)]}
-    visible = net[[tuple(sorted(p)) not in hidden for p in zip(net["regulator"], net["target"])]]
+    visible = net[[tuple(sorted(p)) not in hidden for p in zip(net["source"], net["target"])]]
     cells = np.flatnonzero((a.obs["split"] == "test").to_numpy() & (a.obs["trueLabel"] == "B").to_numpy())
-    arrays = tokenize_cells(a, cells, visible[["regulator", "target", "weight"]], vocab, 100, 64, 0)
+    arrays = tokenize_cells(a, cells, visible[["source", "target", "weight"]], vocab, 100, 64, 0)
     seen = {tuple(p) for p in ev.shard_gene_pairs(arrays, vocab)}
     assert seen and not seen & hidden
     assert seen <= {tuple(p) for p in pairs}  # the local positions map back to real network edges
-    full = tokenize_cells(a, cells, net[["regulator", "target", "weight"]], vocab, 100, 64, 0)
+    full = tokenize_cells(a, cells, net[["source", "target", "weight"]], vocab, 100, 64, 0)
     assert {tuple(p) for p in ev.shard_gene_pairs(full, vocab)} & hidden
 
 
@@ -392,7 +392,7 @@ def test_evaluate_cli_writes_all_outputs(evaluated, mini):
                 assert np.trapezoid(z[f"roc_tpr__{t}"], z[f"roc_fpr__{t}"]) == pytest.approx(
                     edges["cell_types"][t]["auroc"])
     net = pd.read_csv(mini / "networks.tsv.gz", sep="\t")
-    assert hid <= set(map(tuple, ev.undirected_pairs(net["regulator"], net["target"])))
+    assert hid <= set(map(tuple, ev.undirected_pairs(net["source"], net["target"])))
     probe = json.loads((out / "probe.json").read_text())
     assert -1.0 < probe["r2"] <= 1.0 and probe["n_train"] > 1000
     with np.load(out / "probe_scatter.npz") as z:

@@ -110,3 +110,25 @@ def test_figures_bad_input_names_the_file(evaluated, tmp_path, capsys):  # noqa:
         fg.load_results(ev_dir, MODELS)
     with pytest.raises(InputError, match="absent/annotation.json"):
         fg.load_results(ev_dir, ["gremln", "absent"])
+
+
+def test_no_network_edges_give_na_not_a_crash(results):
+    """When the grn stage keeps no edge, evaluate reports edge recovery as not computed (None, empty curves):
+    the ROC/PR figure says so and table 2 shows n/a, while the other columns keep their values."""
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from cellgraph import evaluate as ev
+
+    summary, curves = ev._no_edge_recovery(0.15, {}, {"B": "no hidden edges"})
+    assert summary["pooled"]["auroc"] is None and "not computed" in summary["status"]
+    empty = {m: copy.deepcopy(r) | {"edge_recovery": summary, "edge_curves": curves} for m, r in results.items()}
+    fig = fg.plot_roc_pr(empty)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("no hidden edges" in t for t in texts) and not any(line.get_label().startswith("gremln")
+                                                                  for line in fig.axes[0].lines)
+    plt.close(fig)
+    t2 = fg.table2(empty)
+    assert t2["edge_auroc"].isna().all() and (t2["probe_r2"] == fg.table2(results)["probe_r2"]).all()
+    assert "| n/a |" in fg.markdown_table(t2)

@@ -131,7 +131,7 @@ def test_finetune_classifier_trains_all_weights_on_real_cells(papalexi, tmp_path
     torch.save({"config": cfg.to_dict(), "state_dict": gremln.GREmLN(cfg).state_dict(), "vocab": vocab},
                tmp_path / "model.pt")
     nets = tmp_path / "networks.tsv"
-    nets.write_text("cell_type\tregulator\ttarget\tmi\nTHP1\t" + f"{adata.var_names[0]}\t{adata.var_names[1]}\t0.5\n")
+    nets.write_text("cell_type\tsource\ttarget\tmi\nTHP1\t" + f"{adata.var_names[0]}\t{adata.var_names[1]}\t0.5\n")
     report: dict = {}
     model, ds = perturb.tokenized_cells(tmp_path / "model.pt", adata, cells, nets, "THP1", 0, report, "gremln")
     assert report["gremln_embedding"]["vocab_genes_measured"] == adata.n_vars

@@ -76,7 +76,7 @@ def runs(cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm_runs")
     # the tiny config's own grn settings (single cells, 10 bootstraps); the permuted-data control is not
     # what this test is about
-    grn = {"permutation_control": False}
+    grn = {"control_permutations": 0}
     # train on 1 thread: the 2-rank Slurm job below then runs each rank with the same thread count
     config = tiny_config(base, grn=grn, train={"max_epochs": 1, "threads": 1}, evaluate={"n_splits": 2})
     local, slurm = base / "local", base / "slurm"

@@ -195,7 +195,7 @@ def test_spectral_stage_on_regulon_networks(dorothea, tmp_path):
     rows = []
     for t, sel in (("T1", tfs[30:34]), ("T2", tfs[34:40])):
         sub = df[df["tf"].isin(sel)]
-        rows.append(pd.DataFrame({"cell_type": t, "regulator": sub["tf"], "target": sub["target"],
+        rows.append(pd.DataFrame({"cell_type": t, "source": sub["tf"], "target": sub["target"],
                                   "mi": 0.1, "pvalue": 1e-3, "count": 5}))
     path = tmp_path / "networks.tsv.gz"
     pd.concat(rows).to_csv(path, sep="\t", index=False)
@@ -209,4 +209,4 @@ def test_spectral_stage_on_regulon_networks(dorothea, tmp_path):
     assert rep["cell_type"].tolist() == ["T1", "T2"]
     assert (rep["relative_error"] < 1e-6).all()
     for t, sub in zip(("T1", "T2"), rows):
-        assert rep.set_index("cell_type").loc[t, "nodes"] == len(set(sub["regulator"]) | set(sub["target"]))
+        assert rep.set_index("cell_type").loc[t, "nodes"] == len(set(sub["source"]) | set(sub["target"]))

@@ -90,7 +90,7 @@ def make_networks(a: ad.AnnData, seed: int = 0, keep_fraction: float = 0.6) -> p
         sub = d[rng.random(len(d)) < keep_fraction]
         n = len(sub)
         frames.append(pd.DataFrame({
-            "cell_type": t, "regulator": sub["tf"].to_numpy(), "target": sub["target"].to_numpy(),
+            "cell_type": t, "source": sub["tf"].to_numpy(), "target": sub["target"].to_numpy(),
             "mi": rng.uniform(0.05, 0.5, n), "pvalue": 10 ** rng.uniform(-8, np.log10(0.05), n),
             "count": rng.integers(1, 11, n),
         }))
@@ -146,7 +146,7 @@ def cell_expression(a: ad.AnnData, obs_name: str, genes) -> np.ndarray:
 def undirected(df: pd.DataFrame) -> dict[frozenset, float]:
     """{frozenset({a, b}): max mi} of a networks table."""
     out: dict[frozenset, float] = {}
-    for r, t, mi in zip(df["regulator"], df["target"], df["mi"]):
+    for r, t, mi in zip(df["source"], df["target"], df["mi"]):
         k = frozenset((r, t))
         out[k] = max(out.get(k, 0.0), mi)
     return out
@@ -203,7 +203,7 @@ def test_selection_capped_by_expression_with_neighbours(full):
     neighbours = {}
     for t, df in net.groupby("cell_type"):
         nb: dict[str, set] = {}
-        for r, g in zip(df["regulator"], df["target"]):
+        for r, g in zip(df["source"], df["target"]):
             nb.setdefault(r, set()).add(g)
             nb.setdefault(g, set()).add(r)
         neighbours[t] = nb
@@ -242,7 +242,7 @@ def test_all_expressed_and_neighbours_when_short(small, tmp_path):
         sel = set(genes[ds[i]["gene_ids"]])
         expressed = set(genes[2:][x_all > 0])
         df = net[net["cell_type"] == ds.cell_type[i]]
-        nbrs = set(df["target"][df["regulator"].isin(expressed)]) | set(df["regulator"][df["target"].isin(expressed)])
+        nbrs = set(df["target"][df["source"].isin(expressed)]) | set(df["source"][df["target"].isin(expressed)])
         assert sel == expressed | nbrs
         assert len(sel) > int((x_all > 0).sum())  # some unexpressed neighbours really were added
 
@@ -304,7 +304,7 @@ def _tiny(tmp_path) -> tuple[Path, Path]:
     net = pd.DataFrame(
         [("A", "G1", "G2", 0.2, 0.01), ("A", "G3", "G4", 0.3, 0.001), ("A", "G5", "G6", 0.1, 0.04),
          ("B", "G1", "G2", 0.4, 0.02), ("B", "G4", "G5", 0.5, 0.0), ("B", "G6", "G5", 0.3, 0.01)],
-        columns=["cell_type", "regulator", "target", "mi", "pvalue"],
+        columns=["cell_type", "source", "target", "mi", "pvalue"],
     )
     net["count"] = 5
     net.to_csv(tmp_path / "tiny.tsv.gz", sep="\t", index=False)
@@ -367,7 +367,7 @@ def test_tokenize_cells_reproduces_the_train_shard(full):
         for k in ("gene_ids", "bins", "expr", "edge_index", "edge_weight"):
             assert np.array_equal(x[k], y[k]), k
     # one table for all cells: a graph with an edge outside the vocabulary is counted, not kept silently
-    one = pd.DataFrame({"regulator": ["NOT_A_GENE", vocab[2]], "target": [vocab[3], vocab[4]], "weight": [1.0, 1.0]})
+    one = pd.DataFrame({"source": ["NOT_A_GENE", vocab[2]], "target": [vocab[3], vocab[4]], "weight": [1.0, 1.0]})
     stats = {}
     arrays = tk.tokenize_cells(a, cells[:5], one, vocab, n_bins=10, max_seq_len=50, seed=0, stats=stats)
     assert stats["graph_edges_outside_vocab"] == 1
@@ -503,7 +503,7 @@ def _variant(small, tmp_path, what):
         net.drop(columns="pvalue").to_csv(net_path, sep="\t", index=False)
     elif what == "no_shared_gene":
         net_path = tmp_path / "renamed.tsv.gz"
-        renamed = net.assign(regulator="X_" + net["regulator"], target="X_" + net["target"])
+        renamed = net.assign(source="X_" + net["source"], target="X_" + net["target"])
         renamed.to_csv(net_path, sep="\t", index=False)
     elif what == "bad_pvalue":
         net_path = tmp_path / "badpv.tsv.gz"

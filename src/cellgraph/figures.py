@@ -136,6 +136,8 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     for c, (m, res) in zip(COLOURS * 4, results.items()):
         cur, pooled = res["edge_curves"], res["edge_recovery"]["pooled"]
+        if pooled["auroc"] is None:  # no hidden edge to score (no network edges)
+            continue
         ax_roc.plot(cur["roc_fpr"], cur["roc_tpr"], color=c, lw=2.2, label=f"{m} (AUROC {pooled['auroc']:.3f})")
         ax_pr.plot(cur["pr_recall"], cur["pr_precision"], color=c, lw=2.2,
                    label=f"{m} (AP {pooled['average_precision']:.3f})")
@@ -149,9 +151,15 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
             prec, rec, _ = precision_recall_curve(y, s)
             ax_roc.plot(fpr, tpr, color=c, lw=0.6, alpha=0.35)
             ax_pr.plot(rec, prec, color=c, lw=0.6, alpha=0.35)
-    base = np.mean(next(iter(results.values()))["edge_curves"]["labels"])
+    labels = next(iter(results.values()))["edge_curves"]["labels"]
     ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
-    ax_pr.axhline(base, color="grey", ls="--", lw=0.8, label=f"chance ({base:.2f})")
+    if labels.size:
+        base = float(np.mean(labels))
+        ax_pr.axhline(base, color="grey", ls="--", lw=0.8, label=f"chance ({base:.2f})")
+    else:
+        for ax in (ax_roc, ax_pr):
+            ax.text(0.5, 0.5, "no hidden edges to score:\nthe ARACNe networks kept no edge", ha="center", va="center",
+                    transform=ax.transAxes)
     ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="Masked-edge recovery: ROC",
                xlim=(0, 1), ylim=(0, 1.01))
     ax_pr.set(xlabel="recall", ylabel="precision", title="Masked-edge recovery: precision-recall",
@@ -245,7 +253,8 @@ def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str
                 cols.append((label, lambda r, s=stem: "" if np.isnan(r[f"{s}_mean"])
                              else f"{r[f'{s}_mean']:.{digits}f} ± {r[f'{s}_sd']:.{digits}f}"))
         else:
-            cols.append((c, lambda r, c=c: f"{r[c]:.{digits}f}" if isinstance(r[c], float) else str(r[c])))
+            cols.append((c, lambda r, c=c: "n/a" if r[c] is None or (isinstance(r[c], float) and np.isnan(r[c]))
+                         else f"{r[c]:.{digits}f}" if isinstance(r[c], float) else str(r[c])))
     lines = ["| " + " | ".join(name for name, _ in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(f(r) for _, f in cols) + " |")

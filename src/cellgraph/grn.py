@@ -1,23 +1,50 @@
-r"""grn stage: ARACNe gene regulatory networks per cell type and their consensus.
+r"""grn stage: ARACNe gene regulatory networks per cell type, with a permutation control that can fail.
 
-For every cell type that is not held out, ARACNe (:func:`cellgraph.aracne.aracne`) runs on the type's
-``train`` cells (or on metacells of ``k`` of them) over the genes ``var["highly_variable"]`` plus the
-regulators of ``regulators.txt`` present in the data. Genes (regulators included) expressed (``X > 0``)
-in fewer than ``--min-cells-expressed`` train cells of a type are skipped for that type and reported.
+For every cell type that is not held out, the type's ``train`` cells go through four steps; every step is a
+function of this module, usable on its own.
 
-**Metacells** (``--metacell-k k > 0``): each train cell is replaced by the sum of the raw counts
-(``layers["counts"]``, else ``expm1(X)``) of itself and its ``k - 1`` nearest train neighbours of the
-same type (Euclidean, on ``obsm["X_pca"]`` when present, else on the log expression of the genes), then
-normalised to the same total (a kNN metacell as in PISCES / ARACNe3 practice). ARACNe only uses ranks.
+1. **Genes** (:func:`detected_genes`): the highly variable genes (``var["highly_variable"]``) and the
+   regulators of ``regulators.txt`` present in the data, each kept for the type only if detected (count
+   > 0) in at least ``min_detected_fraction`` of the type's train cells (default 10%); the others are
+   counted and named in the report.
+2. **Samples** (:func:`sample_matrix`): single cells (default), or metacells summed from raw counts
+   (``layers["counts"]``). ``"disjoint"`` metacells (:func:`disjoint_metacells`) group each cell with its
+   nearest free neighbours (PCA of the type's log-CPM) until ``metacell_umis`` UMIs (about 10k, as the
+   ARACNe3 authors' single-cell pipelines), using every cell once, so samples stay independent and the
+   null model holds. ``"knn"`` metacells (each cell plus its ``metacell_k - 1`` nearest neighbours) reuse
+   every cell about ``k`` times; they break the independent-sample null and are flagged
+   ``null_valid: false`` in the report (the control below shows the false edges they make). Expression is
+   ``log1p(CPM)`` of the sample's counts.
+3. **Depth-conditional ranks**: in single cells the capture depth (UMIs per cell) makes zeros co-occur in
+   shallow cells, a dependence between any two sparse genes. Samples are cut into blocks of
+   ``depth_stratum_cells`` by depth and ARACNe ranks each gene within its block before ranking over all
+   samples (:func:`cellgraph.aracne.bootstrap_ranks`), which removes what two genes share only through
+   depth. On real PBMC types with genes permuted within depth blocks, single cells without this step gave
+   2-16 false edges per type; with it, none.
+4. **ARACNe** (:func:`cellgraph.aracne.aracne`, engine defaults :data:`cellgraph.aracne.DEFAULTS`):
+   per-bootstrap Benjamini-Hochberg over null p-values, DPI, recurrence cut.
 
-**Consensus** (GREmLN, Zhang et al. 2025, appendix A.1): an edge ``regulator -> target`` found in
-``n_types`` of the ``T`` type networks is tested against ``Binomial(T, p)``, ``p`` = the mean over
-types of the edge density ``|E_c| / (R_c (G_c - 1))`` (``R_c`` regulators, ``G_c`` genes of type c):
-``pvalue = P(X >= n_types)``; q-values by Benjamini-Hochberg over all ``R (G - 1)`` possible edges of the
-union of the types' genes; edges with ``qvalue <= --consensus-fdr`` form ``consensus.tsv``.
+**Sub-clusters** (``subclusters``; GREmLN appendix A.1): the type's cells are split by Leiden (scanpy) at
+``subcluster_resolution``, steps 2-4 run within each sub-cluster of at least ``subcluster_min_cells`` cells
+(smaller ones are counted and skipped), and the sub-cluster networks are consolidated into the type's
+network by binomial recurrence (:func:`recurrence_consolidation`): an edge found in ``k`` of ``S``
+sub-clusters gets ``P(X >= k)``, ``X ~ Binomial(S, p)``, ``p`` the mean edge density, Benjamini-Hochberg
+over the possible edges, kept at ``consolidation_alpha``.
 
-Null-model cache: ``--cache-dir``, default ``<out-dir>/../.cache/aracne_null`` (for
-``--out-dir results/grn``: ``results/.cache/aracne_null``); one small ``.npy`` per bootstrap sample size.
+**Permutation control** (:func:`permutation_control`): ``control_permutations`` times, each gene's counts
+are permuted across the type's cells within blocks of :data:`CONTROL_BLOCK_CELLS` cells of nearest depth
+(so each gene keeps its sparsity and its dependence on depth, and no gene-gene dependence is left), before
+any aggregation; metacells are rebuilt from the permuted cells and ARACNe runs with the real run's MI
+thresholds and recurrence cut. Every edge it finds is false: the report gives their mean and a 95% Poisson
+interval per type beside the real edge count, and the implied FDR (mean false edges / real edges). The
+control measures edges made by chance, sparsity, depth and aggregation; it does not see indirect edges
+(DPI errors), which need a planted benchmark (``bench/aracne.py``).
+
+Outputs: ``networks.tsv.gz`` (decoupler-style: ``cell_type, source, target, weight, mi, pvalue, count``;
+``source`` the regulator, ``weight`` the Spearman correlation over the type's samples, i.e. the signed
+mode of regulation; a type's rows pass to ``decoupler`` as ``net`` unchanged), ``control.tsv`` (one row per
+type and a total) and ``report.json``. Null-model cache: ``--cache-dir``, default
+``<out-dir>/../.cache/aracne_null``.
 """
 
 from __future__ import annotations
@@ -37,70 +64,115 @@ from .io import atomic_path, require_file, write_json, write_tsv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["configure_parser", "run", "read_regulators", "cell_type_matrix", "metacells", "consensus"]
+__all__ = [
+    "DEFAULTS",
+    "configure_parser",
+    "add_engine_arguments",
+    "run",
+    "read_regulators",
+    "detected_genes",
+    "depth_blocks",
+    "permute_within_blocks",
+    "disjoint_metacells",
+    "knn_metacells",
+    "sample_matrix",
+    "type_network",
+    "permutation_control",
+    "control_summary",
+    "recurrence_consolidation",
+]
 
+METACELLS = ("none", "disjoint", "knn")
+#: Cells per depth block within which the permutation control permutes a gene: fine enough that a gene's
+#: dependence on depth survives the permutation (finer than the engine's strata, so the control can show
+#: what the strata miss).
+CONTROL_BLOCK_CELLS = 5
+
+#: Stage defaults: the engine's (:data:`cellgraph.aracne.DEFAULTS`) and the stage's own; config/config.yaml
+#: section ``grn`` repeats them (a test checks).
 DEFAULTS = dict(
-    n_bootstraps=50,
-    bootstrap="subsample",
-    mi_method="pvalue",
-    mi_pvalue=1e-4,
-    mi_alpha=0.05,
-    dpi_tolerance=0.0,
-    consolidation="poisson",
-    correction="bonferroni",
-    consolidation_alpha=0.05,
-    metacell_k=0,
-    min_cells_expressed=10,
-    consensus_fdr=0.05,
-    permutation_control=True,
+    engine.DEFAULTS,
+    min_detected_fraction=0.1,
+    depth_stratum_cells=25,
+    metacells="none",
+    metacell_umis=10_000,
+    metacell_k=10,
+    subclusters=False,
+    subcluster_resolution=1.0,
+    subcluster_min_cells=100,
+    control_permutations=5,
     threads=2,
 )
-NETWORK_COLUMNS = ["cell_type", "regulator", "target", "mi", "pvalue", "count"]
-CONSENSUS_COLUMNS = ["regulator", "target", "n_types", "pvalue", "qvalue"]
+ENGINE_KEYS = tuple(engine.DEFAULTS)
+NETWORK_COLUMNS = ["cell_type", "source", "target", "weight", "mi", "pvalue", "count"]
+CONTROL_COLUMNS = ["cell_type", "cells", "samples", "genes", "regulators", "real_edges", "permutations",
+                   "control_edges_mean", "control_edges_lo", "control_edges_hi", "fdr", "fdr_lo", "fdr_hi",
+                   "null_valid"]
+
+
+def _bootstrap_arg(value: str) -> str:
+    if value == "replacement":
+        raise argparse.ArgumentTypeError(engine.REPLACEMENT_UNSUPPORTED)
+    if value not in engine.BOOTSTRAPS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(engine.BOOTSTRAPS)}, got {value!r}")
+    return value
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """The ARACNe engine's options (seed, bootstraps, MI threshold, DPI, consolidation, threads), shared by
-    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`DEFAULTS` (= config/config.yaml)."""
-    d = DEFAULTS
-    p.add_argument("--seed", type=int, default=0, help="seeds tie-breaking, bootstraps, null model (default 0)")
+    """The ARACNe engine's options (seed, bootstraps, MI threshold, DPI, recurrence cut, threads), shared by
+    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`cellgraph.aracne.DEFAULTS`."""
+    d = engine.DEFAULTS
+    p.add_argument("--seed", type=int, default=0, help="seeds bootstraps, their tie-breaking and the null model (default 0)")
     p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
-    p.add_argument("--bootstrap", choices=list(engine.BOOTSTRAPS), default=d["bootstrap"],
-                   help="subsample: 1-1/e of the cells without replacement (ARACNe3); replacement: n draws over all "
-                        "cells; none: all cells (default %(default)s)")
+    p.add_argument("--bootstrap", type=_bootstrap_arg, default=d["bootstrap"],
+                   help="subsample: 1-1/e of the samples without replacement (ARACNe3); none: all samples "
+                        "(draws with replacement are refused: they break the null model) (default %(default)s)")
     p.add_argument("--mi-method", choices=list(engine.MI_METHODS), default=d["mi_method"],
-                   help="MI threshold: pvalue (null p-value, ARACNe-AP), fdr (Benjamini-Hochberg over null p-values, "
-                        "ARACNe3 --alpha) or fwer (Bonferroni) (default %(default)s)")
-    p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="p-value of the MI threshold (default %(default)s)")
+                   help="MI threshold per bootstrap: fdr (Benjamini-Hochberg over null p-values, ARACNe3 --alpha), "
+                        "pvalue (fixed null p-value, ARACNe-AP) or fwer (Bonferroni) (default %(default)s)")
     p.add_argument("--mi-alpha", type=float, default=d["mi_alpha"], help="level of --mi-method fdr/fwer (default %(default)s)")
+    p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="null p-value of --mi-method pvalue (default %(default)s)")
     p.add_argument("--dpi-tolerance", type=float, default=d["dpi_tolerance"], help="DPI tolerance in [0, 1) (default %(default)s)")
-    p.add_argument("--consolidation", choices=["poisson", "binomial"], default=d["consolidation"],
-                   help="bootstrap consolidation test: poisson (ARACNe-AP) or binomial (ARACNe3) (default %(default)s)")
-    p.add_argument("--correction", choices=["bonferroni", "bh"], default=d["correction"],
-                   help="multiple-testing correction of the consolidation (default %(default)s)")
+    p.add_argument("--consolidation", choices=list(engine.CONSOLIDATIONS), default=d["consolidation"],
+                   help="count test of the recurrence cut: poisson (ARACNe-AP lambda) or binomial (ARACNe3 theta, "
+                        "the mean per-bootstrap FPR estimate) (default %(default)s)")
+    p.add_argument("--correction", choices=list(engine.CORRECTIONS), default=d["correction"],
+                   help="multiple-testing adjustment of the count test (default %(default)s)")
     p.add_argument("--consolidation-alpha", type=float, default=d["consolidation_alpha"],
-                   help="keep edges with corrected p-value below this (default %(default)s)")
-    p.add_argument("--threads", type=int, default=d["threads"], help="numba threads (results do not depend on it) (default %(default)s)")
+                   help="recurrence cut: the smallest count with adjusted p below this (default %(default)s)")
+    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
+                   help="numba threads (results do not depend on it) (default %(default)s)")
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad)")
+    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, raw counts in layers['counts'])")
     p.add_argument("--regulators", required=True, help="regulators.txt, one HGNC symbol per line")
-    p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, consensus.tsv, report.json")
+    p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, control.tsv, report.json")
     add_engine_arguments(p)
-    p.add_argument("--metacell-k", type=int, default=d["metacell_k"], help="cells per kNN metacell; 0 = off (default %(default)s)")
-    p.add_argument("--min-cells-expressed", type=int, default=d["min_cells_expressed"],
-                   help="skip (and report) genes expressed in fewer train cells of a type (default %(default)s)")
-    p.add_argument("--consensus-fdr", type=float, default=d["consensus_fdr"], help="FDR of the consensus network (default %(default)s)")
-    p.add_argument("--permutation-control", action=argparse.BooleanOptionalAction, default=d["permutation_control"],
-                   help="also run each type on its genes permuted independently across its cells (no gene-gene "
-                        "dependence left) and report the edges found there: an empirical false-discovery estimate "
+    p.add_argument("--min-detected-fraction", type=float, default=d["min_detected_fraction"],
+                   help="skip (and report) genes detected in fewer than this fraction of a type's train cells "
                         "(default %(default)s)")
+    p.add_argument("--depth-stratum-cells", type=int, default=d["depth_stratum_cells"],
+                   help="samples per depth block of the depth-conditional ranks; 0 = off (default %(default)s)")
+    p.add_argument("--metacells", choices=list(METACELLS), default=d["metacells"],
+                   help="none: single cells; disjoint: metacells of about --metacell-umis UMIs, every cell used once; "
+                        "knn: overlapping kNN metacells of --metacell-k cells (invalid null, flagged) (default %(default)s)")
+    p.add_argument("--metacell-umis", type=int, default=d["metacell_umis"], help="UMIs per disjoint metacell (default %(default)s)")
+    p.add_argument("--metacell-k", type=int, default=d["metacell_k"], help="cells per kNN metacell (default %(default)s)")
+    p.add_argument("--subclusters", action=argparse.BooleanOptionalAction, default=d["subclusters"],
+                   help="ARACNe within Leiden sub-clusters of each type, consolidated into the type's network "
+                        "(GREmLN appendix A.1) (default %(default)s)")
+    p.add_argument("--subcluster-resolution", type=float, default=d["subcluster_resolution"],
+                   help="Leiden resolution of the sub-clusters (default %(default)s)")
+    p.add_argument("--subcluster-min-cells", type=int, default=d["subcluster_min_cells"],
+                   help="smaller sub-clusters are skipped and counted (default %(default)s)")
+    p.add_argument("--control-permutations", type=int, default=d["control_permutations"],
+                   help="runs of the permutation control per type (0 = off) (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/../.cache/aracne_null)")
     p.add_argument("--checkpoint-dir", default=None,
-                   help="per-bootstrap networks (one subfolder per cell type) so an interrupted run resumes; "
-                        "default: none")
+                   help="per-bootstrap networks of the real runs (one subfolder per cell type) so an interrupted run "
+                        "resumes; default: none")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,110 +214,315 @@ def _read_adata(path):
         adata = ad.read_h5ad(path)
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
         raise InputError(f"{path}: cannot be read as h5ad ({err})") from err
-    if "split" not in adata.obs:
-        raise InputError(f"{path}: obs has no 'split' column (expected train/val/test/heldout from the expression stage)")
     label_key = (adata.uns.get("cellgraph") or {}).get("label_key")
-    if label_key is None:
-        raise InputError(f"{path}: uns['cellgraph']['label_key'] is missing")
+    for ok, what in (("split" in adata.obs, "obs has no 'split' column (expected train/val/test/heldout from the expression stage)"),
+                     (label_key is not None, "uns['cellgraph']['label_key'] is missing"),
+                     ("highly_variable" in adata.var, "var has no 'highly_variable' column"),
+                     ("counts" in adata.layers, "has no layers['counts'] (raw UMI counts, as the expression stage writes)"),
+                     (adata.var_names.is_unique, "var_names are not unique")):
+        if not ok:
+            raise InputError(f"{path}: {what}")
     label_key = str(label_key)
     if label_key not in adata.obs:
         raise InputError(f"{path}: obs has no label column {label_key!r} (uns['cellgraph']['label_key'])")
-    if "highly_variable" not in adata.var:
-        raise InputError(f"{path}: var has no 'highly_variable' column")
     bad = sorted(set(adata.obs["split"].astype(str)) - {"train", "val", "test", "heldout"})
     if bad:
         raise InputError(f"{path}: obs['split'] has values {bad[:5]}; expected train/val/test/heldout")
-    if not adata.var_names.is_unique:
-        raise InputError(f"{path}: var_names are not unique")
     return adata, label_key
 
 
-def _dense_rows(x, rows, cols):
+def _dense(x) -> np.ndarray:
     import scipy.sparse as sp
 
-    sub = x[rows][:, cols]
-    return np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
-def cell_type_matrix(adata, cells: np.ndarray, genes: np.ndarray) -> np.ndarray:
-    """Log expression ``adata.X`` of the given obs positions and var positions, as [genes x cells]."""
-    return _dense_rows(adata.X, cells, genes).T.copy()
+def detected_genes(counts: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Bool mask [G] of genes detected (count > 0) in at least ``min_fraction`` of the cells of ``counts``
+    [cells x G]."""
+    return (counts > 0).mean(axis=0) >= min_fraction
 
 
-def metacells(adata, cells: np.ndarray, genes: np.ndarray, k: int) -> np.ndarray:
-    """kNN metacells of ``cells`` (obs positions): [genes x cells], each the normalised sum of the raw
-    counts of a cell and its ``k - 1`` nearest neighbours among ``cells``.
+# --------------------------------------------------------------------------------------------------
+# Depth blocks, permutations, metacells
+# --------------------------------------------------------------------------------------------------
+
+
+def depth_blocks(depth: np.ndarray, size: int) -> np.ndarray | None:
+    """Block label [n] of each sample: samples sorted by depth (ties by position) cut into blocks of
+    ``size``; a last block smaller than ``size / 2`` joins the one before. ``None`` when ``size`` is 0 or
+    fewer than two blocks fit."""
+    n = depth.size
+    if size <= 0 or n < 2 * size:
+        return None
+    order = np.argsort(depth, kind="stable")
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = np.arange(n) // size
+    last = labels.max()
+    if (labels == last).sum() < size / 2:
+        labels[labels == last] = last - 1
+    return labels
+
+
+def permute_within_blocks(counts: np.ndarray, blocks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``counts`` [cells x G] with each gene (column) permuted independently across the cells of each block."""
+    out = counts.copy()
+    for k in np.unique(blocks):
+        idx = np.flatnonzero(blocks == k)
+        out[idx] = rng.permuted(counts[idx], axis=0)
+    return out
+
+
+def _log_cpm(counts: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    return np.log1p(counts / np.maximum(depth, 1.0)[:, None] * 1e6)
+
+
+def _embedding(counts: np.ndarray, depth: np.ndarray, seed: int) -> np.ndarray:
+    """PCA (up to 30 components) of the log-CPM of ``counts`` [cells x G]: [cells x k]."""
+    from sklearn.decomposition import PCA
+
+    x = _log_cpm(counts, depth)
+    k = int(min(30, x.shape[0] - 1, x.shape[1]))
+    return PCA(n_components=k, random_state=seed).fit_transform(x) if k >= 2 else x
+
+
+def disjoint_metacells(emb: np.ndarray, depth: np.ndarray, target_umis: float, seed: int) -> list[np.ndarray]:
+    """Disjoint metacells of about ``target_umis`` UMIs: every cell in exactly one.
+
+    In a seeded random order, each free cell takes its nearest free neighbours (Euclidean on ``emb``
+    [cells x k]) until the summed ``depth`` reaches ``target_umis``; cells left over when no full metacell
+    can be formed around them join the metacell with the nearest centroid.
+
+    Returns
+    -------
+    list of int arrays (cell positions), one per metacell.
 
     Raises
     ------
     InputError
-        If ``k`` exceeds the number of cells.
+        If the cells hold fewer than ``target_umis`` UMIs in total.
     """
     from sklearn.neighbors import NearestNeighbors
 
-    if k > cells.size:
-        raise InputError(f"--metacell-k {k} exceeds the {cells.size} train cells of a cell type")
-    if "X_pca" in adata.obsm:
-        emb = np.asarray(adata.obsm["X_pca"])[cells]
-    else:
-        emb = _dense_rows(adata.X, cells, genes)
-    nn = NearestNeighbors(n_neighbors=k).fit(emb)
-    _, idx = nn.kneighbors(emb)  # includes the cell itself (distance 0) first
-    if "counts" in adata.layers:
-        counts = _dense_rows(adata.layers["counts"], cells, np.arange(adata.n_vars))
-    else:
-        counts = np.expm1(_dense_rows(adata.X, cells, np.arange(adata.n_vars)))
-    summed = counts[idx].sum(axis=1)  # [cells, all genes]
-    total = summed.sum(axis=1, keepdims=True)
-    total[total == 0] = 1.0
-    norm = np.log1p(summed / total * 1e6)
-    return norm[:, genes].T.copy()
+    n = depth.size
+    if depth.sum() < target_umis:
+        raise InputError(f"{n} cells hold {depth.sum():.0f} UMIs, fewer than one metacell of {target_umis:.0f}")
+    per = max(1, int(np.ceil(target_umis / max(np.median(depth), 1.0))))
+    _, nbrs = NearestNeighbors(n_neighbors=min(n, max(64, 8 * per))).fit(emb).kneighbors(emb)
+    free = np.ones(n, dtype=bool)
+    groups = []
+    for c in np.random.default_rng([seed, 0x4D43]).permutation(n):
+        if not free[c]:
+            continue
+        cand = nbrs[c][free[nbrs[c]]]
+        reach = np.flatnonzero(np.cumsum(depth[cand]) >= target_umis)
+        if reach.size:
+            g = cand[: reach[0] + 1]
+            free[g] = False
+            groups.append(g)
+    if not groups:
+        return [np.arange(n)]
+    cent = np.stack([emb[g].mean(axis=0) for g in groups])
+    extra = [[] for _ in groups]
+    for c in np.flatnonzero(free):
+        extra[int(np.argmin(((cent - emb[c]) ** 2).sum(axis=1)))].append(c)
+    return [np.sort(np.concatenate([g, np.asarray(e, dtype=g.dtype)])) for g, e in zip(groups, extra)]
 
 
-# --------------------------------------------------------------------------------------------------
-# Consensus
-# --------------------------------------------------------------------------------------------------
+def knn_metacells(emb: np.ndarray, k: int) -> list[np.ndarray]:
+    """Overlapping kNN metacells: each cell with its ``k - 1`` nearest neighbours (one per cell)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    if k > emb.shape[0]:
+        raise InputError(f"metacell_k {k} exceeds the {emb.shape[0]} cells")
+    _, idx = NearestNeighbors(n_neighbors=k).fit(emb).kneighbors(emb)
+    return list(idx)
 
 
-def consensus(networks: pd.DataFrame, universes: dict[str, tuple[int, int]], fdr: float) -> tuple[pd.DataFrame, dict]:
-    """Consensus of per-type networks by the binomial edge-recurrence null (GREmLN appendix A.1).
+def sample_matrix(counts: np.ndarray, depth: np.ndarray, metacells: str, seed: int, metacell_umis: float = 10_000,
+                  metacell_k: int = 10):
+    """The ARACNe samples of one group of cells.
 
     Parameters
     ----------
-    networks : DataFrame with ``cell_type, regulator, target``.
-    universes : cell type -> (regulator names, gene names) it was run on; every type counts in ``T``,
-        also one with no edges.
-    fdr : Benjamini-Hochberg level.
+    counts : float array [cells x G], raw UMI counts of the selected genes.
+    depth : float array [cells], total UMIs of each cell over all genes.
+    metacells : {"none", "disjoint", "knn"}
+    seed : int, metacell_umis : float, metacell_k : int
 
     Returns
     -------
-    (DataFrame ``regulator, target, n_types, pvalue, qvalue`` of edges with ``qvalue <= fdr``, sorted by
-    qvalue then names; dict with ``T``, ``p``, ``densities``, ``n_possible``, ``n_tested_edges``).
+    (expr float [G x samples] = log1p(CPM), sample depth [samples], info dict: ``samples``, ``metacells``,
+    ``cells_per_sample`` (median), ``max_reuse`` (most samples one cell is in), ``null_valid``, ``reason``).
+    """
+    if metacells == "none":
+        groups = None
+    else:
+        emb = _embedding(counts, depth, seed)
+        groups = (disjoint_metacells(emb, depth, metacell_umis, seed) if metacells == "disjoint"
+                  else knn_metacells(emb, metacell_k))
+    if groups is None:
+        info = dict(samples=int(depth.size), metacells=metacells, cells_per_sample=1, max_reuse=1, null_valid=True,
+                    reason="single cells: independent samples")
+        return _log_cpm(counts, depth).T.copy(), depth, info
+    summed = np.stack([counts[g].sum(axis=0) for g in groups])
+    sdepth = np.array([depth[g].sum() for g in groups])
+    reuse = int(np.bincount(np.concatenate(groups), minlength=depth.size).max())
+    valid = reuse == 1
+    info = dict(samples=len(groups), metacells=metacells, cells_per_sample=float(np.median([len(g) for g in groups])),
+                max_reuse=reuse, null_valid=valid,
+                reason="disjoint metacells: every cell in one sample" if valid else
+                f"overlapping metacells: a cell is in up to {reuse} samples, so samples are not independent and the "
+                "MI null model does not hold (see the permutation control)")
+    return _log_cpm(summed, sdepth).T.copy(), sdepth, info
+
+
+# --------------------------------------------------------------------------------------------------
+# Networks of one cell type
+# --------------------------------------------------------------------------------------------------
+
+
+def _part_network(counts, depth, genes, regs, st, fixed=None):
+    """Samples + ARACNe of one group of cells: (edges DataFrame, cut dict, info dict)."""
+    expr, sdepth, info = sample_matrix(counts, depth, st["metacells"], st["seed"], st["metacell_umis"], st["metacell_k"])
+    strata = depth_blocks(sdepth, st["depth_stratum_cells"])
+    info["depth_strata"] = 0 if strata is None else int(strata.max() + 1)
+    kw = {k: st[k] for k in ENGINE_KEYS} | dict(seed=st["seed"], threads=st["threads"], cache_dir=st["cache_dir"],
+                                              null_seed=st["null_seed"], strata=strata)
+    if fixed is not None:
+        kw.update(mi_thresholds=fixed["mi_thresholds"], min_count=fixed["min_count"])
+    elif st.get("checkpoint_dir") is not None:
+        kw["checkpoint_dir"] = st["checkpoint_dir"]
+    df = engine.aracne(expr, genes, regs, **kw)
+    a = df.attrs
+    cut = dict(mi_thresholds=a["mi_thresholds_per_bootstrap"], min_count=a["min_count"])
+    info.update(samples_per_bootstrap=a["n_per_bootstrap"], pairs_tested=a["n_tested"],
+                edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
+                edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"], mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
+                count_rate=a["count_rate"], min_count=a["min_count"], consolidation_rule=a["consolidation_rule"],
+                constant_genes=a["constant_genes"], bootstraps_resumed=a["bootstraps_resumed"], edges=int(len(df)))
+    return df, cut, info
+
+
+def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int], alpha: float,
+                             min_parts: int | None = None) -> tuple[pd.DataFrame, int, float]:
+    """Consolidate the networks of S sub-clusters by binomial recurrence (GREmLN appendix A.1).
+
+    An edge ``regulator -> target`` found in ``k`` of the ``S`` networks gets ``P(X >= k)``,
+    ``X ~ Binomial(S, p)``, ``p`` the mean over sub-clusters of the edge density ``|E_s| / n_possible_s``
+    (``|E_s|`` undirected pairs, ``n_possible_s`` the pairs tested there);
+    Benjamini-Hochberg over ``max(n_possible)`` edges; kept iff ``k >= min_parts``, by default the smallest
+    ``k`` whose adjusted p is at most ``alpha`` (``S + 1`` if none).
+
+    Returns
+    -------
+    (DataFrame ``regulator, target, mi, count, scc, n_parts, pvalue`` (``mi``/``scc`` averaged over the
+    sub-clusters with the edge, ``count`` summed), min_parts, p).
     """
     from scipy.stats import binom
 
-    types = sorted(universes)
-    t = len(types)
-    dens = {}
-    for c in types:
-        r, g = len(universes[c][0]), len(universes[c][1])
-        e = int((networks["cell_type"] == c).sum())
-        dens[c] = e / (r * (g - 1)) if r and g > 1 else 0.0
-    p = float(np.mean(list(dens.values()))) if types else 0.0
-    # all possible edges of the union universe: regulators of any type x other genes of any type
-    regs_u = set().union(*(set(u[0]) for u in universes.values())) if types else set()
-    genes_u = set().union(*(set(u[1]) for u in universes.values())) if types else set()
-    n_possible = len(regs_u) * max(len(genes_u) - 1, 0)
-    counts = networks.groupby(["regulator", "target"], sort=True).size().rename("n_types").reset_index()
-    if counts.empty or p <= 0:
-        return pd.DataFrame(columns=CONSENSUS_COLUMNS), dict(T=t, p=p, densities=dens, n_possible=n_possible, n_tested_edges=0)
-    pv = binom.sf(counts["n_types"].to_numpy() - 1, t, p)
-    q = engine._correct(pv, max(n_possible, len(counts)), "bh")
-    counts["pvalue"] = pv
-    counts["qvalue"] = q
-    out = counts[counts["qvalue"] <= fdr].sort_values(["qvalue", "regulator", "target"], kind="stable")
-    info = dict(T=t, p=p, densities=dens, n_possible=int(n_possible), n_tested_edges=int(len(counts)))
-    return out[CONSENSUS_COLUMNS].reset_index(drop=True), info
+    s = len(networks)
+    pairs = [len({frozenset(e) for e in zip(n["regulator"], n["target"])}) for n in networks]
+    p = float(np.mean([k / max(m, 1) for k, m in zip(pairs, n_possible)])) if s else 0.0
+    cols = ["regulator", "target", "mi", "count", "scc"]
+    allr = pd.concat([n[cols] for n in networks], ignore_index=True) if s else pd.DataFrame(columns=cols)
+    g = allr.groupby(["regulator", "target"], sort=True).agg(mi=("mi", "mean"), count=("count", "sum"), scc=("scc", "mean"),
+                                                             n_parts=("mi", "size")).reset_index()
+    pv = binom.sf(g["n_parts"].to_numpy() - 1, s, max(p, 1e-300)) if len(g) else np.zeros(0)
+    q = engine.adjust_pvalues(pv, max(max(n_possible, default=1), len(g)), "bh")
+    if min_parts is None:
+        passing = g["n_parts"].to_numpy()[q <= alpha]
+        min_parts = int(passing.min()) if passing.size else s + 1
+    g["pvalue"] = q
+    return g[g["n_parts"] >= min_parts].reset_index(drop=True), int(min_parts), p
+
+
+def _leiden_parts(counts, depth, st):
+    """Leiden sub-clusters (scanpy) of one type's cells: list of position arrays, sizes of the skipped."""
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(_embedding(counts, depth, st["seed"]).astype(np.float32))
+    sc.pp.neighbors(a, n_neighbors=min(15, a.n_obs - 1), use_rep="X", random_state=st["seed"])
+    sc.tl.leiden(a, resolution=st["subcluster_resolution"], flavor="igraph", n_iterations=2, random_state=st["seed"])
+    labels = a.obs["leiden"].astype(int).to_numpy()
+    parts = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+    keep = [p for p in parts if p.size >= st["subcluster_min_cells"]]
+    return keep, [int(p.size) for p in parts if p.size < st["subcluster_min_cells"]]
+
+
+def type_network(counts, depth, genes, regs, st, parts=None, fixed=None):
+    """Network of one cell type from its cells' raw counts.
+
+    Parameters
+    ----------
+    counts : float array [cells x G], raw UMI counts of the type's selected genes; depth : float [cells],
+        total UMIs per cell; genes : [G] names; regs : regulator names among ``genes``.
+    st : dict, the stage settings (:data:`DEFAULTS` keys plus ``seed``, ``null_seed``, ``cache_dir``).
+    parts : list of position arrays, optional
+        Sub-clusters (from :func:`_leiden_parts`); ``None`` = all cells as one group.
+    fixed : dict, optional
+        The cut of a real run (its second return value): use its thresholds and recurrence cuts.
+
+    Returns
+    -------
+    (edges DataFrame ``regulator, target, mi, pvalue, count, scc``, cut dict, info dict).
+    """
+    groups = [np.arange(depth.size)] if parts is None else parts
+    nets, cuts, infos = [], [], []
+    for i, g in enumerate(groups):
+        sub = dict(st, checkpoint_dir=None if st.get("checkpoint_dir") is None else Path(st["checkpoint_dir"]) / f"part{i:02d}")
+        df, cut, info = _part_network(counts[g], depth[g], genes, regs, sub, None if fixed is None else fixed["parts"][i])
+        nets.append(df)
+        cuts.append(cut)
+        infos.append(info)
+    if parts is None:
+        return nets[0], dict(parts=cuts), infos[0]
+    possible = [i["pairs_tested"] for i in infos]
+    df, min_parts, p = recurrence_consolidation(nets, possible, st["consolidation_alpha"],
+                                                None if fixed is None else fixed["min_parts"])
+    info = dict(subclusters=[dict(i, cells=int(g.size)) for i, g in zip(infos, groups)], min_parts=min_parts,
+                mean_density=p, edges=int(len(df)), null_valid=all(i["null_valid"] for i in infos),
+                samples=int(sum(i["samples"] for i in infos)))
+    return df, dict(parts=cuts, min_parts=min_parts), info
+
+
+def permutation_control(counts, depth, genes, regs, st, cut, parts=None, rng_key=(0,)) -> list[int]:
+    """False edges of ``st["control_permutations"]`` runs on permuted cells (module docstring).
+
+    Each gene's counts are permuted across the cells of each depth block of :data:`CONTROL_BLOCK_CELLS`
+    (within each sub-cluster when ``parts`` is given), then :func:`type_network` runs with the real run's
+    ``cut``. Returns the number of edges of each run.
+    """
+    out = []
+    groups = [np.arange(depth.size)] if parts is None else parts
+    for r in range(st["control_permutations"]):
+        rng = np.random.default_rng([*rng_key, r, 0x5045524D])
+        perm = counts.copy()
+        for g in groups:
+            blocks = depth_blocks(depth[g], CONTROL_BLOCK_CELLS)
+            perm[g] = permute_within_blocks(counts[g], np.zeros(g.size, int) if blocks is None else blocks, rng)
+        df, _, _ = type_network(perm, depth, genes, regs, dict(st, seed=st["seed"] + 1000 * (r + 1)), parts, cut)
+        out.append(int(len(df)))
+    return out
+
+
+def control_summary(control_edges: list[int], real_edges: int) -> dict:
+    """Mean false edges over the control runs with an exact 95% Poisson interval of the mean (Garwood), and
+    the implied FDR = mean / real edges with the same interval scaled (capped at 1; None without real
+    edges)."""
+    from scipy.stats import chi2
+
+    r = len(control_edges)
+    if r == 0:
+        return dict(permutations=0)
+    tot = int(sum(control_edges))
+    lo = 0.0 if tot == 0 else chi2.ppf(0.025, 2 * tot) / 2 / r
+    hi = chi2.ppf(0.975, 2 * tot + 2) / 2 / r
+    mean = tot / r
+    fdr = (lambda v: float(min(1.0, v / real_edges)) if real_edges else None)
+    return dict(permutations=r, edges=list(map(int, control_edges)), mean=mean, lo=float(lo), hi=float(hi),
+                fdr=fdr(mean), fdr_lo=fdr(lo), fdr_hi=fdr(hi))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,29 +531,109 @@ def consensus(networks: pd.DataFrame, universes: dict[str, tuple[int, int]], fdr
 
 
 def _check_args(args) -> None:
-    if args.n_bootstraps < 1:
-        raise InputError(f"--n-bootstraps must be >= 1, got {args.n_bootstraps}")
-    if not 0 < args.mi_pvalue < 1:
-        raise InputError(f"--mi-pvalue must be in (0, 1), got {args.mi_pvalue}")
-    if not 0 < args.mi_alpha < 1:
-        raise InputError(f"--mi-alpha must be in (0, 1), got {args.mi_alpha}")
-    if not 0 <= args.dpi_tolerance < 1:
-        raise InputError(f"--dpi-tolerance must be in [0, 1), got {args.dpi_tolerance}")
-    if not 0 < args.consolidation_alpha <= 1:
-        raise InputError(f"--consolidation-alpha must be in (0, 1], got {args.consolidation_alpha}")
-    if not 0 < args.consensus_fdr <= 1:
-        raise InputError(f"--consensus-fdr must be in (0, 1], got {args.consensus_fdr}")
-    if args.metacell_k < 0 or args.metacell_k == 1:
-        raise InputError(f"--metacell-k must be 0 (off) or >= 2, got {args.metacell_k}")
-    if args.min_cells_expressed < 0:
-        raise InputError(f"--min-cells-expressed must be >= 0, got {args.min_cells_expressed}")
-    if args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    try:
+        engine.check_options(**{k: getattr(args, k) for k in ENGINE_KEYS})
+    except ValueError as err:
+        key = str(err).split()[0]
+        raise InputError(f"--{key.replace('_', '-')}{str(err)[len(key):]}" if key in ENGINE_KEYS else str(err)) from err
+    for ok, msg in ((0 <= args.min_detected_fraction <= 1, "--min-detected-fraction must be in [0, 1]"),
+                    (args.depth_stratum_cells >= 0, "--depth-stratum-cells must be >= 0"),
+                    (args.metacell_umis >= 1, "--metacell-umis must be >= 1"),
+                    (args.metacell_k >= 2, "--metacell-k must be >= 2"),
+                    (args.subcluster_resolution > 0, "--subcluster-resolution must be > 0"),
+                    (args.subcluster_min_cells >= 8, "--subcluster-min-cells must be >= 8"),
+                    (args.control_permutations >= 0, "--control-permutations must be >= 0"),
+                    (args.threads >= 1, "--threads must be >= 1")):
+        if not ok:
+            raise InputError(msg)
 
 
 def _names(xs, limit=50):
     xs = sorted(xs)
     return xs if len(xs) <= limit else xs[:limit] + [f"... ({len(xs) - limit} more)"]
+
+
+def _cell_types(adata, label_key, path):
+    split = adata.obs["split"].astype(str).to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    heldout = {str(t) for t in np.atleast_1d((adata.uns.get("cellgraph") or {}).get("heldout_types", []))}
+    heldout |= set(labels[split == "heldout"])
+    types = sorted(set(labels[split == "train"]) - heldout)
+    if not types:
+        raise InputError(f"{path}: no cell type has train cells (obs['split'] == 'train') outside the held-out types")
+    return types, labels, split, sorted(heldout)
+
+
+def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
+    """Genes, sub-clusters, real network and control of one type: (frame or None, report entry, control row)."""
+    var_names = np.asarray(adata.var_names, dtype=str)
+    counts_all = _dense(adata.layers["counts"][cells])
+    depth = counts_all.sum(axis=1)
+    counts = counts_all[:, gene_pos]
+    ok = detected_genes(counts, args.min_detected_fraction)
+    regs = [str(g) for g in var_names[gene_pos[ok & is_reg]]]
+    entry = dict(train_cells=int(cells.size), genes=int(ok.sum()), regulators=len(regs),
+                 depth_umis=dict(zip(("p10", "median", "p90"), np.quantile(depth, [0.1, 0.5, 0.9]).round(1).tolist())),
+                 skipped_not_detected=dict(
+                     genes=dict(count=int((~ok & ~is_reg).sum()), names=_names(var_names[gene_pos[~ok & ~is_reg]].tolist())),
+                     regulators=dict(count=int((~ok & is_reg).sum()), names=_names(var_names[gene_pos[~ok & is_reg]].tolist()))))
+    if not regs or ok.sum() < 2:
+        entry["status"] = f"skipped: no regulator detected in >= {args.min_detected_fraction:g} of the train cells"
+        log.warning("%s: %s", ct, entry["status"])
+        return None, entry, None
+    st = dict(st, seed=int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0]),
+              checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None)
+    counts, genes = counts[:, ok], var_names[gene_pos[ok]]
+    parts = None
+    if args.subclusters:
+        parts, small = _leiden_parts(counts, depth, st)
+        entry["subclusters_skipped"] = dict(count=len(small), cells=int(sum(small)), sizes=small)
+        if not parts:
+            entry["status"] = f"skipped: no Leiden sub-cluster has >= {args.subcluster_min_cells} cells"
+            log.warning("%s: %s", ct, entry["status"])
+            return None, entry, None
+    try:
+        df, cut, info = type_network(counts, depth, genes, regs, st, parts)
+        control = permutation_control(counts, depth, genes, regs, st, cut, parts, rng_key=(args.seed, ti))
+    except ValueError as err:
+        raise InputError(f"{args.adata}: cell type {ct!r}: {err}") from err
+    summary = control_summary(control, len(df))
+    entry.update(status="ok", seed=st["seed"], **info, permutation_control=summary)
+    row = dict(cell_type=ct, cells=int(cells.size), samples=info["samples"], genes=len(genes), regulators=len(regs),
+               real_edges=int(len(df)), permutations=summary["permutations"],
+               control_edges_mean=summary.get("mean"), control_edges_lo=summary.get("lo"),
+               control_edges_hi=summary.get("hi"), fdr=summary.get("fdr"), fdr_lo=summary.get("fdr_lo"),
+               fdr_hi=summary.get("fdr_hi"), null_valid=info["null_valid"])
+    return df, entry, row
+
+
+def _control_table(rows: list[dict], control_edges: list[list[int]]) -> pd.DataFrame:
+    """Per-type control rows plus a ``total`` row whose control edges are the per-run sums over types."""
+    tab = pd.DataFrame(rows, columns=CONTROL_COLUMNS)
+    if tab.empty:
+        return tab
+    runs = [sum(e) for e in zip(*control_edges)] if control_edges and all(control_edges) else []
+    real = int(tab["real_edges"].sum())
+    sm = control_summary(runs, real)
+    total = dict(cell_type="total", cells=int(tab["cells"].sum()), samples=int(tab["samples"].sum()),
+                 genes=None, regulators=None, real_edges=real, permutations=sm["permutations"],
+                 control_edges_mean=sm.get("mean"), control_edges_lo=sm.get("lo"), control_edges_hi=sm.get("hi"),
+                 fdr=sm.get("fdr"), fdr_lo=sm.get("fdr_lo"), fdr_hi=sm.get("fdr_hi"), null_valid=bool(tab["null_valid"].all()))
+    return pd.concat([tab, pd.DataFrame([total], columns=CONTROL_COLUMNS)], ignore_index=True)
+
+
+def _decoupler_frame(df: pd.DataFrame, ct: str) -> pd.DataFrame:
+    """Engine edges as :data:`NETWORK_COLUMNS` rows (``source`` = regulator, ``weight`` = Spearman)."""
+    return pd.DataFrame({"cell_type": ct, "source": df["regulator"].astype(str), "target": df["target"].astype(str),
+                         "weight": df["scc"].astype(float), "mi": df["mi"].astype(float),
+                         "pvalue": df["pvalue"].astype(float), "count": df["count"].astype(np.int64)})
+
+
+def _write_networks(networks: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        # no file name and mtime 0 in the gzip header: same seed, same bytes
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+            gz.write(networks.to_csv(sep="\t", index=False, float_format="%.6g").encode())
 
 
 def run(args: argparse.Namespace) -> None:
@@ -285,148 +642,52 @@ def run(args: argparse.Namespace) -> None:
     adata, label_key = _read_adata(args.adata)
     out = Path(args.out_dir)
     cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / ".cache" / "aracne_null"
-
     var_names = np.asarray(adata.var_names, dtype=str)
-    present = [r for r in regulators if r in set(var_names)]
+    present = sorted(set(regulators) & set(var_names))
     if not present:
-        raise InputError(
-            f"{args.regulators}: none of the {len(regulators)} regulators is a gene of {args.adata} "
-            f"(first: {regulators[:5]}; var_names look like {list(var_names[:3])})"
-        )
+        raise InputError(f"{args.regulators}: none of the {len(regulators)} regulators is a gene of {args.adata} "
+                         f"(first: {regulators[:5]}; var_names look like {list(var_names[:3])})")
     hvg = adata.var["highly_variable"].to_numpy().astype(bool)
-    gene_mask = hvg | np.isin(var_names, present)
-    gene_pos = np.flatnonzero(gene_mask)
-    split = adata.obs["split"].astype(str).to_numpy()
-    labels = adata.obs[label_key].astype(str).to_numpy()
-    heldout = {str(t) for t in np.atleast_1d((adata.uns.get("cellgraph") or {}).get("heldout_types", []))}
-    heldout |= set(labels[split == "heldout"])
-    types = sorted(set(labels[split == "train"]) - heldout)
-    if not types:
-        raise InputError(f"{args.adata}: no cell type has train cells (obs['split'] == 'train') outside the held-out types")
-
+    gene_pos = np.flatnonzero(hvg | np.isin(var_names, present))
+    is_reg = np.isin(var_names[gene_pos], present)
+    types, labels, split, heldout = _cell_types(adata, label_key, args.adata)
+    st = {k: getattr(args, k) for k in DEFAULTS} | dict(null_seed=args.seed, cache_dir=cache_dir)
     report = dict(
         inputs=dict(adata=str(args.adata), regulators=str(args.regulators)),
         params={k: getattr(args, k) for k in DEFAULTS} | dict(seed=args.seed, cache_dir=str(cache_dir)),
-        regulators_read=len(regulators),
-        regulators_present=len(present),
-        regulators_absent_from_data=dict(count=len(regulators) - len(present),
-                                         names=_names(set(regulators) - set(present))),
-        highly_variable_genes=int(hvg.sum()),
-        genes_considered=int(gene_pos.size),
-        heldout_types=sorted(heldout),
-        tie_breaking="ranks over each type's train cells (or metacells); ties broken by a seeded random key per (gene, cell); "
-        "repeated cells of a with-replacement bootstrap by draw order",
+        regulators_read=len(regulators), regulators_present=len(present),
+        regulators_absent_from_data=dict(count=len(regulators) - len(present), names=_names(set(regulators) - set(present))),
+        highly_variable_genes=int(hvg.sum()), genes_considered=int(gene_pos.size), heldout_types=heldout,
+        method="per bootstrap: ranks with fresh tie-breaking (depth-conditional), BH over null p-values, DPI; "
+               "then the recurrence cut (see each type's consolidation_rule)",
         cell_types={},
     )
-    is_reg = np.isin(var_names[gene_pos], present)
-    frames, universes = [], {}
+    frames, rows, control_edges = [], [], []
     t_all = time.perf_counter()
     for ti, ct in enumerate(types):
         t0 = time.perf_counter()
         cells = np.flatnonzero((labels == ct) & (split == "train"))
-        expressed = np.asarray((_dense_rows(adata.X, cells, gene_pos) > 0).sum(axis=0)).ravel()
-        ok = expressed >= args.min_cells_expressed
-        skipped_genes = var_names[gene_pos[~ok & ~is_reg]]
-        skipped_regs = var_names[gene_pos[~ok & is_reg]]
-        keep_pos = gene_pos[ok]
-        regs_ct = [str(g) for g in var_names[gene_pos[ok & is_reg]]]
-        entry = dict(
-            train_cells=int(cells.size),
-            genes=int(keep_pos.size),
-            regulators=len(regs_ct),
-            skipped_not_expressed=dict(
-                genes=dict(count=int(skipped_genes.size), names=_names(skipped_genes.tolist())),
-                regulators=dict(count=int(skipped_regs.size), names=_names(skipped_regs.tolist())),
-            ),
-        )
+        df, entry, row = _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st)
         report["cell_types"][ct] = entry
-        if not regs_ct or keep_pos.size < 2:
-            entry["status"] = "skipped: no regulator expressed in enough train cells"
-            log.warning("%s: skipped (no regulator expressed in >= %d train cells)", ct, args.min_cells_expressed)
+        if df is None:
             continue
-        if args.metacell_k:
-            expr = metacells(adata, cells, keep_pos, args.metacell_k)
-            entry["metacells"] = int(expr.shape[1])
-        else:
-            expr = cell_type_matrix(adata, cells, keep_pos)
-        seed_ct = int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0])
-        settings = dict(
-            n_bootstraps=args.n_bootstraps, bootstrap=args.bootstrap, mi_pvalue=args.mi_pvalue,
-            dpi_tolerance=args.dpi_tolerance, consolidation=args.consolidation, correction=args.correction,
-            alpha=args.consolidation_alpha, seed=seed_ct, threads=args.threads, cache_dir=cache_dir,
-            null_seed=args.seed, mi_method=args.mi_method, mi_alpha=args.mi_alpha,
-        )
-        try:
-            df = engine.aracne(
-                expr, var_names[keep_pos], regs_ct, **settings,
-                checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None,
-            )
-        except ValueError as err:
-            raise InputError(f"{args.adata}: cell type {ct!r}: {err}") from err
-        if args.permutation_control:
-            # the same run on data with every gene permuted independently across the type's cells: each
-            # marginal is kept, every gene-gene dependence removed, so every edge found is a false one
-            rng = np.random.default_rng([args.seed, ti, 7])
-            control = engine.aracne(rng.permuted(expr, axis=1), var_names[keep_pos], regs_ct, **settings)
-            entry["permutation_control"] = dict(
-                edges=int(len(control)),
-                empirical_fdr=float(min(1.0, len(control) / len(df))) if len(df) else None,
-            )
-            log.info("%s: %d edges on gene-permuted data (empirical FDR %s)", ct, len(control),
-                     entry["permutation_control"]["empirical_fdr"])
-        df.insert(0, "cell_type", ct)
-        frames.append(df)
-        universes[ct] = (regs_ct, [str(g) for g in var_names[keep_pos]])
-        a = df.attrs
-        entry.update(
-            status="ok",
-            seed=seed_ct,
-            samples_per_bootstrap=a["n_per_bootstrap"],
-            mi_threshold_nats=a["mi_threshold"],
-            mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
-            constant_genes_skipped=dict(count=len(a["constant_genes"]), names=_names(a["constant_genes"])),
-            bootstraps_resumed=a["bootstraps_resumed"],
-            pairs_tested=a["n_tested"],
-            edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
-            edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"],
-            poisson_lambda=a["poisson_lambda"],
-            edges=int(len(df)),
-        )
-        log.info("%s: %d cells, %d genes, %d regulators -> %d edges (%.1f s)", ct, cells.size, keep_pos.size,
-                 len(regs_ct), len(df), time.perf_counter() - t0)
+        frames.append(_decoupler_frame(df, ct))
+        rows.append(row)
+        control_edges.append(entry["permutation_control"].get("edges", []))
+        log.info("%s: %d cells, %d genes, %d regulators -> %d edges; control %s (%.1f s)", ct, cells.size, row["genes"],
+                 row["regulators"], len(df), entry["permutation_control"].get("edges"), time.perf_counter() - t0)
     if not frames:
-        raise InputError(f"{args.adata}: no cell type had a regulator expressed in >= {args.min_cells_expressed} train cells")
+        raise InputError(f"{args.adata}: no cell type had a regulator detected in >= {args.min_detected_fraction:g} "
+                         f"of its train cells")
     networks = pd.concat(frames, ignore_index=True)[NETWORK_COLUMNS]
-    no_edges = sorted(ct for ct in universes if not (networks["cell_type"] == ct).any())
-    report["cell_types_without_edges"] = no_edges
-    if networks.empty:
-        raise InputError(
-            f"{args.adata}: no edge survived in any of the {len(universes)} cell types with --mi-pvalue "
-            f"{args.mi_pvalue}, --n-bootstraps {args.n_bootstraps}, --consolidation-alpha "
-            f"{args.consolidation_alpha} (consolidation needs several bootstraps; a larger --mi-pvalue or more "
-            f"--n-bootstraps finds more edges)"
-        )
-    if args.permutation_control:
-        control_edges = sum(e["permutation_control"]["edges"] for e in report["cell_types"].values()
-                            if "permutation_control" in e)
-        report["permutation_control"] = dict(
-            edges=int(control_edges), real_edges=int(len(networks)),
-            empirical_fdr=float(min(1.0, control_edges / len(networks))) if len(networks) else None,
-            meaning="edges found on each type's data with every gene permuted independently across cells, "
-                    "at the same settings, over the edges found on the real data",
-        )
-    if no_edges:
-        log.warning("grn: no edge survived for %d cell types (%s); more --n-bootstraps or a larger "
-                    "--mi-pvalue find more (check the permutation control's empirical FDR)", len(no_edges), ", ".join(no_edges))
-    cons, info = consensus(networks, universes, args.consensus_fdr)
-    report["consensus"] = info | dict(edges=int(len(cons)), fdr=args.consensus_fdr)
+    table = _control_table(rows, control_edges)
+    report["cell_types_without_edges"] = sorted(r["cell_type"] for r in rows if r["real_edges"] == 0)
     report["edges_total"] = int(len(networks))
-    log.info("grn: %d edges over %d cell types, %d consensus edges (%.1f s)", len(networks), len(frames), len(cons),
-             time.perf_counter() - t_all)
-
-    with atomic_path(out / "networks.tsv.gz") as tmp:
-        # no file name and mtime 0 in the gzip header: same seed, same bytes
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            gz.write(networks.to_csv(sep="\t", index=False, float_format="%.6g").encode())
-    write_tsv(cons, out / "consensus.tsv")
+    report["control_table"] = table.to_dict(orient="records")
+    if networks.empty:
+        log.warning("grn: no edge survived in any of the %d cell types: at these settings the data support no "
+                    "regulator-target dependence beyond what depth and chance give (see control.tsv)", len(rows))
+    log.info("grn: %d edges over %d cell types (%.1f s)", len(networks), len(rows), time.perf_counter() - t_all)
+    _write_networks(networks, out / "networks.tsv.gz")
+    write_tsv(table, out / "control.tsv")
     write_json(out / "report.json", report)

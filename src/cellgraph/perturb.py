@@ -652,14 +652,14 @@ def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, re
                      var=pd.DataFrame(index=names))
     tok.uns["cellgraph"] = {"label_key": "perturbation"}
     nets = pd.read_csv(require_file(networks_path, "--grn-networks"), sep="\t")
-    if not {"cell_type", "regulator", "target", "mi"} <= set(nets.columns):
-        raise InputError(f"--grn-networks {networks_path}: expected columns cell_type, regulator, target, mi")
+    if not {"cell_type", "source", "target", "mi"} <= set(nets.columns):
+        raise InputError(f"--grn-networks {networks_path}: expected columns cell_type, source, target, mi")
     sub = nets[nets["cell_type"] == cell_type]
     used = cell_type
     if sub.empty:
-        sub = nets.groupby(["regulator", "target"], as_index=False)["mi"].max()
+        sub = nets.groupby(["source", "target"], as_index=False)["mi"].max()
         used = f"union of {sorted(nets['cell_type'].unique())} ({cell_type} has no network)"
-    graph = sub.rename(columns={"mi": "weight"})[["regulator", "target", "weight"]]
+    graph = sub.rename(columns={"mi": "weight"})[["source", "target", "weight"]]
     max_len = int(getattr(model.config, "max_seq_len", 0) or 128)
     stats: dict = {}
     arrays = tokenize_cells(tok, np.arange(len(cells)), graph, vocab, model.config.n_bins, max_len, seed, stats)

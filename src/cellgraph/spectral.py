@@ -244,9 +244,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def network_laplacians(networks, mi_weighted: bool = False):
     """Yield ``(cell_type, genes, L)`` for each cell type of a grn networks table (pandas DataFrame)."""
     for cell_type, df in networks.groupby("cell_type", sort=True, observed=True):
-        genes = np.unique(np.concatenate([df["regulator"].to_numpy(str), df["target"].to_numpy(str)]))
+        genes = np.unique(np.concatenate([df["source"].to_numpy(str), df["target"].to_numpy(str)]))
         pos = {g: i for i, g in enumerate(genes)}
-        ei = np.array([[pos[g] for g in df["regulator"]], [pos[g] for g in df["target"]]], dtype=np.int64)
+        ei = np.array([[pos[g] for g in df["source"]], [pos[g] for g in df["target"]]], dtype=np.int64)
         w = df["mi"].to_numpy(float) if mi_weighted else None
         yield str(cell_type), genes, normalized_laplacian(ei, len(genes), w)
 
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> None:
         networks = pd.read_csv(path, sep="\t")
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
         raise InputError(f"{path}: cannot be read as a tab-separated table ({err})") from err
-    missing = {"cell_type", "regulator", "target", "mi"} - set(networks.columns)
+    missing = {"cell_type", "source", "target", "mi"} - set(networks.columns)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}")
     try:

@@ -29,7 +29,7 @@ bootstrap support arose by chance), and 1 when the edge is absent from :math:`G_
 without a network counts as an empty network). The weight of a kept edge is the posterior expected mutual
 information :math:`\sum_c w_c \, \mathrm{MI}_c(e)` (0 where absent).
 
-Edges are undirected: a (regulator, target) pair and its reverse are one edge; if a network lists both,
+Edges are undirected: a (source, target) pair and its reverse are one edge; if a network lists both,
 the smaller p-value and the larger MI are used (counted in the report). Self-loops are dropped (counted).
 
 **Vocabulary.** The genes of the union of the cell-type networks that are in ``adata.var_names``, plus the
@@ -78,7 +78,7 @@ SPLITS = ("train", "val", "test", "heldout")
 # train cells tokenized with the Bayesian-integration graph, as unseen cells are: the evaluation probes
 # fit on these, so train and test embeddings come from the same inference-time procedure
 INFERENCE_SHARD = "train_integrated"
-NETWORK_COLUMNS = ("cell_type", "regulator", "target", "mi", "pvalue")
+NETWORK_COLUMNS = ("cell_type", "source", "target", "mi", "pvalue")
 N_PCS = 50  # PCA components for the kNN classifier of the graph integration
 
 Graph = tuple[np.ndarray, np.ndarray, np.ndarray]  # (u, v, weight): vocab gene indices, u < v, unique
@@ -277,7 +277,7 @@ def tokenize_cells(
     cells : int array [C]
         Obs positions of the cells to tokenize (shard order).
     cell_graphs : DataFrame or Mapping[int, DataFrame]
-        Edge table(s) with columns ``regulator, target, weight``: one for all cells, or one per cell
+        Edge table(s) with columns ``source, target, weight``: one for all cells, or one per cell
         (keyed by obs position). Edges are undirected; edges with a gene outside the vocabulary are
         dropped and counted in ``stats["graph_edges_outside_vocab"]``.
     vocab : list[str]
@@ -315,10 +315,10 @@ def tokenize_cells(
     def convert(df: pd.DataFrame) -> Graph:
         nonlocal outside
         if id(df) not in cache:
-            missing = {"regulator", "target", "weight"} - set(df.columns)
+            missing = {"source", "target", "weight"} - set(df.columns)
             if missing:
                 raise ValueError(f"cell graph table lacks columns {sorted(missing)}")
-            u = df["regulator"].map(gene_index).to_numpy(dtype=float, na_value=np.nan)
+            u = df["source"].map(gene_index).to_numpy(dtype=float, na_value=np.nan)
             v = df["target"].map(gene_index).to_numpy(dtype=float, na_value=np.nan)
             ok = ~(np.isnan(u) | np.isnan(v))
             outside += int((~ok).sum())
@@ -490,13 +490,13 @@ def _read_adata(path: Path):
 
 def _read_networks(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "regulator": str, "target": str})
+        df = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "source": str, "target": str})
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path}: cannot be read as a tab-separated table ({err})") from err
     missing = [c for c in NETWORK_COLUMNS if c not in df.columns]
     if missing:
         raise InputError(f"{path}: missing columns {missing}; expected {list(NETWORK_COLUMNS)}")
-    for col in ("cell_type", "regulator", "target"):
+    for col in ("cell_type", "source", "target"):
         if df[col].isna().any():
             line = int(np.flatnonzero(df[col].isna().to_numpy())[0]) + 2
             raise InputError(f"{path}: line {line}: field {col!r} is empty")
@@ -548,11 +548,11 @@ def run(args: argparse.Namespace) -> None:
 
     # ---- gene universe: network genes present in the adata, plus HVGs
     var_index = adata.var_names
-    net_genes = pd.Index(pd.unique(np.concatenate([networks["regulator"].to_numpy(str),
+    net_genes = pd.Index(pd.unique(np.concatenate([networks["source"].to_numpy(str),
                                                    networks["target"].to_numpy(str)])))
     net_in = net_genes[net_genes.isin(var_index)]
     net_out = sorted(net_genes[~net_genes.isin(var_index)])
-    if len(net_in) == 0:
+    if len(net_in) == 0 and len(net_genes):
         raise InputError(
             f"{net_path}: no gene of the networks is in {adata_path} var_names "
             f"(networks genes e.g. {list(net_genes[:5])}, adata genes e.g. {list(var_index[:5])})"
@@ -566,10 +566,10 @@ def run(args: argparse.Namespace) -> None:
     n_genes = len(genes)
 
     # ---- per-type networks: drop rows with genes outside the adata, canonical undirected edges
-    row_ok = networks["regulator"].isin(var_index).to_numpy() & networks["target"].isin(var_index).to_numpy()
+    row_ok = networks["source"].isin(var_index).to_numpy() & networks["target"].isin(var_index).to_numpy()
     net = networks[row_ok]
     types = sorted(net["cell_type"].unique())
-    u_all = net["regulator"].map(gene_index).to_numpy(np.int64)
+    u_all = net["source"].map(gene_index).to_numpy(np.int64)
     v_all = net["target"].map(gene_index).to_numpy(np.int64)
     type_of_row = net["cell_type"].to_numpy(str)
     per_type: dict[str, dict[str, np.ndarray]] = {}

@@ -1,4 +1,6 @@
 # Config validation and every path of the workflow, in one place.
+import shlex
+
 from snakemake.utils import validate
 
 
@@ -22,7 +24,7 @@ def bench_of(rule_name):
 
 
 def flags(section, keys):
-    """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value."""
+    """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value (shell-quoted)."""
     out = []
     for key in keys:
         value = config[section][key]
@@ -31,9 +33,9 @@ def flags(section, keys):
             out.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, (list, tuple)):
             if value:
-                out.append(flag + " " + " ".join(f"'{v}'" for v in value))
+                out.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
         else:
-            out.append(f"{flag} {value}")
+            out.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(out)
 
 

@@ -1,21 +1,16 @@
 rule grn:
-    """ARACNe per seen cell type on its train cells, then the consensus network across types."""
+    """ARACNe per seen cell type on its train cells, with the permutation control's false edges per type."""
     input:
         adata=res("expression/adata.h5ad"),
         regulators=res("networks/regulators.txt"),
     output:
         networks=res("grn/networks.tsv.gz"),
-        consensus=res("grn/consensus.tsv"),
+        control=report(res("grn/control.tsv"), caption="../report/grn_control.rst", category="GRN"),
         report=res("grn/report.json"),
     params:
         out_dir=res("grn"),
         seed=config["seed"],
-        options=flags(
-            "grn",
-            ["n_bootstraps", "bootstrap", "mi_method", "mi_pvalue", "mi_alpha", "dpi_tolerance", "consolidation", "correction",
-             "consolidation_alpha", "metacell_k", "min_cells_expressed", "consensus_fdr",
-             "permutation_control"],
-        ),
+        options=flags("grn", [key for key in config["grn"] if key != "threads"]),
     threads: config["grn"]["threads"]
     log:
         log_of("grn"),
