@@ -1,23 +1,27 @@
-"""Benchmark of the ARACNe engine (issue 3): wall time, MI pairs per second, precision / recall.
+"""Benchmark of the ARACNe engine and the grn stage (issues 3 and 11): speed, error control, precision / recall.
 
-    python bench/aracne.py [--threads 2] [--bootstraps 100] [--seeds 0 1 2] [--cases planted real genome]
+    python bench/aracne.py [--threads 2] [--cases planted planted-sc null real genome] [--seeds 0 1 2]
 
-Cases (one row each; planted: one row per seed):
-  planted  200 genes x 500 samples, 20 regulators, 100 bootstraps, data from a known regulator graph
-           (linear, sigmoid, quadratic and exponential effects; seeded). Target <= 4 s wall including the
-           null model; ARACNe3 on this machine: 44 s, precision 0.985 / recall 0.996 at 'count >= 10';
-           ARACNe-AP ~300 s. Precision/recall are given for cellgraph's consolidation (Poisson right tail,
-           Bonferroni, alpha 0.05) and for the ARACNe3 rule 'edge in >= 10 of 100 subnetworks'.
-  real     one PBMC cell type (B, its train cells of results/expression/adata.h5ad, single cells) over
-           2,000 HVGs (seurat flavour on the counts layer, CPM-log1p) and the regulators of
-           results/networks/regulators.txt among them; 100 bootstraps. Target <= 300 s. No ground truth.
-  genome   a fraction of the genome-scale case (20,000 genes x 1,000 samples x 2,000 regulators x 100
-           bootstraps): 1 bootstrap with 100 and 200 regulators, each in a fresh process (peak RSS), then
-           time and memory extrapolated linearly in the regulator count and bootstraps.
+Cases:
+  planted     200 genes x 500 samples, 20 regulators, 100 bootstraps, Gaussian data from a known regulator graph
+              (linear, sigmoid, quadratic, exponential effects), engine defaults. Target <= 4 s wall on 2 cores
+              including the null model; ARACNe3 on this machine: 44 s, ARACNe-AP ~300 s.
+  planted-sc  the same kind of graph observed as single-cell UMI counts (cellgraph.aracne.planted_counts): 350 cells,
+              library sizes resampled from the PBMC cells, 60-75% zeros per gene, latent log-sd 0.45 (the median
+              within-type value of PBMC genes with 60-75% zeros, method of moments) and 1.0, latent noise 0.5 and 1.0,
+              monotone effects; through the grn stage's path (grn.type_network: log-CPM, depth blocks, defaults),
+              and without depth blocks. Precision / recall against the planted pairs, pooled over --sc-seeds seeds.
+  null        every seen PBMC type of results/expression/adata.h5ad (its train cells, the grn stage's genes), with
+              its genes permuted independently across the type's cells ("plain") and within blocks of 5 cells of
+              similar depth ("depth"), at the stage defaults: final edges per seed over --null-seeds seeds. Target:
+              0 edges in >= 19 of 20 seeds.
+  real        PBMC type B (train cells) over its 2,000 most variable genes plus the regulators detected in >= 10%
+              of its cells, 100 bootstraps, single cells and disjoint 10k-UMI metacells, with and without depth
+              blocks: wall time (target <= 300 s) and edges, with the permutation control's false edges (3 runs).
+  genome      a fraction of the genome-scale case (20,000 genes x 1,000 samples x 2,000 regulators x 100
+              bootstraps), extrapolated linearly (peak RSS measured in fresh processes).
 
-numba kernels are compiled (and cached on disk) by a small warm-up call first; the null model is computed,
-not read from a cache, in every timed run. Timings on a shared 2-core machine are noisy; cpu_s (process CPU
-time, all threads) is the load-independent figure (wall on 2 idle cores ~ cpu_s / 2).
+Timings on a shared 2-core machine are noisy; cpu_s (process CPU time, all threads) is the load-independent figure.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from cellgraph import aracne as A
+from cellgraph import grn
 
 REPO = Path(__file__).resolve().parents[1]
 ARACNE3_S, ARACNE_AP_S = 44.0, 300.0
-HEADER = "case\tseconds\tcpu_s\tnull_s\tMI_pairs\tpairs_per_s\tedges\tprecision\trecall\tprec_c10\trecall_c10\tvs_ARACNe3\tvs_ARACNe-AP"
+PBMC = REPO / "resources" / "demo" / "expression" / "pbmc3p5k_sorted_counts.h5ad"
 
 
 def _pairs(df):
@@ -48,61 +53,122 @@ def _pr(pred, true):
     return tp / max(len(pred), 1), tp / max(len(true), 1)
 
 
-def _null_seconds(n, threads):
-    import numba
-
-    numba.set_num_threads(threads)
-    t0 = time.perf_counter()
-    A.null_mi(n, 100_000, seed=12345)
-    return time.perf_counter() - t0
+def _settings(threads, **over):
+    return dict(grn.DEFAULTS, seed=0, null_seed=0, cache_dir=REPO / "results" / ".cache" / "aracne_null",
+                checkpoint_dir=None, threads=threads, control_permutations=0) | over
 
 
-def case_planted(seed, boots, threads):
+def case_planted(seed, threads):
     expr, genes, regs, true = A.planted_network(n_genes=200, n_samples=500, n_regulators=20, seed=seed)
     t0, c0 = time.perf_counter(), time.process_time()
-    df = A.aracne(expr, genes, regs, n_bootstraps=boots, threads=threads, seed=seed)
+    df = A.aracne(expr, genes, regs, n_bootstraps=100, threads=threads, seed=seed)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     p, r = _pr(_pairs(df), true)
-    p10, r10 = _pr(_pairs(df[df["count"] >= 10]), true)
-    pairs = 100_000 + boots * df.attrs["n_tested"]
-    tnull = _null_seconds(df.attrs["n_per_bootstrap"], threads)
-    print(f"planted(seed={seed})\t{dt:.2f}\t{dc:.2f}\t{tnull:.2f}\t{pairs}\t{pairs / dt:.3g}\t{len(_pairs(df))}\t{p:.3f}\t{r:.3f}"
-          f"\t{p10:.3f}\t{r10:.3f}\t{ARACNE3_S / dt:.1f}x\t{ARACNE_AP_S / dt:.0f}x", flush=True)
-    return dt
+    print(f"planted(seed={seed})\twall {dt:.2f} s\tcpu {dc:.2f} s\tedges {len(_pairs(df))}\tprecision {p:.3f}\t"
+          f"recall {r:.3f}\tvs ARACNe3 {ARACNE3_S / dt:.1f}x\tvs ARACNe-AP {ARACNE_AP_S / dt:.0f}x\t"
+          f"target <= 4 s: {'met' if dt <= 4 else 'MISSED'}", flush=True)
 
 
-def _real_inputs(cell_type="B", n_hvg=2000, min_cells=10):
-    """The cell type's train cells (CPM-log1p of the counts layer) over its 2,000 most variable genes
-    (seurat dispersion flavour among genes expressed in >= ``min_cells`` of these cells) plus every
-    regulator so expressed, as the grn stage selects genes (HVGs plus the regulators present)."""
+def case_planted_sc(seeds, threads):
+    import anndata as ad
+
+    lib = np.asarray(ad.read_h5ad(PBMC).X.sum(axis=1)).ravel()
+    print("planted-sc\tlog_sd\tnoise\tdepth blocks\tedges/seed\tprecision (pooled)\tprecision by seed\trecall", flush=True)
+    for log_sd in (0.45, 1.0):
+        for noise in (0.5, 1.0):
+            for blocks in (grn.DEFAULTS["depth_stratum_cells"], 0):
+                tp = found = n_true = 0
+                precs = []
+                for seed in seeds:
+                    counts, _, libs, genes, regs, true = A.planted_counts(seed=seed, library_sizes=lib, log_sd=log_sd,
+                                                                          noise=noise)
+                    st = _settings(threads, seed=seed, depth_stratum_cells=blocks)
+                    df, _, _ = grn.type_network(counts.T, libs, np.asarray(genes), regs, st)
+                    pred = _pairs(df)
+                    tp, found, n_true = tp + len(pred & true), found + len(pred), n_true + len(true)
+                    precs.append(round(len(pred & true) / len(pred), 2) if pred else None)
+                prec = f"{tp / found:.3f}" if found else "n/a (no edge)"
+                print(f"planted-sc\t{log_sd}\t{noise}\t{blocks or 'off'}\t{found / len(seeds):.1f}\t{prec}\t{precs}\t"
+                      f"{tp / n_true:.3f}", flush=True)
+
+
+def _pbmc_types():
+    """(type, counts [cells x genes] of the grn stage's genes, depth, genes, regulators) per seen PBMC type."""
+    import anndata as ad
+
+    a = ad.read_h5ad(REPO / "results" / "expression" / "adata.h5ad")
+    regs_all = set((REPO / "results" / "networks" / "regulators.txt").read_text().split())
+    label = a.uns["cellgraph"]["label_key"]
+    lab, split = a.obs[label].astype(str).to_numpy(), a.obs["split"].astype(str).to_numpy()
+    names = np.asarray(a.var_names)
+    sel = a.var["highly_variable"].to_numpy() | np.isin(names, list(regs_all))
+    heldout = set(lab[split == "heldout"])
+    for ct in sorted(set(lab[split == "train"]) - heldout):
+        cells = (lab == ct) & (split == "train")
+        c = a.layers["counts"][cells]
+        c = np.asarray(c.toarray() if hasattr(c, "toarray") else c, dtype=float)
+        depth = c.sum(axis=1)
+        ok = sel & grn.detected_genes(c, grn.DEFAULTS["min_detected_fraction"])
+        yield ct, c[:, ok], depth, names[ok], sorted(set(names[ok]) & regs_all)
+
+
+def case_null(seeds, threads):
+    print("null\tcell type\tpermutation\tfinal edges per seed\tseeds with 0 edges", flush=True)
+    total = {"plain": [0, 0], "depth": [0, 0]}
+    for ct, counts, depth, genes, regs in _pbmc_types():
+        for kind in ("plain", "depth"):
+            edges = []
+            for seed in seeds:
+                rng = np.random.default_rng([seed, 1])
+                null = (rng.permuted(counts, axis=0) if kind == "plain"
+                        else grn.permute_within_blocks(counts, grn.depth_blocks(depth, 5), rng))
+                df, _, _ = grn.type_network(null, depth, genes, regs, _settings(threads, seed=seed))
+                edges.append(len(df))
+            zero = sum(e == 0 for e in edges)
+            total[kind][0] += zero
+            total[kind][1] += len(edges)
+            print(f"null\t{ct}\t{kind}\t{edges}\t{zero}/{len(edges)}", flush=True)
+    for kind, (z, n) in total.items():
+        print(f"null\tall types\t{kind}\t-\t{z}/{n} type-seeds with 0 edges", flush=True)
+
+
+def _real_inputs(cell_type="B", n_hvg=2000):
+    """The type's train cells: raw counts of its 2,000 most variable genes (seurat flavour on log-CPM, among
+    genes detected in >= 10% of its cells) plus every regulator so detected; depth; names; regulators."""
     import anndata as ad
     import scanpy as sc
 
     a = ad.read_h5ad(REPO / "results" / "expression" / "adata.h5ad")
     cells = ((a.obs["trueLabel"].astype(str) == cell_type) & (a.obs["split"].astype(str) == "train")).to_numpy()
     b = ad.AnnData(a.layers["counts"][cells].copy(), var=a.var[[]].copy())
-    sc.pp.filter_genes(b, min_cells=min_cells)
+    depth = np.asarray(b.X.sum(axis=1)).ravel().astype(float)
+    b = b[:, grn.detected_genes(np.asarray(b.X.toarray() if hasattr(b.X, "toarray") else b.X), 0.1)].copy()
+    c = b.X.copy()
     sc.pp.normalize_total(b, target_sum=1e6)
     sc.pp.log1p(b)
-    sc.pp.highly_variable_genes(b, n_top_genes=n_hvg, flavor="seurat")
+    sc.pp.highly_variable_genes(b, n_top_genes=min(n_hvg, b.n_vars - 1), flavor="seurat")
     regs_all = set((REPO / "results" / "networks" / "regulators.txt").read_text().split())
     regs = sorted(regs_all & set(b.var_names))
     keep = b.var["highly_variable"].to_numpy() | b.var_names.isin(regs)
-    x = b[:, keep].X
-    expr = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64).T
-    return expr, [str(g) for g in b.var_names[keep]], regs
+    counts = c[:, keep]
+    counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts, dtype=float)
+    return counts, depth, np.asarray(b.var_names[keep]), regs
 
 
-def case_real(boots, threads, mi_pvalue):
-    expr, genes, regs = _real_inputs()
-    t0, c0 = time.perf_counter(), time.process_time()
-    df = A.aracne(expr, genes, regs, n_bootstraps=boots, threads=threads, seed=0, mi_pvalue=mi_pvalue)
-    dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    pairs = 100_000 + boots * df.attrs["n_tested"]
-    tnull = _null_seconds(df.attrs["n_per_bootstrap"], threads)
-    print(f"real(B: {expr.shape[1]} cells, {len(genes)} genes = 2000 HVGs + regs, {len(regs)} regs, p={mi_pvalue:g})\t{dt:.2f}\t{dc:.2f}\t{tnull:.2f}"
-          f"\t{pairs}\t{pairs / dt:.3g}\t{len(df)}\tn/a\tn/a\tn/a\tn/a\t-\t-", flush=True)
-    return dt
+def case_real(threads):
+    counts, depth, genes, regs = _real_inputs()
+    print(f"real\tB: {counts.shape[0]} cells, {len(genes)} genes, {len(regs)} regulators, 100 bootstraps", flush=True)
+    print("real\tsamples\tdepth blocks\tsamples n\twall s\tcpu s\tedges\tcontrol edges (3 runs)\ttarget <= 300 s", flush=True)
+    for metacells in ("none", "disjoint"):
+        for blocks in (grn.DEFAULTS["depth_stratum_cells"], 0):
+            st = _settings(threads, n_bootstraps=100, metacells=metacells, depth_stratum_cells=blocks,
+                           control_permutations=3)
+            t0, c0 = time.perf_counter(), time.process_time()
+            df, cut, info = grn.type_network(counts, depth, genes, regs, st)
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            control = grn.permutation_control(counts, depth, genes, regs, st, cut)
+            print(f"real\t{metacells}\t{blocks or 'off'}\t{info['samples']}\t{dt:.1f}\t{dc:.1f}\t{len(df)}\t{control}\t"
+                  f"{'met' if dt <= 300 else 'MISSED'}", flush=True)
 
 
 def genome_worker(n_regs, n, threads):
@@ -114,8 +180,7 @@ def genome_worker(n_regs, n, threads):
     genes = [f"G{i:05d}" for i in range(g)]
     A.aracne(expr[:40, :60], genes[:40], genes[:4], n_bootstraps=1, n_null=1000, threads=threads)  # compile
     t0, c0 = time.perf_counter(), time.process_time()
-    df = A.aracne(expr, genes, genes[:n_regs], n_bootstraps=1, bootstrap="subsample", threads=threads, seed=0,
-                  n_null=100_000)
+    df = A.aracne(expr, genes, genes[:n_regs], n_bootstraps=1, threads=threads, seed=0, n_null=100_000)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(dict(regs=n_regs, n=n, seconds=dt, cpu=dc, peak_rss=rss, pairs=df.attrs["n_tested"], edges=len(df))))
@@ -128,48 +193,44 @@ def _worker(r, n, threads):
 
 
 def case_genome(threads):
-    """Time: 1 bootstrap at 1,000 samples with 100 and 200 regulators, extrapolated linearly to 2,000
-    regulators and 100 bootstraps. Memory: the peak at the full 20,000 x 2,000 regulator-gene arrays
-    measured with 100 samples, plus the growth of the peak from 100 to 1,000 samples at 200 regulators."""
-    tnull = _null_seconds(632, threads)
+    """1 bootstrap at 1,000 samples with 100 and 200 regulators, extrapolated linearly to 2,000 regulators and
+    100 bootstraps; memory from the full 20,000 x 2,000 regulator-gene arrays at 100 samples."""
     a, b = _worker(100, 1000, threads), _worker(200, 1000, threads)
     m_small, m_full = _worker(200, 100, threads), _worker(2000, 100, threads)
     t_per_reg = (b["seconds"] - a["seconds"]) / (b["regs"] - a["regs"])
-    boot_full = b["seconds"] - tnull + t_per_reg * (2000 - b["regs"])  # one bootstrap at 2,000 regulators
-    full_s = tnull + 100 * boot_full
+    boot_full = b["seconds"] + t_per_reg * (2000 - b["regs"])
     mem_full = m_full["peak_rss"] + (b["peak_rss"] - m_small["peak_rss"])
     for x in (a, b, m_small, m_full):
-        print(f"genome-fraction(20000 genes x {x['n']} samples x {x['regs']} regs x 1 boot)\t{x['seconds']:.1f}\t{x['cpu']:.1f}\t-"
-              f"\t{x['pairs']}\t{x['pairs'] / x['seconds']:.3g}\t{x['edges']}\tn/a\tn/a\tn/a\tn/a\t-\t-"
-              f"\tpeak RSS {x['peak_rss'] / 2**30:.2f} GiB", flush=True)
-    c_per_reg = (b["cpu"] - a["cpu"]) / (b["regs"] - a["regs"])
-    cpu_full = 100 * (b["cpu"] + c_per_reg * (2000 - b["regs"]))
-    print(f"genome projection (20000 genes x 1000 samples x 2000 regs x 100 boots): {full_s / 3600:.1f} h wall at "
-          f"{threads} threads as measured ({boot_full:.0f} s per bootstrap); {cpu_full / 3600:.1f} CPU core-hours "
-          f"(~{cpu_full / 3600 / threads:.1f} h on {threads} idle cores); peak memory {mem_full / 2**30:.2f} GiB",
-          flush=True)
+        print(f"genome-fraction(20000 genes x {x['n']} samples x {x['regs']} regs x 1 boot)\twall {x['seconds']:.1f} s\t"
+              f"cpu {x['cpu']:.1f} s\tpairs {x['pairs']}\tpeak RSS {x['peak_rss'] / 2**30:.2f} GiB", flush=True)
+    print(f"genome projection (20000 genes x 1000 samples x 2000 regs x 100 boots): {100 * boot_full / 3600:.1f} h wall "
+          f"at {threads} threads; peak memory {mem_full / 2**30:.2f} GiB", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bootstraps", type=int, default=100)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--cases", nargs="+", default=["planted", "real"], choices=["planted", "real", "genome"])
-    p.add_argument("--real-mi-pvalue", type=float, default=1e-5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="planted case seeds")
+    p.add_argument("--sc-seeds", type=int, default=10, help="planted-sc seeds")
+    p.add_argument("--null-seeds", type=int, default=20, help="null case seeds")
+    p.add_argument("--cases", nargs="+", default=["planted", "planted-sc", "null", "real"],
+                   choices=["planted", "planted-sc", "null", "real", "genome"])
     p.add_argument("--genome-worker", type=int, nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.genome_worker:
         genome_worker(args.genome_worker[0], args.genome_worker[1], args.threads)
         return
     expr, genes, regs, _ = A.planted_network(n_genes=40, n_samples=60, n_regulators=4, seed=0)
-    A.aracne(expr, genes, regs, n_bootstraps=2, threads=args.threads, n_null=1000)  # compile
-    print(HEADER)
+    A.aracne(expr, genes, regs, n_bootstraps=2, threads=args.threads, n_null=1000)  # compile the kernels
     if "planted" in args.cases:
         for seed in args.seeds:
-            case_planted(seed, args.bootstraps, args.threads)
+            case_planted(seed, args.threads)
+    if "planted-sc" in args.cases:
+        case_planted_sc(range(args.sc_seeds), args.threads)
+    if "null" in args.cases:
+        case_null(range(args.null_seeds), args.threads)
     if "real" in args.cases:
-        case_real(args.bootstraps, args.threads, args.real_mi_pvalue)
+        case_real(args.threads)
     if "genome" in args.cases:
         case_genome(args.threads)
 
