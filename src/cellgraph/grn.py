@@ -80,6 +80,7 @@ __all__ = [
     "permutation_control",
     "control_summary",
     "recurrence_consolidation",
+    "leiden_subclusters",
 ]
 
 METACELLS = ("none", "disjoint", "knn")
@@ -437,8 +438,14 @@ def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int]
     return g[g["n_parts"] >= min_parts].reset_index(drop=True), int(min_parts), p
 
 
-def _leiden_parts(counts, depth, st):
-    """Leiden sub-clusters (scanpy) of one type's cells: list of position arrays, sizes of the skipped."""
+def leiden_subclusters(counts: np.ndarray, depth: np.ndarray, st: dict) -> tuple[list[np.ndarray], list[int]]:
+    """Leiden sub-clusters of one type's cells (scanpy ``neighbors`` + ``leiden`` on the PCA of the log-CPM of
+    ``counts`` [cells x G], resolution ``st["subcluster_resolution"]``, seed ``st["seed"]``).
+
+    Returns
+    -------
+    (position arrays of the sub-clusters with >= ``st["subcluster_min_cells"]`` cells, sizes of the others).
+    """
     import anndata as ad
     import scanpy as sc
 
@@ -460,7 +467,7 @@ def type_network(counts, depth, genes, regs, st, parts=None, fixed=None):
         total UMIs per cell; genes : [G] names; regs : regulator names among ``genes``.
     st : dict, the stage settings (:data:`DEFAULTS` keys plus ``seed``, ``null_seed``, ``cache_dir``).
     parts : list of position arrays, optional
-        Sub-clusters (from :func:`_leiden_parts`); ``None`` = all cells as one group.
+        Sub-clusters (from :func:`leiden_subclusters`); ``None`` = all cells as one group.
     fixed : dict, optional
         The cut of a real run (its second return value): use its thresholds and recurrence cuts.
 
@@ -586,7 +593,7 @@ def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
     counts, genes = counts[:, ok], var_names[gene_pos[ok]]
     parts = None
     if args.subclusters:
-        parts, small = _leiden_parts(counts, depth, st)
+        parts, small = leiden_subclusters(counts, depth, st)
         entry["subclusters_skipped"] = dict(count=len(small), cells=int(sum(small)), sizes=small)
         if not parts:
             entry["status"] = f"skipped: no Leiden sub-cluster has >= {args.subcluster_min_cells} cells"
