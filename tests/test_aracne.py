@@ -414,7 +414,12 @@ def test_fixed_thresholds_and_cut_reproduce_the_run():
     b = A.aracne(expr, genes, regs, n_bootstraps=8, seed=5, n_null=20_000,
                  mi_thresholds=a.attrs["mi_thresholds_per_bootstrap"], min_count=a.attrs["min_count"])
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert a["count"].min() == a.attrs["min_count"] and "survives DPI in >=" in a.attrs["consolidation_rule"]
+    cut = a.attrs["min_count"]
+    assert a["count"].min() >= cut and "survives DPI in >=" in a.attrs["consolidation_rule"]
+    # the cut: the smallest count whose Bonferroni-adjusted Poisson tail is below 0.05
+    m, lam = a.attrs["n_tested"], a.attrs["count_rate"]
+    assert poisson.sf(cut - 1, lam) * m < 0.05 <= poisson.sf(cut - 2, lam) * m
+    assert ((a["pvalue"] < 0.05) == (a["count"] >= cut)).all()
     with pytest.raises(ValueError, match="mi_thresholds has 3 values for 8 bootstraps"):
         A.aracne(expr, genes, regs, n_bootstraps=8, mi_thresholds=[0.1] * 3)
 

@@ -144,7 +144,8 @@ def test_report_and_control_table_add_up(inputs, stage_run):
         assert e["train_cells"] == cells
         skipped = e["skipped_not_detected"]
         assert e["genes"] + skipped["genes"]["count"] + skipped["regulators"]["count"] == sel.sum()
-        assert e["edges"] == (net["cell_type"] == ct).sum()
+        sub = net[net["cell_type"] == ct]
+        assert e["edges"] == len({frozenset(p) for p in zip(sub["source"], sub["target"])}) <= len(sub)
         pc = e["permutation_control"]
         assert pc["permutations"] == 3 and len(pc["edges"]) == 3 and pc["mean"] == pytest.approx(np.mean(pc["edges"]))
         assert pc["lo"] <= pc["mean"] <= pc["hi"]
@@ -154,7 +155,8 @@ def test_report_and_control_table_add_up(inputs, stage_run):
             assert r["fdr"] == pytest.approx(min(1.0, pc["mean"] / e["edges"]), rel=1e-5)
         assert len(e["mi_thresholds_per_bootstrap"]) == 20 and e["min_count"] >= 1
     total = tab.set_index("cell_type").loc["total"]
-    assert total["real_edges"] == len(net)
+    assert total["real_edges"] == sum(rep["cell_types"][t]["edges"] for t in TYPES) == rep["edges_total"]
+    assert rep["network_rows"] == len(net)
     assert total["control_edges_mean"] == pytest.approx(sum(rep["cell_types"][t]["permutation_control"]["mean"] for t in TYPES),
                                                         rel=1e-5)
 
@@ -336,5 +338,5 @@ def test_no_edge_is_a_result_not_an_error(inputs, tmp_path):
         net = pd.read_csv(fh, sep="\t")
     assert list(net.columns) == grn.NETWORK_COLUMNS
     rep = json.loads((out / "report.json").read_text())
-    assert rep["edges_total"] == len(net) and set(rep["cell_types_without_edges"]) <= set(TYPES)
+    assert rep["network_rows"] == len(net) and set(rep["cell_types_without_edges"]) <= set(TYPES)
     assert len(net) == 0 or len(rep["cell_types_without_edges"]) < len(TYPES)

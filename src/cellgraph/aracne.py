@@ -928,9 +928,11 @@ def _run_bootstraps(prob: _Problem, mi_thresholds, checkpoint_dir, on_bootstrap)
 def _consolidate(k, n_tested, opts, rec, min_count):
     """Recurrence cut over the bootstrap counts ``k`` [E] of the pairs seen at least once.
 
-    Returns (log p [E], adjusted p [E], min_count, rate). An edge is kept iff ``k >= min_count``; without a
-    given ``min_count`` it is the smallest count whose adjusted p-value is below ``consolidation_alpha``
-    (B + 1 when none is), which for both corrections is exactly the set with adjusted p < alpha.
+    Returns (log p [E], adjusted p [E], min_count, rate). An edge is kept iff ``k >= min_count``. Without a
+    given ``min_count`` the cut is the smallest count ``c`` in 1..B with ``P(X >= c) M / R < alpha`` (M tested
+    pairs; R = 1 for Bonferroni, the number of Benjamini-Hochberg discoveries among ``k`` (at least 1) for
+    ``"bh"``), B + 1 if none: for both corrections the edges kept are exactly those with adjusted p < alpha,
+    and the cut is defined (and reusable by a control run) also when no edge reaches it.
     """
     b = opts["n_bootstraps"]
     if opts["consolidation"] == "poisson":
@@ -939,11 +941,14 @@ def _consolidate(k, n_tested, opts, rec, min_count):
         rate = float(np.mean([_fpr_estimate(opts, n_tested, a, e) for a, e in zip(rec["above"], rec["kept"])]))
     if b == 1:
         return np.full(k.size, np.nan), np.full(k.size, np.nan), 1 if min_count is None else int(min_count), rate
-    log_p = count_log_pvalues(k, b, opts["consolidation"], max(rate, 1e-300))
+    rate = max(rate, 1e-300)
+    log_p = count_log_pvalues(k, b, opts["consolidation"], rate)
     p_adj = adjust_pvalues(np.exp(log_p), n_tested, opts["correction"])
     if min_count is None:
-        passing = k[p_adj < opts["consolidation_alpha"]]
-        min_count = int(passing.min()) if passing.size else b + 1
+        r = max(1, int((p_adj < opts["consolidation_alpha"]).sum())) if opts["correction"] == "bh" else 1
+        c = np.arange(1, b + 1)
+        ok = np.exp(count_log_pvalues(c, b, opts["consolidation"], rate)) * n_tested / r < opts["consolidation_alpha"]
+        min_count = int(c[ok].min()) if ok.any() else b + 1
     return log_p, p_adj, int(min_count), rate
 
 

@@ -36,7 +36,8 @@ are permuted across the type's cells within blocks of :data:`CONTROL_BLOCK_CELLS
 (so each gene keeps its sparsity and its dependence on depth, and no gene-gene dependence is left), before
 any aggregation; metacells are rebuilt from the permuted cells and ARACNe runs with the real run's MI
 thresholds and recurrence cut. Every edge it finds is false: the report gives their mean and a 95% Poisson
-interval per type beside the real edge count, and the implied FDR (mean false edges / real edges). The
+interval per type beside the real edge count, and the implied FDR (mean false edges / real edges); edges are
+counted as distinct regulator-target pairs (:func:`n_pairs`). The
 control measures edges made by chance, sparsity, depth and aggregation; it does not see indirect edges
 (DPI errors), which need a planted benchmark (``bench/aracne.py``).
 
@@ -79,6 +80,7 @@ __all__ = [
     "type_network",
     "permutation_control",
     "control_summary",
+    "n_pairs",
     "recurrence_consolidation",
     "leiden_subclusters",
 ]
@@ -401,8 +403,14 @@ def _part_network(counts, depth, genes, regs, st, fixed=None):
                 edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
                 edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"], mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
                 count_rate=a["count_rate"], min_count=a["min_count"], consolidation_rule=a["consolidation_rule"],
-                constant_genes=a["constant_genes"], bootstraps_resumed=a["bootstraps_resumed"], edges=int(len(df)))
+                constant_genes=a["constant_genes"], bootstraps_resumed=a["bootstraps_resumed"], edges=n_pairs(df))
     return df, cut, info
+
+
+def n_pairs(df: pd.DataFrame) -> int:
+    """Distinct unordered (regulator, target) pairs of an edge table: a regulator pair listed in both
+    directions counts once. The unit of the edge counts in ``control.tsv`` and the report."""
+    return len({frozenset(e) for e in zip(df["regulator"], df["target"])})
 
 
 def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int], alpha: float,
@@ -423,7 +431,7 @@ def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int]
     from scipy.stats import binom
 
     s = len(networks)
-    pairs = [len({frozenset(e) for e in zip(n["regulator"], n["target"])}) for n in networks]
+    pairs = [n_pairs(n) for n in networks]
     p = float(np.mean([k / max(m, 1) for k, m in zip(pairs, n_possible)])) if s else 0.0
     cols = ["regulator", "target", "mi", "count", "scc"]
     allr = pd.concat([n[cols] for n in networks], ignore_index=True) if s else pd.DataFrame(columns=cols)
@@ -489,7 +497,7 @@ def type_network(counts, depth, genes, regs, st, parts=None, fixed=None):
     df, min_parts, p = recurrence_consolidation(nets, possible, st["consolidation_alpha"],
                                                 None if fixed is None else fixed["min_parts"])
     info = dict(subclusters=[dict(i, cells=int(g.size)) for i, g in zip(infos, groups)], min_parts=min_parts,
-                mean_density=p, edges=int(len(df)), null_valid=all(i["null_valid"] for i in infos),
+                mean_density=p, edges=n_pairs(df), null_valid=all(i["null_valid"] for i in infos),
                 samples=int(sum(i["samples"] for i in infos)))
     return df, dict(parts=cuts, min_parts=min_parts), info
 
@@ -510,7 +518,7 @@ def permutation_control(counts, depth, genes, regs, st, cut, parts=None, rng_key
             blocks = depth_blocks(depth[g], CONTROL_BLOCK_CELLS)
             perm[g] = permute_within_blocks(counts[g], np.zeros(g.size, int) if blocks is None else blocks, rng)
         df, _, _ = type_network(perm, depth, genes, regs, dict(st, seed=st["seed"] + 1000 * (r + 1)), parts, cut)
-        out.append(int(len(df)))
+        out.append(n_pairs(df))
     return out
 
 
@@ -604,10 +612,10 @@ def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
         control = permutation_control(counts, depth, genes, regs, st, cut, parts, rng_key=(args.seed, ti))
     except ValueError as err:
         raise InputError(f"{args.adata}: cell type {ct!r}: {err}") from err
-    summary = control_summary(control, len(df))
+    summary = control_summary(control, n_pairs(df))
     entry.update(status="ok", seed=st["seed"], **info, permutation_control=summary)
     row = dict(cell_type=ct, cells=int(cells.size), samples=info["samples"], genes=len(genes), regulators=len(regs),
-               real_edges=int(len(df)), permutations=summary["permutations"],
+               real_edges=n_pairs(df), permutations=summary["permutations"],
                control_edges_mean=summary.get("mean"), control_edges_lo=summary.get("lo"),
                control_edges_hi=summary.get("hi"), fdr=summary.get("fdr"), fdr_lo=summary.get("fdr_lo"),
                fdr_hi=summary.get("fdr_hi"), null_valid=info["null_valid"])
@@ -689,7 +697,8 @@ def run(args: argparse.Namespace) -> None:
     networks = pd.concat(frames, ignore_index=True)[NETWORK_COLUMNS]
     table = _control_table(rows, control_edges)
     report["cell_types_without_edges"] = sorted(r["cell_type"] for r in rows if r["real_edges"] == 0)
-    report["edges_total"] = int(len(networks))
+    report["edges_total"] = int(sum(r["real_edges"] for r in rows))  # distinct pairs per type
+    report["network_rows"] = int(len(networks))  # regulator pairs in both directions
     report["control_table"] = table.to_dict(orient="records")
     if networks.empty:
         log.warning("grn: no edge survived in any of the %d cell types: at these settings the data support no "
