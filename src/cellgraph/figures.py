@@ -164,8 +164,9 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
                xlim=(0, 1), ylim=(0, 1.01))
     ax_pr.set(xlabel="recall", ylabel="precision", title="Masked-edge recovery: precision-recall",
               xlim=(0, 1), ylim=(0, 1.01))
-    ax_roc.legend(loc="lower right", fontsize=8)
-    ax_pr.legend(loc="lower left", fontsize=8)
+    for ax, loc in ((ax_roc, "lower right"), (ax_pr, "lower left")):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc=loc, fontsize=8)
     return fig
 
 
