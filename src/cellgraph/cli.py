@@ -17,7 +17,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "networks": ("cellgraph.networks", "parse the gene networks and map ids to HGNC symbols"),
     "multigraph": ("cellgraph.multigraph", "nine-graph gene multigraph (human or yeast) from full network releases"),
     "expression": ("cellgraph.expression", "QC, normalise, cluster and split single-cell counts"),
-    "grn": ("cellgraph.grn", "ARACNe gene regulatory networks per cell type and their consensus"),
+    "grn": ("cellgraph.grn", "ARACNe gene regulatory networks per cell type, beside a permutation control"),
     "aracne": ("cellgraph.aracne_io", "standalone ARACNe on an ARACNe-AP matrix or h5ad; ARACNe-AP/ARACNe3 network files"),
     "spectral": ("cellgraph.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),
     "tokenize": ("cellgraph.tokenize", "per-cell rank tokens and subgraphs in shard files"),
