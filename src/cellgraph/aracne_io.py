@@ -247,11 +247,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _check(args) -> None:
-    try:
-        engine.check_options(**{k: getattr(args, k) for k in engine.DEFAULTS})
-    except ValueError as err:
-        key = str(err).split()[0]
-        raise InputError(f"--{key.replace('_', '-')}{str(err)[len(key):]}" if key in engine.DEFAULTS else str(err)) from err
+    from .grn import check_engine_args
+
+    check_engine_args(args)
     if args.threads < 1 or args.n_null < 1000:
         raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
 

@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULTS",
     "configure_parser",
     "add_engine_arguments",
+    "check_engine_args",
     "run",
     "read_regulators",
     "detected_genes",
@@ -545,12 +546,23 @@ def control_summary(control_edges: list[int], real_edges: int) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_args(args) -> None:
+def check_engine_args(args: argparse.Namespace) -> None:
+    """:func:`cellgraph.aracne.check_options` on the parsed engine flags of :func:`add_engine_arguments`.
+
+    Raises
+    ------
+    InputError
+        Naming the flag (``--mi-alpha ...``) and what was expected.
+    """
     try:
         engine.check_options(**{k: getattr(args, k) for k in ENGINE_KEYS})
     except ValueError as err:
         key = str(err).split()[0]
         raise InputError(f"--{key.replace('_', '-')}{str(err)[len(key):]}" if key in ENGINE_KEYS else str(err)) from err
+
+
+def _check_args(args) -> None:
+    check_engine_args(args)
     for ok, msg in ((0 <= args.min_detected_fraction <= 1, "--min-detected-fraction must be in [0, 1]"),
                     (args.depth_stratum_cells >= 0, "--depth-stratum-cells must be >= 0"),
                     (args.metacell_umis >= 1, "--metacell-umis must be >= 1"),
