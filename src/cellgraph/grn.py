@@ -702,7 +702,7 @@ def run(args: argparse.Namespace) -> None:
         rows.append(row)
         control_edges.append(entry["permutation_control"].get("edges", []))
         log.info("%s: %d cells, %d genes, %d regulators -> %d edges; control %s (%.1f s)", ct, cells.size, row["genes"],
-                 row["regulators"], len(df), entry["permutation_control"].get("edges"), time.perf_counter() - t0)
+                 row["regulators"], row["real_edges"], entry["permutation_control"].get("edges"), time.perf_counter() - t0)
     if not frames:
         raise InputError(f"{args.adata}: no cell type had a regulator detected in >= {args.min_detected_fraction:g} "
                          f"of its train cells")
@@ -715,7 +715,7 @@ def run(args: argparse.Namespace) -> None:
     if networks.empty:
         log.warning("grn: no edge survived in any of the %d cell types: at these settings the data support no "
                     "regulator-target dependence beyond what depth and chance give (see control.tsv)", len(rows))
-    log.info("grn: %d edges over %d cell types (%.1f s)", len(networks), len(rows), time.perf_counter() - t_all)
+    log.info("grn: %d edges over %d cell types (%.1f s)", report["edges_total"], len(rows), time.perf_counter() - t_all)
     _write_networks(networks, out / "networks.tsv.gz")
     write_tsv(table, out / "control.tsv")
     write_json(out / "report.json", report)
