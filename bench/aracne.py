@@ -101,15 +101,13 @@ def _pbmc_types():
     label = a.uns["cellgraph"]["label_key"]
     lab, split = a.obs[label].astype(str).to_numpy(), a.obs["split"].astype(str).to_numpy()
     names = np.asarray(a.var_names)
-    sel = a.var["highly_variable"].to_numpy() | np.isin(names, list(regs_all))
+    gene_pos = np.flatnonzero(a.var["highly_variable"].to_numpy() | np.isin(names, list(regs_all)))
     heldout = set(lab[split == "heldout"])
     for ct in sorted(set(lab[split == "train"]) - heldout):
-        cells = (lab == ct) & (split == "train")
-        c = a.layers["counts"][cells]
-        c = np.asarray(c.toarray() if hasattr(c, "toarray") else c, dtype=float)
-        depth = c.sum(axis=1)
-        ok = sel & grn.detected_genes(c, grn.DEFAULTS["min_detected_fraction"])
-        yield ct, c[:, ok], depth, names[ok], sorted(set(names[ok]) & regs_all)
+        cells = np.flatnonzero((lab == ct) & (split == "train"))
+        counts, depth, genes, regs, _ = grn.type_inputs(a, cells, gene_pos, np.isin(names[gene_pos], list(regs_all)),
+                                                        grn.DEFAULTS["min_detected_fraction"])
+        yield ct, counts, depth, genes, regs
 
 
 def case_null(seeds, threads):

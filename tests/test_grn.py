@@ -68,15 +68,12 @@ def _args(adata, regulators, out_dir, *flags, **kw):
 def _type_inputs(inputs, cell_type):
     """(counts [cells x genes] of the stage's selected genes, depth [cells], genes, regulators) of one type."""
     a = inputs["ad"]
-    cells = ((a.obs["trueLabel"].astype(str) == cell_type) & (a.obs["split"].astype(str) == "train")).to_numpy()
-    counts = a.layers["counts"][cells]
-    counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts, dtype=float)
-    depth = counts.sum(axis=1)
+    cells = np.flatnonzero((a.obs["trueLabel"].astype(str) == cell_type) & (a.obs["split"].astype(str) == "train"))
     names = np.asarray(a.var_names)
-    sel = a.var["highly_variable"].to_numpy() | np.isin(names, inputs["regs"])
-    ok = sel & grn.detected_genes(counts, grn.DEFAULTS["min_detected_fraction"])
-    genes = names[ok]
-    return counts[:, ok], depth, genes, sorted(set(genes) & set(inputs["regs"]))
+    gene_pos = np.flatnonzero(a.var["highly_variable"].to_numpy() | np.isin(names, inputs["regs"]))
+    counts, depth, genes, regs, _ = grn.type_inputs(a, cells, gene_pos, np.isin(names[gene_pos], inputs["regs"]),
+                                                    grn.DEFAULTS["min_detected_fraction"])
+    return counts, depth, genes, regs
 
 
 def _settings(**over):

@@ -72,6 +72,7 @@ __all__ = [
     "check_engine_args",
     "run",
     "read_regulators",
+    "type_inputs",
     "detected_genes",
     "depth_blocks",
     "permute_within_blocks",
@@ -239,6 +240,29 @@ def _dense(x) -> np.ndarray:
     import scipy.sparse as sp
 
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+
+
+def type_inputs(adata, cells: np.ndarray, gene_pos: np.ndarray, is_reg: np.ndarray, min_fraction: float):
+    """Raw counts of one cell type's candidate genes and the detection floor (step 1 of the module docstring).
+
+    Parameters
+    ----------
+    adata : AnnData with raw UMI counts in ``layers["counts"]``.
+    cells : int array [C], obs positions of the type's cells; gene_pos : int array [G], var positions of the
+        candidate genes (HVGs and regulators); is_reg : bool array [G], which candidates are regulators.
+    min_fraction : float, detection floor (fraction of the cells with count > 0).
+
+    Returns
+    -------
+    (counts float [C x G'] of the genes that pass, depth float [C] = total UMIs over all genes, genes [G'],
+    regulators (list, sorted) among them, ok bool [G] = which candidates pass).
+    """
+    x = adata.layers["counts"][cells]
+    depth = np.asarray(x.sum(axis=1), dtype=np.float64).ravel()
+    counts = _dense(x[:, gene_pos])
+    ok = detected_genes(counts, min_fraction)
+    names = np.asarray(adata.var_names, dtype=str)[gene_pos]
+    return counts[:, ok], depth, names[ok], sorted(str(g) for g in names[ok & is_reg]), ok
 
 
 def detected_genes(counts: np.ndarray, min_fraction: float) -> np.ndarray:
@@ -594,11 +618,7 @@ def _cell_types(adata, label_key, path):
 def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
     """Genes, sub-clusters, real network and control of one type: (frame or None, report entry, control row)."""
     var_names = np.asarray(adata.var_names, dtype=str)
-    counts_all = _dense(adata.layers["counts"][cells])
-    depth = counts_all.sum(axis=1)
-    counts = counts_all[:, gene_pos]
-    ok = detected_genes(counts, args.min_detected_fraction)
-    regs = [str(g) for g in var_names[gene_pos[ok & is_reg]]]
+    counts, depth, genes, regs, ok = type_inputs(adata, cells, gene_pos, is_reg, args.min_detected_fraction)
     entry = dict(train_cells=int(cells.size), genes=int(ok.sum()), regulators=len(regs),
                  depth_umis=dict(zip(("p10", "median", "p90"), np.quantile(depth, [0.1, 0.5, 0.9]).round(1).tolist())),
                  skipped_not_detected=dict(
@@ -610,7 +630,6 @@ def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
         return None, entry, None
     st = dict(st, seed=int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0]),
               checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None)
-    counts, genes = counts[:, ok], var_names[gene_pos[ok]]
     parts = None
     if args.subclusters:
         parts, small = leiden_subclusters(counts, depth, st)
