@@ -92,17 +92,27 @@ def make_networks(a: ad.AnnData, seed: int = 0, keep_fraction: float = 0.6) -> p
         frames.append(pd.DataFrame({
             "cell_type": t, "source": sub["tf"].to_numpy(), "target": sub["target"].to_numpy(),
             "mi": rng.uniform(0.05, 0.5, n), "pvalue": 10 ** rng.uniform(-8, np.log10(0.05), n),
-            "count": rng.integers(1, 11, n),
+            "count": rng.integers(40, 51, n),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+# the ARACNe-per-type tokenization these tests were written for: shared tie bins, neighbours, no hidden edges
+ARACNE_MODE = {"graph": "aracne", "tie_break": "shared", "neighbours": True, "edge_holdout_fraction": 0.0,
+               "n_top_genes": 1000, "n_bootstraps": 50}
 
 
 def tokenize_args(adata_path, networks_path, out_dir, **kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     tk.configure_parser(p)
     argv = ["--adata", str(adata_path), "--networks", str(networks_path), "--out-dir", str(out_dir)]
-    for k, v in kw.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+    for k, v in {**ARACNE_MODE, **kw}.items():
+        if isinstance(v, bool):
+            argv.append(f"--{'' if v else 'no-'}{k.replace('_', '-')}")
+        elif isinstance(v, (list, tuple)):
+            argv += [f"--{k.replace('_', '-')}", *map(str, v)]
+        else:
+            argv += [f"--{k.replace('_', '-')}", str(v)]
     return p.parse_args(argv)
 
 
@@ -298,15 +308,16 @@ def _tiny(tmp_path) -> tuple[Path, Path]:
                    var=pd.DataFrame(index=genes))
     a.obs["label"] = pd.Categorical(["A", "A", "A", "B", "A", "B"])
     a.obs["split"] = pd.Categorical(["train", "train", "train", "train", "test", "val"])
-    a.var["highly_variable"] = True
+    a.layers["counts"] = a.X.copy()
     a.uns["cellgraph"] = {"label_key": "label", "heldout_types": []}
     a.write_h5ad(tmp_path / "tiny.h5ad")
+    # bootstrap counts out of B = 18: Pr(e not in G_c) = 1 - (count + 1) / 20 (0.95 where absent);
+    # the p-values are deliberately the opposite order, so a test passes only if the counts are used
     net = pd.DataFrame(
-        [("A", "G1", "G2", 0.2, 0.01), ("A", "G3", "G4", 0.3, 0.001), ("A", "G5", "G6", 0.1, 0.04),
-         ("B", "G1", "G2", 0.4, 0.02), ("B", "G4", "G5", 0.5, 0.0), ("B", "G6", "G5", 0.3, 0.01)],
-        columns=["cell_type", "source", "target", "mi", "pvalue"],
+        [("A", "G1", "G2", 0.2, 0.04, 18), ("A", "G3", "G4", 0.3, 0.0, 9), ("A", "G5", "G6", 0.1, 0.001, 17),
+         ("B", "G1", "G2", 0.4, 0.04, 17), ("B", "G4", "G5", 0.5, 0.04, 18), ("B", "G6", "G5", 0.3, 0.04, 18)],
+        columns=["cell_type", "source", "target", "mi", "pvalue", "count"],
     )
-    net["count"] = 5
     net.to_csv(tmp_path / "tiny.tsv.gz", sep="\t", index=False)
     return tmp_path / "tiny.h5ad", tmp_path / "tiny.tsv.gz"
 
@@ -317,18 +328,20 @@ def _edges_by_gene(ds, i, genes):
     return {frozenset((sel[s], sel[t])): round(float(w), 6) for s, t, w in zip(*it["edge_index"], it["edge_weight"])}
 
 
-@pytest.mark.parametrize("alpha", [0.05, 0.3])
+@pytest.mark.parametrize("alpha", [0.07, 0.3])
 def test_integration_end_to_end_tiny(tmp_path, alpha):
     adata_path, net_path = _tiny(tmp_path)
     out = tmp_path / "tok"
-    tk.run(tokenize_args(adata_path, net_path, out, knn_k=4, n_bins=5, max_seq_len=10, integration_alpha=alpha))
+    tk.run(tokenize_args(adata_path, net_path, out, knn_k=4, n_bins=5, max_seq_len=10, integration_alpha=alpha,
+                         n_bootstraps=18))
     genes = vocab_genes(out)
     assert genes.tolist() == ["<pad>", "<cls>", "G1", "G2", "G3", "G4", "G5", "G6"]
-    # p(e) by hand with w = (0.75, 0.25): {G1,G2} 0.0125, {G3,G4} 0.25075, {G4,G5} 0.75,
-    # {G5,G6} (listed as G6->G5 in B) 0.75*0.04 + 0.25*0.01 = 0.0325; weights 0.75 mi_A + 0.25 mi_B
-    want = {frozenset(("G1", "G2")): 0.25, frozenset(("G5", "G6")): 0.15}
+    # p(e) by hand with w = (0.75, 0.25) and Pr(absent) from counts: {G1,G2} 0.75*0.05 + 0.25*0.1 = 0.0625,
+    # {G5,G6} (G6->G5 in B) 0.75*0.1 + 0.25*0.05 = 0.0875, {G3,G4} 0.6125, {G4,G5} 0.725;
+    # weights 0.75 mi_A + 0.25 mi_B
+    want = {frozenset(("G1", "G2")): 0.25}
     if alpha == 0.3:
-        want[frozenset(("G3", "G4"))] = 0.225
+        want[frozenset(("G5", "G6"))] = 0.15
     for split in ("test", "val"):
         assert _edges_by_gene(load(out, split), 0, genes) == want
     # train cells use their own network: B's network for the B cell
@@ -339,8 +352,8 @@ def test_integration_end_to_end_tiny(tmp_path, alpha):
     rep = json.loads((out / "report.json").read_text())
     assert rep["integration"]["candidate_edges"] == 4
     assert rep["integration"]["edges_kept_per_cell_mean"] == len(want)
-    assert rep["knn"]["accuracy"] == {"val": 0.0, "test": 1.0}  # every query is called A
-    assert rep["cells_per_split"] == {"train": 4, "val": 1, "test": 1, "heldout": 0}
+    assert (rep["splits"]["val"]["knn_accuracy"], rep["splits"]["test"]["knn_accuracy"]) == (0.0, 1.0)
+    assert rep["cells_per_split"] == {"train": 4, "val": 1, "test": 1, "heldout": 0, tk.INFERENCE_SHARD: 4}
     assert len(load(out, "heldout")) == 0
 
 
@@ -358,7 +371,8 @@ def test_tokenize_cells_reproduces_the_train_shard(full):
     labels = a.obs["trueLabel"].astype(str).to_numpy()
     stats: dict = {}
     arrays = tk.tokenize_cells(a, cells, {int(c): tables[labels[c]] for c in cells}, vocab,
-                               n_bins=ds.n_bins, max_seq_len=ds.max_seq_len, seed=0, stats=stats)
+                               n_bins=ds.n_bins, max_seq_len=ds.max_seq_len, seed=0, stats=stats,
+                               tie_break="shared", neighbours=True)
     lib = TokenDataset.from_arrays(arrays)
     assert len(lib) == 300 and stats["graph_edges_outside_vocab"] == 0
     assert np.array_equal(lib.obs_names, ds.obs_names[:300]) and np.array_equal(lib.split, ds.split[:300])
@@ -442,10 +456,11 @@ def test_stage_outputs_and_speed(full):
     a, _, out, _ = full
     rep = json.loads((out / "report.json").read_text())
     split = a.obs["split"].astype(str)
-    assert rep["cells_per_split"] == {s: int((split == s).sum()) for s in tk.SPLITS}
+    assert rep["cells_per_split"] == {s: int((split == s).sum()) for s in tk.SPLITS} | {
+        tk.INFERENCE_SHARD: int((split == "train").sum())}
     vocab = read_vocab(out / "vocab.tsv")
     genes = vocab[2:]
-    assert genes == sorted(genes) and set(a.var_names[a.var["highly_variable"]]) <= set(genes)
+    assert genes == sorted(genes) and rep["vocab"]["hvgs"] == 1000
     assert rep["vocab"]["adata_genes_not_in_vocab"] == a.n_vars - len(genes)
     seen = set()
     for s in tk.SPLITS:
@@ -463,7 +478,7 @@ def test_stage_outputs_and_speed(full):
     assert list(integrated.obs_names) == list(own.obs_names)
     assert "integration_edges_kept_per_cell" in rep["splits"][tk.INFERENCE_SHARD]
     assert not np.array_equal(integrated.edge_ptr, own.edge_ptr)
-    assert 0.5 < rep["knn"]["accuracy"]["val"] <= 1.0  # sorted PBMC types are separable
+    assert 0.5 < rep["splits"]["val"]["knn_accuracy"] <= 1.0  # sorted PBMC types are separable
     assert 0 < rep["integration"]["edges_kept_per_cell_mean"] <= rep["integration"]["candidate_edges"]
 
 
@@ -474,7 +489,7 @@ def test_same_seed_same_bytes(small, tmp_path):
         tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", tmp_path / name, seed=seed, max_seq_len=64))
         outs[name] = {f.name: f.read_bytes() for f in sorted((tmp_path / name).iterdir())}
     assert set(outs["a"]) == {"vocab.tsv", "train.npz", "val.npz", "test.npz", "heldout.npz",
-                             "train_integrated.npz", "report.json"}
+                             "train_integrated.npz", "report.json", "graph_edges.tsv.gz"}
     assert outs["a"] == outs["b"]
     assert outs["a"]["train.npz"] != outs["c"]["train.npz"]  # the seed breaks expression ties
     assert outs["a"]["vocab.tsv"] == outs["c"]["vocab.tsv"]
@@ -516,8 +531,9 @@ def _variant(small, tmp_path, what):
         extra = ["--n-bins", "1"]
     elif what == "knn_k":
         extra = ["--knn-k", "0"]
+    mode = ["--graph", "aracne", "--n-top-genes", "1000"]
     return ["tokenize", "--adata", str(adata_path), "--networks", str(net_path),
-            "--out-dir", str(tmp_path / "out")] + extra
+            "--out-dir", str(tmp_path / "out")] + mode + extra
 
 
 @pytest.mark.parametrize("what, message", [
@@ -588,3 +604,127 @@ def test_leave_one_out_knn_probabilities_exclude_the_cell_itself():
         assert probs[i, 1] == pytest.approx(expected_b)
         assert probs[i].sum() == pytest.approx(1.0)
     assert probs[0, 1] < 0.5  # cell 0 is labelled b but sits among a cells
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 12: rank bins without copyable ties, a shared prior graph, edges hidden before pretraining,
+# a pretraining corpus, a vocabulary chosen on training cells only
+# --------------------------------------------------------------------------------------------------
+
+CORPUS = REPO / "resources/demo/expression/zheng2017_frozen_donorA_counts.h5ad"
+
+
+def test_random_tie_break_on_real_cells(small):
+    a, _, _ = small
+    genes = list(a.var_names[a.var["highly_variable"].to_numpy()])
+    vocab = ["<pad>", "<cls>"] + sorted(genes)
+    empty = pd.DataFrame(columns=["source", "target", "weight"])
+    cells = np.arange(60)
+    kw = dict(n_bins=20, max_seq_len=10_000, seed=3)
+    rnd = TokenDataset.from_arrays(tk.tokenize_cells(a, cells, empty, vocab, tie_break="random", **kw))
+    shared = TokenDataset.from_arrays(tk.tokenize_cells(a, cells, empty, vocab, tie_break="shared", **kw))
+    distinct_random, distinct_shared = [], []
+    for i in range(len(cells)):
+        r, s = rnd[i], shared[i]
+        assert np.array_equal(r["gene_ids"], s["gene_ids"])  # same expressed genes, only the bins differ
+        x, b = r["expr"], r["bins"].astype(int)
+        m = x.size
+        # rank-value bins: ranks 1..m (a permutation), bin = ceil(20 r / m), monotone in expression
+        assert np.array_equal(np.sort(b), np.sort((20 * np.arange(1, m + 1) + m - 1) // m))
+        hi, lo = np.nonzero(x[:, None] > x[None, :])
+        assert (b[hi] >= b[lo]).all()
+        distinct_random.append(np.unique(b).size)
+        distinct_shared.append(np.unique(s["bins"]).size)
+        # sparse UMI counts tie: the shared bins put the tie group in one bin, random ones spread it
+        ones = x == x.min()
+        if ones.sum() >= 5:
+            assert np.unique(s["bins"][ones]).size == 1 and np.unique(b[ones]).size > 1
+    assert np.mean(distinct_random) > 1.5 * np.mean(distinct_shared)
+
+
+def _prior_edges(a, path) -> pd.DataFrame:
+    d = pd.read_csv(DOROTHEA, sep="\t")
+    d = d[d["confidence"].isin(["A", "B", "C"]) & d["tf"].isin(a.var_names) & d["target"].isin(a.var_names)]
+    df = pd.DataFrame({"source": d["tf"].to_numpy(), "target": d["target"].to_numpy(), "graph": "dorothea"})
+    df.to_parquet(path)
+    return df
+
+
+@pytest.fixture(scope="module")
+def prior_run(small, tmp_path_factory):
+    """The stage with the shared prior graph, 30% hidden edges and a 300-cell pretraining corpus."""
+    a, _, d = small
+    root = tmp_path_factory.mktemp("tok_prior")
+    _prior_edges(a, root / "edges.parquet")
+    corpus = ad.read_h5ad(CORPUS)[:300].copy()
+    corpus.write_h5ad(root / "corpus.h5ad")
+    args = tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", root / "tokens", graph="prior",
+                         prior_edges=root / "edges.parquet", prior_graphs=["dorothea"], tie_break="random",
+                         neighbours=False, edge_holdout_fraction=0.3, n_top_genes=800,
+                         pretrain_adata=root / "corpus.h5ad", max_seq_len=64)
+    tk.run(args)
+    return a, root / "tokens", corpus
+
+
+def test_hidden_edges_never_reach_any_shard(prior_run):
+    a, out, _ = prior_run
+    genes = vocab_genes(out)
+    edges = pd.read_csv(out / "graph_edges.tsv.gz", sep="\t")
+    hidden = {frozenset(p) for p in edges.loc[edges["hidden"], ["source", "target"]].to_numpy()}
+    visible = {frozenset(p) for p in edges.loc[~edges["hidden"], ["source", "target"]].to_numpy()}
+    assert len(hidden) == round(0.3 * len(edges)) and len(hidden) > 50 and not hidden & visible
+    seen_visible = 0
+    for s in (*tk.SPLITS, tk.INFERENCE_SHARD, tk.PRETRAIN_SHARD):
+        ds = load(out, s)
+        for i in range(len(ds)):
+            cell = set(_edges_by_gene(ds, i, genes))
+            assert not cell & hidden, s
+            assert cell <= visible, s
+            seen_visible += len(cell)
+    assert seen_visible > 0  # the visible edges do reach the cells
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["graph"]["hidden_edges"] == len(hidden) and rep["graph"]["edges"] == len(edges)
+
+
+def test_pretraining_corpus_shard(prior_run):
+    a, out, corpus = prior_run
+    ds = load(out, tk.PRETRAIN_SHARD)
+    total = np.asarray(corpus.X.sum(1)).ravel()
+    n_genes = np.diff(sp.csr_matrix(corpus.X).indptr)
+    kept = (total >= 500) & (total <= 20000) & (n_genes >= 200)
+    assert list(ds.obs_names) == list(corpus.obs_names[kept])
+    assert (ds.split == "pretrain").all() and (ds.cell_type == "unlabelled").all()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pretrain"]["cells_kept"] == kept.sum() and rep["pretrain"]["cells_dropped_qc"] == (~kept).sum()
+    # no pretraining cell is an evaluation cell, and the labelled shards hold no corpus cell
+    labelled = set().union(*(set(load(out, s).obs_names) for s in tk.SPLITS))
+    assert not labelled & set(ds.obs_names)
+    # tokens are the cell's expressed vocabulary genes, ranked
+    genes = vocab_genes(out)
+    i = 0
+    row = corpus[ds.obs_names[i]]
+    expressed = set(row.var_names[np.asarray(row.X.toarray()).ravel() > 0]) & set(genes[2:])
+    assert set(genes[ds[i]["gene_ids"]]) <= expressed and len(ds[i]["gene_ids"]) == min(64, len(expressed))
+
+
+def test_vocabulary_is_chosen_on_training_cells_only(small, tmp_path):
+    a, _, _ = small
+    train = np.flatnonzero(a.obs["split"].astype(str).to_numpy() == "train")
+    counts = ad.AnnData(sp.csr_matrix(a.layers["counts"][train]), var=pd.DataFrame(index=a.var_names))
+    v1 = tk.choose_vocabulary([counts], 500)
+    b = a.copy()  # scramble every non-train cell's counts: the vocabulary must not move
+    test = np.flatnonzero(b.obs["split"].astype(str).to_numpy() != "train")
+    x = b.layers["counts"].toarray()
+    x[test] = np.random.default_rng(0).permuted(x[test], axis=1)
+    b.layers["counts"] = sp.csr_matrix(x)
+    counts_b = ad.AnnData(sp.csr_matrix(b.layers["counts"][train]), var=pd.DataFrame(index=b.var_names))
+    assert tk.choose_vocabulary([counts_b], 500) == v1 and len(v1) == 500
+    # and it is scanpy's seurat_v3 ranking on those counts
+    ref = sc.pp.highly_variable_genes(counts.copy(), flavor="seurat_v3", n_top_genes=500, inplace=False)
+    assert v1 == sorted(counts.var_names[ref["highly_variable"].to_numpy()])
+
+
+def test_absent_probability_from_counts():
+    np.testing.assert_allclose(tk.absent_probability(np.array([0, 9, 18]), 18), [0.95, 0.5, 0.05])
+    with pytest.raises(ValueError):
+        tk.absent_probability(np.array([19]), 18)

@@ -152,6 +152,31 @@ class TokenDataset(Dataset):
         """Wrap a dict of shard arrays (as returned by :func:`cellgraph.tokenize.tokenize_cells`)."""
         return cls(_arrays=arrays)
 
+    @classmethod
+    def concat(cls, datasets: Sequence["TokenDataset"]) -> "TokenDataset":
+        """One dataset holding the cells of ``datasets`` in order (e.g. train cells then a pretraining corpus).
+
+        Cell ``i`` of the result is a cell of exactly one input, so per-cell seeds (masks) stay distinct.
+        Raises ValueError if ``datasets`` is empty or the shards differ in ``n_bins`` or ``max_seq_len``.
+        """
+        if not datasets:
+            raise ValueError("concat needs at least one dataset")
+        if len({(d.n_bins, d.max_seq_len) for d in datasets}) != 1:
+            raise ValueError("datasets differ in n_bins or max_seq_len")
+        arrays: dict[str, Any] = {"n_bins": datasets[0].arrays["n_bins"],
+                                  "max_seq_len": datasets[0].arrays["max_seq_len"]}
+        for k in ("obs_names", "cell_type", "split", "gene_ids", "bins", "expr", "edge_weight"):
+            arrays[k] = np.concatenate([np.asarray(d.arrays[k]) for d in datasets])
+        arrays["edge_index"] = np.concatenate([d.edge_index for d in datasets], axis=1)
+        for ptr in ("gene_ptr", "edge_ptr"):
+            parts, offset = [np.zeros(1, dtype=np.int64)], 0
+            for d in datasets:
+                x = getattr(d, ptr)
+                parts.append(x[1:] + offset)
+                offset += int(x[-1])
+            arrays[ptr] = np.concatenate(parts)
+        return cls(_arrays=arrays)
+
     def __len__(self) -> int:
         return int(self.obs_names.shape[0])
 

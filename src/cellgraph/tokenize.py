@@ -1,51 +1,59 @@
 r"""Per-cell rank tokens and cell subgraphs (GREmLN, Zhang et al. 2025, section 3 and eqs. 1-3).
 
+**Vocabulary.** The highly variable genes of the raw counts (``adata.layers["counts"]``) of the *train*
+cells only, plus a pretraining corpus when one is given (scanpy ``highly_variable_genes(flavor="seurat_v3")``,
+the data sets as ``batch_key``), ``--n-top-genes`` of them; with ARACNe graphs (``--graph aracne|union``)
+the networks' genes that are in the adata join. Sorted by symbol, from token id 2 (0 = ``<pad>``,
+1 = ``<cls>``). Validation, test and held-out cells never influence it.
+
 For every cell:
 
-1. **Rank bins.** Among the cell's *expressed* vocabulary genes (``adata.X > 0``, ``m`` of them), gene
-   ``g`` gets the per-cell quantile bin ``ceil(n_bins * F(x_g))`` where ``F(x) = #{expressed genes with
-   expression <= x} / m`` is the cell's empirical CDF: bins lie in ``1..n_bins``, are monotone in
-   expression, equal for tied expression, and the most expressed gene is in bin ``n_bins``. Genes that
-   are not expressed get bin 0.
-2. **Gene selection.** The expressed genes plus their neighbours in the cell's graph, ordered by
-   expression (highest first; ties, including the unexpressed neighbours, broken by a per-cell random
-   key drawn from ``numpy.random.default_rng([seed, obs position])``, so the order does not depend on
-   which other cells are tokenized) and capped at ``max_seq_len`` tokens. Tokens are stored in that order.
+1. **Rank bins.** Among the cell's *expressed* vocabulary genes (``adata.X > 0``, ``m`` of them) each gene
+   gets a rank ``r`` in ``1..m`` by expression, ties broken by the cell's seeded keys
+   (``numpy.random.default_rng([seed, obs position])``), and the bin ``ceil(n_bins * r / m)`` in
+   ``1..n_bins`` (``--tie-break random``, rank-value encoding as Geneformer). Sparse 3' UMI counts tie:
+   most expressed genes of a cell have one UMI, and with shared bins (``--tie-break shared``: tied values
+   share ``ceil(n_bins * F(x))``) a masked token's bin could be copied from its visible tie group.
+2. **Gene selection.** The expressed genes (plus, with ``--neighbours``, their unexpressed graph neighbours
+   as bin-0 tokens), highest rank first, capped at ``max_seq_len`` tokens, stored in that order.
 3. **Subgraph.** The cell's graph induced on its selected genes, as local token positions (both
    directions of every undirected edge, sorted).
 
-**Graph of a cell.** ``train`` cells use the network of their own cell type (edge weight = mutual
-information). ``val``, ``test`` and ``heldout`` cells use the Bayesian graph integration of GREmLN
+**Graph of a cell** (``--graph``). ``prior``: one shared, unweighted graph for every cell, the union of the
+networks stage's prior graphs (``--prior-graphs``: DoRothEA A-C, TRRUST, HuRI, STRING) over the vocabulary.
+``aracne``: ``train`` cells use the ARACNe network of their own cell type (edge weight = mutual
+information); ``val``, ``test`` and ``heldout`` cells use the Bayesian graph integration of GREmLN
 (eqs. 1-3): a k-nearest-neighbour classifier (scikit-learn ``KNeighborsClassifier``) fitted on the train
-cells in the space of a PCA of ``X`` over the highly variable genes (PCA fitted on train cells) gives
-class probabilities :math:`w_c` over the train cell types; an edge :math:`e` of any cell-type network
-gets
+cells in the space of a PCA of ``X`` over the vocabulary genes (fitted on train cells) gives class
+probabilities :math:`w_c` over the train cell types; an edge :math:`e` of any cell-type network gets
 
-.. math:: p(e) = \sum_c w_c \, \Pr(e \notin G_c)
+.. math:: p(e) = \sum_c w_c \, \Pr(e \notin G_c), \qquad
+          \Pr(e \notin G_c) = 1 - \frac{\mathrm{count}_c(e) + 1}{B + 2}
 
-and is kept iff :math:`p(e) \le \alpha`. **Choice:** :math:`\Pr(e \notin G_c)` is the edge's
-consolidation ``pvalue`` in :math:`G_c` from ``networks.tsv.gz`` (the probability that the edge's
-bootstrap support arose by chance), and 1 when the edge is absent from :math:`G_c` (a train cell type
-without a network counts as an empty network). The weight of a kept edge is the posterior expected mutual
-information :math:`\sum_c w_c \, \mathrm{MI}_c(e)` (0 where absent).
+(the edge's recurrence over the B ARACNe bootstraps, Laplace's rule; ``count = 0`` where absent) and is kept
+iff :math:`p(e) \le \alpha`; a kept edge weighs :math:`\sum_c w_c \, \mathrm{MI}_c(e)`. ``union``: the
+prior graph joined to the ``aracne`` graph of each cell.
 
-Edges are undirected: a (source, target) pair and its reverse are one edge; if a network lists both,
-the smaller p-value and the larger MI are used (counted in the report). Self-loops are dropped (counted).
+**Hidden edges.** Before any cell is tokenized, ``--edge-holdout-fraction`` of all graph edges (prior and
+ARACNe together) are drawn (seeded) and removed from every cell graph of every shard, so no model is
+pretrained with them; ``graph_edges.tsv.gz`` lists every edge (``source, target, weight, hidden``) for the
+hidden-edge recovery of the evaluation.
 
-**Vocabulary.** The genes of the union of the cell-type networks that are in ``adata.var_names``, plus the
-highly variable genes of the adata, sorted by symbol, from token id 2 (0 = ``<pad>``, 1 = ``<cls>``).
-Expression is read from ``adata.X`` (log1p of normalised counts).
+Edges are undirected: a (source, target) pair and its reverse are one edge (duplicates counted in the
+report). Self-loops are dropped (counted). Expression for the bins and the ``expr`` arrays is ``adata.X``
+(log1p of normalised counts).
 
-Outputs (docs/design.md section 5): ``vocab.tsv``, ``{train,val,test,heldout}.npz``, ``report.json``, and
-``train_integrated.npz``: the train cells tokenized with the Bayesian-integration graph (leave-one-out kNN)
-instead of their own type's network. Training uses ``train.npz``; the evaluation's probes are fitted on
-``train_integrated.npz``, because the own-type graph puts type-specific network genes into a train cell's
-tokens, a label leak that test cells (integration graphs) do not have.
+Outputs (docs/design.md section 5): ``vocab.tsv``, ``{train,val,test,heldout}.npz``, ``train_integrated.npz``
+(the train cells with the inference-time graph: the evaluation's probes are fitted on it, because an
+own-type graph would be a label leak that test cells do not have), ``pretrain.npz`` (the unlabelled corpus of
+``--pretrain-adata``, QC'd as the expression stage, with the shared prior graph; training only),
+``graph_edges.tsv.gz`` and ``report.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import logging
 import time
@@ -78,8 +86,13 @@ SPLITS = ("train", "val", "test", "heldout")
 # train cells tokenized with the Bayesian-integration graph, as unseen cells are: the evaluation probes
 # fit on these, so train and test embeddings come from the same inference-time procedure
 INFERENCE_SHARD = "train_integrated"
-NETWORK_COLUMNS = ("cell_type", "source", "target", "mi", "pvalue")
+# unlabelled cells of a pretraining corpus (--pretrain-adata): training only, never evaluated
+PRETRAIN_SHARD = "pretrain"
+PRETRAIN_STREAM = 1
+NETWORK_COLUMNS = ("cell_type", "source", "target", "mi", "pvalue", "count")
 N_PCS = 50  # PCA components for the kNN classifier of the graph integration
+TIE_BREAKS = ("random", "shared")
+GRAPHS = ("prior", "aracne", "union")
 
 Graph = tuple[np.ndarray, np.ndarray, np.ndarray]  # (u, v, weight): vocab gene indices, u < v, unique
 
@@ -89,7 +102,7 @@ Graph = tuple[np.ndarray, np.ndarray, np.ndarray]  # (u, v, weight): vocab gene 
 # --------------------------------------------------------------------------------------------------
 
 
-def expression_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
+def expression_bins(values: np.ndarray, n_bins: int, key: np.ndarray | None = None) -> np.ndarray:
     """Per-cell quantile bins of expression values (GREmLN section 3, rank-based value tokens).
 
     Parameters
@@ -98,16 +111,23 @@ def expression_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
         Expression of N genes in one cell (log-normalised; >= 0).
     n_bins : int
         Number of expression bins (>= 2).
+    key : float array [N], optional
+        Tie-breaking keys. Without keys, tied values share a bin (``F`` counts all ties). With keys, the
+        expressed genes are ranked by (value, key), so each expressed gene gets its own rank ``r`` in
+        ``1..m`` (rank-value encoding as Geneformer, Theodoris et al. 2023) and the bin is
+        ``ceil(n_bins * r / m)``: the bins of a cell's expressed genes are then spread evenly over
+        ``1..n_bins`` and a tie group (sparse UMI counts: most expressed genes of a cell have 1 UMI) no
+        longer shares one bin that a masked model could copy from its visible neighbours.
 
     Returns
     -------
     int16 array [N]: 0 where ``values <= 0``; otherwise ``ceil(n_bins * F(v))`` in ``1..n_bins`` with
-    ``F`` the empirical CDF of the expressed values (ties share a bin; the maximum is in bin ``n_bins``).
+    ``F`` the empirical CDF of the expressed values (the maximum is in bin ``n_bins``).
 
     Raises
     ------
     ValueError
-        If ``n_bins < 2``.
+        If ``n_bins < 2`` or ``key`` does not have the shape of ``values``.
     """
     if n_bins < 2:
         raise ValueError(f"n_bins must be >= 2, got {n_bins}")
@@ -117,16 +137,23 @@ def expression_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
     m = int(expressed.sum())
     if m:
         v = values[expressed]
-        rank_max = np.searchsorted(np.sort(v), v, side="right").astype(np.int64)  # m * F(v)
+        if key is None:
+            rank_max = np.searchsorted(np.sort(v), v, side="right").astype(np.int64)  # m * F(v)
+        else:
+            key = np.asarray(key)
+            if key.shape != values.shape:
+                raise ValueError(f"key must have the shape of values {values.shape}, got {key.shape}")
+            rank_max = np.empty(m, dtype=np.int64)
+            rank_max[np.lexsort((key[expressed], v))] = np.arange(1, m + 1)
         out[expressed] = (n_bins * rank_max + m - 1) // m
     return out
 
 
 def select_genes(
     expressed: np.ndarray, expr: np.ndarray, graph: Graph, n_genes: int, max_seq_len: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, neighbours: bool = True, key: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Genes of one cell: the expressed genes and their graph neighbours, capped by expression.
+    """Genes of one cell: the expressed genes (and, optionally, their graph neighbours), capped by expression.
 
     Parameters
     ----------
@@ -141,21 +168,28 @@ def select_genes(
     max_seq_len : int
         Cap on the number of selected genes.
     rng : numpy Generator
-        Draws one tie-breaking key per vocabulary gene.
+        Draws one tie-breaking key per vocabulary gene (unless ``key`` is given).
+    neighbours : bool
+        Add the unexpressed graph neighbours of expressed genes (bin 0 tokens); False keeps expressed
+        genes only, as the GREmLN paper's tokens.
+    key : float array [G], optional
+        Tie-breaking keys per vocabulary gene (the same keys as the cell's rank bins).
 
     Returns
     -------
     (selected [n] gene indices in token order, their expression [n], truncated: bool)
     """
     u, v, _ = graph
-    isexp = np.zeros(n_genes, dtype=bool)
-    isexp[expressed] = True
-    neighbours = np.concatenate([v[isexp[u]], u[isexp[v]]])
-    cand = np.union1d(expressed, neighbours)
+    if neighbours:
+        isexp = np.zeros(n_genes, dtype=bool)
+        isexp[expressed] = True
+        cand = np.union1d(expressed, np.concatenate([v[isexp[u]], u[isexp[v]]]))
+    else:
+        cand = np.unique(expressed)
     cand_expr = np.zeros(cand.shape[0], dtype=np.float32)
     cand_expr[np.searchsorted(cand, expressed)] = expr
-    key = rng.random(n_genes)[cand]
-    order = np.lexsort((key, -cand_expr))[:max_seq_len]
+    key = (rng.random(n_genes) if key is None else np.asarray(key))[cand]
+    order = np.lexsort((-key, -cand_expr))[:max_seq_len]
     return cand[order], cand_expr[order], cand.shape[0] > max_seq_len
 
 
@@ -180,9 +214,13 @@ def induced_subgraph(selected: np.ndarray, graph: Graph, n_genes: int) -> tuple[
 
 def _tokenize_core(
     x: sp.csr_matrix, obs_pos: np.ndarray, graph_of: Callable[[int], Graph], n_bins: int, max_seq_len: int,
-    seed: int,
+    seed: int, tie_break: str = "random", neighbours: bool = False, stream: int = 0,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Tokenize the rows of ``x`` (cells x vocabulary genes, CSR). Returns (arrays, truncated flags [C])."""
+    """Tokenize the rows of ``x`` (cells x vocabulary genes, CSR). Returns (arrays, truncated flags [C]).
+
+    Cell ``j``'s keys come from ``default_rng([seed, obs_pos[j]])`` (``[seed, stream, obs_pos[j]]`` for
+    ``stream > 0``, e.g. the cells of a pretraining corpus, whose positions restart at 0).
+    """
     n_cells, n_genes = x.shape
     gene_ptr = np.zeros(n_cells + 1, dtype=np.int64)
     edge_ptr = np.zeros(n_cells + 1, dtype=np.int64)
@@ -194,10 +232,13 @@ def _tokenize_core(
         pos = val > 0
         idx, val = idx[pos], val[pos]
         graph = graph_of(j)
-        rng = np.random.default_rng([int(seed), int(obs_pos[j])])
-        sel, sel_expr, truncated[j] = select_genes(idx, val, graph, n_genes, max_seq_len, rng)
+        rng = np.random.default_rng([int(seed), int(obs_pos[j])] if stream == 0 else
+                                    [int(seed), int(stream), int(obs_pos[j])])
+        key = rng.random(n_genes)
+        sel, sel_expr, truncated[j] = select_genes(idx, val, graph, n_genes, max_seq_len, rng,
+                                                   neighbours=neighbours, key=key)
         cell_bins = np.zeros(n_genes, dtype=np.int16)
-        cell_bins[idx] = expression_bins(val, n_bins)
+        cell_bins[idx] = expression_bins(val, n_bins, key[idx] if tie_break == "random" else None)
         ei, ew = induced_subgraph(sel, graph, n_genes)
         ids.append(sel)
         bins.append(cell_bins[sel])
@@ -265,7 +306,7 @@ def _rows(adata, cells: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
 
 def tokenize_cells(
     adata, cells, cell_graphs, vocab: Sequence[str], n_bins: int, max_seq_len: int, seed: int,
-    stats: dict | None = None,
+    stats: dict | None = None, tie_break: str = "random", neighbours: bool = False,
 ) -> dict[str, np.ndarray]:
     """Tokens and subgraphs of the given cells, as the shard arrays of docs/design.md section 5.
 
@@ -284,6 +325,11 @@ def tokenize_cells(
         ``["<pad>", "<cls>", genes...]`` as :func:`cellgraph.data.read_vocab` returns.
     n_bins, max_seq_len, seed : int
         Expression bins (>= 2), token cap per cell (>= 1), seed of the tie-breaking keys.
+    tie_break : {"random", "shared"}
+        ``"random"``: every expressed gene of a cell gets its own rank, ties broken by the cell's seeded
+        keys (:func:`expression_bins`); ``"shared"``: tied values share a bin.
+    neighbours : bool
+        Also add the unexpressed graph neighbours of expressed genes as bin-0 tokens.
     stats : dict, optional
         Filled with ``truncated`` (bool [C]: more candidate genes than ``max_seq_len``) and
         ``graph_edges_outside_vocab`` (int).
@@ -302,6 +348,8 @@ def tokenize_cells(
     """
     if n_bins < 2 or max_seq_len < 1:
         raise ValueError(f"need n_bins >= 2 and max_seq_len >= 1, got {n_bins}, {max_seq_len}")
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
     cells = np.asarray(cells, dtype=np.int64).reshape(-1)
     cols = _vocab_columns(adata, vocab)
     gene_index = {g: i for i, g in enumerate(vocab[2:])}
@@ -336,7 +384,8 @@ def tokenize_cells(
             raise ValueError(f"cell_graphs has no graph for {len(absent)} cells, e.g. obs positions {absent[:5]}")
         graphs = [convert(cell_graphs[int(c)]) for c in cells]
         graph_of = graphs.__getitem__
-    arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, n_bins, max_seq_len, seed)
+    arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, n_bins, max_seq_len, seed,
+                                       tie_break, neighbours)
     arrays.update(_obs_arrays(adata, cells, label_key))
     if stats is not None:
         stats["truncated"] = truncated
@@ -438,15 +487,37 @@ def write_shard(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad)")
+    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, counts in layers['counts'])")
     p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
+    p.add_argument("--prior-edges", default=None,
+                   help="networks stage edge table (edges.parquet: source, target, graph); needed by --graph prior|union")
+    p.add_argument("--prior-graphs", nargs="+", default=["dorothea", "trrust", "huri", "string"],
+                   help="values of the edge table's `graph` column that form the prior graph")
+    p.add_argument("--pretrain-adata", default=None,
+                   help="unlabelled cells (raw UMI counts in X) tokenized into pretrain.npz for pretraining only")
     p.add_argument("--out-dir", required=True, help="folder for vocab.tsv, {train,val,test,heldout}.npz, report.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking keys (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking keys and hidden edges (default 0)")
     p.add_argument("--n-bins", type=int, default=100, help="expression rank bins (default 100)")
     p.add_argument("--max-seq-len", type=int, default=128, help="gene tokens per cell at most (default 128)")
+    p.add_argument("--n-top-genes", type=int, default=3000,
+                   help="vocabulary: highly variable genes (scanpy flavor seurat_v3 on train counts; default 3000)")
+    p.add_argument("--tie-break", choices=TIE_BREAKS, default="random",
+                   help="random: every expressed gene its own rank bin; shared: ties share a bin (default random)")
+    p.add_argument("--neighbours", action=argparse.BooleanOptionalAction, default=False,
+                   help="also add unexpressed graph neighbours of expressed genes as bin-0 tokens")
+    p.add_argument("--graph", choices=GRAPHS, default="prior",
+                   help="cell graphs: prior (one shared graph), aracne (per type + integration), union")
+    p.add_argument("--edge-holdout-fraction", type=float, default=0.15,
+                   help="fraction of graph edges hidden from every shard before pretraining (default 0.15)")
+    p.add_argument("--n-bootstraps", type=int, default=50,
+                   help="ARACNe bootstraps B of networks.tsv.gz (integration probability 1-(count+1)/(B+2))")
     p.add_argument("--integration-alpha", type=float, default=0.05,
                    help="Bayesian graph integration: keep an edge iff p(e) <= alpha (default 0.05)")
     p.add_argument("--knn-k", type=int, default=15, help="neighbours of the kNN cell-type classifier (default 15)")
+    p.add_argument("--min-counts", type=float, default=500, help="pretraining cells: total UMI at least")
+    p.add_argument("--max-counts", type=float, default=20000, help="pretraining cells: total UMI at most")
+    p.add_argument("--min-genes", type=int, default=200, help="pretraining cells: detected genes at least")
+    p.add_argument("--target-sum", type=float, default=1e6, help="pretraining cells: counts per cell before log1p")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -458,6 +529,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--integration-alpha: expected a number in [0, 1], got {args.integration_alpha}")
     if args.knn_k < 1:
         raise InputError(f"--knn-k: expected an integer >= 1, got {args.knn_k}")
+    if args.n_top_genes < 2:
+        raise InputError(f"--n-top-genes: expected an integer >= 2, got {args.n_top_genes}")
+    if not 0.0 <= args.edge_holdout_fraction < 1.0:
+        raise InputError(f"--edge-holdout-fraction: expected a number in [0, 1), got {args.edge_holdout_fraction}")
+    if args.n_bootstraps < 1:
+        raise InputError(f"--n-bootstraps: expected an integer >= 1, got {args.n_bootstraps}")
+    if args.graph in ("prior", "union") and not args.prior_edges:
+        raise InputError(f"--graph {args.graph} needs --prior-edges (the networks stage edges.parquet)")
 
 
 def _read_adata(path: Path):
@@ -478,8 +557,6 @@ def _read_adata(path: Path):
         raise InputError(f"{path}: {err}") from err
     if not adata.var_names.is_unique:
         raise InputError(f"{path}: var_names are not unique")
-    if "highly_variable" not in adata.var.columns:
-        raise InputError(f"{path}: var['highly_variable'] is missing")
     data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
     if not np.all(np.isfinite(data)) or (data < 0).any():
         raise InputError(f"{path}: X must be finite and non-negative (log-normalised expression)")
@@ -500,14 +577,16 @@ def _read_networks(path: Path) -> pd.DataFrame:
         if df[col].isna().any():
             line = int(np.flatnonzero(df[col].isna().to_numpy())[0]) + 2
             raise InputError(f"{path}: line {line}: field {col!r} is empty")
-    for col in ("mi", "pvalue"):
+    for col in ("mi", "pvalue", "count"):
         x = pd.to_numeric(df[col], errors="coerce").to_numpy(float)
-        lo = 0.0
         hi = 1.0 if col == "pvalue" else np.inf
-        bad = ~(np.isfinite(x) & (x >= lo) & (x <= hi))
+        bad = ~(np.isfinite(x) & (x >= 0.0) & (x <= hi))
+        if col == "count":
+            bad |= np.isfinite(x) & (x != np.round(x))
         if bad.any():
             line = int(np.flatnonzero(bad)[0]) + 2
-            what = "a probability in [0, 1]" if col == "pvalue" else "a finite number >= 0"
+            what = {"pvalue": "a probability in [0, 1]", "mi": "a finite number >= 0",
+                    "count": "a bootstrap count (integer >= 0)"}[col]
             raise InputError(f"{path}: line {line}: field {col!r} = {df[col].iloc[line - 2]!r}; expected {what}")
         df[col] = x
     return df
@@ -531,13 +610,248 @@ def _summary(arrays: Mapping[str, np.ndarray], truncated: np.ndarray) -> dict[st
         "cells_without_tokens": int((n_tok == 0).sum()),
         "cells_without_edges": int((n_edge == 0).sum()),
         "expressed_token_fraction": float((arrays["bins"] > 0).mean()) if arrays["bins"].size else 0.0,
+        "tokens_with_an_edge_fraction": _tokens_with_edge(arrays),
     }
 
 
-def run(args: argparse.Namespace) -> None:
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import KNeighborsClassifier
+def _tokens_with_edge(arrays: Mapping[str, np.ndarray]) -> float:
+    """Fraction of all gene tokens that have at least one edge in their cell's subgraph."""
+    gp, ep, ei = arrays["gene_ptr"], arrays["edge_ptr"], np.asarray(arrays["edge_index"]).reshape(2, -1)
+    if gp[-1] == 0:
+        return 0.0
+    cell = np.repeat(np.arange(gp.size - 1), np.diff(ep))
+    touched = np.unique(gp[cell] + ei[0]) if ei.shape[1] else np.zeros(0)
+    return float(touched.size / gp[-1])
 
+
+def choose_vocabulary(counts: Sequence[Any], n_top_genes: int) -> list[str]:
+    """Highly variable genes of raw counts: scanpy ``highly_variable_genes(flavor="seurat_v3")``.
+
+    Parameters
+    ----------
+    counts : list of AnnData
+        Raw UMI counts in ``X`` (cells x genes) of the *training* cells only, one AnnData per data set
+        (labelled train cells, a pretraining corpus); genes are those shared by all, and the data sets are
+        the ``batch_key`` (genes ranked within each, then by their median rank; Stuart et al. 2019).
+    n_top_genes : int
+        Number of genes (capped at the shared genes).
+
+    Returns
+    -------
+    Sorted gene symbols.
+
+    Raises
+    ------
+    InputError
+        If the data sets share fewer than 2 genes.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    shared = counts[0].var_names
+    for a in counts[1:]:
+        shared = shared.intersection(a.var_names)
+    if len(shared) < 2:
+        raise InputError(f"the expression and pretraining data share {len(shared)} genes; expected at least 2")
+    parts = [ad.AnnData(sp.csr_matrix(a[:, shared].X, dtype=np.float32), obs=pd.DataFrame(index=a.obs_names))
+             for a in counts]
+    both = ad.concat(parts, label="dataset", index_unique="-")
+    both.var_names = shared
+    both = both[:, np.asarray((both.X > 0).sum(0)).ravel() > 0].copy()
+    if n_top_genes >= both.n_vars:  # every detected gene is kept: nothing to rank
+        return sorted(both.var_names)
+    hvg = sc.pp.highly_variable_genes(both, flavor="seurat_v3", n_top_genes=min(n_top_genes, both.n_vars),
+                                      batch_key="dataset" if len(counts) > 1 else None, inplace=False)
+    return sorted(both.var_names[hvg["highly_variable"].to_numpy(bool)])
+
+
+def prior_graph(edges: pd.DataFrame, graphs: Sequence[str], gene_index: Mapping[str, int]) -> tuple[Graph, dict]:
+    """One undirected, unweighted graph over the vocabulary from the networks stage's edge table.
+
+    Parameters
+    ----------
+    edges : DataFrame
+        Columns ``source, target, graph`` (``results/networks/edges.parquet``: DoRothEA, TRRUST, HuRI, STRING).
+    graphs : list of str
+        Values of ``graph`` to keep (their union).
+    gene_index : mapping gene symbol -> vocabulary gene index (0-based, no specials).
+
+    Returns
+    -------
+    ((u, v, weight=1) with u < v unique, counts: rows per graph, rows outside the vocabulary, self-loops).
+    """
+    sel = edges[edges["graph"].astype(str).isin(list(graphs))]
+    u = sel["source"].map(gene_index).to_numpy(dtype=float, na_value=np.nan)
+    v = sel["target"].map(gene_index).to_numpy(dtype=float, na_value=np.nan)
+    ok = ~(np.isnan(u) | np.isnan(v))
+    (a, b, w), c = _canonical_edges(u[ok].astype(np.int64), v[ok].astype(np.int64), np.ones(int(ok.sum())),
+                                    len(gene_index))
+    counts = {"rows": {g: int((sel["graph"] == g).sum()) for g in graphs},
+              "rows_outside_vocabulary": int((~ok).sum()), "self_loops": c["self_loops"], "edges": int(a.size)}
+    return (a, b, w), counts
+
+
+def hidden_edge_mask(n_edges: int, fraction: float, seed: int) -> np.ndarray:
+    """Bool [n_edges]: ``round(fraction * n_edges)`` edges drawn without replacement (seeded) to hide.
+
+    Hidden edges are removed from every cell graph of every shard before pretraining, so the edge-recovery
+    evaluation scores edges no model has seen (GREmLN section 4.3 hides edges only at evaluation).
+    """
+    out = np.zeros(n_edges, dtype=bool)
+    k = int(round(fraction * n_edges))
+    if k:
+        out[np.random.default_rng([int(seed), 7]).choice(n_edges, size=k, replace=False)] = True
+    return out
+
+
+def absent_probability(count: np.ndarray, n_bootstraps: int) -> np.ndarray:
+    """``Pr(e not in G_c) = 1 - (count + 1) / (B + 2)`` from an edge's bootstrap count (Laplace's rule).
+
+    GREmLN appendix A.1, eq. 2 weighs each cell type's network by the probability that an edge is absent
+    from it; the recurrence of the edge over the B bootstraps of ARACNe estimates its presence. An edge
+    missing from the consolidated network counts as ``count = 0``. Raises ValueError on counts outside [0, B].
+    """
+    count = np.asarray(count, dtype=np.float64)
+    if (count < 0).any() or (count > n_bootstraps).any():
+        raise ValueError(f"bootstrap counts must lie in [0, {n_bootstraps}]")
+    return 1.0 - (count + 1.0) / (n_bootstraps + 2.0)
+
+
+def merge_graphs(*graphs: Graph) -> Graph:
+    """Union of undirected graphs over the same genes (an edge in several keeps its largest weight)."""
+    u = np.concatenate([g[0] for g in graphs]).astype(np.int64)
+    v = np.concatenate([g[1] for g in graphs]).astype(np.int64)
+    w = np.concatenate([np.asarray(g[2], dtype=np.float64) for g in graphs])
+    n = int(max(u.max(initial=-1), v.max(initial=-1)) + 1)
+    return _canonical_edges(u, v, w, max(n, 1))[0]
+
+
+def _drop_keys(graph: Graph, hidden_keys: np.ndarray, n_genes: int) -> Graph:
+    u, v, w = graph
+    keep = ~np.isin(u * n_genes + v, hidden_keys)
+    return u[keep], v[keep], np.asarray(w)[keep]
+
+
+EMPTY: Graph = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+
+
+def _read_prior_edges(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, sep="\t")
+    except Exception as err:  # noqa: BLE001 - any read failure is the user's file
+        raise InputError(f"{path}: cannot be read as an edge table ({err})") from err
+    missing = [c for c in ("source", "target", "graph") if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing columns {missing}; expected source, target, graph")
+    return df
+
+
+def _read_corpus(path: Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Pretraining cells: raw counts in X, QC as the expression stage, then ``layers["log1p"]`` (log1p CPM)."""
+    import anndata as ad
+    import scanpy as sc
+
+    try:
+        a = ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"{path}: cannot be read as an h5ad file ({err})") from err
+    x = sp.csr_matrix(a.X)
+    if x.nnz and (not np.all(np.isfinite(x.data)) or (x.data < 0).any() or (x.data != np.round(x.data)).any()):
+        raise InputError(f"{path}: X must hold raw UMI counts (non-negative integers)")
+    if not a.var_names.is_unique:
+        raise InputError(f"{path}: var_names are not unique")
+    a.X = x.astype(np.float32)
+    total = np.asarray(a.X.sum(1)).ravel()
+    n_genes = np.diff(a.X.indptr)
+    keep = (total >= args.min_counts) & (total <= args.max_counts) & (n_genes >= args.min_genes)
+    report = {"path": str(path), "cells": int(a.n_obs), "cells_kept": int(keep.sum()),
+              "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars),
+              "qc": {"min_counts": args.min_counts, "max_counts": args.max_counts, "min_genes": args.min_genes}}
+    if not keep.any():
+        raise InputError(f"{path}: no cell passes QC ({report['qc']})")
+    a = a[keep].copy()
+    a.layers["log1p"] = a.X.copy()
+    sc.pp.normalize_total(a, target_sum=args.target_sum, layer="log1p")
+    sc.pp.log1p(a, layer="log1p")
+    return a, report
+
+
+def _type_networks(networks: pd.DataFrame, gene_index: Mapping[str, int], n_bootstraps: int):
+    """Per cell type: canonical edge keys, Pr(e not in G_c) from bootstrap counts, and MI."""
+    n_genes = len(gene_index)
+    ok = networks["source"].isin(gene_index).to_numpy() & networks["target"].isin(gene_index).to_numpy()
+    net = networks[ok]
+    u_all = net["source"].map(gene_index).to_numpy(np.int64)
+    v_all = net["target"].map(gene_index).to_numpy(np.int64)
+    type_of_row = net["cell_type"].to_numpy(str)
+    per_type: dict[str, dict[str, np.ndarray]] = {}
+    dup = {"self_loops": 0, "duplicates": 0}
+    for t in sorted(set(type_of_row)):
+        m = type_of_row == t
+        (a, b, cnt), c1 = _canonical_edges(u_all[m], v_all[m], net["count"].to_numpy(float)[m], n_genes, "max")
+        (_, _, mi), _ = _canonical_edges(u_all[m], v_all[m], net["mi"].to_numpy()[m], n_genes, "max")
+        try:
+            absent = absent_probability(cnt, n_bootstraps)
+        except ValueError as err:
+            raise InputError(f"networks: cell type {t!r}: {err} (--n-bootstraps {n_bootstraps})") from err
+        per_type[t] = {"key": a * n_genes + b, "absent": absent, "mi": mi}
+        for k in dup:
+            dup[k] += c1[k]
+    return per_type, {"rows_dropped_gene_not_in_vocabulary": int((~ok).sum()), **dup}
+
+
+def _graph_of_key(keys: np.ndarray, w: np.ndarray, n_genes: int) -> Graph:
+    return keys // n_genes, keys % n_genes, w
+
+
+class _Integration:
+    """Bayesian graph integration (GREmLN eqs. 1-3) for cells without a known type network."""
+
+    def __init__(self, adata, genes, train, labels, per_type, knn_k: int, alpha: float, seed: int,
+                 n_bootstraps: int):
+        from sklearn.decomposition import PCA
+        from sklearn.neighbors import KNeighborsClassifier
+
+        n_genes = len(genes)
+        self.alpha = alpha
+        self.types = sorted(set(labels[train]))
+        keys = [d["key"] for d in per_type.values()]
+        self.cand = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        self.cand_u, self.cand_v = self.cand // n_genes, self.cand % n_genes
+        self.absent = np.full((len(self.types), self.cand.size), float(absent_probability(0, n_bootstraps)))
+        self.mi = np.zeros((len(self.types), self.cand.size))
+        for i, t in enumerate(self.types):
+            if t in per_type:
+                loc = np.searchsorted(self.cand, per_type[t]["key"])
+                self.absent[i, loc] = per_type[t]["absent"]
+                self.mi[i, loc] = per_type[t]["mi"]
+        x = adata[:, list(genes)].X
+        self.x = (x.toarray() if sp.issparse(x) else np.asarray(x)).astype(np.float64)
+        if knn_k > train.size:
+            raise InputError(f"--knn-k: {knn_k} neighbours but only {train.size} train cells")
+        self.n_pcs = int(max(1, min(N_PCS, train.size - 1, self.x.shape[1])))
+        self.pca = PCA(n_components=self.n_pcs, svd_solver="covariance_eigh", random_state=seed).fit(self.x[train])
+        self.labels = labels
+        self.knn = KNeighborsClassifier(n_neighbors=knn_k).fit(self.pca.transform(self.x[train]), labels[train])
+        self.kept_any = np.zeros(self.cand.size, dtype=bool)
+
+    def probabilities(self, cells: np.ndarray, leave_one_out: bool) -> np.ndarray:
+        if cells.size == 0:
+            return np.zeros((0, len(self.types)))
+        z = self.pca.transform(self.x[cells])
+        if leave_one_out:
+            return _leave_one_out_proba(self.knn, z, self.labels[cells], self.types)
+        return self.knn.predict_proba(z)
+
+    def graph(self, probs: np.ndarray) -> Graph:
+        p = integration_pvalues(probs[None, :], self.absent)[0]
+        keep = p <= self.alpha
+        self.kept_any[keep] = True
+        return self.cand_u[keep], self.cand_v[keep], probs @ self.mi[:, keep]
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cellgraph tokenize``: vocabulary, graphs with hidden edges, token shards, report (module docstring)."""
     t_start = time.perf_counter()
     _check_args(args)
     adata_path = require_file(args.adata, "adata")
@@ -545,172 +859,153 @@ def run(args: argparse.Namespace) -> None:
     adata = _read_adata(adata_path)
     networks = _read_networks(net_path)
     label_key = _label_key(adata)
-
-    # ---- gene universe: network genes present in the adata, plus HVGs
-    var_index = adata.var_names
-    net_genes = pd.Index(pd.unique(np.concatenate([networks["source"].to_numpy(str),
-                                                   networks["target"].to_numpy(str)])))
-    net_in = net_genes[net_genes.isin(var_index)]
-    net_out = sorted(net_genes[~net_genes.isin(var_index)])
-    if len(net_in) == 0 and len(net_genes):
-        raise InputError(
-            f"{net_path}: no gene of the networks is in {adata_path} var_names "
-            f"(networks genes e.g. {list(net_genes[:5])}, adata genes e.g. {list(var_index[:5])})"
-        )
-    hvg = var_index[adata.var["highly_variable"].to_numpy(bool)]
-    if len(hvg) == 0:
-        raise InputError(f"{adata_path}: var['highly_variable'] marks no gene (the kNN classifier needs HVGs)")
-    genes = sorted(set(net_in) | set(hvg))
-    vocab = [PAD_TOKEN, CLS_TOKEN] + genes
-    gene_index = {g: i for i, g in enumerate(genes)}
-    n_genes = len(genes)
-
-    # ---- per-type networks: drop rows with genes outside the adata, canonical undirected edges
-    row_ok = networks["source"].isin(var_index).to_numpy() & networks["target"].isin(var_index).to_numpy()
-    net = networks[row_ok]
-    types = sorted(net["cell_type"].unique())
-    u_all = net["source"].map(gene_index).to_numpy(np.int64)
-    v_all = net["target"].map(gene_index).to_numpy(np.int64)
-    type_of_row = net["cell_type"].to_numpy(str)
-    per_type: dict[str, dict[str, np.ndarray]] = {}
-    dup_counts = {"self_loops": 0, "duplicates": 0}
-    for t in types:
-        m = type_of_row == t
-        (a, b, pv), c1 = _canonical_edges(u_all[m], v_all[m], net["pvalue"].to_numpy()[m], n_genes, "min")
-        (_, _, mi), _ = _canonical_edges(u_all[m], v_all[m], net["mi"].to_numpy()[m], n_genes, "max")
-        per_type[t] = {"key": a * n_genes + b, "pvalue": pv, "mi": mi}
-        for k in dup_counts:
-            dup_counts[k] += c1[k]
-    cand_key = np.unique(np.concatenate([d["key"] for d in per_type.values()])) if per_type else np.zeros(0, np.int64)
-    cand_u, cand_v = cand_key // n_genes, cand_key % n_genes
-
-    # ---- cells per split
     split = adata.obs["split"].astype(str).to_numpy()
     labels = adata.obs[label_key].astype(str).to_numpy()
     train = np.flatnonzero(split == "train")
-    train_types = sorted(set(labels[train]))
-    # Pr(e not in G_c) and MI per train type over the candidate edges (types without a network: empty)
-    absent = np.ones((len(train_types), cand_key.size))
-    mi_mat = np.zeros((len(train_types), cand_key.size))
-    for i, t in enumerate(train_types):
-        if t in per_type:
-            loc = np.searchsorted(cand_key, per_type[t]["key"])
-            absent[i, loc] = per_type[t]["pvalue"]
-            mi_mat[i, loc] = per_type[t]["mi"]
-    types_without_network = [t for t in train_types if t not in per_type]
-    networks_without_train_cells = [t for t in types if t not in set(train_types)]
+    corpus, corpus_report = (None, None)
+    if args.pretrain_adata:
+        corpus, corpus_report = _read_corpus(require_file(args.pretrain_adata, "pretraining adata"), args)
 
-    # ---- kNN classifier on a PCA of the HVGs (fitted on train cells)
-    x_hvg = adata[:, hvg].X
-    x_hvg = x_hvg.toarray() if sp.issparse(x_hvg) else np.asarray(x_hvg)
-    x_hvg = x_hvg.astype(np.float64)
-    if args.knn_k > train.size:
-        raise InputError(f"--knn-k: {args.knn_k} neighbours but only {train.size} train cells in {adata_path}")
-    n_pcs = int(max(1, min(N_PCS, train.size - 1, x_hvg.shape[1])))
-    pca = PCA(n_components=n_pcs, svd_solver="covariance_eigh", random_state=args.seed).fit(x_hvg[train])
-    knn = KNeighborsClassifier(n_neighbors=args.knn_k).fit(pca.transform(x_hvg[train]), labels[train])
+    # ---- vocabulary: HVGs of the training counts (train cells and the corpus), plus ARACNe genes if used
+    counts = _train_counts(adata, train, adata_path)
+    hvg = choose_vocabulary([counts] + ([corpus] if corpus is not None else []), args.n_top_genes)
+    net_genes = set(networks["source"]) | set(networks["target"]) if args.graph != "prior" else set()
+    net_in = sorted(g for g in net_genes if g in adata.var_names)
+    if net_genes and not net_in:
+        raise InputError(f"{net_path}: no gene of the networks is in {adata_path} var_names (networks genes "
+                         f"e.g. {sorted(net_genes)[:5]}, adata genes e.g. {list(adata.var_names[:5])})")
+    genes = sorted(set(hvg) | set(net_in))
+    gene_index = {g: i for i, g in enumerate(genes)}
+    n_genes = len(genes)
 
+    # ---- graphs, then hide edges from all of them before any cell is tokenized
+    prior, prior_counts = EMPTY, None
+    if args.graph != "aracne":
+        prior, prior_counts = prior_graph(_read_prior_edges(require_file(args.prior_edges, "prior edges")),
+                                          args.prior_graphs, gene_index)
+    per_type, net_counts = ({}, {}) if args.graph == "prior" else _type_networks(networks, gene_index,
+                                                                                   args.n_bootstraps)
+    everything = merge_graphs(prior, *(_graph_of_key(d["key"], d["mi"], n_genes) for d in per_type.values()))
+    all_keys = everything[0] * n_genes + everything[1]
+    hidden = hidden_edge_mask(all_keys.size, args.edge_holdout_fraction, args.seed)
+    hidden_keys = all_keys[hidden]
+    prior = _drop_keys(prior, hidden_keys, n_genes)
+    for d in per_type.values():
+        keep = ~np.isin(d["key"], hidden_keys)
+        for k in ("key", "absent", "mi"):
+            d[k] = d[k][keep]
+    integ = (_Integration(adata, genes, train, labels, per_type, args.knn_k, args.integration_alpha, args.seed,
+                          args.n_bootstraps) if args.graph != "prior" else None)
+
+    shards, split_reports = _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_type, integ)
+    if corpus is not None:
+        shards[PRETRAIN_SHARD], split_reports[PRETRAIN_SHARD] = _tokenize_corpus(args, corpus, genes, prior)
+    edge_table = pd.DataFrame({"source": np.asarray(genes)[everything[0]], "target": np.asarray(genes)[everything[1]],
+                               "weight": everything[2], "hidden": hidden})
+    report = {
+        "inputs": {"adata": str(adata_path), "networks": str(net_path), "prior_edges": args.prior_edges,
+                   "pretrain_adata": args.pretrain_adata},
+        "parameters": {k: getattr(args, k) for k in (
+            "seed", "n_bins", "max_seq_len", "n_top_genes", "tie_break", "neighbours", "graph", "prior_graphs",
+            "edge_holdout_fraction", "n_bootstraps", "integration_alpha", "knn_k")},
+        "label_key": label_key,
+        "cells_per_split": {s: int(shards[s]["obs_names"].size) for s in shards},
+        "splits": split_reports,
+        "vocab": {"genes": n_genes, "hvgs": len(hvg), "hvg_method": "scanpy seurat_v3 on raw counts of train cells"
+                  + (" and the pretraining corpus (batch_key = data set)" if corpus is not None else ""),
+                  "aracne_genes_added": len(set(net_in) - set(hvg)),
+                  "adata_genes_not_in_vocab": int(adata.n_vars - n_genes)},
+        "graph": {"source": args.graph, "prior": prior_counts, "aracne": net_counts,
+                  "edges_per_type": {t: int(d["key"].size) for t, d in per_type.items()},
+                  "edges": int(all_keys.size), "hidden_edges": int(hidden.sum()),
+                  "hidden_edges_note": "removed from every shard's cell graphs before pretraining; "
+                                       "listed in graph_edges.tsv.gz (hidden = True)"},
+        "integration": _integration_report(integ, split_reports, args),
+        "pretrain": corpus_report,
+    }
     out = Path(args.out_dir)
+    for s, arrays in shards.items():
+        write_shard(out / f"{s}.npz", arrays)
+    with atomic_path(out / "graph_edges.tsv.gz") as tmp:  # no name or time in the gzip header: same bytes
+        with open(tmp, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
+            gz.write(edge_table.to_csv(sep="\t", index=False).encode())
+    _write_vocab(out / "vocab.tsv", [PAD_TOKEN, CLS_TOKEN] + genes)
+    write_json(out / "report.json", report)
+    log.info("tokenized %d cells in %.1f s; vocab %d genes; %d graph edges, %d hidden",
+             sum(report["cells_per_split"].values()), time.perf_counter() - t_start, n_genes, all_keys.size,
+             int(hidden.sum()))
+
+
+def _train_counts(adata, train: np.ndarray, path: Path):
+    import anndata as ad
+
+    if "counts" not in adata.layers:
+        raise InputError(f"{path}: layers['counts'] (raw UMI counts, written by cellgraph expression) is missing")
+    x = sp.csr_matrix(adata.layers["counts"][train])
+    return ad.AnnData(x, obs=pd.DataFrame(index=adata.obs_names[train]), var=pd.DataFrame(index=adata.var_names))
+
+
+def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_type, integ):
+    n_genes = len(genes)
     shards: dict[str, dict[str, np.ndarray]] = {}
-    split_reports: dict[str, Any] = {}
-    integration: dict[str, Any] = {"candidate_edges": int(cand_key.size), "alpha": args.integration_alpha}
-    knn_accuracy: dict[str, float | None] = {}
-    kept_any = np.zeros(cand_key.size, dtype=bool)
-    kept_per_cell: list[np.ndarray] = []
-    t_tok = time.perf_counter()
+    reports: dict[str, Any] = {}
+    cols = adata.var_names.get_indexer(genes)
     for s in (*SPLITS, INFERENCE_SHARD):
         cells = np.flatnonzero(split == ("train" if s == INFERENCE_SHARD else s))
-        x = _rows(adata, cells, adata.var_names.get_indexer(genes))
-        if s == "train":
-            type_graphs: dict[str, Graph] = {}
-            for t in train_types:
-                if t in per_type:
-                    k = per_type[t]["key"]
-                    type_graphs[t] = (k // n_genes, k % n_genes, per_type[t]["mi"])
-                else:
-                    type_graphs[t] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-            cell_graph = [type_graphs[labels[c]] for c in cells]
-            graph_of = cell_graph.__getitem__
+        kept_n = np.zeros(cells.size, dtype=np.int64)
+        if integ is None:
+            graph_of = lambda j: prior  # noqa: E731 - one shared graph
+        elif s == "train":
+            own = {t: _graph_of_key(d["key"], d["mi"], n_genes) for t, d in per_type.items()}
+            graph_of = lambda j: merge_graphs(prior, own.get(labels[cells[j]], EMPTY))  # noqa: E731
         else:
-            if s == INFERENCE_SHARD:  # train cells as if unseen: leave-one-out kNN (a cell is not its own neighbour)
-                probs = _leave_one_out_proba(knn, pca.transform(x_hvg[cells]), labels[cells], train_types)
-            elif cells.size:
-                probs = knn.predict_proba(pca.transform(x_hvg[cells]))
-            else:
-                probs = np.zeros((0, len(train_types)))
-            if s in ("val", "test") and cells.size:
-                pred = np.asarray(train_types)[probs.argmax(1)]
-                knn_accuracy[s] = float((pred == labels[cells]).mean())
-            kept_n = np.zeros(cells.size, dtype=np.int64)
+            probs = integ.probabilities(cells, leave_one_out=s == INFERENCE_SHARD)
 
             def graph_of(j: int, probs=probs, kept_n=kept_n) -> Graph:
-                p = integration_pvalues(probs[j : j + 1], absent)[0]
-                keep = p <= args.integration_alpha
-                kept_n[j] = keep.sum()
-                kept_any[keep] = True
-                return cand_u[keep], cand_v[keep], probs[j] @ mi_mat[:, keep]
+                g = integ.graph(probs[j])
+                kept_n[j] = g[0].size
+                return merge_graphs(prior, g)
 
-        arrays, truncated = _tokenize_core(x, cells, graph_of, args.n_bins, args.max_seq_len, args.seed)
+        arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, args.n_bins,
+                                           args.max_seq_len, args.seed, args.tie_break, args.neighbours)
         arrays.update(_obs_arrays(adata, cells, label_key))
         shards[s] = {k: arrays[k] for k in SHARD_KEYS}
-        split_reports[s] = _summary(arrays, truncated)
-        if s != "train":
-            split_reports[s]["integration_edges_kept_per_cell"] = (
+        reports[s] = _summary(arrays, truncated)
+        if integ is not None and s != "train":
+            reports[s]["integration_edges_kept_per_cell"] = (
                 {"mean": float(kept_n.mean()), "min": int(kept_n.min()), "max": int(kept_n.max())}
-                if cells.size else None
-            )
-            if s != INFERENCE_SHARD:
-                kept_per_cell.append(kept_n)
-    t_tok = time.perf_counter() - t_tok
-    kept_all = np.concatenate(kept_per_cell) if kept_per_cell else np.zeros(0)
-    integration.update({
-        "cells": int(kept_all.size),
-        "edges_kept_per_cell_mean": float(kept_all.mean()) if kept_all.size else None,
-        "fraction_of_candidate_edges_kept_per_cell": (
-            float(kept_all.mean() / cand_key.size) if kept_all.size and cand_key.size else None),
-        "distinct_edges_kept_in_any_cell": int(kept_any.sum()),
-        "pr_edge_absent": "pvalue of the edge in the cell type's network (1 if absent)",
-        "edge_weight": "sum_c w_c * mi_c(e)",
-    })
-    expressed_outside = adata.X[:, ~adata.var_names.isin(genes)]
-    n_expr_outside = np.diff(sp.csr_matrix(expressed_outside).indptr) if sp.issparse(expressed_outside) else \
-        (np.asarray(expressed_outside) > 0).sum(1)
+                if cells.size else None)
+            if s in ("val", "test") and cells.size:
+                pred = np.asarray(integ.types)[integ.probabilities(cells, False).argmax(1)]
+                reports[s]["knn_accuracy"] = float((pred == labels[cells]).mean())
+    return shards, reports
 
-    report = {
-        "inputs": {"adata": str(adata_path), "networks": str(net_path)},
-        "parameters": {"seed": args.seed, "n_bins": args.n_bins, "max_seq_len": args.max_seq_len,
-                       "integration_alpha": args.integration_alpha, "knn_k": args.knn_k, "n_pcs": n_pcs},
-        "label_key": label_key,
-        "cells_per_split": {s: int(shards[s]["obs_names"].size) for s in SPLITS},
-        "splits": split_reports,
-        "vocab": {
-            "genes": n_genes,
-            "network_genes_in_adata": int(len(net_in)),
-            "hvgs": int(len(hvg)),
-            "hvgs_not_in_networks": int(len(set(hvg) - set(net_in))),
-            "adata_genes_not_in_vocab": int(adata.n_vars - n_genes),
-            "mean_expressed_genes_per_cell_not_in_vocab": float(np.mean(n_expr_outside)),
-            "network_genes_not_in_adata": len(net_out),
-            "network_genes_not_in_adata_names": net_out[:50],
-        },
-        "networks": {
-            "rows": int(len(networks)),
-            "rows_dropped_gene_not_in_adata": int((~row_ok).sum()),
-            "self_loops_dropped": dup_counts["self_loops"],
-            "duplicate_undirected_edges_merged": dup_counts["duplicates"],
-            "cell_types": types,
-            "edges_per_type": {t: int(per_type[t]["key"].size) for t in types},
-            "train_types_without_network": types_without_network,
-            "train_cells_of_types_without_network": int(np.isin(labels[train], types_without_network).sum()),
-            "network_types_without_train_cells": networks_without_train_cells,
-        },
-        "integration": integration,
-        "knn": {"classes": train_types, "accuracy": knn_accuracy},
-    }
-    # ---- write (everything validated above)
-    for s in (*SPLITS, INFERENCE_SHARD):
-        write_shard(out / f"{s}.npz", shards[s])
-    _write_vocab(out / "vocab.tsv", vocab)
-    write_json(out / "report.json", report)
-    log.info("tokenized %d cells in %.1f s (whole stage %.1f s); vocab %d genes",
-             sum(report["cells_per_split"].values()), t_tok, time.perf_counter() - t_start, n_genes)
+
+def _tokenize_corpus(args, corpus, genes, prior):
+    """The pretraining corpus: the shared (prior) graph only, label ``unlabelled``, split ``pretrain``."""
+    cols = corpus.var_names.get_indexer(genes)
+    x = sp.csr_matrix(corpus.layers["log1p"])
+    present = cols >= 0
+    x = sp.csr_matrix(x[:, np.where(present, cols, 0)].multiply(present[None, :].astype(np.float32)))
+    x.eliminate_zeros()
+    x.sort_indices()
+    cells = np.arange(corpus.n_obs)
+    arrays, truncated = _tokenize_core(x, cells, lambda j: prior, args.n_bins, args.max_seq_len, args.seed,
+                                       args.tie_break, args.neighbours, stream=PRETRAIN_STREAM)
+    arrays.update({"obs_names": np.array(corpus.obs_names, dtype=str),
+                   "cell_type": np.full(corpus.n_obs, "unlabelled"), "split": np.full(corpus.n_obs, "pretrain")})
+    rep = _summary(arrays, truncated)
+    rep["vocabulary_genes_absent"] = int((~present).sum())
+    return {k: arrays[k] for k in SHARD_KEYS}, rep
+
+
+def _integration_report(integ, split_reports, args) -> dict[str, Any] | None:
+    if integ is None:
+        return None
+    kept = [split_reports[s]["integration_edges_kept_per_cell"]["mean"] for s in ("val", "test", "heldout")
+            if split_reports[s].get("integration_edges_kept_per_cell")]
+    return {"candidate_edges": int(integ.cand.size), "alpha": args.integration_alpha, "n_pcs": integ.n_pcs,
+            "edges_kept_per_cell_mean": float(np.mean(kept)) if kept else None,
+            "distinct_edges_kept_in_any_cell": int(integ.kept_any.sum()),
+            "pr_edge_absent": "1 - (count + 1) / (B + 2) from the edge's bootstrap count (0 where absent)",
+            "edge_weight": "sum_c w_c * mi_c(e)"}

@@ -39,8 +39,12 @@ def flags(section, keys):
     return " ".join(out)
 
 
+# token shards of the tokenize stage; "pretrain" holds the unlabelled corpus (data.pretrain) when one is set
+PRETRAIN = config["data"].get("pretrain")
+TOKEN_SHARDS = ["train", "val", "test", "heldout", "train_integrated"] + (["pretrain"] if PRETRAIN else [])
+
 FIGURES = ["confusion_matrices", "roc_pr_curves", "linear_probe"]
-TABLES = ["table1_cell_type", "table2_ablation"]
+TABLES = ["table1_cell_type", "table2_ablation", "table2_paired"]
 
 
 def final_outputs():

@@ -1,16 +1,24 @@
+
 rule tokenize:
-    """Per-cell rank tokens and subgraphs (Bayesian graph integration for unseen cells) in shard files."""
+    """Vocabulary, cell graphs with hidden edges, per-cell rank tokens in shard files (pretraining corpus too)."""
     input:
         adata=res("expression/adata.h5ad"),
         networks=res("grn/networks.tsv.gz"),
+        prior=res("networks/edges.parquet"),
+        pretrain=PRETRAIN or [],
     output:
         vocab=res("tokens/vocab.tsv"),
-        shards=expand(res("tokens/{split}.npz"), split=["train", "val", "test", "heldout", "train_integrated"]),
+        shards=expand(res("tokens/{split}.npz"), split=TOKEN_SHARDS),
+        graph_edges=res("tokens/graph_edges.tsv.gz"),
         report=res("tokens/report.json"),
     params:
         out_dir=res("tokens"),
         seed=config["seed"],
-        options=flags("tokenize", ["n_bins", "max_seq_len", "integration_alpha", "knn_k"]),
+        pretrain=f"--pretrain-adata {shlex.quote(PRETRAIN)}" if PRETRAIN else "",
+        options=flags("tokenize", ["n_top_genes", "n_bins", "tie_break", "neighbours", "max_seq_len", "graph",
+                                   "prior_graphs", "edge_holdout_fraction", "integration_alpha", "knn_k"]),
+        qc=flags("expression", ["min_counts", "max_counts", "min_genes", "target_sum"]),
+        bootstraps=flags("grn", ["n_bootstraps"]),
     log:
         log_of("tokenize"),
     benchmark:
@@ -18,5 +26,6 @@ rule tokenize:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph tokenize --adata {input.adata} --networks {input.networks} --seed {params.seed}"
-        " {params.options} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph tokenize --adata {input.adata} --networks {input.networks} --prior-edges {input.prior}"
+        " {params.pretrain} --seed {params.seed} {params.options} {params.qc} {params.bootstraps}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
