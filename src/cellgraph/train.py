@@ -615,11 +615,20 @@ def run(args: argparse.Namespace) -> None:
     train_ds, val_ds = data.TokenDataset(train_path), data.TokenDataset(val_path)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"{tokens}: train.npz and val.npz must hold at least one cell each")
+    # an unlabelled pretraining corpus (tokenize --pretrain-adata) joins the train cells
+    pretrain_path = tokens / "pretrain.npz"
+    n_labelled = len(train_ds)
+    if pretrain_path.is_file():
+        pretrain_ds = data.TokenDataset(pretrain_path)
+        if pretrain_ds.n_bins != n_bins:
+            raise InputError(f"{pretrain_path}: n_bins differs from {train_path}")
+        train_ds = data.TokenDataset.concat([train_ds, pretrain_ds])
+    shard_files = [train_path, val_path, vocab_path] + ([pretrain_path] if pretrain_path.is_file() else [])
     torch.set_num_threads(args.threads)
     log.info("training %s (%s preset) on %d train / %d val cells, %d genes, K=%d", args.model, args.preset,
              len(train_ds), len(val_ds), len(vocab) - 2, order)
     model, history, summary = fit(config, train_ds, val_ds, data.collate, args.checkpoint_dir,
-                                  fingerprint_files=[train_path, val_path, vocab_path], devices=args.devices,
+                                  fingerprint_files=shard_files, devices=args.devices,
                                   num_nodes=args.num_nodes,
                                   checkpoint_every_n_steps=args.checkpoint_every_n_steps or None)
     if summary["global_rank"] != 0:
@@ -635,6 +644,7 @@ def run(args: argparse.Namespace) -> None:
         tmp.write_text("\n".join(lines) + "\n")
     write_json(Path(args.checkpoint_dir) / "report.json", {
         "model": args.model, "preset": args.preset, "train_cells": len(train_ds), "val_cells": len(val_ds),
+        "labelled_train_cells": n_labelled, "pretrain_cells": len(train_ds) - n_labelled,
         "vocab_size": len(vocab), "n_bins": n_bins, "beta": beta, "chebyshev_order": order,
         "chebyshev_order_by_tolerance": len(coeffs) - 1, "chebyshev_max_order": base.chebyshev_max_order,
         "epoch_seconds": [row["seconds"] for row in history], **summary,

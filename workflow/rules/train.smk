@@ -3,6 +3,7 @@ rule train:
     input:
         vocab=res("tokens/vocab.tsv"),
         train=res("tokens/train.npz"),
+        pretrain=[res("tokens/pretrain.npz")] if PRETRAIN else [],
         val=res("tokens/val.npz"),
         coefficients=res("spectral/coefficients.json"),
     output:
