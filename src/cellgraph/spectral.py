@@ -235,7 +235,12 @@ def heat_kernel_dense(laplacian, coefficients):
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
     p.add_argument("--out-dir", required=True, help="folder for coefficients.json and report.tsv")
-    p.add_argument("--beta", type=float, default=0.1, help="diffusion time of exp(-beta L) (default 0.1)")
+    p.add_argument("--beta", default="0.1",
+                   help="diffusion time of exp(-beta L): a number, or 'auto' = 1 / median over train cells of the "
+                        "smallest non-zero eigenvalue of the cell subgraph's normalized Laplacian (default 0.1)")
+    p.add_argument("--tokens", default=None,
+                   help="train token shard (train.npz): cell subgraphs for --beta auto and the kernel check")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled cells (default 0)")
     p.add_argument("--tol", type=float, default=1e-6, help="Chebyshev tail tolerance (default 1e-6)")
     p.add_argument("--mi-weighted", action=argparse.BooleanOptionalAction, default=False,
                    help="weight edges by mutual information (default %(default)s)")
@@ -249,6 +254,51 @@ def network_laplacians(networks, mi_weighted: bool = False):
         ei = np.array([[pos[g] for g in df["source"]], [pos[g] for g in df["target"]]], dtype=np.int64)
         w = df["mi"].to_numpy(float) if mi_weighted else None
         yield str(cell_type), genes, normalized_laplacian(ei, len(genes), w)
+
+
+def cell_laplacians(shard, n_cells: int, seed: int):
+    """Yield ``(obs_name, L)``: dense normalized Laplacians [n, n] of up to ``n_cells`` sampled cells' subgraphs.
+
+    ``shard`` is a :class:`cellgraph.data.TokenDataset`; cells without an edge are skipped. The sample is
+    drawn with ``numpy.random.default_rng(seed)`` without replacement.
+    """
+    from .data import dense_laplacian
+
+    order = np.random.default_rng(seed).permutation(len(shard))
+    taken = 0
+    for i in order:
+        item = shard[int(i)]
+        ei = item["edge_index"]
+        if ei.shape[1] == 0:
+            continue
+        n = len(item["gene_ids"])
+        lap = dense_laplacian(np.zeros(ei.shape[1], np.int64), ei[0], ei[1], np.array([n]), n)[0].numpy()
+        yield str(shard.obs_names[i]), lap.astype(np.float64)
+        taken += 1
+        if taken >= n_cells:
+            return
+
+
+def smallest_nonzero_eigenvalue(lap: np.ndarray, tol: float = 1e-6) -> float:
+    """Smallest eigenvalue above ``tol`` of a symmetric normalized Laplacian [n, n] (``inf`` if none).
+
+    Its inverse is the paper's rule for the diffusion time (GREmLN appendix A.3: beta ~ 1 / lambda_min,
+    the time after which the slowest non-constant mode of the graph has decayed by a factor e).
+    """
+    ev = np.linalg.eigvalsh(lap)
+    ev = ev[ev > tol]
+    return float(ev.min()) if ev.size else float("inf")
+
+
+def auto_beta(laplacians) -> tuple[float, dict]:
+    """``beta = 1 / median(lambda_min)`` over cell Laplacians; (beta, summary). Raises ValueError if none."""
+    lam = np.array([smallest_nonzero_eigenvalue(lap) for _, lap in laplacians])
+    lam = lam[np.isfinite(lam)]
+    if lam.size == 0:
+        raise ValueError("no cell subgraph has an edge, so beta cannot be chosen from lambda_min")
+    return float(1.0 / np.median(lam)), {"cells": int(lam.size), "lambda_min_median": float(np.median(lam)),
+                                         "lambda_min_q10": float(np.quantile(lam, 0.1)),
+                                         "lambda_min_q90": float(np.quantile(lam, 0.9))}
 
 
 def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,13 +318,31 @@ def run(args: argparse.Namespace) -> None:
     missing = {"cell_type", "source", "target", "mi"} - set(networks.columns)
     if missing:
         raise InputError(f"{path}: missing columns {sorted(missing)}")
+    cells = []
+    if args.tokens:
+        from .data import TokenDataset
+
+        cells = list(cell_laplacians(TokenDataset(require_file(args.tokens, "train token shard")), 200, args.seed))
+    rule = None
+    if str(args.beta) == "auto":
+        try:
+            args.beta, rule = auto_beta(cells)
+        except ValueError as err:
+            raise InputError(f"spectral: --beta auto{'' if args.tokens else ' needs --tokens'}: {err}") from err
+    else:
+        try:
+            args.beta = float(args.beta)
+        except ValueError as err:
+            raise InputError(f"spectral: --beta: expected a number or 'auto', got {args.beta!r}") from err
     try:
         coeffs = heat_kernel_coefficients(args.beta, args.tol)
         quad = heat_kernel_coefficients(args.beta, args.tol, method="quadrature")
     except ValueError as err:
         raise InputError(f"spectral: --beta {args.beta} --tol {args.tol}: {err}") from err
     rows = []
-    for cell_type, genes, lap in network_laplacians(networks, args.mi_weighted):
+    graphs = list(network_laplacians(networks, args.mi_weighted)) + [
+        (f"cell {name}", None, sp.csr_matrix(lap)) for name, lap in cells[:20]]
+    for cell_type, genes, lap in graphs:
         n = lap.shape[0]
         approx = chebyshev_apply(lap, np.eye(n), coeffs)
         exact = expm(-args.beta * lap.toarray())
@@ -290,6 +358,8 @@ def run(args: argparse.Namespace) -> None:
         out / "coefficients.json",
         {
             "beta": args.beta,
+            "beta_rule": rule and {"rule": "beta = 1 / median over train cells of the smallest non-zero "
+                                           "eigenvalue of the cell subgraph's normalized Laplacian", **rule},
             "tol": args.tol,
             "K": int(coeffs.size - 1),
             "coefficients": coeffs.tolist(),

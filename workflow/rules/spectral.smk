@@ -1,12 +1,14 @@
 rule spectral:
-    """Chebyshev coefficients of the heat kernel exp(-beta L), checked against expm on each network."""
+    """Chebyshev coefficients of exp(-beta L) (beta auto: 1/lambda_min of cell subgraphs), checked against expm."""
     input:
         networks=res("grn/networks.tsv.gz"),
+        tokens=res("tokens/train.npz"),
     output:
         coefficients=res("spectral/coefficients.json"),
         report=res("spectral/report.tsv"),
     params:
         out_dir=res("spectral"),
+        seed=config["seed"],
         options=flags("spectral", ["beta", "tol", "mi_weighted"]),
     log:
         log_of("spectral"),
@@ -15,5 +17,6 @@ rule spectral:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph spectral --networks {input.networks} {params.options} --out-dir {params.out_dir}"
+        "cellgraph spectral --networks {input.networks} --tokens {input.tokens} --seed {params.seed}"
+        " {params.options} --out-dir {params.out_dir}"
         " > {log} 2>&1"
