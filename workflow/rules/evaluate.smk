@@ -1,24 +1,28 @@
 rule evaluate:
-    """Frozen-embedding evaluation of one model: annotation, masked-edge recovery, linear probe."""
+    """Frozen-embedding evaluation of one model: annotation and its baselines, masked tokens, hidden edges, probe."""
     input:
         model=res("train/{model}/model.pt"),
         shards=expand(res("tokens/{split}.npz"), split=["train", "val", "test", "heldout", "train_integrated"]),
         adata=res("expression/adata.h5ad"),
-        networks=res("grn/networks.tsv.gz"),
+        graph_edges=res("tokens/graph_edges.tsv.gz"),
         coefficients=res("spectral/coefficients.json"),
     output:
         annotation=res("evaluate/{model}/annotation.json"),
+        baselines=res("evaluate/{model}/baselines.json"),
+        masked=res("evaluate/{model}/masked.json"),
         edge_recovery=res("evaluate/{model}/edge_recovery.json"),
         edge_curves=res("evaluate/{model}/edge_curves.npz"),
+        edge_scores=res("evaluate/{model}/edge_scores.tsv"),
         probe=res("evaluate/{model}/probe.json"),
         probe_scatter=res("evaluate/{model}/probe_scatter.npz"),
+        embeddings=res("evaluate/{model}/embeddings.h5ad"),
     wildcard_constraints:
         model="gremln|vanilla",
     params:
         tokens_dir=res("tokens"),
         out_dir=res("evaluate/{model}"),
         seed=config["seed"],
-        options=flags("evaluate", ["n_splits", "edge_holdout_fraction", "probe_alpha"]),
+        options=flags("evaluate", ["n_splits", "probe_alpha"]),
     threads: config["train"]["threads"]
     log:
         log_of("evaluate_{model}"),
@@ -28,7 +32,7 @@ rule evaluate:
         "../../envs/cellgraph.yaml"
     shell:
         "cellgraph evaluate --model-path {input.model} --tokens-dir {params.tokens_dir}"
-        " --adata {input.adata} --networks {input.networks} --coefficients {input.coefficients}"
+        " --adata {input.adata} --graph-edges {input.graph_edges} --coefficients {input.coefficients}"
         " --seed {params.seed} {params.options} --out-dir {params.out_dir} > {log} 2>&1"
 
 
