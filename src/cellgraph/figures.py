@@ -6,14 +6,16 @@ Reads ``{evaluate_dir}/{model}/`` (``annotation.json``, ``edge_recovery.json``, 
 - ``confusion_matrices.png``: row-normalised confusion matrices of the mean-pool probe on the seen test
   cells (split 0), one panel per model, one shared colour scale [0, 1], counts written in the cells
   (GREmLN, Zhang et al. 2025, Fig. 1);
-- ``roc_pr_curves.png``: ROC and precision-recall curves of masked-edge recovery, pooled over cell types
-  (thick) and per cell type (thin), both models (Fig. 2);
+- ``roc_pr_curves.png``: ROC and precision-recall curves of hidden-edge recovery, both models (Fig. 2);
 - ``linear_probe.png``: true vs predicted expression of the ridge probe on test tokens, one panel per
   model (Fig. 4);
 - ``table1_cell_type.{csv,md}``: per model x embedding {mean-pool, CLS} x set {seen test, with held-out}:
   precision, recall, macro-F1 (mean and sd over the splits) and the held-out types' F1 (Table 1);
-- ``table2_ablation.{csv,md}``: per model: annotation macro-F1, edge AUROC and AP (and the
-  random-feature control AUROC), probe R^2 (Table 2).
+- ``table2_ablation.{csv,md}``: per model: annotation macro-F1, masked-token cross-entropy against the
+  per-gene and per-cell baselines, the graph-removal change, hidden-edge AUROC (95% CI) and AP (and the
+  random-feature control AUROC), probe R^2; then rows for the annotation baselines (PCA on all genes and on
+  the vocabulary, bag of genes, the random-initialised encoder) (Table 2);
+- ``table2_paired.{csv,md}``: GREmLN minus vanilla, paired, on annotation and hidden-edge recovery.
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ __all__ = [
     "plot_linear_probe",
     "table1",
     "table2",
+    "paired_differences",
+    "paired_edge_auroc",
     "markdown_table",
 ]
 
-RESULT_FILES = ("annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz")
+RESULT_FILES = ("annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz",
+                "baselines.json", "masked.json", "edge_scores.tsv")
+BASELINES = {"pca_all_genes": "PCA 50, all genes", "pca_vocabulary": "PCA 50, vocabulary genes",
+             "bag_of_genes": "bag of genes (which vocabulary genes are tokens)",
+             "random_init_mean_pool": "random-initialised encoder, mean-pool"}
 EMBEDDINGS = {"mean_pool": "mean-pool", "cls": "CLS"}
 SETS = {"seen_test": "seen test", "with_heldout": "with held-out"}
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
@@ -66,6 +74,10 @@ def load_results(evaluate_dir: str | Path, models: list[str]) -> dict[str, dict[
             try:
                 if name.endswith(".json"):
                     res[stem] = json.loads(path.read_text())
+                elif name.endswith(".tsv"):
+                    import pandas as pd
+
+                    res[stem] = pd.read_csv(path, sep="\t")
                 else:
                     with np.load(path, allow_pickle=False) as z:
                         res[stem] = {k: z[k] for k in z.files}
@@ -74,7 +86,7 @@ def load_results(evaluate_dir: str | Path, models: list[str]) -> dict[str, dict[
             for key in required.get(stem, ()):
                 if key not in res[stem]:
                     raise InputError(f"{path}: missing key {key!r}")
-        for key in ("roc_fpr", "roc_tpr", "pr_precision", "pr_recall", "scores", "labels", "cell_type"):
+        for key in ("roc_fpr", "roc_tpr", "pr_precision", "pr_recall", "scores", "labels"):
             if key not in res["edge_curves"]:
                 raise InputError(f"{Path(evaluate_dir) / m / 'edge_curves.npz'}: missing array {key!r}")
         for key in ("true", "pred"):
@@ -125,13 +137,11 @@ def plot_confusion_matrices(results: dict[str, dict[str, Any]], embedding: str =
 
 
 def plot_roc_pr(results: dict[str, dict[str, Any]]):
-    """ROC (left) and precision-recall (right) curves of masked-edge recovery for every model.
+    """ROC (left) and precision-recall (right) curves of hidden-edge recovery for every model.
 
-    Pooled curves thick, per-cell-type curves thin (recomputed with ``sklearn.metrics`` from the saved
-    scores). Returns the Figure (2 axes).
+    Hidden edges (removed from every cell graph before pretraining) against negatives matched on the source
+    gene (:func:`cellgraph.evaluate.hidden_edge_recovery`). Returns the Figure (2 axes).
     """
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
     plt = _mpl()
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     for c, (m, res) in zip(COLOURS * 4, results.items()):
@@ -141,16 +151,6 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
         ax_roc.plot(cur["roc_fpr"], cur["roc_tpr"], color=c, lw=2.2, label=f"{m} (AUROC {pooled['auroc']:.3f})")
         ax_pr.plot(cur["pr_recall"], cur["pr_precision"], color=c, lw=2.2,
                    label=f"{m} (AP {pooled['average_precision']:.3f})")
-        types = cur["cell_type"].astype(str)
-        for t in np.unique(types):
-            sel = types == t
-            y, s = cur["labels"][sel], cur["scores"][sel]
-            if len(np.unique(y)) < 2:
-                continue
-            fpr, tpr, _ = roc_curve(y, s)
-            prec, rec, _ = precision_recall_curve(y, s)
-            ax_roc.plot(fpr, tpr, color=c, lw=0.6, alpha=0.35)
-            ax_pr.plot(rec, prec, color=c, lw=0.6, alpha=0.35)
     labels = next(iter(results.values()))["edge_curves"]["labels"]
     ax_roc.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
     if labels.size:
@@ -158,11 +158,11 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
         ax_pr.axhline(base, color="grey", ls="--", lw=0.8, label=f"chance ({base:.2f})")
     else:
         for ax in (ax_roc, ax_pr):
-            ax.text(0.5, 0.5, "no hidden edges to score:\nthe ARACNe networks kept no edge", ha="center", va="center",
+            ax.text(0.5, 0.5, "no hidden edges to score:\nthe cell graphs have no edge", ha="center", va="center",
                     transform=ax.transAxes)
-    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="Masked-edge recovery: ROC",
+    ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", title="Hidden-edge recovery: ROC",
                xlim=(0, 1), ylim=(0, 1.01))
-    ax_pr.set(xlabel="recall", ylabel="precision", title="Masked-edge recovery: precision-recall",
+    ax_pr.set(xlabel="recall", ylabel="precision", title="Hidden-edge recovery: precision-recall",
               xlim=(0, 1), ylim=(0, 1.01))
     for ax, loc in ((ax_roc, "lower right"), (ax_pr, "lower left")):
         if ax.get_legend_handles_labels()[0]:
@@ -220,7 +220,14 @@ def table1(results: dict[str, dict[str, Any]]):
 
 
 def table2(results: dict[str, dict[str, Any]]):
-    """Table 2 (ablation) as a DataFrame: one row per model."""
+    """Table 2 (ablation) as a DataFrame: one row per model, then one row per annotation baseline.
+
+    Model rows: annotation macro-F1 (mean-pool; mean and sd over the probe splits), masked-token cross-entropy
+    (nats) of the model and of the per-gene and per-cell baselines at the same masked positions, the
+    relative change of the embeddings when the graph is removed at inference, hidden-edge AUROC with its
+    bootstrap 95% CI, AP, the random-feature control, probe R^2. Baseline rows (same split, same probe):
+    PCA on all genes and on the vocabulary, bag of genes, and the random-initialised encoder of each model.
+    """
     import pandas as pd
 
     rows = []
@@ -230,14 +237,98 @@ def table2(results: dict[str, dict[str, Any]]):
         row["annotation_macro_f1_mean"], row["annotation_macro_f1_sd"] = _pm(emb["seen_test"]["macro_f1"])
         if "with_heldout" in emb:
             row["heldout_macro_f1_mean"], row["heldout_macro_f1_sd"] = _pm(emb["with_heldout"]["macro_f1"])
+        mk = res["masked"]
+        row["masked_ce"] = mk["model"]["cross_entropy"]
+        row["masked_ce_per_gene"] = mk["per_gene"]["cross_entropy"]
+        row["masked_ce_per_cell"] = mk["per_cell"]["cross_entropy"]
+        if "per_gene_x_complement" in mk:
+            row["masked_ce_per_gene_x_complement"] = mk["per_gene_x_complement"]["cross_entropy"]
+        row["masked_accuracy"] = mk["model"]["accuracy"]
+        gr = res["annotation"].get("graph_removal", {})
+        row["graph_removal_change"] = gr.get("relative_change_mean_pool") if gr.get("applicable") else None
         er = res["edge_recovery"]
         row["edge_auroc"] = er["pooled"]["auroc"]
+        row["edge_auroc_ci"] = (None if er["pooled"].get("auroc_ci_low") is None else
+                                f"{er['pooled']['auroc_ci_low']:.3f}-{er['pooled']['auroc_ci_high']:.3f}")
         row["edge_ap"] = er["pooled"]["average_precision"]
         if "control_random_features" in er:
             row["edge_auroc_random_features"] = er["control_random_features"]["auroc"]
+        row["n_hidden_edges"] = er["pooled"].get("n_hidden")
         row["probe_r2"] = res["probe"]["r2"]
         rows.append(row)
+    first = next(iter(results.values()))["baselines"]
+    for key, name in BASELINES.items():
+        for m, res in results.items():
+            if key.startswith("random_init"):
+                name_m = f"{name} ({m})"
+            elif m != next(iter(results)):
+                continue  # model-independent baselines: one row
+            else:
+                name_m = name
+            r = (res["baselines"] if key.startswith("random_init") else first)[key]
+            rows.append({"model": name_m, "annotation_macro_f1_mean": float(r["mean"]),
+                         "annotation_macro_f1_sd": float(r["sd"])})
     return pd.DataFrame(rows)
+
+
+def paired_differences(results: dict[str, dict[str, Any]], a: str = "gremln", b: str = "vanilla",
+                       n_boot: int = 1000, seed: int = 0):
+    """``a`` minus ``b``, paired: annotation macro-F1 over the probe splits and hidden-edge AUROC over edges.
+
+    Edge AUROC: both models score the same hidden edges and source-matched negatives (``edge_scores.tsv``,
+    joined on ``source, target, label``); the 95% CI resamples hidden edges (each with its negatives) with
+    replacement, ``n_boot`` times (seeded). Annotation: the per-split differences of the seen-test macro-F1
+    (one pretraining seed: the splits share the model, so this is not a seed interval; ``snakemake ablation``
+    gives the interval over seeds). Returns a DataFrame with one row per metric; empty if a model is missing.
+    """
+    import pandas as pd
+
+    if a not in results or b not in results:
+        return pd.DataFrame(columns=["metric", "difference", "ci_low", "ci_high", "n", "unit"])
+    fa = np.asarray(results[a]["annotation"]["embeddings"]["mean_pool"]["seen_test"]["macro_f1"]["values"])
+    fb = np.asarray(results[b]["annotation"]["embeddings"]["mean_pool"]["seen_test"]["macro_f1"]["values"])
+    d = fa - fb
+    rows = [{"metric": "annotation macro-F1 (mean-pool)", "difference": float(d.mean()),
+             "ci_low": float(d.min()), "ci_high": float(d.max()), "n": int(d.size),
+             "unit": "probe splits (min-max, one pretraining seed)"}]
+    edge = paired_edge_auroc(results[a]["edge_scores"], results[b]["edge_scores"], n_boot, seed)
+    if edge is not None:
+        rows.append({"metric": "hidden-edge AUROC", **edge, "unit": "hidden edges (bootstrap 95% CI)"})
+    return pd.DataFrame(rows)
+
+
+def paired_edge_auroc(scores_a, scores_b, n_boot: int = 1000, seed: int = 0) -> dict[str, float] | None:
+    """AUROC of model a minus model b on the hidden edges and negatives both scored, with a bootstrap 95% CI.
+
+    ``scores_a``/``scores_b``: ``edge_scores.tsv`` tables (``source, target, label, score, group``). Pairs
+    are joined on ``group, source, target, label``; a hidden edge (group) counts if both scored it; the bootstrap
+    resamples hidden edges with their negatives. Returns ``{difference, ci_low, ci_high, n}`` or None when
+    no hidden edge was scored by both.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if not len(scores_a) or not len(scores_b):
+        return None
+    # a negative (source, g) can be drawn for two hidden edges of one source: the group is part of the key
+    j = scores_a.merge(scores_b, on=["group", "source", "target", "label"], suffixes=("_a", "_b"))
+    j = j[j["group"].isin(j.loc[j["label"] == 1, "group"])]
+    if j["label"].nunique() < 2:
+        return None
+    g = j["group"].to_numpy()
+    groups, inverse = np.unique(g, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.searchsorted(inverse[order], np.arange(groups.size))
+    members = np.split(order, starts[1:])
+    y, s1, s2 = j["label"].to_numpy(), j["score_a"].to_numpy(), j["score_b"].to_numpy()
+    diff = roc_auc_score(y, s1) - roc_auc_score(y, s2)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        take = np.concatenate([members[k] for k in rng.integers(0, groups.size, groups.size)])
+        if np.unique(y[take]).size == 2:
+            boots.append(roc_auc_score(y[take], s1[take]) - roc_auc_score(y[take], s2[take]))
+    lo, hi = np.quantile(boots, [0.025, 0.975])
+    return {"difference": float(diff), "ci_low": float(lo), "ci_high": float(hi), "n": int(groups.size)}
 
 
 def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str:
@@ -275,7 +366,7 @@ def _save(fig, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> None:
     results = load_results(args.evaluate_dir, list(args.models))  # validates every input first
-    t1, t2 = table1(results), table2(results)
+    t1, t2, t3 = table1(results), table2(results), paired_differences(results)
     figs = {
         "confusion_matrices.png": plot_confusion_matrices(results),
         "roc_pr_curves.png": plot_roc_pr(results),
@@ -289,6 +380,7 @@ def run(args: argparse.Namespace) -> None:
                                   "held-out type F1": "heldout_f1"}),
         ("table2_ablation", t2, {"annotation macro-F1": "annotation_macro_f1",
                                  "macro-F1 with held-out": "heldout_macro_f1"}),
+        ("table2_paired", t3, {}),
     ):
         with atomic_path(tdir / f"{name}.csv") as tmp:
             df.to_csv(tmp, index=False)

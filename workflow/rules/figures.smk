@@ -4,7 +4,8 @@ rule figures:
         expand(
             res("evaluate/{model}/{name}"),
             model=MODELS,
-            name=["annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz"],
+            name=["annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz",
+                  "baselines.json", "masked.json", "edge_scores.tsv"],
         ),
     output:
         confusion=report(res("figures/confusion_matrices.png"), caption="../report/confusion.rst", category="Figures"),
