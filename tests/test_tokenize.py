@@ -728,3 +728,17 @@ def test_absent_probability_from_counts():
     np.testing.assert_allclose(tk.absent_probability(np.array([0, 9, 18]), 18), [0.95, 0.5, 0.05])
     with pytest.raises(ValueError):
         tk.absent_probability(np.array([19]), 18)
+
+
+def test_concat_keeps_every_cell_of_both_shards(prior_run):
+    _, out, _ = prior_run
+    a, b = load(out, "train"), load(out, tk.PRETRAIN_SHARD)
+    both = TokenDataset.concat([a, b])
+    assert len(both) == len(a) + len(b)
+    assert list(both.obs_names) == list(a.obs_names) + list(b.obs_names)
+    for i, (ds, j) in enumerate([(a, 0), (a, len(a) - 1), (b, 0), (b, len(b) - 1)]):
+        k = j if ds is a else len(a) + j
+        x, y = both[k], ds[j]
+        assert x["cell_index"] == k  # distinct per-cell seeds for the masks
+        for key in ("gene_ids", "bins", "expr", "edge_index", "edge_weight"):
+            assert np.array_equal(x[key], y[key]), key
