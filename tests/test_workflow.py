@@ -88,7 +88,8 @@ def test_whole_workflow_on_tiny_config(tmp_path):
             assert (np.diff(shard["gene_ptr"]) <= 32).all()
     graph_edges = pd.read_csv(res / "tokens/graph_edges.tsv.gz", sep="\t")
     assert graph_edges["hidden"].sum() == round(0.15 * len(graph_edges)) > 0
-    assert coefficients["beta_rule"]["cells"] > 0 and coefficients["beta"] > 1  # beta: auto
+    rule = coefficients["beta_rule"]  # beta: auto = 1 / median lambda_min of the train cells' subgraphs
+    assert rule["cells"] > 0 and coefficients["beta"] == pytest.approx(1 / rule["lambda_min_median"])
 
     for model in ("gremln", "vanilla"):
         import torch
