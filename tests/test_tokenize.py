@@ -491,6 +491,7 @@ def test_same_seed_same_bytes(small, tmp_path):
     assert set(outs["a"]) == {"vocab.tsv", "train.npz", "val.npz", "test.npz", "heldout.npz",
                              "train_integrated.npz", "report.json", "graph_edges.tsv.gz"}
     assert outs["a"] == outs["b"]
+    assert not (tmp_path / "a" / f"{tk.PRETRAIN_SHARD}.npz").exists()  # no corpus given, none written
     assert outs["a"]["train.npz"] != outs["c"]["train.npz"]  # the seed breaks expression ties
     assert outs["a"]["vocab.tsv"] == outs["c"]["vocab.tsv"]
 
@@ -686,7 +687,7 @@ def test_hidden_edges_never_reach_any_shard(prior_run):
     assert rep["graph"]["hidden_edges"] == len(hidden) and rep["graph"]["edges"] == len(edges)
 
 
-def test_pretraining_corpus_shard(prior_run):
+def test_pretraining_corpus_shard(prior_run, small, tmp_path):
     a, out, corpus = prior_run
     ds = load(out, tk.PRETRAIN_SHARD)
     total = np.asarray(corpus.X.sum(1)).ravel()
@@ -705,6 +706,13 @@ def test_pretraining_corpus_shard(prior_run):
     row = corpus[ds.obs_names[i]]
     expressed = set(row.var_names[np.asarray(row.X.toarray()).ravel() > 0]) & set(genes[2:])
     assert set(genes[ds[i]["gene_ids"]]) <= expressed and len(ds[i]["gene_ids"]) == min(64, len(expressed))
+    # a later run without a corpus into the same folder removes the stale corpus shard (train would read it)
+    stale = tmp_path / "tokens"
+    stale.mkdir()
+    (stale / f"{tk.PRETRAIN_SHARD}.npz").write_bytes((out / f"{tk.PRETRAIN_SHARD}.npz").read_bytes())
+    _, _, d = small
+    tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", stale, max_seq_len=64))
+    assert not (stale / f"{tk.PRETRAIN_SHARD}.npz").exists()
 
 
 def test_vocabulary_is_chosen_on_training_cells_only(small, tmp_path):

@@ -926,6 +926,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     for s, arrays in shards.items():
         write_shard(out / f"{s}.npz", arrays)
+    if corpus is None:  # a corpus shard of an earlier run must not join this run's training
+        (out / f"{PRETRAIN_SHARD}.npz").unlink(missing_ok=True)
     with atomic_path(out / "graph_edges.tsv.gz") as tmp:  # no name or time in the gzip header: same bytes
         with open(tmp, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
             gz.write(edge_table.to_csv(sep="\t", index=False).encode())
