@@ -957,9 +957,9 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
         kept_n = np.zeros(cells.size, dtype=np.int64)
         if integ is None:
             graph_of = lambda j: prior  # noqa: E731 - one shared graph
-        elif s == "train":
-            own = {t: _graph_of_key(d["key"], d["mi"], n_genes) for t, d in per_type.items()}
-            graph_of = lambda j: merge_graphs(prior, own.get(labels[cells[j]], EMPTY))  # noqa: E731
+        elif s == "train":  # one merged graph per type, shared by its cells
+            own = {t: merge_graphs(prior, _graph_of_key(d["key"], d["mi"], n_genes)) for t, d in per_type.items()}
+            graph_of = lambda j: own.get(labels[cells[j]], prior)  # noqa: E731
         else:
             probs = integ.probabilities(cells, leave_one_out=s == INFERENCE_SHARD)
 
@@ -977,8 +977,8 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
             reports[s]["integration_edges_kept_per_cell"] = (
                 {"mean": float(kept_n.mean()), "min": int(kept_n.min()), "max": int(kept_n.max())}
                 if cells.size else None)
-            if s in ("val", "test") and cells.size:
-                pred = np.asarray(integ.types)[integ.probabilities(cells, False).argmax(1)]
+            if s in ("val", "test") and cells.size:  # probs: the kNN class probabilities used for the graphs
+                pred = np.asarray(integ.types)[probs.argmax(1)]
                 reports[s]["knn_accuracy"] = float((pred == labels[cells]).mean())
     return shards, reports
 
