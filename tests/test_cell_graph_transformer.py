@@ -43,6 +43,8 @@ def _model(kind="equivariant", seed=0, **kw):
     for mod in m.modules():
         if isinstance(mod, torch.nn.Embedding) and mod.num_embeddings == len(cgt.PERTURBATION_TYPES):
             torch.nn.init.normal_(mod.weight, std=0.5)
+    if kind == "equivariant":  # the expression readout starts at its offset (zero last layer): give it a slope
+        torch.nn.init.normal_(m.expression[-1].weight, std=0.5)
     return m.eval()
 
 
@@ -247,3 +249,84 @@ def test_attention_diagnostics_on_known_attention(monkeypatch):
     assert h_rows[1]["entropy"] == pytest.approx(math.log(n + 1))
     assert h_rows[1]["effective_rank"] == pytest.approx(1.0)  # all rows equal: rank one
     assert h_rows[0]["effective_rank"] > 1.5
+
+
+# ---- issue 13: single-gene sets, fixed features, offsets, weights, signed edges, CUDA ----------------
+
+
+def test_type_one_learns_on_single_gene_sets_only_with_the_set_gate():
+    """With one key the softmax weight is 1 whatever q and k are: no gradient reaches W_q, W_k. The null key
+    makes the weight sigmoid(q.(k - k_null)), so they learn. (The zero-initialised readout passes gradient to
+    the transform only after a step, so the readout gets a slope first.)"""
+    grads = {}
+    for gate in (False, True):
+        torch.manual_seed(0)
+        model = cgt.build_model("equivariant", _cfg(set_gate=gate, graph_reg={}))
+        torch.nn.init.normal_(model.expression[-1].weight, std=0.5)
+        if gate:
+            torch.nn.init.normal_(model.type1.null_key, std=0.5)
+        out, _, _ = model(_batch([[2], [5], [11]]))
+        ((out["expression"] - torch.randn(3, N)) ** 2).mean().backward()
+        grads[gate] = (model.type1.q.weight.grad.abs().max().item(), model.type1.k.weight.grad.abs().max().item())
+    assert max(grads[False]) < 1e-8
+    assert min(grads[True]) > 1e-5
+
+
+def test_feature_only_genes_and_offsets_define_the_untrained_model():
+    """Without identity rows two genes with the same features are the same token; an untrained model predicts
+    exactly the offsets (own offset at the perturbed gene only)."""
+    torch.manual_seed(0)
+    feats = torch.randn(N, 6)
+    feats[4] = feats[9]
+    model = cgt.build_model("equivariant", _cfg(graph_reg={}, n_features=6, gene_identity=False)).eval()
+    model.encoder.set_features(feats)
+    assert not hasattr(model.encoder, "gene_emb")
+    tokens = model.encoder.gene_tokens()
+    torch.testing.assert_close(tokens[4], tokens[9])
+    offset, own = torch.randn(N), torch.randn(N)
+    model.expression_offset.copy_(offset)
+    model.own_offset.copy_(own)
+    out, _, _ = model(_batch([[3], [], [1, 7]]))
+    expect = offset.repeat(3, 1)
+    expect[0, 3] += own[3]
+    expect[2, [1, 7]] += own[[1, 7]]
+    torch.testing.assert_close(out["expression"], expect)
+    with pytest.raises(ValueError, match="gene features must be"):
+        model.encoder.set_features(torch.randn(N, 5))
+    with pytest.raises(ValueError, match="n_features"):
+        _cfg(gene_identity=False)
+
+
+def test_sample_weights_scale_each_sample_in_the_loss():
+    pred = {"expression": torch.tensor([[1.0, 2.0], [3.0, 5.0]]), "fitness": torch.tensor([1.0, 0.0])}
+    batch = {"y_expression": torch.zeros(2, 2), "m_expression": torch.tensor([[True, True], [True, False]]),
+             "y_fitness": torch.zeros(2), "m_fitness": torch.ones(2, dtype=torch.bool),
+             "sample_weight": torch.tensor([1.0, 0.0])}
+    _, parts = cgt.multitask_loss(pred, batch, {"expression": 1.0, "fitness": 1.0})
+    assert parts["expression"] == pytest.approx((1 + 4) / 2)  # sample 2 has weight 0
+    assert parts["fitness"] == pytest.approx(1.0)
+    batch["sample_weight"] = torch.tensor([1.0, 1.0])
+    _, parts = cgt.multitask_loss(pred, batch, {"expression": 1.0})
+    assert parts["expression"] == pytest.approx((1 + 4 + 9) / 3)
+
+
+def test_negative_edges_stay_in_the_attention_target():
+    ei = torch.tensor([[0, 0, 1], [1, 2, 2]])
+    w = torch.tensor([1.0, -3.0, 0.5])  # a repressive edge 0 -> 2
+    row, col, val, _ = cgt.row_normalized_csr(ei, w, 3, directed=True)
+    got = {(int(r), int(c)): float(v) for r, c, v in zip(row, col, val)}
+    assert got == {(0, 1): pytest.approx(0.25), (0, 2): pytest.approx(0.75), (1, 2): pytest.approx(1.0)}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_models_run_on_cuda():
+    torch.manual_seed(0)
+    for kind in ("equivariant", "non_equivariant"):
+        model = cgt.build_model(kind, _cfg(n_features=6), _graphs()).cuda()
+        if kind == "equivariant":
+            model.encoder.set_features(torch.randn(N, 6, device="cuda"))
+        batch = {k: v.cuda() for k, v in _batch([[2, 5], [], [7]]).items()}
+        out, reg, _ = model(batch)
+        loss = sum(v.float().sum() for k, v in out.items() if k != "h_pert") + reg
+        loss.backward()
+        assert all(v.is_cuda for v in out.values()) and torch.isfinite(loss)

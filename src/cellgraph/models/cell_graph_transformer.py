@@ -2,8 +2,10 @@ r"""Cell graph transformers: y = f(G, S) for a wild-type gene multigraph G and a
 
 Two models share one encoder (nanoGPT/DiT style: a dataclass config, small modules, shape comments):
 
-- **Shared encoder** ``F(G)``: one learned embedding per gene of the universe (N genes) and a CLS token; L
-  pre-LayerNorm transformer blocks over the N + 1 tokens. There is no per-sample input, so the wild-type
+- **Shared encoder** ``F(G)``: per gene of the universe (N genes) a learned embedding row
+  (``gene_identity``) and/or a learned projection of fixed gene features (``n_features``; e.g. random-walk
+  features of the full multigraph, so a gene never seen perturbed still has a representation), and a CLS
+  token; L pre-LayerNorm transformer blocks over the N + 1 tokens. There is no per-sample input, so the wild-type
   cell is encoded once per training step, independently of the batch size B: f(G, S) = g(F(G), S).
 - **Graph-regularised attention.** Each graph k of ``config.graph_reg`` is assigned to a (layer l_k, head
   h_k, weight lambda_k). Its loss is
@@ -26,10 +28,12 @@ Two models share one encoder (nanoGPT/DiT style: a dataclass config, small modul
   position-wise "static" embeddings, squared, mean-pooled). ``MLP([h_CLS || z_S])`` gives the scalar tasks.
 - :class:`EquivariantCellGraphTransformer`: Type I transform (all genes attend to the embeddings of their
   sample's perturbed genes, perturbation-type embeddings added to the keys and the values (the values'
-  type term is an effect shared by all genes of that type); residual + LayerNorm, FFN,
-  residual + LayerNorm) batched over samples with padding masks, giving H_pert [B, N, d]; Type II readouts:
-  fitness = MLP(mean over genes), interaction = MLP([h_CLS || mean over S of H_pert]), expression = a
-  per-gene MLP [B, N], gene set = MLP(mean over a configured gene set) [B, m]. Permuting the genes permutes
+  type term is an effect shared by all genes of that type); with ``set_gate`` an "in S" embedding on the
+  perturbed genes' own rows and a null key with zero value, so single-gene sets are not inert; residual +
+  LayerNorm, FFN, residual + LayerNorm) batched over samples with padding masks, giving H_pert [B, N, d];
+  Type II readouts: fitness = MLP(mean over genes), interaction = MLP([h_CLS || mean over S of H_pert]),
+  expression = per-gene offsets (``expression_offset``, and ``own_offset`` at the perturbed genes) plus a
+  per-gene MLP whose last layer starts at zero [B, N], gene set = MLP(mean over a configured gene set) [B, m]. Permuting the genes permutes
   H_pert and the expression readout the same way and leaves the others unchanged.
 
 Batches (PyG-style pointer arrays for variable-size S): ``pert_ptr`` Long [B+1], ``pert_idx`` Long [P]
@@ -73,6 +77,9 @@ class CGTConfig:
     task_weights: dict = field(default_factory=lambda: {"fitness": 1.0, "interaction": 1.0, "expression": 1.0,
                                                         "gene_set": 1.0})
     materialize_attention: bool = False  # benchmark variant: full [heads, N+1, N+1] maps
+    n_features: int = 0  # F columns of fixed gene features (buffer ``encoder.gene_features`` [N, F]; 0 = none)
+    gene_identity: bool = True  # a learned embedding row per gene (off: genes are known by their features only)
+    set_gate: bool = True  # Type I: learned "in S" embedding on the perturbed genes' rows and a null key
     checkpoint: bool = False  # recompute the [B, N, d] Type I activations in backward (torch.utils.checkpoint)
 
     def __post_init__(self):
@@ -80,6 +87,8 @@ class CGTConfig:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
         if self.head not in ("mean", "cross_attention", "hypersagnn"):
             raise ValueError(f"head must be mean, cross_attention or hypersagnn, not {self.head!r}")
+        if not self.gene_identity and self.n_features < 1:
+            raise ValueError("gene_identity=False needs n_features >= 1 (genes would have no representation)")
         for g, (layer, h, lam) in self.graph_reg.items():
             if not (0 <= int(layer) < self.n_layers and 0 <= int(h) < self.n_heads) or float(lam) < 0:
                 raise ValueError(f"graph_reg[{g!r}] = {[layer, h, lam]}: layer/head out of range or lambda < 0")
@@ -114,14 +123,16 @@ def row_normalized_csr(edge_index: torch.Tensor, edge_weight: torch.Tensor | Non
     from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
     ei = edge_index.long()  # [2, E]
-    w = torch.ones(ei.shape[1]) if edge_weight is None else edge_weight.float().clamp_min(0)  # [E]
+    # |w|: a repressive (negative) regulatory edge is an edge all the same; its sign reaches the models through
+    # the gene features (cellgraph.gene_features), not through the attention target
+    w = torch.ones(ei.shape[1], device=ei.device) if edge_weight is None else edge_weight.float().abs()  # [E]
     ei, w = remove_self_loops(ei, w)
     if not directed:
         ei, w = to_undirected(ei, w, num_nodes=n, reduce="max")  # [2, E'] both directions
     ei, w = coalesce(ei, w, num_nodes=n)  # sorted by row
     keep = w > 0
     ei, w = ei[:, keep], w[keep]
-    rowsum = torch.zeros(n).index_add_(0, ei[0], w)  # [n]
+    rowsum = torch.zeros(n, device=w.device).index_add_(0, ei[0], w)  # [n]
     val = w / rowsum[ei[0]]  # [E']
     pos_rows = torch.nonzero(rowsum > 0).flatten()  # [n_pos]
     return ei[0], ei[1], val, pos_rows
@@ -136,8 +147,8 @@ def sampled_rows_kl(log_alpha_rows: torch.Tensor, rows: torch.Tensor, row: torch
     (:func:`row_normalized_csr`). KL = sum_j p_ij (log p_ij - log alpha_ij) over the edges of row i.
     Returns a scalar: the sum over sampled rows divided by R.
     """
-    slot = torch.full((n_genes,), -1, dtype=torch.long)  # [N] position of each gene among sampled rows
-    slot[rows] = torch.arange(rows.numel())
+    slot = torch.full((n_genes,), -1, dtype=torch.long, device=rows.device)  # [N] position among sampled rows
+    slot[rows] = torch.arange(rows.numel(), device=rows.device)
     e_slot = slot[row]  # [E]
     sel = e_slot >= 0  # [E] edges of sampled rows
     p = val[sel]  # [E_s]
@@ -157,13 +168,13 @@ def full_attention_kl(alpha: torch.Tensor, rows: torch.Tensor, row, col, val) ->
 
 def segment_ids(ptr: torch.Tensor) -> torch.Tensor:
     """Sample index of every entry of a pointer array: ptr Long [B+1] -> Long [ptr[-1]]."""
-    return torch.repeat_interleave(torch.arange(ptr.numel() - 1), ptr.diff())
+    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff())
 
 
 def _segment_mean(x: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
     """Mean of rows x [P, d] per segment id seg [P] -> [n_seg, d]; empty segments give exactly 0."""
-    total = torch.zeros(n_seg, x.shape[-1], dtype=x.dtype).index_add(0, seg, x)  # [B, d]
-    count = torch.zeros(n_seg, dtype=x.dtype).index_add(0, seg, torch.ones_like(seg, dtype=x.dtype))  # [B]
+    total = torch.zeros(n_seg, x.shape[-1], dtype=x.dtype, device=x.device).index_add(0, seg, x)  # [B, d]
+    count = torch.zeros(n_seg, dtype=x.dtype, device=x.device).index_add(0, seg, torch.ones_like(seg, dtype=x.dtype))
     return total / count.clamp_min(1)[:, None]  # [B, d]
 
 
@@ -244,13 +255,34 @@ class SharedEncoder(nn.Module):
     def __init__(self, cfg: CGTConfig):
         super().__init__()
         self.cfg = cfg
-        self.gene_emb = nn.Embedding(cfg.n_genes, cfg.d_model)  # [N, d]
+        if cfg.gene_identity:
+            self.gene_emb = nn.Embedding(cfg.n_genes, cfg.d_model)  # [N, d]
+            nn.init.normal_(self.gene_emb.weight, std=0.02)
+        if cfg.n_features:
+            self.register_buffer("gene_features", torch.zeros(cfg.n_genes, cfg.n_features))  # [N, F]
+            self.feature_proj = nn.Linear(cfg.n_features, cfg.d_model)  # one projection for seen and unseen genes
         self.cls = nn.Parameter(torch.zeros(1, cfg.d_model))  # [1, d]
-        nn.init.normal_(self.gene_emb.weight, std=0.02)
         nn.init.normal_(self.cls, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.graph_names: list[str] = []
+
+    def set_features(self, features: torch.Tensor) -> None:
+        """Fixed gene features Float [N, F] (F = ``cfg.n_features``), e.g.
+        :func:`cellgraph.gene_features.random_walk_features`. Raises ValueError on a shape mismatch."""
+        want = (self.cfg.n_genes, self.cfg.n_features)
+        if tuple(features.shape) != want:
+            raise ValueError(f"gene features must be {list(want)}, got {list(features.shape)}")
+        self.gene_features.copy_(torch.as_tensor(features, dtype=torch.float32))
+
+    def gene_tokens(self) -> torch.Tensor:
+        """Input rows of the genes [N, d]: projected fixed features plus, with ``gene_identity``, learned rows."""
+        x = 0
+        if self.cfg.n_features:
+            x = self.feature_proj(self.gene_features)  # [N, d]
+        if self.cfg.gene_identity:
+            x = x + self.gene_emb.weight  # [N, d]
+        return x
 
     def set_graphs(self, graphs: dict) -> None:
         """graphs: name -> (edge_index Long [2, E] over genes 0..N-1, edge_weight Float [E] or None, directed).
@@ -272,7 +304,8 @@ class SharedEncoder(nn.Module):
         """Rows R_k: ceil(rate * n_pos) positive-degree rows of graph ``name``, uniformly without replacement."""
         pos = getattr(self, f"reg_{name}_pos")  # [n_pos]
         r = max(1, math.ceil(self.cfg.row_sample_rate * pos.numel()))
-        return pos[torch.randperm(pos.numel(), generator=generator)[:r]].sort().values  # [R]
+        perm = torch.randperm(pos.numel(), generator=generator)[:r].to(pos.device)
+        return pos[perm].sort().values  # [R]
 
     def forward(self, rows: dict | None = None):
         """rows: optional graph -> sampled rows Long [R] (default: drawn with :meth:`sample_rows`)."""
@@ -280,7 +313,7 @@ class SharedEncoder(nn.Module):
         rows = dict(rows or {})
         for name in self.graph_names:
             rows.setdefault(name, self.sample_rows(name))
-        x = torch.cat([self.cls, self.gene_emb.weight], 0)  # [N+1, d]
+        x = torch.cat([self.cls, self.gene_tokens()], 0)  # [N+1, d]
         kl: dict[str, torch.Tensor] = {}
         reg_loss = x.new_zeros(())
         for li, block in enumerate(self.blocks):
@@ -297,7 +330,7 @@ class SharedEncoder(nn.Module):
     def attention_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Softmax attention rows of genes ``rows`` Long [R] in every layer and head -> Float [L, H, R, N+1]
         (column 0 = CLS, column j+1 = gene j). Only these R rows are formed, never the [H, N+1, N+1] map."""
-        x = torch.cat([self.cls, self.gene_emb.weight], 0)  # [N+1, d]
+        x = torch.cat([self.cls, self.gene_tokens()], 0)  # [N+1, d]
         out = []
         for block in self.blocks:
             attn = block.attn
@@ -428,7 +461,16 @@ class CellGraphTransformer(nn.Module):
 
 
 class TypeITransform(nn.Module):
-    """All genes attend to their sample's perturbed genes (keys + type embeddings); two residual LayerNorms."""
+    """All genes attend to their sample's perturbed genes (keys + type embeddings); two residual LayerNorms.
+
+    With ``cfg.set_gate`` (the default) two additions make the transform act on single-gene sets:
+
+    - a learned "in S" embedding is added to the rows of the sample's own perturbed genes before the queries,
+      the residual and the readouts, so the model can tell the perturbed gene from the others (its own drop);
+    - a learned null key with a zero value joins every sample's keys. With one real key the softmax would
+      give every query weight 1 (so W_q, W_k get no gradient); with the null key a gene's weight on the
+      perturbed gene is sigmoid(q.(k - k_null) / sqrt(d_h)), a gate on the effect, learned per gene.
+    """
 
     def __init__(self, cfg: CGTConfig):
         super().__init__()
@@ -438,6 +480,17 @@ class TypeITransform(nn.Module):
         self.type_emb = nn.Embedding(len(PERTURBATION_TYPES), d)  # [3, d]
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = MLP(d, cfg.ffn_mult * d, d, cfg.dropout)
+        self.set_gate = cfg.set_gate
+        if self.set_gate:
+            self.in_set = nn.Parameter(torch.randn(d) * 0.02)  # [d]
+            self.null_key = nn.Parameter(torch.zeros(self.h, 1, self.dh))  # [H, 1, dh], value 0
+
+    def in_set_indicator(self, batch: dict, n: int) -> torch.Tensor:
+        """Float [B, N]: 1 where gene j is in sample b's set S_b."""
+        ptr = batch["pert_ptr"]  # [B+1]
+        ind = torch.zeros(ptr.numel() - 1, n, device=ptr.device)
+        ind[segment_ids(ptr), batch["pert_idx"]] = 1.0
+        return ind
 
     def forward(self, genes: torch.Tensor, batch: dict) -> torch.Tensor:
         """genes H [N, d] -> H_pert [B, N, d]; empty S -> attention term exactly 0."""
@@ -446,19 +499,27 @@ class TypeITransform(nn.Module):
         b = ptr.numel() - 1
         hs = genes[batch["pert_idx"]]  # [P, d]
         keys = hs + self.type_emb(batch["pert_type"])  # [P, d]
+        if self.set_gate:
+            keys = keys + self.in_set  # a perturbed gene as key carries its "in S" mark too
         kd, mask = _dense_sets(keys, ptr)  # [B, S, d], [B, S]
         # values carry the type embedding too: a perturbation type has an effect shared by all its genes,
         # which is what transfers to a gene never perturbed in training
-        vd = kd  # [B, S, d]
         has = ptr.diff() > 0  # [B]
         s = kd.shape[1]
-        q = self.q(genes).view(n, self.h, self.dh).transpose(0, 1).unsqueeze(0)  # [1, H, N, dh]
+        x0 = genes.unsqueeze(0).expand(b, -1, -1)  # [B, N, d]
+        if self.set_gate:
+            x0 = x0 + self.in_set_indicator(batch, n)[..., None] * self.in_set  # [B, N, d]
+        q = self.q(x0).view(b, n, self.h, self.dh).transpose(1, 2)  # [B, H, N, dh]
         k = self.k(kd).view(b, s, self.h, self.dh).transpose(1, 2)  # [B, H, S, dh]
-        v = self.v(vd).view(b, s, self.h, self.dh).transpose(1, 2)  # [B, H, S, dh]
+        v = self.v(kd).view(b, s, self.h, self.dh).transpose(1, 2)  # [B, H, S, dh]
         allowed = (mask | ~has[:, None])[:, None, None, :]  # [B, 1, 1, S] (empty S: no NaN, zeroed below)
-        a = F.scaled_dot_product_attention(q.expand(b, -1, -1, -1), k, v, attn_mask=allowed)  # [B, H, N, dh]
+        if self.set_gate:
+            k = torch.cat([self.null_key.expand(b, -1, -1, -1), k], 2)  # [B, H, S+1, dh]
+            v = torch.cat([v.new_zeros(b, self.h, 1, self.dh), v], 2)  # [B, H, S+1, dh]
+            allowed = torch.cat([allowed.new_ones(b, 1, 1, 1), mask[:, None, None, :]], -1)  # [B, 1, 1, S+1]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # [B, H, N, dh]
         a = self.o(a.transpose(1, 2).reshape(b, n, d)) * has[:, None, None]  # [B, N, d]
-        x = self.ln1(genes.unsqueeze(0) + a)  # [B, N, d]
+        x = self.ln1(x0 + a)  # [B, N, d]
         return self.ln2(x + self.ffn(x))  # [B, N, d]
 
 
@@ -474,6 +535,13 @@ class EquivariantCellGraphTransformer(nn.Module):
         self.fitness = MLP(d, d, 1)
         self.interaction = MLP(2 * d, d, 1)
         self.expression = MLP(d, d, 1)  # shared over genes: equivariant
+        nn.init.zeros_(self.expression[-1].weight)  # starts at the offset: at first the model *is* the offset
+        nn.init.zeros_(self.expression[-1].bias)
+        # per-gene offsets of the expression readout [N] (zeros by default): ``expression_offset`` for every
+        # sample (e.g. the mean training change), ``own_offset`` added at the sample's own perturbed genes
+        # (e.g. the mean own-gene drop of the training targets)
+        self.register_buffer("expression_offset", torch.zeros(cfg.n_genes))
+        self.register_buffer("own_offset", torch.zeros(cfg.n_genes))
         if cfg.n_gene_set:
             gs = torch.zeros(cfg.n_genes, dtype=torch.bool) if gene_set is None else gene_set.bool()
             self.register_buffer("gene_set_mask", gs)  # [N]
@@ -481,7 +549,9 @@ class EquivariantCellGraphTransformer(nn.Module):
 
     def _type1_expression(self, genes: torch.Tensor, batch: dict):
         hp = self.type1(genes, batch)  # [B, N, d]
-        return hp, self.expression(hp).squeeze(-1)  # [B, N, d], [B, N]
+        expr = self.expression(hp).squeeze(-1) + self.expression_offset  # [B, N]
+        own = self.type1.in_set_indicator(batch, genes.shape[0])  # [B, N]
+        return hp, expr + own * self.own_offset  # [B, N, d], [B, N]
 
     def forward(self, batch: dict, rows: dict | None = None) -> tuple[dict, torch.Tensor, dict]:
         """-> (predictions, reg_loss, per-graph KL); predictions: fitness [B], interaction [B],
@@ -517,7 +587,8 @@ def multitask_loss(pred: dict, batch: dict, weights: dict) -> tuple[torch.Tensor
     [B] scalar tasks, [B, N] expression with unmeasured genes False, [B, m] gene set) marks labelled
     entries. Unlabelled entries are removed by boolean indexing before any arithmetic, so their (possibly
     NaN) labels contribute neither value nor gradient; a task with no labelled entry contributes 0.
-    Normaliser: the number of labelled entries of that task in the batch.
+    Normaliser: the number of labelled entries of that task in the batch. With ``batch["sample_weight"]``
+    (Float [B], >= 0) each sample's entries are weighted by it and the normaliser is the weight sum.
     Returns (total scalar, {task: float loss}).
     """
     total = None
@@ -528,7 +599,12 @@ def multitask_loss(pred: dict, batch: dict, weights: dict) -> tuple[torch.Tensor
         m = batch[f"m_{t}"]
         if not bool(m.any()):
             continue
-        lt = (pred[t][m] - batch[f"y_{t}"][m]).pow(2).mean()  # scalar
+        err = (pred[t][m] - batch[f"y_{t}"][m]).pow(2)  # [labelled entries]
+        if "sample_weight" in batch:
+            sw = batch["sample_weight"].view(-1, *([1] * (m.dim() - 1))).expand_as(m)[m]  # [labelled entries]
+            lt = (err * sw).sum() / sw.sum().clamp_min(1e-12)  # scalar
+        else:
+            lt = err.mean()  # scalar
         parts[t] = float(lt.detach())
         total = w * lt if total is None else total + w * lt
     if total is None:
