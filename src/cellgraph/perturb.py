@@ -1,46 +1,18 @@
-r"""Perturbation prediction with the cell graph transformers (issue 5): forward, yeast, reverse, figures.
+r"""Perturbation prediction with the cell graph transformers (issues 5, 13): forward, yeast, reverse, figures.
 
 ``cellgraph perturb --task forward`` (Papalexi et al. 2021 ECCITE-seq, THP-1 CRISPR knockouts)
-    Cells with ``obs.top_grna_frac >= --min-grna-frac`` are kept; S = {target of the top gRNA} (type
-    ``deletion``), the ``--control`` cells have S = {}. Gene universe: the 299 measured genes plus the 25 targets
-    (16 targets are not measured: their expression labels are masked). Graphs: the human multigraph restricted
-    to that universe (genes absent from it have no edges). Labels per cell: ``expression`` = log1p of counts
-    normalised to 1e4 per cell over the measured genes (``scanpy.pp.normalize_total``), centred on the mean of
-    the training control cells (so the readout learns shifts from the unperturbed state), and a scalar
-    *perturbation score* (readout ``fitness``): the projection of the cell's shift from the control mean onto
-    its target's mean shift, :math:`s_c = \langle x_c - \mu_0, \delta_p\rangle / \lVert\delta_p\rVert` with
-    :math:`\delta_p = \mu_p - \mu_0` computed on the training cells (log-expression units; masked for
-    control cells). The model is trained on one sample per training set S, labelled with the mean over its
-    training cells (:func:`set_mean_samples`; an epoch is one pass over the sets), each gene and the score
-    standardised by their sd over the training sets (predictions are mapped back to log-expression units).
-    Leave-perturbation-out cross-validation: the targets are split into ``--n-folds`` groups;
-    a fold trains the :class:`~cellgraph.models.cell_graph_transformer.EquivariantCellGraphTransformer` on all
-    other cells (control cells included) and predicts, for each held-out target p, the mean expression change
-    :math:`\hat\delta_p = \hat y(S=\{p\}) - \hat y(S=\{\})` over the measured genes. Metrics per held-out
-    perturbation against the observed :math:`\delta_p` (all its cells vs all control cells): Pearson,
-    Spearman, MSE. The scalar readout (perturbation score, standardised over the training sets) is also
-    learnt by the :class:`~cellgraph.models.cell_graph_transformer.CellGraphTransformer` (non-equivariant,
-    score only); for a held-out p the observed score of its cells is :math:`\lVert\delta_p\rVert` (the
-    projection onto its own mean shift), and ``score_summary.tsv`` gives Pearson, Spearman and MSE across the
-    held-out perturbations of all folds for both models and the mean training score (constant within a
-    fold). Baselines: no change (:math:`\hat\delta = 0`; correlations undefined, reported empty) and
-    the mean observed change of the fold's training perturbations.
+    Leave-perturbation-out prediction of mean expression changes with independent evaluation controls, noise
+    ceilings, reliable/unreliable subsets, seven baselines and paired tests: :mod:`cellgraph.perturb_forward`.
 
-``cellgraph perturb --task yeast`` (Costanzo et al. 2016 fragment, STRING yeast multigraph)
-    Names are mapped to ORFs through STRING ``protein.info`` ``preferred_name``. Universe: the mapped genes
-    and their ``--yeast-hops``-hop neighbours in the multigraph. Samples: every single deletion (fitness =
-    its mean SMF over the rows naming it) and every pair (fitness = DMF, interaction = epsilon = DMF - SMF_q
-    SMF_a); singles have no interaction label (sparse multi-task). 5-fold CV over pairs (singles always train).
-    Both models are trained; metrics on held-out pairs: Pearson, Spearman, MSE for DMF and epsilon; baselines:
-    the training mean, and the multiplicative model DMF = SMF_q SMF_a (epsilon = 0). Rows
-    ``<model>_multiplicative`` add the model's epsilon to the multiplicative expectation (DMF = SMF_q SMF_a +
-    epsilon_hat; the SMF are training labels), which shows whether the learnt interaction adds anything.
+``cellgraph perturb --task yeast`` (Costanzo et al. 2016 pairs and single-mutant fitness table)
+    Double-mutant fitness and epsilon on pair folds and gene-disjoint folds against mean, multiplicative and
+    additive baselines: :mod:`cellgraph.perturb_yeast`.
 
 ``cellgraph perturb --task reverse`` (GREmLN paper section 4.5, Table 3)
     The ``--n-top-perturbations`` targets with the largest centroid distance from the control centroid in PCA
     space (``scanpy.pp.pca``, 20 components of the log-normalised expression); cells of those targets; 3
-    stratified 80/20 splits; classifiers: lasso logistic regression (L1, ``l1_ratio=1``) on expression, and
-    a logistic-regression probe on frozen GREmLN / vanilla CLS embeddings (``--gremln-model``,
+    stratified 80/20 splits; classifiers: lasso logistic regression (L1: :func:`l1_logistic_regression`) on
+    expression, and a logistic-regression probe on frozen GREmLN / vanilla CLS embeddings (``--gremln-model``,
     ``--vanilla-model``, when given: cells are tokenised with the model's PBMC vocabulary, so only the genes
     present in that vocabulary are tokens; the cells' graph is the ``--grn-cell-type`` ARACNe network of
     ``--grn-networks``), and each model fine-tuned with a linear classification head on its CLS state
@@ -87,15 +59,17 @@ TASKS = ("forward", "yeast", "reverse", "figures")
 class Samples(torch.utils.data.Dataset):
     """Perturbation samples: sets S as pointer arrays plus labels.
 
-    sets: list of int arrays (gene indices); labels: task -> (y ndarray [n, ...], m bool ndarray [n, ...]).
+    sets: list of int arrays (gene indices); labels: task -> (y ndarray [n, ...], m bool ndarray [n, ...]);
+    weights: optional float [n] loss weight per sample (``sample_weight`` of the batch).
     Items are sample indices; :meth:`collate` builds the batch dict of
     :mod:`cellgraph.models.cell_graph_transformer` (``pert_ptr``, ``pert_idx``, ``pert_type`` all deletion,
     ``y_<task>``, ``m_<task>``).
     """
 
-    def __init__(self, sets: list, labels: dict):
+    def __init__(self, sets: list, labels: dict, weights: np.ndarray | None = None):
         self.sets = [np.asarray(s, dtype=np.int64) for s in sets]
         self.labels = labels
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)  # [n] loss weights
 
     def __len__(self):
         return len(self.sets)
@@ -120,6 +94,8 @@ class Samples(torch.utils.data.Dataset):
         flat = np.concatenate(usets) if sizes.sum() else np.zeros(0, np.int64)
         batch = {"pert_ptr": torch.from_numpy(ptr), "pert_idx": torch.from_numpy(flat.astype(np.int64)),
                  "pert_type": torch.zeros(len(flat), dtype=torch.long), "set_of_sample": torch.from_numpy(set_of)}
+        if self.weights is not None:
+            batch["sample_weight"] = torch.from_numpy(self.weights[idx])
         for t, (y, m) in self.labels.items():
             batch[f"y_{t}"] = torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.float32))
             batch[f"m_{t}"] = torch.from_numpy(np.ascontiguousarray(m[idx], dtype=bool))
@@ -144,7 +120,7 @@ def _fit_on_cpu(module, loader, max_epochs: int) -> None:
 
 
 def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int,
-        diagnostics: dict | None = None):
+        diagnostics: dict | None = None, on_epoch_end=None, weight_decay: float = 0.01):
     """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
     per-epoch mean training loss list.
 
@@ -153,7 +129,9 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
     attention diagnostics of the encoder
     (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`, eval mode) are appended to the two
     lists with ``epoch`` and the extra columns. The encoder has no per-cell input, so its attention maps are
-    the same for any validation data: the end of each epoch is the validation point."""
+    the same for any validation data: the end of each epoch is the validation point.
+    on_epoch_end: optional callable(epoch (1-based), model) run after every epoch with the model in eval mode
+    (early stopping on an inner split reads its validation score here)."""
     import lightning.pytorch as pl
 
     class Module(pl.LightningModule):
@@ -183,9 +161,13 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
                 tag = {**extra, "epoch": self.current_epoch + 1}
                 diagnostics["graph_rows"].extend({**tag, **r} for r in g_rows)
                 diagnostics["head_rows"].extend({**tag, **r} for r in h_rows)
+            if on_epoch_end is not None:
+                self.model.eval()
+                on_epoch_end(self.current_epoch + 1, self.model)
+                self.model.train()
 
         def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=0.01)
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
     pl.seed_everything(seed, workers=True, verbose=False)
     module = Module()
@@ -227,9 +209,12 @@ def graph_reg_from_flags(items: list[str]) -> dict:
     return out
 
 
-def restrict_graphs(mg: dict, genes: list[str]) -> tuple[dict, dict]:
+def restrict_graphs(mg: dict, genes: list[str], flip_directed: bool = False) -> tuple[dict, dict]:
     """Multigraph (``load_multigraph`` dict) restricted to ``genes`` -> ({graph: (edge_index [2, E] over
-    positions in genes, weight [E], directed)}, {graph: edges kept}). Graphs with no edge are left out."""
+    positions in genes, weight [E], directed)}, {graph: edges kept}). Graphs with no edge are left out.
+
+    Row i of an attention target attends to column j for an edge (i, j): as stored, a regulator attends to
+    its targets. ``flip_directed`` reverses directed graphs, so that targets attend to their regulators."""
     pos = {g: i for i, g in enumerate(genes)}
     remap = torch.tensor([pos.get(n, -1) for n in mg["nodes"]], dtype=torch.long)
     out, kept = {}, {}
@@ -240,14 +225,18 @@ def restrict_graphs(mg: dict, genes: list[str]) -> tuple[dict, dict]:
         ok = (e >= 0).all(0)
         kept[g] = int(ok.sum())
         if kept[g]:
-            out[g] = (e[:, ok], mg["edge_weight"][g][ok], mg["directed"][g])
+            e = e[:, ok].flip(0) if flip_directed and mg["directed"][g] else e[:, ok]
+            out[g] = (e, mg["edge_weight"][g][ok], mg["directed"][g])
     return out, kept
 
 
-def _make_model(kind, args, n_genes, graphs, report_key, report):
+def make_model(kind, args, n_genes, graphs, report_key, report, **overrides):
+    """Cell graph transformer of ``kind`` from the CLI options (preset, head, graph_reg) and ``overrides``
+    of :class:`~cellgraph.models.cell_graph_transformer.CGTConfig`; graph_reg entries naming a graph absent
+    from ``graphs`` are dropped and listed in ``report['graph_reg_dropped'][report_key]``."""
     reg = {g: v for g, v in graph_reg_from_flags(args.graph_reg).items() if g in graphs}
     report.setdefault("graph_reg_dropped", {})[report_key] = sorted(set(graph_reg_from_flags(args.graph_reg)) - set(reg))
-    cfg = cgt.preset(args.preset, n_genes, head=args.head, graph_reg=reg)
+    cfg = cgt.preset(args.preset, n_genes, head=args.head, graph_reg=reg, **overrides)
     return cgt.build_model(kind, cfg, graphs), cfg
 
 
@@ -322,144 +311,6 @@ def papalexi_arrays(adata, control: str, graph_genes: set):
             "targets_unmeasured": extra, "genes_not_in_multigraph": sorted(set(genes) - graph_genes)}
 
 
-def perturbation_scores(expr, pert, control, train_mask):
-    """Perturbation score per cell (module docstring) -> (score float32 [C], labelled bool [C])."""
-    mu0 = expr[(pert == control) & train_mask].mean(0)
-    score = np.zeros(len(pert), np.float32)
-    lab = np.zeros(len(pert), bool)
-    for p in set(pert) - {control}:
-        sel = (pert == p) & train_mask
-        if not sel.any():
-            continue
-        delta = expr[sel].mean(0) - mu0
-        nrm = np.linalg.norm(delta)
-        if nrm > 0:
-            cells = pert == p
-            score[cells] = (expr[cells] - mu0) @ delta / nrm
-            lab[cells] = True
-    return score, lab & train_mask
-
-
-def set_mean_samples(shift, score, labelled, pert, train_idx, sets, measured) -> Samples:
-    """One training sample per perturbation label (control included): the mean over its training cells.
-
-    shift float32 [C, N] (expression centred on the training control mean), score float32 [C] with
-    ``labelled`` bool [C]; ``train_idx`` the training cell positions; ``sets`` one gene-index array per cell;
-    ``measured`` bool [N] (the expression mask). Since f(G, S) depends on the cell only through S, the
-    per-cell squared error equals the squared error on these means plus the within-set variance (a constant)
-    summed with cell-count weights; here each set counts once, and no minibatch of cells adds noise to the
-    small mean shifts (0.04-0.2 log units against a per-cell variance of about 2.7)."""
-    labels = pert[train_idx]
-    uniq = sorted(set(labels))
-    y_expr = np.stack([shift[train_idx[labels == p]].mean(0) for p in uniq]).astype(np.float32)  # [U, N]
-    y_score = np.zeros(len(uniq), np.float32)
-    m_score = np.zeros(len(uniq), bool)
-    for j, p in enumerate(uniq):
-        cells = train_idx[(labels == p) & labelled[train_idx]]
-        if cells.size:
-            y_score[j], m_score[j] = score[cells].mean(), True
-    first = {p: train_idx[labels == p][0] for p in uniq}
-    return Samples([sets[first[p]] for p in uniq],
-                   {"expression": (y_expr, np.broadcast_to(measured, y_expr.shape).copy()),
-                    "fitness": (y_score, m_score)})
-
-
-def run_forward(args, out: Path) -> None:
-    from .multigraph import load_multigraph
-
-    t0 = time.time()
-    adata, report = load_papalexi(args.adata, args.min_grna_frac, args.control)
-    mg = load_multigraph(args.multigraph)
-    d = papalexi_arrays(adata, args.control, set(mg["nodes"]))
-    genes, measured, expr, pert = d["genes"], d["measured"], d["expr"], d["perturbation"]
-    graphs, kept = restrict_graphs(mg, genes)
-    report.update(universe=len(genes), measured_genes=int(measured.sum()), targets_unmeasured=d["targets_unmeasured"],
-                  genes_not_in_multigraph=len(d["genes_not_in_multigraph"]), graph_edges=kept)
-    folds = leave_perturbation_out_folds(pert, args.control, args.n_folds, args.seed)
-    ctrl = pert == args.control
-    mu0 = expr[ctrl].mean(0)
-    observed = {p: (expr[pert == p].mean(0) - mu0)[measured] for p in set(pert) - {args.control}}
-    rows, preds, fold_info, models = [], {}, [], []
-    diag_rows: dict = {"graph_rows": [], "head_rows": []}
-    score_rows: list[dict] = []
-    pos = {g: i for i, g in enumerate(genes)}
-    for k, (train_idx, held) in enumerate(folds):
-        tf = time.time()
-        train_mask = np.zeros(len(pert), bool)
-        train_mask[train_idx] = True
-        score, lab = perturbation_scores(expr, pert, args.control, train_mask)
-        samples = set_mean_samples(expr - expr[ctrl & train_mask].mean(0), score, lab, pert, train_idx,
-                                   d["sets"], measured)
-        # per-gene standardisation of the set means (sd over the training sets; the model predicts z-units):
-        # raw shifts of 0.04-0.2 leave the expression readout at the all-zero solution
-        y_expr, m_expr = samples.labels["expression"]
-        gene_sd = np.ones(len(genes), np.float32)
-        gene_sd[measured] = np.maximum(y_expr[:, measured].std(0), 1e-3)
-        samples.labels["expression"] = (y_expr / gene_sd, m_expr)
-        y_s, m_s = samples.labels["fitness"]  # perturbation score, standardised over the training sets
-        s_mu, s_sd = float(y_s[m_s].mean()), float(max(y_s[m_s].std(), 1e-3))
-        samples.labels["fitness"] = ((y_s - s_mu) / s_sd, m_s)
-        model, cfg = _make_model("equivariant", args, len(genes), graphs, "forward", report)
-        losses = fit(model, samples, {"expression": 1.0, "fitness": args.score_weight}, max_epochs=args.max_epochs,
-                     batch_size=args.batch_size, lr=args.lr, seed=args.seed + k,
-                     diagnostics={"graphs": graphs, **diag_rows, "every": args.diagnostics_every,
-                                  "model": "equivariant_cgt", "fold": k})
-        p_out = predict(model, [np.array([], np.int64)] + [np.array([pos[p]]) for p in held])
-        p_out["expression"] = p_out["expression"] * gene_sd  # back to log-expression units
-        base = p_out["expression"][0][measured]
-        # the scalar readout on the same task with the non-equivariant model ([h_CLS || z_S] -> MLP)
-        ne_model, _ = _make_model("non_equivariant", args, len(genes), graphs, "forward", report)
-        fit(ne_model, Samples(samples.sets, {"fitness": samples.labels["fitness"]}), {"fitness": 1.0},
-            max_epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed + k,
-            diagnostics={"graphs": graphs, **diag_rows, "every": args.diagnostics_every,
-                         "model": "non_equivariant_cgt", "fold": k})
-        ne_out = predict(ne_model, [np.array([pos[p]]) for p in held])
-        for j, p in enumerate(held):
-            for method, yhat in (("equivariant_cgt", p_out["fitness"][j + 1]), ("non_equivariant_cgt", ne_out["fitness"][j]),
-                                 ("train_mean_score", 0.0)):
-                score_rows.append({"perturbation": p, "fold": k, "method": method,
-                                   "predicted": float(yhat) * s_sd + s_mu, "observed": float(np.linalg.norm(observed[p]))})
-        train_perts = sorted(set(pert[train_idx]) - {args.control})
-        mean_change = np.mean([observed[p] for p in train_perts], 0)
-        for j, p in enumerate(held):
-            obs = observed[p]
-            pred = p_out["expression"][j + 1][measured] - base
-            preds[p] = pred
-            for method, yhat in (("equivariant_cgt", pred), ("no_change", np.zeros_like(obs)),
-                                 ("train_mean_change", mean_change)):
-                r, rho = _corr(yhat, obs)
-                rows.append({"perturbation": p, "fold": k, "n_cells": int((pert == p).sum()), "method": method,
-                             "pearson": r, "spearman": rho, "mse": float(np.mean((yhat - obs) ** 2))})
-        fold_info.append({"fold": k, "heldout": held, "train_cells": int(len(train_idx)), "train_sets": len(samples),
-                          "epoch_losses": losses, "seconds": round(time.time() - tf, 1)})
-        models.append(model.state_dict())
-        log.info("fold %d: held out %s, %.1f s, final loss %.4f", k, held, time.time() - tf, losses[-1])
-    metrics = pd.DataFrame(rows)
-    summary = _summary(metrics, ["method"])
-    report.update(folds=fold_info, config=cgt.config_dict(cfg), seconds=round(time.time() - t0, 1))
-    write_tsv(metrics, out / "metrics.tsv")
-    write_tsv(summary, out / "summary.tsv", "%.4g")
-    names = sorted(preds)
-    with atomic_path(out / "predictions.npz") as tmp:
-        np.savez_compressed(tmp, perturbations=np.array(names), genes=np.array(genes)[measured],
-                            predicted=np.stack([preds[p] for p in names]),
-                            observed=np.stack([observed[p] for p in names]))
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"kind": "equivariant", "config": cgt.config_dict(cfg), "graphs": graphs, "genes": genes,
-                    "fold_state_dicts": models, "state_dict": models[0]}, tmp)
-    scores = pd.DataFrame(score_rows)
-    score_summary = pd.DataFrame([
-        {"method": m, "n": len(g), **dict(zip(("pearson", "spearman"), _corr(g["predicted"], g["observed"]))),
-         "mse": float(((g["predicted"] - g["observed"]) ** 2).mean())}
-        for m, g in scores.groupby("method", sort=False)])
-    write_tsv(scores, out / "score_predictions.tsv")
-    write_tsv(score_summary, out / "score_summary.tsv", "%.4g")
-    write_diagnostics(out, diag_rows)
-    write_json(out / "report.json", report)
-    log.info("forward prediction:\n%s\nperturbation score of held-out perturbations:\n%s",
-             summary.to_string(index=False), score_summary.to_string(index=False))
-
-
 def write_diagnostics(out: Path, diag_rows: dict) -> None:
     """``attention_diagnostics.tsv`` (per epoch, fold, model, graph, layer, head) and ``attention_heads.tsv``
     (per epoch, fold, model, layer, head) in ``out``."""
@@ -527,72 +378,6 @@ def yeast_universe(mg: dict, seeds: list[str], hops: int) -> list[str]:
         cur = new - allowed
         allowed |= new
     return sorted({mg["nodes"][i] for i in allowed} | set(seeds))
-
-
-def run_yeast(args, out: Path) -> None:
-    from sklearn.model_selection import KFold
-
-    from .multigraph import load_multigraph
-
-    t0 = time.time()
-    pairs, report = load_costanzo(args.pairs, args.string_info)
-    mg = load_multigraph(args.multigraph)
-    seeds = sorted(set(pairs["query"]) | set(pairs["array"]))
-    genes = yeast_universe(mg, seeds, args.yeast_hops)
-    pos = {g: i for i, g in enumerate(genes)}
-    graphs, kept = restrict_graphs(mg, genes)
-    smf = pd.concat([pairs[["query", "smf_q"]].set_axis(["g", "smf"], axis=1),
-                     pairs[["array", "smf_a"]].set_axis(["g", "smf"], axis=1)]).groupby("g")["smf"].mean()
-    report.update(universe=len(genes), phenotype_genes=len(seeds), hops=args.yeast_hops, graph_edges=kept,
-                  seed_genes_not_in_multigraph=sorted(set(seeds) - set(mg["nodes"])))
-    single_sets = [np.array([pos[g]]) for g in smf.index]
-    pair_sets = [np.array([pos[q], pos[a]]) for q, a in zip(pairs["query"], pairs["array"])]
-    kf = KFold(n_splits=args.n_folds, shuffle=True, random_state=args.seed)
-    rows, fold_info = [], []
-    diag_rows: dict = {"graph_rows": [], "head_rows": []}
-    for k, (tr, te) in enumerate(kf.split(pairs)):
-        n_s, n_p = len(single_sets), len(tr)
-        fit_y = np.concatenate([smf.to_numpy(), pairs["dmf"].to_numpy()[tr]]).astype(np.float32)
-        eps_y = np.concatenate([np.full(n_s, np.nan), pairs["epsilon"].to_numpy()[tr]]).astype(np.float32)
-        eps_m = np.concatenate([np.zeros(n_s, bool), np.ones(n_p, bool)])
-        samples = Samples(single_sets + [pair_sets[i] for i in tr],
-                          {"fitness": (fit_y, np.ones(n_s + n_p, bool)), "interaction": (eps_y, eps_m)})
-        test = pairs.iloc[te]
-        obs = {"dmf": test["dmf"].to_numpy(), "epsilon": test["epsilon"].to_numpy()}
-        trn = pairs.iloc[tr]
-        methods = {
-            "mean": {"dmf": np.full(len(te), trn["dmf"].mean()), "epsilon": np.full(len(te), trn["epsilon"].mean())},
-            "multiplicative": {"dmf": (test["smf_q"] * test["smf_a"]).to_numpy(), "epsilon": np.zeros(len(te))},
-        }
-        info = {"fold": k, "train_pairs": int(n_p), "test_pairs": int(len(te))}
-        for kind in ("equivariant", "non_equivariant"):
-            tf = time.time()
-            model, cfg = _make_model(kind, args, len(genes), graphs, "yeast", report)
-            losses = fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=args.yeast_max_epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=args.seed + k,
-                         diagnostics={"graphs": graphs, **diag_rows, "every": args.diagnostics_every,
-                                      "model": f"{kind}_cgt", "fold": k})
-            p = predict(model, [pair_sets[i] for i in te])
-            methods[f"{kind}_cgt"] = {"dmf": p["fitness"], "epsilon": p["interaction"]}
-            # the learnt epsilon on top of the multiplicative expectation: DMF = SMF_q SMF_a + epsilon_hat
-            methods[f"{kind}_cgt_multiplicative"] = {"dmf": methods["multiplicative"]["dmf"] + p["interaction"],
-                                                     "epsilon": p["interaction"]}
-            info[kind] = {"epoch_losses": losses, "seconds": round(time.time() - tf, 1)}
-        for method, pr in methods.items():
-            for target in ("dmf", "epsilon"):
-                r, rho = _corr(pr[target], obs[target])
-                rows.append({"fold": k, "method": method, "target": target, "pearson": r, "spearman": rho,
-                             "mse": float(np.mean((pr[target] - obs[target]) ** 2))})
-        fold_info.append(info)
-        log.info("yeast fold %d done", k)
-    metrics = pd.DataFrame(rows)
-    summary = _summary(metrics, ["target", "method"])
-    report.update(folds=fold_info, seconds=round(time.time() - t0, 1))
-    write_tsv(metrics, out / "metrics.tsv")
-    write_tsv(summary, out / "summary.tsv", "%.4g")
-    write_diagnostics(out, diag_rows)
-    write_json(out / "report.json", report)
-    log.info("yeast:\n%s", summary.to_string(index=False))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -728,6 +513,20 @@ def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.nd
         return torch.cat([clf(b).argmax(-1) for b in test_loader]).numpy()
 
 
+def l1_logistic_regression(**kwargs):
+    """L1-penalised (lasso) ``LogisticRegression`` with the saga solver on every scikit-learn the project allows.
+
+    scikit-learn < 1.8 reads the penalty from ``penalty`` (``l1_ratio`` alone is ignored there, leaving L2);
+    1.8 deprecates ``penalty`` in favour of ``l1_ratio=1``. kwargs go to ``LogisticRegression``."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
+    if (major, minor) < (1, 8):
+        return LogisticRegression(penalty="l1", solver="saga", **kwargs)
+    return LogisticRegression(l1_ratio=1.0, solver="saga", **kwargs)
+
+
 def run_reverse(args, out: Path) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
@@ -761,7 +560,7 @@ def run_reverse(args, out: Path) -> None:
         predictions = {}
         for method, f in features.items():
             if method.startswith("lasso"):
-                clf = LogisticRegression(l1_ratio=1.0, C=0.1, solver="saga", max_iter=300, tol=1e-3)
+                clf = l1_logistic_regression(C=0.1, max_iter=300, tol=1e-3)
             else:
                 clf = LogisticRegression(C=1.0, max_iter=1000)
             predictions[method] = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr]).predict(f[te])
@@ -805,48 +604,50 @@ def _write_table(df: pd.DataFrame, tables_dir: Path, name: str) -> None:
         tmp.write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")
 
 
+def _read(folder, name, what):
+    return pd.read_csv(require_file(Path(folder) / name, what), sep="\t")
+
+
 def run_figures(args) -> None:
+    """Tables (csv + md) and figures of the forward, yeast and reverse results (module docstring)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figs, tabs = Path(args.figures_dir), Path(args.tables_dir)
-    fwd = pd.read_csv(require_file(Path(args.forward_dir) / "metrics.tsv", "forward metrics"), sep="\t")
-    yst = pd.read_csv(require_file(Path(args.yeast_dir) / "metrics.tsv", "yeast metrics"), sep="\t")
-    rev = pd.read_csv(require_file(Path(args.reverse_dir) / "metrics.tsv", "reverse metrics"), sep="\t")
+    fwd = _read(args.forward_dir, "metrics.tsv", "forward metrics")
+    rev = _read(args.reverse_dir, "metrics.tsv", "reverse metrics")
     cz = np.load(require_file(Path(args.reverse_dir) / "confusion.npz", "reverse confusion"))
-    _write_table(_summary(fwd, ["method"]), tabs, "table_perturbation_forward")
-    _write_table(pd.read_csv(require_file(Path(args.forward_dir) / "score_summary.tsv", "forward score summary"),
-                             sep="\t"), tabs, "table_perturbation_score")
-    _write_table(_summary(yst, ["target", "method"]), tabs, "table_perturbation_yeast")
+    _write_table(_read(args.forward_dir, "summary.tsv", "forward summary"), tabs, "table_perturbation_forward")
+    _write_table(_read(args.forward_dir, "comparisons.tsv", "forward comparisons"), tabs,
+                 "table_perturbation_comparisons")
+    own = _read(args.forward_dir, "own_gene.tsv", "forward own-gene changes")
+    _write_table(own.groupby("method", sort=False).agg(n=("sign_correct", "size"), sign_correct=("sign_correct", "mean"),
+                                                       predicted_mean=("own_gene_predicted", "mean"),
+                                                       observed_mean=("own_gene_observed", "mean")).reset_index(),
+                 tabs, "table_perturbation_own_gene")
+    _write_table(_read(args.forward_dir, "score_summary.tsv", "forward score summary"), tabs, "table_perturbation_score")
+    yst = _read(args.yeast_dir, "summary.tsv", "yeast summary")
+    _write_table(yst, tabs, "table_perturbation_yeast")
+    _write_table(_read(args.yeast_dir, "comparisons.tsv", "yeast comparisons"), tabs,
+                 "table_perturbation_yeast_comparisons")
     g = rev.groupby("method", sort=False)
     _write_table(g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
                        macro_f1_mean=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std")).reset_index(),
                  tabs, "table3_reverse_perturbation")
-
+    _forward_figure(plt, fwd, figs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    wide = fwd.pivot_table(index="perturbation", columns="method", values=["pearson", "mse"], dropna=False)
-    order = wide["mse"].get("equivariant_cgt", wide["mse"].iloc[:, 0]).sort_values().index
-    for method in wide["mse"].columns:
-        axes[0].plot(range(len(order)), wide["mse"].loc[order, method], "o-", ms=3, label=method)
-        if method in wide["pearson"].columns and wide["pearson"][method].notna().any():
-            axes[1].plot(range(len(order)), wide["pearson"].loc[order, method], "o-", ms=3, label=method)
-    for ax, lab in zip(axes, ("MSE of mean expression change", "Pearson r (predicted vs observed change)")):
-        ax.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
-        ax.set_ylabel(lab)
-        ax.legend(fontsize=7)
-    fig.suptitle("Papalexi 2021, leave-perturbation-out forward prediction")
-    fig.tight_layout()
-    save_figure(fig, figs / "perturbation_forward.png")
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, target in zip(axes, ("dmf", "epsilon")):
-        sub = yst[yst["target"] == target]
-        s = sub.groupby("method", sort=False)[["pearson", "spearman"]].mean()
-        s.plot.bar(ax=ax, rot=30)
-        ax.set_title(f"{target}: mean over folds (constant baselines have no correlation)", fontsize=8)
+        sub = yst[(yst["target"] == target) & yst["pearson"].notna()]
+        for i, (scheme, grp) in enumerate(sub.groupby("scheme", sort=False)):
+            x = np.arange(len(grp)) + 0.4 * i
+            ax.bar(x, grp["pearson"], 0.4, yerr=[grp["pearson"] - grp["ci_low"], grp["ci_high"] - grp["pearson"]],
+                   label=f"{scheme} folds", capsize=2)
+            ax.set_xticks(x, grp["method"], rotation=60, ha="right", fontsize=7)
         ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{target}: Pearson over pooled held-out pairs (95% bootstrap CI)", fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, figs / "perturbation_yeast.png")
 
@@ -866,16 +667,37 @@ def run_figures(args) -> None:
     save_figure(fig, figs / "perturbation_reverse_confusion.png")
 
 
+def _forward_figure(plt, fwd: pd.DataFrame, figs: Path) -> None:
+    """Per held-out perturbation (seeds averaged; sorted by split-half reliability): Pearson-delta of every
+    method beside the noise ceiling."""
+    per = fwd.groupby(["perturbation", "method"])[["pearson_delta", "noise_ceiling", "split_half_r"]].mean().reset_index()
+    order = per.groupby("perturbation")["split_half_r"].first().sort_values().index
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    x = np.arange(len(order))
+    ceiling = per.groupby("perturbation")["noise_ceiling"].first().loc[order]
+    ax.fill_between(x, 0, ceiling, color="0.9", label="noise ceiling", step="mid")
+    for method, grp in per.groupby("method", sort=False):
+        if grp["pearson_delta"].notna().any():
+            ax.plot(x, grp.set_index("perturbation").loc[order, "pearson_delta"], "o-", ms=3, lw=1, label=method)
+    ax.set_xticks(x, order, rotation=90, fontsize=7)
+    ax.set_ylabel("Pearson-delta (held-out, all measured genes)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title("Papalexi 2021 leave-perturbation-out; perturbations by split-half reliability (left: least)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, figs / "perturbation_forward.png")
+
+
 def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
-    """Tables of the last epoch's attention diagnostics (mean over folds) and a heatmap per dataset and
-    model: attention mass on true edges per graph (rows) and (layer, head) (columns), regularised heads boxed."""
+    """Tables of the last epoch's attention diagnostics (each fold's last epoch; mean over folds) and a heatmap
+    per dataset and model: attention mass on true edges per graph (rows) and (layer, head) (columns), regularised heads boxed."""
     g_parts, h_parts = [], []
     for dataset, d in dirs.items():
         g = pd.read_csv(require_file(d / "attention_diagnostics.tsv", f"{dataset} attention diagnostics"), sep="\t")
         h = pd.read_csv(require_file(d / "attention_heads.tsv", f"{dataset} attention heads"), sep="\t")
-        last = g["epoch"].max()
-        g_parts.append(g[g["epoch"] == last].assign(dataset=dataset))
-        h_parts.append(h[h["epoch"] == h["epoch"].max()].assign(dataset=dataset))
+        # the last epoch of each (model, fold): early stopping may end folds at different epochs
+        g_parts.append(g[g["epoch"] == g.groupby(["model", "fold"])["epoch"].transform("max")].assign(dataset=dataset))
+        h_parts.append(h[h["epoch"] == h.groupby(["model", "fold"])["epoch"].transform("max")].assign(dataset=dataset))
     keys = ["dataset", "model", "graph", "layer", "head", "regularised"]
     metrics = [c for c in g_parts[0].columns if c.startswith(("recall", "precision", "edge_mass", "uniform"))]
     gt = pd.concat(g_parts).groupby(keys, sort=False)[metrics].mean().reset_index()
@@ -915,6 +737,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adata", default=None, metavar="H5AD", help="Papalexi ECCITE-seq h5ad (forward, reverse)")
     p.add_argument("--multigraph", default=None, metavar="NPZ", help="multigraph.npz of the organism (forward, yeast)")
     p.add_argument("--pairs", default=None, metavar="CSV", help="Costanzo 2016 pairs (yeast)")
+    p.add_argument("--smf", default=None, metavar="TSV",
+                   help="Costanzo 2016 single-mutant fitness table, Data File S1 (yeast)")
     p.add_argument("--string-info", default=None, metavar="FILE", help="STRING protein.info of yeast (name -> ORF)")
     p.add_argument("--min-grna-frac", type=float, default=0.8, help="keep cells with top_grna_frac >= this")
     p.add_argument("--control", default="non-targeting", help="obs.perturbation label of control cells")
@@ -923,8 +747,24 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
                    metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=200,
-                   help="forward: epochs = full-batch steps over the training sets")
+    p.add_argument("--max-epochs", type=int, default=300,
+                   help="forward: most full-batch steps over the training targets (early stopping picks fewer)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="forward: seeds (control halves, folds, initialisation), one whole CV per seed")
+    p.add_argument("--eval-every", type=int, default=10, help="forward: inner validation every N epochs")
+    p.add_argument("--inner-fraction", type=float, default=0.25,
+                   help="forward: share of training targets held out for early stopping")
+    p.add_argument("--reliable-threshold", type=float, default=0.6,
+                   help="forward: split-half Pearson from which a perturbation counts as reliable")
+    p.add_argument("--attend", default="targets_to_regulators", choices=["targets_to_regulators", "regulators_to_targets"],
+                   help="forward: direction of directed graphs in the attention targets")
+    p.add_argument("--rwr-dim", type=int, default=16, help="forward: SVD columns per random-walk feature block")
+    p.add_argument("--n-pca", type=int, default=10, help="forward: PCA gene loadings (model features, linear baseline)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="forward: AdamW weight decay")
+    p.add_argument("--dropout", type=float, default=0.0, help="forward: dropout of the cell graph transformer")
+    p.add_argument("--label-scale", default="gene", choices=["gene", "global"],
+                   help="forward: labels divided by each gene's sd over training targets, or by one overall sd")
+    p.add_argument("--ridge", type=float, default=0.1, help="forward: ridge lambda of the linear baselines")
     p.add_argument("--diagnostics-every", type=int, default=10,
                    help="attention diagnostics after every N-th epoch and the last one")
     p.add_argument("--yeast-max-epochs", type=int, default=40)
@@ -960,15 +800,21 @@ def _need(args, *names):
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations",
-              "diagnostics_every"):
+              "diagnostics_every", "eval_every", "rwr_dim", "n_pca"):
         if getattr(args, n) < 1:
             raise InputError(f"--{n.replace('_', '-')} must be >= 1, not {getattr(args, n)}")
     graph_reg_from_flags(args.graph_reg)
     if args.task == "forward":
+        from .perturb_forward import run_forward
+
         _need(args, "adata", "multigraph", "out_dir")
+        if not 0 < args.inner_fraction < 1:
+            raise InputError(f"--inner-fraction must be in (0, 1), not {args.inner_fraction}")
         run_forward(args, Path(args.out_dir))
     elif args.task == "yeast":
-        _need(args, "pairs", "string_info", "multigraph", "out_dir")
+        from .perturb_yeast import run_yeast
+
+        _need(args, "pairs", "smf", "string_info", "multigraph", "out_dir")
         run_yeast(args, Path(args.out_dir))
     elif args.task == "reverse":
         _need(args, "adata", "out_dir")

@@ -1,0 +1,195 @@
+r"""Evaluation of perturbation-effect predictions as the field does it (issue 13), and its simple baselines.
+
+- Held-out deltas are measured against control cells that never made a training label
+  (:func:`split_controls`): with one shared control mean, the error of that mean is in every training delta
+  and every held-out delta alike, which flatters the mean-change baseline.
+- Pearson-delta on all measured genes and on the top-20 DE genes of each perturbation (Welch t of its cells
+  against the evaluation controls; Roohani et al. 2024, *GEARS*, Nat. Biotechnol., "top 20 DE genes").
+- Per perturbation, the split-half reliability of its observed delta (cells and controls split in halves,
+  Pearson between the two half-deltas, mean over random splits) and the noise ceiling: the Spearman-Brown
+  reliability of the full-data delta, :math:`\rho = 2r/(1+r)` (Spearman 1910; Brown 1910), and the highest
+  expected Pearson of any prediction with the observed delta, :math:`\sqrt{\rho}` (the correlation of a
+  measure with its own true score).
+- Baselines: no change; the mean training change; the same with the mean own-gene drop of the measured
+  training targets put at the target's own gene; the reliability-weighted mean change; the linear model of Ahlmann-Eltze et al. 2025 (*Nature
+  Methods*, eq. 1: :math:`Y \approx G W P^\top + b`, ridge with :math:`\lambda`), with P the target's gene
+  embedding (zero for a target that is not measured) or its graph features.
+- The debiased perturbation score :math:`\lVert\delta\rVert^2 - \mathrm{tr}\,\Sigma_p/n_p -
+  \mathrm{tr}\,\Sigma_0/n_0`: the plain norm grows like :math:`1/\sqrt n` with fewer cells.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["split_controls", "split_half_reliability", "noise_ceiling", "top_de_genes", "pearson",
+           "linear_baseline", "weighted_mean_change", "one_standard_error_choice", "own_gene_adjusted", "debiased_score", "paired_comparison", "summarize"]
+
+
+def split_controls(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions 0..n-1 of control cells split at random into (training half, evaluation half), sorted.
+
+    The training half labels the training perturbations; the evaluation half is the reference of every
+    held-out delta. Raises ValueError for n < 2."""
+    if n < 2:
+        raise ValueError(f"need at least 2 control cells to split them, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two vectors; NaN when either is constant or shorter than 3."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def split_half_reliability(x_p: np.ndarray, x_ctrl: np.ndarray, n_splits: int = 20, seed: int = 0) -> float:
+    """Mean over ``n_splits`` random halvings of Pearson(delta_1, delta_2).
+
+    x_p float [n_p, G] cells of one perturbation, x_ctrl float [n_0, G] control cells (log-expression);
+    delta_h = mean(x_p half h) - mean(x_ctrl half h). NaN when a side has fewer than 2 cells."""
+    if len(x_p) < 2 or len(x_ctrl) < 2:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    rs = []
+    for _ in range(n_splits):
+        ip, ic = rng.permutation(len(x_p)), rng.permutation(len(x_ctrl))
+        hp, hc = len(x_p) // 2, len(x_ctrl) // 2
+        d1 = x_p[ip[:hp]].mean(0) - x_ctrl[ic[:hc]].mean(0)
+        d2 = x_p[ip[hp:]].mean(0) - x_ctrl[ic[hc:]].mean(0)
+        rs.append(pearson(d1, d2))
+    return float(np.nanmean(rs)) if np.isfinite(rs).any() else float("nan")
+
+
+def noise_ceiling(r_half: float) -> float:
+    r"""Highest expected Pearson with the full-data delta: :math:`\sqrt{2r/(1+r)}`; 0 for r <= 0, NaN for NaN."""
+    if not np.isfinite(r_half):
+        return float("nan")
+    if r_half <= 0:
+        return 0.0
+    return float(np.sqrt(2 * r_half / (1 + r_half)))
+
+
+def top_de_genes(x_p: np.ndarray, x_ctrl: np.ndarray, k: int = 20) -> np.ndarray:
+    """Indices [min(k, G)] of the genes with the largest |Welch t| of x_p [n_p, G] against x_ctrl [n_0, G]
+    (``scipy.stats.ttest_ind(equal_var=False)``; genes constant in both groups rank last)."""
+    from scipy.stats import ttest_ind
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.abs(ttest_ind(x_p, x_ctrl, axis=0, equal_var=False).statistic)
+    t = np.nan_to_num(t, nan=-1.0)
+    return np.argsort(-t, kind="stable")[: min(k, x_p.shape[1])]
+
+
+def linear_baseline(y_train: np.ndarray, gene_emb: np.ndarray, p_train: np.ndarray, p_test: np.ndarray,
+                    lam: float = 0.1) -> np.ndarray:
+    r"""Ahlmann-Eltze et al. 2025 linear model -> predicted deltas float [P_test, G].
+
+    y_train [P_train, G] training deltas; gene_emb G [G, K]; p_train [P_train, K'] and p_test [P_test, K']
+    perturbation embeddings. With :math:`b` the mean training delta, :math:`Y_c = Y - b` (genes x
+    perturbations) and P centred on the mean training embedding :math:`\bar p` (the intercept b then fits the
+    mean exactly), :math:`W = (G^\top G + \lambda I)^{-1} G^\top Y_c P_c (P_c^\top P_c + \lambda I)^{-1}`
+    and :math:`\hat y = b + G W (p - \bar p)`. A test embedding equal to :math:`\bar p` predicts b, the mean
+    training change."""
+    b = y_train.mean(0)  # [G]
+    yc = (y_train - b).T  # [G, P]
+    p_bar = p_train.astype(float).mean(0)
+    g, p = gene_emb.astype(float), p_train.astype(float) - p_bar
+    left = np.linalg.solve(g.T @ g + lam * np.eye(g.shape[1]), g.T @ yc)  # [K, P]
+    w = np.linalg.solve(p.T @ p + lam * np.eye(p.shape[1]), (left @ p).T).T  # [K, K']
+    return b + (g @ w @ (p_test.astype(float) - p_bar).T).T  # [P_test, G]
+
+
+def weighted_mean_change(y_train: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    r"""Reliability-weighted mean training change, scaled by least squares -> float [G].
+
+    y_train [P, G] training deltas, weight [P] >= 0 (e.g. split-half reliabilities on training cells). The
+    direction :math:`d = \sum_p w_p y_p / \sum_p w_p` keeps the shared response of the targets that have one
+    and drops those whose delta is sampling noise; the scale :math:`c = \sum_p y_p \cdot d / (P \lVert d
+    \rVert^2)` is the least-squares fit of every training delta by :math:`c\,d`, so the MSE is not paid for a
+    direction taken from the strongest targets. Raises ValueError when all weights are 0."""
+    w = np.asarray(weight, float)
+    if not (w >= 0).all() or w.sum() <= 0:
+        raise ValueError("weights must be >= 0 with a positive sum")
+    d = w @ y_train / w.sum()
+    nrm = float(d @ d)
+    return d * (float((y_train @ d).sum()) / (len(y_train) * nrm)) if nrm > 0 else d
+
+
+def one_standard_error_choice(curve: list[dict], key: str = "score", se_key: str = "se") -> dict:
+    """The first entry (curve in order of model complexity, e.g. epochs) whose ``key`` is within one
+    standard error of the best entry's (Breiman et al. 1984, *Classification and Regression Trees*, sec.
+    3.4.3; Hastie, Tibshirani & Friedman 2009, sec. 7.10). Raises ValueError on an empty curve."""
+    if not curve:
+        raise ValueError("empty curve")
+    best = max(curve, key=lambda r: r[key])
+    return next(r for r in curve if r[key] >= best[key] - best[se_key])
+
+
+def own_gene_adjusted(mean_change: np.ndarray, own_drops: list[float], target_pos: int | None) -> np.ndarray:
+    """Mean training change with the mean own-gene change of the measured training targets (``own_drops``,
+    log units) put at the held-out target's own gene (``target_pos``, None when it is not measured) -> [G]."""
+    out = np.array(mean_change, dtype=float)
+    if target_pos is not None and own_drops:
+        out[target_pos] = float(np.mean(own_drops))
+    return out
+
+
+def debiased_score(x_p: np.ndarray, x_ctrl: np.ndarray) -> float:
+    r""":math:`\lVert\bar x_p - \bar x_0\rVert^2 - \mathrm{tr}\,\Sigma_p/n_p - \mathrm{tr}\,\Sigma_0/n_0`
+    (squared log units; unbiased for :math:`\lVert\mu_p - \mu_0\rVert^2`). x_p [n_p, G], x_ctrl [n_0, G]."""
+    d = x_p.mean(0) - x_ctrl.mean(0)
+    noise = x_p.var(0, ddof=1).sum() / len(x_p) + x_ctrl.var(0, ddof=1).sum() / len(x_ctrl)
+    return float(d @ d - noise)
+
+
+def paired_comparison(metrics: pd.DataFrame, model: str, baselines: list[str], value: str = "pearson_delta",
+                      by: str = "subset") -> pd.DataFrame:
+    """Paired one-sided Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``, alternative: model greater)
+    of ``value`` of ``model`` against each baseline over the (seed, perturbation) pairs of each ``by`` group.
+
+    metrics: one row per (seed, perturbation, method) with columns seed, perturbation, method, ``by`` and
+    ``value``. Returns rows: ``by``, baseline, n_pairs, model_mean, baseline_mean, mean_difference, p_value."""
+    from scipy.stats import wilcoxon
+
+    rows = []
+    for grp, sub in metrics.groupby(by, sort=False):
+        wide = sub.pivot_table(index=["seed", "perturbation"], columns="method", values=value)
+        for base in baselines:
+            if model not in wide or base not in wide:
+                continue
+            pair = wide[[model, base]].dropna()
+            diff = (pair[model] - pair[base]).to_numpy()
+            p = float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) and np.any(diff != 0) else float("nan")
+            rows.append({by: grp, "baseline": base, "n_pairs": len(pair), "model_mean": float(pair[model].mean()),
+                         "baseline_mean": float(pair[base].mean()), "mean_difference": float(diff.mean()),
+                         "p_value": p})
+    return pd.DataFrame(rows)
+
+
+def summarize(metrics: pd.DataFrame, by: list[str], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean of each metric per ``by`` group with a 95% bootstrap CI over perturbations (seeds averaged first).
+
+    metrics columns: seed, perturbation, ``by``..., pearson_delta, pearson_delta_top20, mse, noise_ceiling.
+    Returns one row per group: n_perturbations, n_seeds, and for each metric ``<m>_mean``, ``<m>_ci_low``,
+    ``<m>_ci_high`` (percentile bootstrap, resampling perturbations)."""
+    rng = np.random.default_rng(seed)
+    vals = ["pearson_delta", "pearson_delta_top20", "mse", "noise_ceiling"]
+    rows = []
+    for key, sub in metrics.groupby(by, sort=False):
+        per = sub.groupby("perturbation")[vals].mean()  # seeds averaged
+        rec = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        rec.update(n_perturbations=len(per), n_seeds=int(sub["seed"].nunique()))
+        idx = rng.integers(0, len(per), (n_boot, len(per)))
+        for v in vals:
+            x = per[v].to_numpy(float)
+            rec[f"{v}_mean"] = float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+            boot = np.nanmean(x[idx], 1) if np.isfinite(x).any() else np.full(n_boot, np.nan)
+            rec[f"{v}_ci_low"], rec[f"{v}_ci_high"] = (float(np.nanpercentile(boot, 2.5)),
+                                                       float(np.nanpercentile(boot, 97.5))) \
+                if np.isfinite(boot).any() else (float("nan"), float("nan"))
+        rows.append(rec)
+    return pd.DataFrame(rows)
