@@ -23,6 +23,7 @@ include: "workflow/rules/tokenize.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/perturbation.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/diffusion.smk"
 

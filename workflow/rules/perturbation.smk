@@ -1,0 +1,181 @@
+# ---- Cell graph transformers and perturbation prediction (issues 5, 13; cellgraph perturb). Not part of
+# `rule all`: `snakemake perturbation` runs forward prediction (Papalexi 2021, config perturbation.seeds),
+# yeast fitness/epsilon (Costanzo 2016), reverse perturbation prediction and their figures/tables;
+# `snakemake perturbation_seeds` runs forward prediction over perturbation.study_seeds (the >= 5-seed study).
+PERT = config.get("perturbation", {})
+FORWARD_FILES = ["metrics.tsv", "summary.tsv", "comparisons.tsv", "own_gene.tsv", "early_stopping.tsv",
+                 "predictions.h5ad", "model.pt", "score_predictions.tsv", "score_summary.tsv",
+                 "attention_diagnostics.tsv", "attention_heads.tsv", "report.json"]
+FORWARD_OPTIONS = ["min_grna_frac", "control", "preset", "graph_reg", "n_folds", "max_epochs", "batch_size", "lr",
+                   "score_weight", "diagnostics_every", "eval_every", "inner_fraction", "reliable_threshold",
+                   "attend", "rwr_dim", "n_pca", "ridge", "weight_decay", "dropout", "label_scale"]
+
+
+def pert_flags(keys):
+    return flags("perturbation", keys)
+
+
+def forward_outputs(folder):
+    return {f.split(".")[0]: res(f"perturbation/{folder}/{f}") for f in FORWARD_FILES}
+
+
+rule perturbation_forward:
+    """Leave-perturbation-out forward prediction on Papalexi 2021: equivariant cell graph transformer on fixed
+    gene features against no-change, mean-change, own-gene, weighted-mean and linear baselines."""
+    input:
+        adata=PERT.get("adata", []),
+        multigraph=res("multigraph/human/multigraph.npz"),
+    output:
+        **forward_outputs("forward"),
+    params:
+        out_dir=res("perturbation/forward"),
+        seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["seeds"]),
+        options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
+    threads: PERT.get("threads", 1)
+    log:
+        log_of("perturbation_forward"),
+    benchmark:
+        bench_of("perturbation_forward")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph perturb --task forward --adata {input.adata} --multigraph {input.multigraph}"
+        " --seeds {params.seeds} {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+use rule perturbation_forward as perturbation_forward_seeds with:
+    output:
+        **forward_outputs("forward_seeds"),
+    params:
+        out_dir=res("perturbation/forward_seeds"),
+        seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["study_seeds"]),
+        options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
+    log:
+        log_of("perturbation_forward_seeds"),
+    benchmark:
+        bench_of("perturbation_forward_seeds")
+
+
+rule perturbation_seeds:
+    """Target: forward prediction over perturbation.study_seeds (paired Wilcoxon tests over perturbations x seeds)."""
+    input:
+        rules.perturbation_forward_seeds.output,
+
+
+rule perturbation_yeast:
+    """Yeast double-mutant fitness and epsilon (Costanzo 2016 pairs and single-mutant table): both cell graph
+    transformers against mean, multiplicative and additive baselines on pair folds and gene-disjoint folds."""
+    input:
+        pairs=PERT.get("pairs", []),
+        smf=PERT.get("smf", []),
+        string_info=PERT.get("string_info", []),
+        multigraph=res("multigraph/yeast/multigraph.npz"),
+    output:
+        metrics=res("perturbation/yeast/metrics.tsv"),
+        summary=res("perturbation/yeast/summary.tsv"),
+        comparisons=res("perturbation/yeast/comparisons.tsv"),
+        attention=res("perturbation/yeast/attention_diagnostics.tsv"),
+        attention_heads=res("perturbation/yeast/attention_heads.tsv"),
+        report=res("perturbation/yeast/report.json"),
+    params:
+        out_dir=res("perturbation/yeast"),
+        seed=config["seed"],
+        options=lambda wildcards: pert_flags(["preset", "head", "graph_reg", "n_folds", "yeast_max_epochs",
+                                              "batch_size", "lr", "yeast_hops", "diagnostics_every", "ridge"]),
+    threads: PERT.get("threads", 1)
+    log:
+        log_of("perturbation_yeast"),
+    benchmark:
+        bench_of("perturbation_yeast")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph perturb --task yeast --pairs {input.pairs} --smf {input.smf} --string-info {input.string_info}"
+        " --multigraph {input.multigraph} --seed {params.seed} {params.options} --threads {threads}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# ---- issue 5: reverse perturbation prediction (GREmLN paper 4.5, Table 3); target: perturbation ----
+rule perturbation_reverse:
+    """Predict a Papalexi cell's perturbation from expression (lasso) and frozen GREmLN / vanilla embeddings."""
+    input:
+        adata=config.get("perturbation", {}).get("adata", []),
+        gremln=res("train/gremln/model.pt"),
+        vanilla=res("train/vanilla/model.pt"),
+        networks=res("grn/networks.tsv.gz"),
+    output:
+        metrics=res("perturbation/reverse/metrics.tsv"),
+        summary=res("perturbation/reverse/summary.tsv"),
+        confusion=res("perturbation/reverse/confusion.npz"),
+        report=res("perturbation/reverse/report.json"),
+    params:
+        out_dir=res("perturbation/reverse"),
+        seed=config["seed"],
+        options=lambda wildcards: flags("perturbation", ["min_grna_frac", "control", "n_top_perturbations",
+                                                         "n_splits", "grn_cell_type", "finetune_epochs",
+                                                         "finetune_lr"]),
+    threads: config.get("perturbation", {}).get("threads", 1)
+    log:
+        log_of("perturbation_reverse"),
+    benchmark:
+        bench_of("perturbation_reverse")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph perturb --task reverse --adata {input.adata} --gremln-model {input.gremln}"
+        " --vanilla-model {input.vanilla} --grn-networks {input.networks} --seed {params.seed}"
+        " {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
+PERT_FIGURES = ["perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion",
+                "perturbation_attention"]
+PERT_TABLES = ["table_perturbation_forward", "table_perturbation_comparisons", "table_perturbation_own_gene",
+               "table_perturbation_score", "table_perturbation_yeast", "table_perturbation_yeast_comparisons",
+               "table3_reverse_perturbation",
+               "table_attention_diagnostics", "table_attention_heads"]
+
+
+rule perturbation_figures:
+    """Forward-prediction correlations vs baselines, yeast fitness/epsilon, reverse-prediction confusion matrix."""
+    input:
+        res("perturbation/forward/metrics.tsv"),
+        res("perturbation/forward/summary.tsv"),
+        res("perturbation/forward/comparisons.tsv"),
+        res("perturbation/forward/own_gene.tsv"),
+        res("perturbation/yeast/summary.tsv"),
+        res("perturbation/yeast/comparisons.tsv"),
+        res("perturbation/yeast/metrics.tsv"),
+        res("perturbation/forward/score_summary.tsv"),
+        res("perturbation/forward/attention_diagnostics.tsv"),
+        res("perturbation/forward/attention_heads.tsv"),
+        res("perturbation/yeast/attention_diagnostics.tsv"),
+        res("perturbation/yeast/attention_heads.tsv"),
+        res("perturbation/reverse/metrics.tsv"),
+        res("perturbation/reverse/confusion.npz"),
+    output:
+        figures=[report(res(f"figures/{name}.png"), caption="../report/perturbation.rst", category="Perturbation")
+                 for name in PERT_FIGURES],
+        tables=expand(res("tables/{name}.{ext}"), name=PERT_TABLES, ext=["csv", "md"]),
+    params:
+        forward_dir=res("perturbation/forward"),
+        yeast_dir=res("perturbation/yeast"),
+        reverse_dir=res("perturbation/reverse"),
+        figures_dir=res("figures"),
+        tables_dir=res("tables"),
+    log:
+        log_of("perturbation_figures"),
+    benchmark:
+        bench_of("perturbation_figures")
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "cellgraph perturb --task figures --forward-dir {params.forward_dir} --yeast-dir {params.yeast_dir}"
+        " --reverse-dir {params.reverse_dir} --figures-dir {params.figures_dir} --tables-dir {params.tables_dir}"
+        " > {log} 2>&1"
+
+
+rule perturbation:
+    """Target: every output of issue 5 (forward, yeast, reverse, figures and tables)."""
+    input:
+        rules.perturbation_figures.output,
