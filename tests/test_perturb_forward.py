@@ -150,7 +150,13 @@ def test_paired_comparison_detects_a_consistently_better_model():
                      {"seed": seed, "perturbation": f"p{i}", "method": "b", "pearson_delta": 0.4 + 0.01 * i, "subset": "all"}]
     comp = perturb_eval.paired_comparison(pd.DataFrame(rows), "m", ["b"])
     assert comp["n_pairs"].iat[0] == 24 and comp["p_value"].iat[0] < 1e-4
+    assert comp["n_perturbations"].iat[0] == 8 and comp["p_value_perturbations"].iat[0] < 0.01
     assert comp["mean_difference"].iat[0] == pytest.approx(0.1)
+    # a model that returns the baseline up to float rounding ties with it: no test, whatever the rounding
+    base = pd.DataFrame(rows).query("method == 'b'")
+    noisy = base.assign(method="m", pearson_delta=base["pearson_delta"] + np.linspace(-1e-9, 2e-9, len(base)))
+    comp = perturb_eval.paired_comparison(pd.concat([base, noisy]), "m", ["b"])
+    assert comp["n_ties"].iat[0] == 24 and np.isnan(comp["p_value"].iat[0])
 
 
 def test_top_de_genes_finds_the_planted_genes():

@@ -147,14 +147,17 @@ def debiased_score(x_p: np.ndarray, x_ctrl: np.ndarray) -> float:
 
 
 def paired_comparison(metrics: pd.DataFrame, model: str, baselines: list[str], value: str = "pearson_delta",
-                      by: str = "subset") -> pd.DataFrame:
-    """Paired one-sided Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``, alternative: model greater)
-    of ``value`` of ``model`` against each baseline over the (seed, perturbation) pairs of each ``by`` group.
+                      by: str = "subset", tie: float = 1e-6) -> pd.DataFrame:
+    """Paired one-sided Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``, alternative: model greater) of
+    ``value`` of ``model`` against each baseline, per ``by`` group.
 
     metrics: one row per (seed, perturbation, method) with columns seed, perturbation, method, ``by`` and
-    ``value``. Returns rows: ``by``, baseline, n_pairs, model_mean, baseline_mean, mean_difference, p_value."""
-    from scipy.stats import wilcoxon
-
+    ``value``. Differences smaller than ``tie`` in absolute value are exact ties (a model that returns a
+    baseline's prediction differs from it only by float rounding) and are dropped by the test's "wilcox" zero
+    method. ``p_value`` treats every (seed, perturbation) pair as one observation; ``p_value_perturbations``
+    first averages the seeds of each perturbation (the conservative test: perturbations, not seeds, are the
+    independent units). Returns rows: ``by``, baseline, n_pairs, n_ties, model_mean, baseline_mean,
+    mean_difference, p_value, n_perturbations, p_value_perturbations."""
     rows = []
     for grp, sub in metrics.groupby(by, sort=False):
         wide = sub.pivot_table(index=["seed", "perturbation"], columns="method", values=value)
@@ -163,11 +166,21 @@ def paired_comparison(metrics: pd.DataFrame, model: str, baselines: list[str], v
                 continue
             pair = wide[[model, base]].dropna()
             diff = (pair[model] - pair[base]).to_numpy()
-            p = float(wilcoxon(diff, alternative="greater").pvalue) if len(diff) and np.any(diff != 0) else float("nan")
-            rows.append({by: grp, "baseline": base, "n_pairs": len(pair), "model_mean": float(pair[model].mean()),
-                         "baseline_mean": float(pair[base].mean()), "mean_difference": float(diff.mean()),
-                         "p_value": p})
+            per = (pair[model] - pair[base]).groupby(level="perturbation").mean().to_numpy()
+            rows.append({by: grp, "baseline": base, "n_pairs": len(pair), "n_ties": int((np.abs(diff) < tie).sum()),
+                         "model_mean": float(pair[model].mean()), "baseline_mean": float(pair[base].mean()),
+                         "mean_difference": float(diff.mean()), "p_value": _wilcoxon_greater(diff, tie),
+                         "n_perturbations": len(per), "p_value_perturbations": _wilcoxon_greater(per, tie)})
     return pd.DataFrame(rows)
+
+
+def _wilcoxon_greater(diff: np.ndarray, tie: float) -> float:
+    from scipy.stats import wilcoxon
+
+    d = np.where(np.abs(diff) < tie, 0.0, diff)
+    if not np.any(d != 0):
+        return float("nan")
+    return float(wilcoxon(d, alternative="greater", zero_method="wilcox").pvalue)
 
 
 def summarize(metrics: pd.DataFrame, by: list[str], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
