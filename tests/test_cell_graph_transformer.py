@@ -43,8 +43,10 @@ def _model(kind="equivariant", seed=0, **kw):
     for mod in m.modules():
         if isinstance(mod, torch.nn.Embedding) and mod.num_embeddings == len(cgt.PERTURBATION_TYPES):
             torch.nn.init.normal_(mod.weight, std=0.5)
-    if kind == "equivariant":  # the expression readout starts at its offset (zero last layer): give it a slope
-        torch.nn.init.normal_(m.expression[-1].weight, std=0.5)
+    # readouts start at their offsets (zero last layers): give them a slope so the tests see them vary
+    last = [m.expression[-1], m.interaction[-1]] if kind == "equivariant" else [m.out[-1]]
+    for layer in last:
+        torch.nn.init.normal_(layer.weight, std=0.5)
     return m.eval()
 
 

@@ -60,16 +60,19 @@ class Samples(torch.utils.data.Dataset):
     """Perturbation samples: sets S as pointer arrays plus labels.
 
     sets: list of int arrays (gene indices); labels: task -> (y ndarray [n, ...], m bool ndarray [n, ...]);
-    weights: optional float [n] loss weight per sample (``sample_weight`` of the batch).
+    weights: optional float [n] loss weight per sample (``sample_weight`` of the batch); offsets: optional
+    task -> float [n], added to that task's prediction of each sample (``o_<task>``; :func:`per_sample`), e.g.
+    a baseline the model then corrects.
     Items are sample indices; :meth:`collate` builds the batch dict of
     :mod:`cellgraph.models.cell_graph_transformer` (``pert_ptr``, ``pert_idx``, ``pert_type`` all deletion,
     ``y_<task>``, ``m_<task>``).
     """
 
-    def __init__(self, sets: list, labels: dict, weights: np.ndarray | None = None):
+    def __init__(self, sets: list, labels: dict, weights: np.ndarray | None = None, offsets: dict | None = None):
         self.sets = [np.asarray(s, dtype=np.int64) for s in sets]
         self.labels = labels
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)  # [n] loss weights
+        self.offsets = {t: np.asarray(o, dtype=np.float32) for t, o in (offsets or {}).items()}  # task -> [n]
 
     def __len__(self):
         return len(self.sets)
@@ -96,6 +99,8 @@ class Samples(torch.utils.data.Dataset):
                  "pert_type": torch.zeros(len(flat), dtype=torch.long), "set_of_sample": torch.from_numpy(set_of)}
         if self.weights is not None:
             batch["sample_weight"] = torch.from_numpy(self.weights[idx])
+        for t, o in self.offsets.items():
+            batch[f"o_{t}"] = torch.from_numpy(np.ascontiguousarray(o[idx]))
         for t, (y, m) in self.labels.items():
             batch[f"y_{t}"] = torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.float32))
             batch[f"m_{t}"] = torch.from_numpy(np.ascontiguousarray(m[idx], dtype=bool))
@@ -103,9 +108,10 @@ class Samples(torch.utils.data.Dataset):
 
 
 def per_sample(out: dict, batch: dict) -> dict:
-    """Predictions of the distinct sets -> predictions per sample (``out[t][set_of_sample]``)."""
+    """Predictions of the distinct sets -> predictions per sample (``out[t][set_of_sample]``, plus the sample's
+    offset ``o_<t>`` where the batch has one)."""
     s = batch["set_of_sample"]
-    return {k: v[s] for k, v in out.items() if k != "h_pert"}
+    return {k: v[s] + batch[f"o_{k}"] if f"o_{k}" in batch else v[s] for k, v in out.items() if k != "h_pert"}
 
 
 def _fit_on_cpu(module, loader, max_epochs: int) -> None:
@@ -179,10 +185,11 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
 
 
 @torch.no_grad()
-def predict(model, sets: list) -> dict:
-    """Model outputs (numpy) for the given sets, one batch, eval mode; ``h_pert`` dropped."""
+def predict(model, sets: list, offsets: dict | None = None) -> dict:
+    """Model outputs (numpy) for the given sets (plus per-sample ``offsets`` as in :class:`Samples`), one
+    batch, eval mode; ``h_pert`` dropped."""
     model.eval()
-    batch = Samples(sets, {}).collate(np.arange(len(sets)))
+    batch = Samples(sets, {}, offsets=offsets).collate(np.arange(len(sets)))
     out, _, _ = model(batch)
     return {k: v.numpy() for k, v in per_sample(out, batch).items()}
 

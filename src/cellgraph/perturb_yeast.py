@@ -13,8 +13,9 @@ Two fold schemes, ``--n-folds`` each:
   queries, and no training pair contains a held-out query gene (their singles stay: single-mutant fitness is
   measured for every gene).
 
-Methods on the held-out pairs: both cell graph transformers (fitness and interaction readouts; rows
-``<model>_multiplicative`` add the model's epsilon to SMF_q SMF_a); baselines ``mean`` (training mean),
+Methods on the held-out pairs: both cell graph transformers (fitness and interaction readouts; the
+interaction readout is a correction added to the additive baseline below, fitted on the fold's training pairs;
+rows ``<model>_multiplicative`` add the model's epsilon to SMF_q SMF_a); baselines ``mean`` (training mean),
 ``multiplicative`` (DMF = SMF_q SMF_a, epsilon = 0) and ``additive``: epsilon = b + u_query + v_array, ridge
 on one-hot query and array genes (``sklearn.linear_model.Ridge``, alpha ``--ridge``; an unseen gene's
 coefficient is 0), DMF = SMF_q SMF_a + that epsilon. ``metrics.tsv`` has one row per (scheme, fold, target,
@@ -122,11 +123,14 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
     fit_y = np.concatenate([smf_y, pairs["dmf"].to_numpy()[tr]]).astype(np.float32)
     eps_y = np.concatenate([np.full(n_s, np.nan), pairs["epsilon"].to_numpy()[tr]]).astype(np.float32)
     eps_m = np.concatenate([np.zeros(n_s, bool), np.ones(len(tr), bool)])
-    samples = pt.Samples(single_sets + [ctx["pair_sets"][i] for i in tr],
-                         {"fitness": (fit_y, np.ones(n_s + len(tr), bool)), "interaction": (eps_y, eps_m)})
     train, test = pairs.iloc[tr], pairs.iloc[te]
     mult = (test["smf_q"] * test["smf_a"]).to_numpy()
     add = additive_epsilon(train, test, args.ridge)
+    # the interaction readout corrects the additive baseline (fitted on the training pairs only)
+    eps_offset = np.concatenate([np.zeros(n_s), additive_epsilon(train, train, args.ridge)])
+    samples = pt.Samples(single_sets + [ctx["pair_sets"][i] for i in tr],
+                         {"fitness": (fit_y, np.ones(n_s + len(tr), bool)), "interaction": (eps_y, eps_m)},
+                         offsets={"interaction": eps_offset})
     methods = {"mean": {"dmf": np.full(len(te), train["dmf"].mean()), "epsilon": np.full(len(te), train["epsilon"].mean())},
                "multiplicative": {"dmf": mult, "epsilon": np.zeros(len(te))},
                "additive": {"dmf": mult + add, "epsilon": add}}
@@ -136,7 +140,7 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
                  "fold": k} if scheme == "pairs" else None)
         pt.fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=args.yeast_max_epochs,
                batch_size=args.batch_size, lr=args.lr, seed=args.seed + k, diagnostics=diag)
-        p = pt.predict(model, [ctx["pair_sets"][i] for i in te])
+        p = pt.predict(model, [ctx["pair_sets"][i] for i in te], offsets={"interaction": add})
         methods[f"{kind}_cgt"] = {"dmf": p["fitness"], "epsilon": p["interaction"]}
         methods[f"{kind}_cgt_multiplicative"] = {"dmf": mult + p["interaction"], "epsilon": p["interaction"]}
     obs = {"dmf": test["dmf"].to_numpy(), "epsilon": test["epsilon"].to_numpy()}

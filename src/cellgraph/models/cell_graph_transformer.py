@@ -431,6 +431,8 @@ class CellGraphTransformer(nn.Module):
             self.static = MLP(d, d, d)
             self.dyn = nn.MultiheadAttention(d, cfg.n_heads, batch_first=True)
         self.out = MLP(2 * d, 2 * d, len(SCALAR_TASKS), cfg.dropout)
+        nn.init.zeros_(self.out[-1].weight)  # scalar readouts start at 0 (or at a per-sample offset)
+        nn.init.zeros_(self.out[-1].bias)
 
     def collapse(self, genes: torch.Tensor, batch: dict) -> torch.Tensor:
         """genes H [N, d] -> z_S [B, d] (exactly zero for an empty S with ``cross_attention``)."""
@@ -534,6 +536,8 @@ class EquivariantCellGraphTransformer(nn.Module):
         self.type1 = TypeITransform(cfg)
         self.fitness = MLP(d, d, 1)
         self.interaction = MLP(2 * d, d, 1)
+        nn.init.zeros_(self.interaction[-1].weight)  # starts at 0: at first the model is any per-sample offset
+        nn.init.zeros_(self.interaction[-1].bias)
         self.expression = MLP(d, d, 1)  # shared over genes: equivariant
         nn.init.zeros_(self.expression[-1].weight)  # starts at the offset: at first the model *is* the offset
         nn.init.zeros_(self.expression[-1].bias)
