@@ -51,10 +51,15 @@ def forward_ctx():
     return args, ctx
 
 
-def test_forward_fold_predictions_ignore_heldout_cells_and_evaluation_controls(forward_ctx):
+@pytest.mark.parametrize("forced_epochs", [None, 3])
+def test_forward_fold_predictions_ignore_heldout_cells_and_evaluation_controls(forward_ctx, monkeypatch, forced_epochs):
     """Scrambling every held-out cell and every evaluation control leaves every prediction unchanged (model and
-    baselines) while the observed deltas change: nothing fitted in the fold reads them."""
+    baselines) while the observed deltas change: nothing fitted in the fold reads them. Run with the inner
+    early stopping as it is, and with 3 training epochs forced (so the training path is covered whatever the
+    early stopping chooses)."""
     args, ctx = forward_ctx
+    if forced_epochs is not None:
+        monkeypatch.setattr(perturb_forward, "choose_epochs", lambda *a, **k: (forced_epochs, []))
     train_c, eval_c = perturb_eval.split_controls(len(ctx["ctrl_rows"]), 0)
     train_ctrl, eval_ctrl = ctx["ctrl_rows"][train_c], ctx["ctrl_rows"][eval_c]
     assert not set(train_ctrl) & set(eval_ctrl)
@@ -69,6 +74,9 @@ def test_forward_fold_predictions_ignore_heldout_cells_and_evaluation_controls(f
     scrambled["expr"] = expr
     second = perturb_forward.run_fold(args, scrambled, 0, 0, held, train_ctrl, eval_ctrl, rel, None)
     assert first["info"]["epochs"] == second["info"]["epochs"]
+    if forced_epochs is not None:
+        assert first["info"]["epochs"] == 3
+        assert not np.allclose(first["methods"]["equivariant_cgt"], first["methods"]["weighted_mean_change_own_gene"])
     for method, pred in first["methods"].items():
         np.testing.assert_allclose(second["methods"][method], pred, atol=1e-6, err_msg=method)
     assert not np.allclose(first["observed"], second["observed"])
