@@ -279,3 +279,22 @@ def test_lasso_logistic_regression_is_l1(monkeypatch, version):
     y = (x[:, 0] + x[:, 1] > 0).astype(int)
     coef = clf.fit(x, y).coef_
     assert (coef == 0).sum() >= 20 and coef[0, 0] != 0
+
+
+def test_gremln_features_cover_the_vocabulary_genes_only(tmp_path):
+    from cellgraph.gene_features import embedding_features, gremln_vectors
+
+    weight = torch.randn(5, 4)
+    torch.save({"state_dict": {"gene_emb.weight": weight}, "vocab": ["<pad>", "<cls>", "STAT1", "JAK2", "IRF1"]},
+               tmp_path / "model.pt")
+    vec, known, rep = gremln_vectors(tmp_path / "model.pt", ["JAK2", "SPI1", "STAT1", "MYC"])
+    assert known.tolist() == [True, False, True, False]
+    torch.testing.assert_close(vec[0], weight[3])
+    x = embedding_features(vec.numpy(), known.numpy())
+    assert x.shape == (4, 5)
+    assert not x[1, :-1].any() and not x[3, :-1].any() and (x[:, -1] == [1, 0, 1, 0]).all()
+    # two known rows: centred, so they are mirror images
+    np.testing.assert_allclose(x[0, :-1], -x[2, :-1], atol=1e-6)
+    with pytest.raises(InputError, match="gene_emb.weight"):
+        torch.save({"vocab": []}, tmp_path / "bad.pt")
+        gremln_vectors(tmp_path / "bad.pt", ["JAK2"])

@@ -82,6 +82,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
+from .gene_features import gremln_vectors
 from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 
 log = logging.getLogger(__name__)
@@ -499,26 +500,6 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
                "ema_updates": int(module.ema.n_averaged),
                "n_parameters": int(sum(p.numel() for p in model.parameters()))}
     return model, list(module.history), summary
-
-
-def gremln_vectors(path, vocab: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """GREmLN gene embeddings (``state_dict["gene_emb.weight"]``) of the ``vocab`` genes -> (vectors, known)."""
-    path = require_file(path, "--gremln-model")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        weight, names = obj["state_dict"]["gene_emb.weight"], list(obj["vocab"])
-    except Exception as err:  # noqa: BLE001
-        raise InputError(f"--gremln-model {path}: expected a cellgraph train model.pt with gene_emb.weight "
-                         f"and vocab ({type(err).__name__}: {err})") from err
-    pos = {g: i for i, g in enumerate(names)}
-    vec = torch.zeros(len(vocab), weight.shape[1])
-    known = torch.zeros(len(vocab), dtype=torch.bool)
-    for i, g in enumerate(vocab):
-        if g in pos:
-            vec[i], known[i] = weight[pos[g]].float(), True
-    return vec, known, {"gremln_model": str(path),
-                        "set_genes_initialised": [str(g) for g, k in zip(vocab, known) if k],
-                        "set_genes_not_in_gremln_vocab": [str(g) for g, k in zip(vocab, known) if not k]}
 
 
 def build_config(args, data: Data, n_genes: int) -> dict:

@@ -10,6 +10,8 @@ A model that learns one free embedding row per gene has nothing to say about a g
   of an edge reaches the features. RWR: Tong, Faloutsos & Pan 2006, *Fast random walk with restart and its
   applications*, ICDM, eq. 1, :math:`r = c\,W r + (1 - c)\,e`; here :math:`W` is the column-stochastic
   transition matrix and :math:`c = 1 - \text{restart}`.
+- :func:`gremln_vectors`: the input gene embeddings of a trained GREmLN model (``cellgraph train``) for the
+  genes its vocabulary covers (:func:`embedding_features` turns them into feature columns).
 - :func:`expression_loadings`: gene loadings of a PCA of training cells (genes not measured get zeros and a
   ``measured`` indicator column), the gene embedding of the linear baseline of Ahlmann-Eltze et al. 2025
   (*Nature Methods* 22, "Deep-learning-based gene perturbation effect prediction does not yet outperform
@@ -21,7 +23,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["rwr_profiles", "random_walk_features", "expression_loadings", "standardize_columns"]
+from .errors import InputError
+from .io import require_file
+
+__all__ = ["rwr_profiles", "random_walk_features", "gremln_vectors", "embedding_features", "expression_loadings",
+           "standardize_columns"]
 
 
 def _transition(edge_index: np.ndarray, weight: np.ndarray, n: int) -> sp.csr_matrix:
@@ -113,6 +119,42 @@ def random_walk_features(mg: dict, genes: list[str], *, dim: int = 16, restart: 
         rep["no_edge_rows"][name] = int(alone.sum() + (~present).sum())
     x = np.concatenate(blocks, 1) if blocks else np.zeros((len(genes), 0))
     return standardize_columns(x).astype(np.float32), names, rep
+
+
+def gremln_vectors(path, genes: list[str]):
+    """GREmLN gene embeddings (``state_dict["gene_emb.weight"]`` of a ``cellgraph train`` model.pt) of ``genes``
+    -> (vectors float32 tensor [G, d], known bool tensor [G], report). Genes outside the model's vocabulary get
+    a zero row and known False. Raises InputError for a missing or unreadable file."""
+    import torch
+
+    path = require_file(path, "--gremln-model")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        weight, names = obj["state_dict"]["gene_emb.weight"], list(obj["vocab"])
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"--gremln-model {path}: expected a cellgraph train model.pt with gene_emb.weight "
+                         f"and vocab ({type(err).__name__}: {err})") from err
+    pos = {g: i for i, g in enumerate(names)}
+    vec = torch.zeros(len(genes), weight.shape[1])
+    known = torch.zeros(len(genes), dtype=torch.bool)
+    for i, g in enumerate(genes):
+        if g in pos:
+            vec[i], known[i] = weight[pos[g]].float(), True
+    return vec, known, {"gremln_model": str(path),
+                        "set_genes_initialised": [str(g) for g, k in zip(genes, known) if k],
+                        "set_genes_not_in_gremln_vocab": [str(g) for g, k in zip(genes, known) if not k]}
+
+
+def embedding_features(vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Embedding rows as feature columns -> float32 [G, d + 1]: the known rows centred and scaled to unit column
+    sd (over known rows), unknown rows zero, then a ``known`` indicator column."""
+    x = np.zeros((len(known), vectors.shape[1] + 1), np.float32)
+    k = np.asarray(known, bool)
+    if k.sum() > 1:
+        v = np.asarray(vectors, float)[k]
+        x[k, :-1] = standardize_columns(v - v.mean(0))
+    x[:, -1] = k
+    return x
 
 
 def expression_loadings(x: np.ndarray, measured: np.ndarray, n_components: int = 10, seed: int = 0) -> np.ndarray:

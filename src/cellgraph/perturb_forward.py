@@ -11,7 +11,9 @@ folds; no cell of a held-out target is used by anything fitted in that fold (a t
 Model: :class:`~cellgraph.models.cell_graph_transformer.EquivariantCellGraphTransformer` without per-gene
 identity rows; every gene is known by fixed features shared by seen and unseen targets through one learned
 projection: random-walk-with-restart features of the full multigraph (:func:`cellgraph.gene_features.random_walk_features`,
-computed once) and PCA loadings of the fold's training cells (:func:`cellgraph.gene_features.expression_loadings`).
+computed once), with ``--gremln-model`` the GREmLN input gene embeddings where its vocabulary covers the gene
+(:func:`cellgraph.gene_features.gremln_vectors`), and PCA loadings of the fold's training cells
+(:func:`cellgraph.gene_features.expression_loadings`; always the last ``--n-pca`` + 1 columns).
 One sample per training target (the mean change of its cells), each gene standardised by its sd over the
 training targets (``--label-scale gene``), loss weights = the targets' split-half reliability on training cells
 (:func:`training_weights`). The expression readout is an offset plus a learned correction whose last layer
@@ -55,7 +57,7 @@ import torch
 
 from . import perturb as pt
 from . import perturb_eval as pe
-from .gene_features import expression_loadings, random_walk_features
+from .gene_features import embedding_features, expression_loadings, gremln_vectors, random_walk_features
 from .io import atomic_path, write_json, write_tsv
 from .models import cell_graph_transformer as cgt
 
@@ -80,11 +82,18 @@ def load_context(args) -> dict:
     d = pt.papalexi_arrays(adata, args.control, set(mg["nodes"]))
     graphs, kept = pt.restrict_graphs(mg, d["genes"], flip_directed=args.attend == "targets_to_regulators")
     rwr, rwr_names, rwr_rep = random_walk_features(mg, d["genes"], dim=args.rwr_dim, seed=0)
+    gremln = np.zeros((len(d["genes"]), 0), np.float32)
+    if getattr(args, "gremln_model", None):
+        vec, known, g_rep = gremln_vectors(args.gremln_model, d["genes"])
+        gremln = embedding_features(vec.numpy(), known.numpy())
+        targets = set(d["perturbation"]) - {args.control}
+        report["gremln_features"] = {"model": g_rep["gremln_model"], "genes_covered": int(known.sum()),
+                                     "targets_covered": sorted(targets & set(g_rep["set_genes_initialised"]))}
     pert = d["perturbation"]
     report.update(universe=len(d["genes"]), measured_genes=int(d["measured"].sum()),
                   targets_unmeasured=d["targets_unmeasured"], genes_not_in_multigraph=len(d["genes_not_in_multigraph"]),
                   graph_edges_in_universe=kept, random_walk_features=rwr_rep, attend=args.attend)
-    return {**d, "graphs": graphs, "rwr": rwr, "rwr_names": rwr_names, "report": report,
+    return {**d, "graphs": graphs, "rwr": rwr, "rwr_names": rwr_names, "gremln": gremln, "report": report,
             "targets": sorted(set(pert) - {args.control}), "ctrl_rows": np.flatnonzero(pert == args.control),
             "pos": {g: i for i, g in enumerate(d["genes"])}}
 
@@ -140,7 +149,7 @@ def reliability_table(ctx: dict, eval_ctrl: np.ndarray, seed: int, threshold: fl
 
 def _features(args, ctx: dict, train_cells: np.ndarray, seed: int) -> np.ndarray:
     load = expression_loadings(ctx["expr"][train_cells][:, ctx["measured"]], ctx["measured"], args.n_pca, seed=seed)
-    return np.concatenate([ctx["rwr"], load], 1).astype(np.float32)  # [N, F]
+    return np.concatenate([ctx["rwr"], ctx["gremln"], load], 1).astype(np.float32)  # [N, F]
 
 
 def train_model(args, ctx: dict, perts: list[str], y: np.ndarray, score: np.ndarray, weight: np.ndarray,

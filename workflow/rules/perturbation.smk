@@ -25,11 +25,13 @@ rule perturbation_forward:
     input:
         adata=PERT.get("adata", []),
         multigraph=res("multigraph/human/multigraph.npz"),
+        gremln=[res("train/gremln/model.pt")] if PERT.get("gremln_features") else [],
     output:
         **forward_outputs("forward"),
     params:
         out_dir=res("perturbation/forward"),
         seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["seeds"]),
+        gremln=lambda wildcards, input: " ".join(f"--gremln-model {shlex.quote(str(p))}" for p in input.gremln),
         options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
     threads: PERT.get("threads", 1)
     log:
@@ -40,7 +42,8 @@ rule perturbation_forward:
         "../../envs/cellgraph.yaml"
     shell:
         "cellgraph perturb --task forward --adata {input.adata} --multigraph {input.multigraph}"
-        " --seeds {params.seeds} {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        " --seeds {params.seeds} {params.gremln} {params.options} --threads {threads} --out-dir {params.out_dir}"
+        " > {log} 2>&1"
 
 
 use rule perturbation_forward as perturbation_forward_seeds with:
@@ -49,6 +52,7 @@ use rule perturbation_forward as perturbation_forward_seeds with:
     params:
         out_dir=res("perturbation/forward_seeds"),
         seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["study_seeds"]),
+        gremln=lambda wildcards, input: " ".join(f"--gremln-model {shlex.quote(str(p))}" for p in input.gremln),
         options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
     log:
         log_of("perturbation_forward_seeds"),
