@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from cellgraph import cli, perturb, perturb_eval
-from cellgraph.errors import InputError
 from cellgraph.models import cell_graph_transformer as cgt
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,9 +31,7 @@ true edges, and per head the attention entropy and effective rank
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
