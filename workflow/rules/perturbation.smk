@@ -180,6 +180,6 @@ rule perturbation_figures:
 
 
 rule perturbation:
-    """Target: every output of issue 5 (forward, yeast, reverse, figures and tables)."""
+    """Target: forward, yeast and reverse perturbation prediction with their figures and tables (issues 5, 13)."""
     input:
         rules.perturbation_figures.output,
