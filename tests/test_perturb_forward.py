@@ -44,7 +44,8 @@ def forward_ctx():
     adata, report = perturb.load_papalexi(PAPALEXI, 0.8, "non-targeting")
     d = perturb.papalexi_arrays(adata, "non-targeting", set())
     rng = np.random.default_rng(0)
-    ctx = {**d, "graphs": {}, "rwr": rng.normal(size=(len(d["genes"]), 8)).astype(np.float32), "report": report,
+    ctx = {**d, "graphs": {}, "rwr": rng.normal(size=(len(d["genes"]), 8)).astype(np.float32),
+           "gremln": np.zeros((len(d["genes"]), 0), np.float32), "report": report,
            "targets": sorted(set(d["perturbation"]) - {"non-targeting"}),
            "ctrl_rows": np.flatnonzero(d["perturbation"] == "non-targeting"),
            "pos": {g: i for i, g in enumerate(d["genes"])}}
