@@ -174,6 +174,7 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
     pl.seed_everything(seed, workers=True, verbose=False)
+    model.train()  # a model that has been used for prediction is in eval mode; Lightning keeps modes as found
     module = Module()
     loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=samples.collate,
                                          generator=torch.Generator().manual_seed(seed))
