@@ -83,6 +83,7 @@ import torch
 
 from .errors import InputError
 from .gene_features import gremln_vectors
+from .perturb_eval import pearson, pearson_spearman
 from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 
 log = logging.getLogger(__name__)
@@ -721,13 +722,6 @@ def c2st_auroc(x: np.ndarray, y: np.ndarray, seed: int = 0, n_splits: int = 5) -
     return float(roc_auc_score(lab, prob))
 
 
-def pearson(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
-
-
 def distribution_metrics(gen: np.ndarray, real: np.ndarray, pca, seed: int, c2st: bool = True) -> dict:
     """Pearson of the gene means; MMD, energy distance and C2ST AUROC in the PCA space ``pca``."""
     pg, pr = pca.transform(gen), pca.transform(real)
@@ -827,7 +821,6 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
 
 
 def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
-    from .perturb import _corr
 
     meta = obj["conditions"]
     ctrl = data.labels == data.control
@@ -851,7 +844,7 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
             obs_d = observed[p]
             for method, yhat in (("diffusion", gx[gp].mean(0) - g0), ("no_change", np.zeros_like(obs_d)),
                                  ("train_mean_change", mean_change)):
-                r, rho = _corr(yhat, obs_d)
+                r, rho = pearson_spearman(yhat, obs_d)
                 rows.append({"perturbation": p, "fold": f["fold"], "heldout": p in f["heldout"],
                              "n_cells_real": int((data.labels == p).sum()), "n_generated": int(gp.sum()),
                              "method": method, "pearson": r, "spearman": rho,

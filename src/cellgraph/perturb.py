@@ -193,16 +193,6 @@ def predict(model, sets: list, offsets: dict | None = None) -> dict:
     return {k: v.numpy() for k, v in per_sample(out, batch).items()}
 
 
-def _corr(a, b):
-    """(Pearson, Spearman) or (nan, nan) when either side is constant."""
-    from scipy.stats import pearsonr, spearmanr
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan"), float("nan")
-    return float(pearsonr(a, b)[0]), float(spearmanr(a, b)[0])
-
-
 def graph_reg_from_flags(items: list[str]) -> dict:
     """``["physical:0:0:0.1", ...]`` -> {graph: [layer, head, lambda]}."""
     out = {}
@@ -322,13 +312,6 @@ def write_diagnostics(out: Path, diag_rows: dict) -> None:
     (per epoch, fold, model, layer, head) in ``out``."""
     for key, name in (("graph_rows", "attention_diagnostics.tsv"), ("head_rows", "attention_heads.tsv")):
         write_tsv(pd.DataFrame(diag_rows[key]), out / name)
-
-
-def _summary(metrics: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    g = metrics.groupby(by, sort=False)
-    return g.agg(n=("mse", "size"), pearson_mean=("pearson", "mean"), pearson_sd=("pearson", "std"),
-                 spearman_mean=("spearman", "mean"), spearman_sd=("spearman", "std"), mse_mean=("mse", "mean")
-                 ).reset_index()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["split_controls", "split_half_reliability", "noise_ceiling", "top_de_genes", "pearson",
+__all__ = ["split_controls", "split_half_reliability", "noise_ceiling", "top_de_genes", "pearson", "pearson_spearman",
            "linear_baseline", "weighted_mean_change", "one_standard_error_choice", "own_gene_adjusted", "debiased_score", "paired_comparison", "summarize"]
 
 
@@ -44,6 +44,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
+
+
+def pearson_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(Pearson r, Spearman rho) of two vectors; (NaN, NaN) when either is constant or shorter than 3."""
+    from scipy.stats import spearmanr
+
+    r = pearson(a, b)
+    return (r, float(spearmanr(np.asarray(a, float), np.asarray(b, float))[0])) if np.isfinite(r) else (r, r)
 
 
 def split_half_reliability(x_p: np.ndarray, x_ctrl: np.ndarray, n_splits: int = 20, seed: int = 0) -> float:

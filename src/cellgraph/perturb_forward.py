@@ -117,9 +117,7 @@ def training_weights(ctx: dict, perts: list[str], ctrl_rows: np.ndarray, seed: i
     """Loss weight of each training target: its split-half reliability on training cells against the training
     controls, clipped at 0 -> float [len(perts)]; uniform when every weight is 0. Targets whose training
     delta is sampling noise then neither steer the fit nor the offset."""
-    m, expr, pert = ctx["measured"], ctx["expr"], ctx["perturbation"]
-    x0 = expr[ctrl_rows][:, m]
-    w = np.array([pe.split_half_reliability(expr[pert == p][:, m], x0, seed=seed) for p in perts])
+    w = split_half_rs(ctx, perts, ctrl_rows, seed)
     w = np.clip(np.nan_to_num(w), 0, None)
     return w if w.sum() > 0 else np.ones(len(perts))
 
@@ -129,17 +127,21 @@ def own_gene_changes(ctx: dict, perts: list[str], y: np.ndarray) -> list[float]:
     return [float(y[j, ctx["pos"][p]]) for j, p in enumerate(perts) if ctx["measured"][ctx["pos"][p]]]
 
 
+def split_half_rs(ctx: dict, perts: list[str], ctrl_rows: np.ndarray, seed: int) -> np.ndarray:
+    """Split-half reliability of each perturbation's delta against the control rows -> float [len(perts)]
+    (:func:`cellgraph.perturb_eval.split_half_reliability` over the measured genes)."""
+    m, expr, pert = ctx["measured"], ctx["expr"], ctx["perturbation"]
+    x0 = expr[ctrl_rows][:, m]
+    return np.array([pe.split_half_reliability(expr[pert == p][:, m], x0, seed=seed) for p in perts])
+
+
 def reliability_table(ctx: dict, eval_ctrl: np.ndarray, seed: int, threshold: float) -> pd.DataFrame:
     """Per target: n_cells, split-half r against the evaluation controls, noise ceiling, reliable flag."""
-    m, expr, pert = ctx["measured"], ctx["expr"], ctx["perturbation"]
-    x0 = expr[eval_ctrl][:, m]
-    rows = []
-    for p in ctx["targets"]:
-        xp = expr[pert == p][:, m]
-        r = pe.split_half_reliability(xp, x0, seed=seed)
-        rows.append({"perturbation": p, "n_cells": len(xp), "split_half_r": r, "noise_ceiling": pe.noise_ceiling(r),
-                     "reliable": bool(np.isfinite(r) and r >= threshold)})
-    return pd.DataFrame(rows).set_index("perturbation")
+    r = split_half_rs(ctx, ctx["targets"], eval_ctrl, seed)
+    n = [int((ctx["perturbation"] == p).sum()) for p in ctx["targets"]]
+    return pd.DataFrame({"perturbation": ctx["targets"], "n_cells": n, "split_half_r": r,
+                         "noise_ceiling": [pe.noise_ceiling(x) for x in r],
+                         "reliable": np.isfinite(r) & (r >= threshold)}).set_index("perturbation")
 
 
 # --------------------------------------------------------------------------------------------------
