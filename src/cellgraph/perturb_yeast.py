@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import perturb as pt
+from . import perturb_eval as pe
 from .errors import InputError
 from .io import require_file, write_json, write_tsv
 
@@ -104,16 +106,9 @@ def _bootstrap_pearson(pred: dict, obs: np.ndarray, n_boot: int, seed: int) -> d
     idx = rng.integers(0, len(obs), (n_boot, len(obs)))
     out = {}
     for m, p in pred.items():
-        boots = np.array([_r(p[i], obs[i]) for i in idx])
-        out[m] = (_r(p, obs), *np.nanpercentile(boots, [2.5, 97.5]), boots)
+        boots = np.array([pe.pearson(p[i], obs[i]) for i in idx])
+        out[m] = (pe.pearson(p, obs), *np.nanpercentile(boots, [2.5, 97.5]), boots)
     return out
-
-
-def _r(a, b) -> float:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarray, diag_rows: dict) -> tuple:
@@ -135,6 +130,7 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
                "multiplicative": {"dmf": mult, "epsilon": np.zeros(len(te))},
                "additive": {"dmf": mult + add, "epsilon": add}}
     for kind in ("equivariant", "non_equivariant"):
+        torch.manual_seed(args.seed + k)  # the initialisation does not depend on what ran before in the process
         model, _ = pt.make_model(kind, args, len(ctx["genes"]), ctx["graphs"], "yeast", ctx["report"])
         diag = ({"graphs": ctx["graphs"], **diag_rows, "every": args.diagnostics_every, "model": f"{kind}_cgt",
                  "fold": k} if scheme == "pairs" else None)
@@ -145,7 +141,7 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
         methods[f"{kind}_cgt_multiplicative"] = {"dmf": mult + p["interaction"], "epsilon": p["interaction"]}
     obs = {"dmf": test["dmf"].to_numpy(), "epsilon": test["epsilon"].to_numpy()}
     rows = [{"scheme": scheme, "fold": k, "method": m, "target": t, "n_pairs": len(te),
-             "pearson": _r(pr[t], obs[t]), "mse": float(np.mean((pr[t] - obs[t]) ** 2))}
+             "pearson": pe.pearson(pr[t], obs[t]), "mse": float(np.mean((pr[t] - obs[t]) ** 2))}
             for m, pr in methods.items() for t in ("dmf", "epsilon")]
     return rows, methods
 
