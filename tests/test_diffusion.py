@@ -47,6 +47,7 @@ def pbmc_stage_adata(tmp_path_factory):
                                    for t in ["B", "NK", "CD8TN", "Monocyte"]]))
     a = raw[keep].copy()
     sc.pp.filter_genes(a, min_cells=5)
+    a.layers["counts"] = a.X.copy()  # as the expression stage keeps them
     sc.pp.normalize_total(a, target_sum=1e6)
     sc.pp.log1p(a)
     sc.pp.highly_variable_genes(a, n_top_genes=120, flavor="seurat")
@@ -146,24 +147,49 @@ def test_c2st_on_real_cells():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_papalexi_end_to_end(tmp_path):
+def toy_multigraph(path, genes: list[str]) -> Path:
+    """A multigraph.npz whose physical graph is a chain over ``genes`` plus two extra nodes (others empty)."""
+    from cellgraph.multigraph import GRAPH_TYPES, save_multigraph
+
+    nodes = np.array(list(genes) + ["EXTRA1", "EXTRA2"])
+    graphs = {"nodes": nodes}
+    for g in GRAPH_TYPES:
+        graphs[g] = (np.zeros((2, 0), np.int64), np.zeros(0, np.float32))
+    src = np.arange(len(nodes) - 1)
+    graphs["physical"] = (np.stack([src, src + 1]).astype(np.int64), np.ones(len(src), np.float32))
+    save_multigraph(path, "human", graphs)
+    return Path(path)
+
+
+def test_papalexi_end_to_end(tmp_path, papalexi):
+    """Default path: NB counts, a variational latent smaller than the genes, set genes from RWR features."""
     import anndata as ad
 
     out, ck = tmp_path / "out", tmp_path / "ck"
+    mg = toy_multigraph(tmp_path / "mg.npz", papalexi.vocab)
     dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
-                  "--checkpoint-dir", ck, "--max-train-cells", 192, "--ae-steps", 1, "--max-steps", 3, *TINY))
+                  "--checkpoint-dir", ck, "--max-train-cells", 192, "--ae-steps", 1, "--max-steps", 3,
+                  "--multigraph", mg, "--rwr-dim", 3, *TINY))
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert list(metrics.columns) == dfn.METRIC_COLUMNS
     assert metrics["phase"].tolist() == ["autoencoder", "diffusion"] and np.isfinite(metrics["train_loss"]).all()
     obj = torch.load(out / "model.pt", weights_only=False)
     held = obj["folds"][0]["heldout"]
     assert held and not set(held) & set(obj["folds"][0]["train_labels"])
+    assert obj["config"]["likelihood"] == "nb" and obj["config"]["n_set_features"] == 3
+    assert obj["config"]["n_tokens"] * obj["config"]["latent_dim"] < 299  # a latent smaller than the genes
+    feats = obj["state_dict"]["denoiser.cond_embedder.set.gene_features"]
+    assert feats.shape == (25, 3) and not any(k.endswith("set.gene.weight") for k in obj["state_dict"])
+    assert obj["init"]["set_features"] == "rwr"
     dfn.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, "--n-generate", 3,
                   "--ddim-steps", 2, *TINY))
     gen = ad.read_h5ad(out / "generated.h5ad")
     n_cond = 1 + 25
     assert gen.shape == (3 * n_cond, 299)
     assert np.isfinite(gen.X).all() and gen.X.min() >= 0
+    counts = gen.layers["counts"].toarray()
+    assert np.array_equal(counts, np.round(counts)) and counts.min() >= 0
+    assert np.allclose(gen.X, dfn.log_normalize(counts), atol=1e-5)  # X is log1p CP10k of the sampled counts
     obs = gen.obs
     assert sorted(set(obs["perturbation"])) == sorted([CONTROL] + obj["conditions"]["vocab"])
     assert (obs["perturbation"].value_counts() == 3).all()
@@ -178,7 +204,11 @@ def test_papalexi_end_to_end(tmp_path):
     h = ev[ev["heldout"]]
     assert sorted(h["perturbation"].unique()) == sorted(held)
     assert set(h["method"]) == {"diffusion", "no_change", "train_mean_change"}
-    assert h[h.method == "no_change"]["pearson"].isna().all() and h[h.method == "train_mean_change"]["pearson"].notna().all()
+    assert h[h.method == "no_change"]["pearson_delta"].isna().all()
+    assert h[h.method == "train_mean_change"]["pearson_delta"].notna().all()
+    assert h["noise_ceiling"].between(0, 1).all()
+    comp = pd.read_csv(out / "comparison.tsv", sep="\t")
+    assert set(comp["set"]) == {"heldout", "seen"} and (comp["baseline"] == "train_mean_change").all()
     assert len(pd.read_csv(out / "guidance.tsv", sep="\t")) == 2
     timing = pd.read_csv(out / "sampling_time.tsv", sep="\t").set_index("sampler")
     assert timing.loc["ddpm", "steps"] == 1000 and timing.loc["ddim", "steps"] == 2
@@ -202,7 +232,11 @@ def test_pbmc_train_and_sample(tmp_path, pbmc_stage_adata):
     real = ad.read_h5ad(pbmc_stage_adata)
     test = real.obs[real.obs["split"] == "test"]["trueLabel"].astype(str)
     expected = test[test != "Monocyte"].value_counts().sort_index()
-    assert gen.n_vars == 50 and gen.obs["trueLabel"].astype(str).value_counts().sort_index().equals(expected)
+    got = gen.obs["trueLabel"].astype(str).value_counts().sort_index()
+    assert gen.n_vars == 50 and got.to_dict() == obj["conditions"]["test_counts"]
+    # cells without a count on the 50 modelled genes are dropped and counted, never silently
+    lost = int((expected - got).sum())
+    assert (got <= expected).all() and 0 <= lost <= obj["data_report"]["cells_dropped_no_count_on_modelled_genes"]
     # sampling the PBMC model as papalexi is refused
     with pytest.raises(InputError, match="trained on 'pbmc'"):
         dfn.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, *TINY))
@@ -225,7 +259,19 @@ def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
         a.write_h5ad(bad)
         with pytest.raises(InputError, match=message):
             dfn.run(parse("--task", "train", "--dataset", dataset, "--adata", bad, "--out-dir", out,
-                          "--checkpoint-dir", tmp_path / "ck"))
+                          "--checkpoint-dir", tmp_path / "ck", "--set-features", "none"))
+    a = ad.read_h5ad(pbmc_stage_adata)
+    del a.layers["counts"]
+    a.write_h5ad(tmp_path / "no_counts.h5ad")
+    with pytest.raises(InputError, match="layers has no 'counts'"):
+        dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", tmp_path / "no_counts.h5ad",
+                      "--out-dir", out, "--checkpoint-dir", tmp_path / "ck"))
+    with pytest.raises(InputError, match="--set-features rwr needs --multigraph"):
+        dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
+                      "--checkpoint-dir", tmp_path / "ck"))
+    with pytest.raises(InputError, match="--likelihood 'poisson'"):
+        dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
+                      "--checkpoint-dir", tmp_path / "ck", "--likelihood", "poisson"))
     with pytest.raises(InputError, match="--model-path"):
         dfn.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out))
     assert not out.exists() or not any(out.iterdir())  # nothing written
@@ -311,7 +357,8 @@ def test_gremln_init_of_set_gene_embeddings(tmp_path, papalexi):
         out = tmp_path / flag
         dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
                       "--checkpoint-dir", tmp_path / f"ck{flag}", "--max-train-cells", 64, "--ae-steps", 1,
-                      "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, *TINY))
+                      "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, "--set-features", "none",
+                      *TINY))
         outs[flag] = torch.load(out / "model.pt", weights_only=False)
     assert outs["--gremln-init"]["init"]["set_genes_initialised"] == ["IRF1", "STAT1"]
     a, b = outs["--gremln-init"]["state_dict"], outs["--no-gremln-init"]["state_dict"]

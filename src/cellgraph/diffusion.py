@@ -1,12 +1,14 @@
-r"""Latent-token diffusion transformer (issue 7): data, training, sampling, evaluation and figures.
+r"""Latent-token diffusion transformer (issues 7, 14): data, training, sampling, evaluation and figures.
 
 The model core (encoder to T latent tokens, DiT denoiser with adaLN-Zero, condition embedders, DDPM/DDIM
 with classifier-free guidance) is :mod:`cellgraph.models.diffusion`; this stage uses only its agreed
 interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``).
 
 ``cellgraph diffusion --task train --dataset pbmc|papalexi``
-    Data. *PBMC*: ``results/expression/adata.h5ad`` (``X`` = log1p CPM), genes = the highly variable genes
-    (``--n-genes`` > 0: the top n of them by ``var.dispersions_norm``); condition = the cell type
+    Data. *PBMC*: ``results/expression/adata.h5ad`` (``layers["counts"]``), genes = the highly variable genes
+    (``--n-genes`` > 0: the top n of them by ``var.dispersions_norm``); the cells' expression is
+    log1p(1e4 x counts / total over the modelled genes) (:func:`log_normalize`, the same transform as generated
+    cells get; cells with no count on these genes are dropped and counted); condition = the cell type
     (``uns["cellgraph"]["label_key"]``). The model trains on the ``train`` split and is validated on ``val``;
     the held-out ``test`` cells are the evaluation's real cells. The types of the ``heldout`` split (the main
     job's unseen-graph types) have no training cell, so they have no condition index: their cells are left
@@ -16,9 +18,16 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     (control = the empty set). Leave-perturbation-out: the targets are split into ``--n-folds`` groups by
     :func:`cellgraph.perturb.leave_perturbation_out_folds`; the first ``--folds-run`` folds are trained, each
     on every cell whose perturbation is not held out (control cells included; a seeded ``--val-fraction`` of
-    them is kept aside for the validation loss). The set-gene vocabulary holds all targets, so a held-out
-    target has an embedding that training never updates (its random initialisation, or its GREmLN gene
-    embedding with ``--gremln-init``).
+    them is kept aside for the validation loss). Set genes (``--set-features rwr``, the default) are
+    embedded from fixed random-walk features on the human gene multigraph through one learned projection
+    plus a shared "perturbed" vector (issue 14), so a held-out target has no untrained row; with
+    ``--set-features none`` every target has its own row (a held-out one keeps its random initialisation, or
+    its GREmLN gene embedding with ``--gremln-init``).
+    Observation model (``--likelihood``, default ``nb``): the autoencoder is variational (``--kl-weight``,
+    warmed up over the first half of the autoencoder phase) with a latent of ``--n-tokens`` x
+    ``--latent-dim`` values, and its decoder is the negative binomial of the raw counts with the cell's
+    library size (``zinb``: zero-inflated; ``gaussian``: the former MSE on standardised log values). The
+    gene-wise dispersion starts at its method-of-moments estimate.
     Every gene is standardised with the mean and sd of the training cells (sd floored at a quarter of the
     median gene sd); generated cells are mapped back and clipped at 0 (log expression is non-negative).
     Training: ``training_mode`` ``two_stage`` = ``--ae-steps`` optimiser steps of autoencoder
@@ -32,8 +41,9 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     checkpoint of ``--checkpoint-dir`` whose fingerprint (settings + input file bytes) matches, and starts
     over otherwise; the noise/time draws of a step come from a generator seeded by (seed, global step), so
     a resumed run ends with the weights of an uninterrupted one. bf16 autocast on CUDA.
-    Outputs: ``model.pt`` (config, EMA weights per fold, genes, standardisation, conditions, run summary) and
-    ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss, seconds``).
+    Outputs: ``model.pt`` (config, EMA weights per fold, genes, standardisation and training library sizes
+    per fold, conditions, run summary) and ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss,
+    seconds``).
     Defaults (= config/config.yaml): v-prediction (with eps + cosine, PBMC samples saturated at the model's
     latent clip and ignored the cell type; v gave mean-expression Pearson ~0.98), guidance scale 1 (the
     guidance curve on PBMC degrades with larger scales), one torch thread (the demo model is tiny; on a shared
@@ -44,8 +54,12 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     DDIM (``--ddim-steps``, ``--eta``) or DDPM ancestral (all ``n_timesteps``) with classifier-free guidance
     ``--guidance-scale``, EMA weights. PBMC: per cell type as many cells as the real ``test`` cells of that
     type. Papalexi: per fold ``--n-generate`` cells for the control (empty
-    set) and for every perturbation (held-out and training). ``generated.h5ad``: ``X`` float32 over the
-    model's genes; ``obs``: PBMC the label column (categorical) ; Papalexi ``perturbation``, ``set_genes``
+    set) and for every perturbation (held-out and training), all conditions from the same initial noise and
+    count seeds (common random numbers, :func:`generate_paired`). Count models: each cell's library size is
+    drawn from the training cells of its condition (a held-out perturbation: all training cells of the
+    fold), its counts from the decoder's NB/ZINB. ``generated.h5ad``: ``X`` float32 log1p CP10k over the
+    model's genes (the real cells' transform), ``layers["counts"]`` the sampled counts (count models);
+    ``obs``: PBMC the label column (categorical) ; Papalexi ``perturbation``, ``set_genes``
     (";"-joined, empty for control), ``fold``, ``heldout``; both ``sampler`` and ``guidance_scale``;
     ``uns["diffusion"]`` the settings and seconds.
 
@@ -53,13 +67,19 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     PBMC, per cell type, generated vs real test cells: Pearson of the mean expression over genes, MMD (RBF,
     median-heuristic bandwidth, biased V-statistic) and energy distance in the PCA space (``--n-pcs``) fitted
     on the real training cells, and a classifier two-sample test (random forest, stratified 5-fold
-    cross-validated AUROC; 0.5 = indistinguishable). References with the same metrics: ``train_cells``
-    (real train cells of the type, as many as test cells: the sampling-noise floor) and ``all_types``
-    (train cells of all types: what an unconditional model would score). UMAP of real test + generated cells.
-    Papalexi, per perturbation of each fold: Pearson and MSE between the generated mean change
-    (generated S={p} minus generated control) and the observed mean change (all cells of p minus all control
-    cells) over the measured genes; baselines ``no_change`` (Pearson undefined: empty) and
-    ``train_mean_change`` (the mean observed change of the fold's training perturbations).
+    cross-validated AUROC; 0.5 = indistinguishable), zero fraction, per-gene zero-fraction Pearson and the
+    mean-variance relation (:func:`sparsity_metrics`). References with the same metrics: ``scvi`` (scVI of
+    scvi-tools trained here on the same training counts, sampled from its generative model with the cell type
+    as its decoder covariate and library sizes drawn as for the diffusion model; ``--scvi-epochs`` 0 = off),
+    ``train_cells`` (real train cells of the type, as many as test cells: the sampling-noise floor) and
+    ``all_types`` (train cells of all types: what an unconditional model would score). ``criteria.tsv``
+    checks issue 14's bar per type. UMAP of real test + generated cells.
+    Papalexi, per perturbation of each fold: Pearson (``pearson_delta``), Spearman, top-20-DE Pearson and MSE
+    between the generated mean change (generated S={p} minus generated control) and the observed mean change
+    (all cells of p minus all control cells) over the measured genes, with the perturbation's split-half
+    noise ceiling; baselines ``no_change`` (Pearson undefined: empty) and ``train_mean_change`` (the mean
+    observed change of the fold's training perturbations); ``summary.tsv`` (bootstrap CIs over
+    perturbations) and ``comparison.tsv`` (paired one-sided Wilcoxon, diffusion vs train_mean_change).
     Both: guidance scale vs quality (``--guidance-scales``; PBMC mean MMD / Pearson over types; Papalexi
     mean Pearson over the held-out perturbations of the first fold), sampling seconds per 1,000 cells for
     DDPM and DDIM (``--timing-cells`` cells, extrapolated), tables (tsv), figures (png) and ``report.json``.
@@ -69,6 +89,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import dataclasses
 import logging
 import math
@@ -82,7 +103,7 @@ import pandas as pd
 import torch
 
 from .errors import InputError
-from .gene_features import gremln_vectors
+from .gene_features import gremln_vectors, random_walk_features
 from .perturb_eval import pearson, pearson_spearman
 from .io import atomic_path, require_file, save_figure, write_json, write_tsv
 
@@ -92,6 +113,8 @@ TASKS = ("train", "sample", "evaluate")
 DATASETS = ("pbmc", "papalexi")
 METRIC_COLUMNS = ["fold", "epoch", "phase", "train_loss", "val_loss", "seconds"]
 SAMPLERS = ("ddim", "ddpm")
+LIKELIHOODS = ("nb", "zinb", "gaussian")
+SET_FEATURES = ("rwr", "none")
 
 
 _THREADS: list[int] = []  # torch CPU threads of this run (scanpy/numba resets torch's count: set it again)
@@ -126,6 +149,23 @@ class Data:
     label_key: str  # obs column of the condition in generated.h5ad
     control: str = ""
     report: dict = dataclasses.field(default_factory=dict)
+    counts: np.ndarray | None = None  # float32 [C, G] raw counts over the modelled genes (x is their log1p CP10k)
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, np.float32)
+
+
+def log_normalize(counts: np.ndarray) -> np.ndarray:
+    """Counts [C, G] -> log1p(1e4 * counts / total) [C, G] float32 over the given genes (``sc.pp.normalize_total``
+    with target_sum 1e4, then ``sc.pp.log1p``); real and generated cells both go through this."""
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(X=np.asarray(counts, np.float32).copy())
+    sc.pp.normalize_total(a, target_sum=1e4)
+    sc.pp.log1p(a)
+    return _dense(a.X)
 
 
 def load_pbmc(path, n_genes: int = 0) -> Data:
@@ -155,11 +195,16 @@ def load_pbmc(path, n_genes: int = 0) -> Data:
             genes_idx = np.sort(genes_idx[np.argsort(-np.nan_to_num(disp, nan=-np.inf), kind="stable")[:n_genes]])
         else:
             genes_idx = genes_idx[:n_genes]
+    if "counts" not in adata.layers:
+        raise InputError(f"--adata {path}: layers has no 'counts' (expected the expression stage output)")
+    counts = _dense(adata.layers["counts"][:, genes_idx])
+    if not np.isfinite(counts).all() or counts.min() < 0 or not np.allclose(counts, np.round(counts)):
+        raise InputError(f"--adata {path}: layers['counts'] must hold non-negative whole numbers")
+    empty = counts.sum(1) == 0  # no count on the modelled genes: no library size, nothing to normalise
+    n_read = int(adata.n_obs)
+    adata, counts = adata[~empty], counts[~empty]
     sub = adata[:, genes_idx]
-    x = sub.X.toarray() if hasattr(sub.X, "toarray") else np.asarray(sub.X)
-    x = np.asarray(x, np.float32)
-    if not np.isfinite(x).all():
-        raise InputError(f"--adata {path}: X holds non-finite values")
+    x = log_normalize(counts)
     labels = adata.obs[label_key].astype(str).to_numpy()
     split = adata.obs["split"].astype(str).to_numpy()
     vocab = sorted(set(labels[split == "train"]))
@@ -169,14 +214,17 @@ def load_pbmc(path, n_genes: int = 0) -> Data:
         raise InputError(f"--adata {path}: no 'test' cell of a type with training cells")
     unseen = sorted(set(labels) - set(vocab))
     rep = {
-        "cells_read": int(adata.n_obs), "genes_read": int(adata.n_vars), "hvg": int(hvg.sum()),
+        "cells_read": n_read, "genes_read": int(adata.n_vars), "hvg": int(hvg.sum()),
         "genes_modelled": int(len(genes_idx)), "label_key": label_key, "cell_types": vocab,
+        "cells_dropped_no_count_on_modelled_genes": int(empty.sum()),
+        "expression": "log1p(1e4 * counts / total over the modelled genes)",
         "cells_per_split": pd.Series(split).value_counts().sort_index().to_dict(),
         "types_without_training_cells": unseen,
         "cells_dropped_type_without_training_cells": int(np.isin(labels, unseen).sum()),
         "heldout_types": [str(t) for t in adata.uns.get("cellgraph", {}).get("heldout_types", [])],
     }
-    return Data("pbmc", [str(g) for g in sub.var_names], x, labels, split, vocab, label_key, report=rep)
+    return Data("pbmc", [str(g) for g in sub.var_names], x, labels, split, vocab, label_key, report=rep,
+                counts=counts)
 
 
 def load_papalexi_data(path, min_grna_frac: float, control: str) -> Data:
@@ -184,15 +232,19 @@ def load_papalexi_data(path, min_grna_frac: float, control: str) -> Data:
     from .perturb import load_papalexi
 
     adata, rep = load_papalexi(path, min_grna_frac, control)
+    counts = _dense(adata.layers["counts"])
+    empty = counts.sum(1) == 0
+    adata, counts = adata[~empty], counts[~empty]
     x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     labels = adata.obs["perturbation"].to_numpy(str)
     vocab = sorted(set(labels) - {control})
     if not vocab:
         raise InputError(f"--adata {path}: no perturbed cell (every obs.perturbation is {control!r})")
     rep = {**rep, "measured_genes": int(adata.n_vars), "targets": vocab,
-           "targets_not_measured": sorted(set(vocab) - set(adata.var_names))}
+           "targets_not_measured": sorted(set(vocab) - set(adata.var_names)),
+           "cells_dropped_no_count": int(empty.sum())}
     return Data("papalexi", [str(g) for g in adata.var_names], np.asarray(x, np.float32), labels,
-                np.full(len(labels), "all"), vocab, "perturbation", control, rep)
+                np.full(len(labels), "all"), vocab, "perturbation", control, rep, counts)
 
 
 def load_data(args) -> Data:
@@ -347,9 +399,13 @@ class DiffusionModule(_lightning().LightningModule):
         return g
 
     def training_step(self, batch, batch_idx):
-        x, cond = batch
+        x, cond, *counts = batch
         phase = self.phase_of(self.current_epoch)
-        loss, _ = self.model.loss(x, cond, phase, generator=self._gen(self.global_step))
+        # KL warm-up over the first half of the autoencoder phase (against posterior collapse)
+        warm = 0.5 * self.phases[0][1] * self.steps_per_epoch
+        loss, _ = self.model.loss(x, cond, phase, generator=self._gen(self.global_step),
+                                  counts=counts[0] if counts else None,
+                                  kl_scale=min(1.0, (self.global_step + 1) / max(warm, 1.0)))
         self._acc[0] += float(loss.detach()) * len(x)
         self._acc[1] += len(x)
         return loss
@@ -362,9 +418,10 @@ class DiffusionModule(_lightning().LightningModule):
         self._val = [0.0, 0]
 
     def validation_step(self, batch, batch_idx):
-        x, cond = batch
+        x, cond, *counts = batch
         phase = self.phase_of(self.current_epoch)
-        loss, _ = self.model.loss(x, cond, phase, generator=self._gen(10**12 + batch_idx))
+        loss, _ = self.model.loss(x, cond, phase, generator=self._gen(10**12 + batch_idx),
+                                  counts=counts[0] if counts else None)
         self._val[0] += float(loss) * len(x)
         self._val[1] += len(x)
 
@@ -434,25 +491,31 @@ class _Indices(torch.utils.data.Dataset):
 
 
 class _Collate:
-    def __init__(self, x: torch.Tensor, cond: dict[str, torch.Tensor]):
-        self.x, self.cond = x, cond
+    def __init__(self, x: torch.Tensor, cond: dict[str, torch.Tensor], counts: torch.Tensor | None = None):
+        self.x, self.cond, self.counts = x, cond, counts
 
     def __call__(self, idx: list[int]):
         i = torch.tensor(idx, dtype=torch.long)
-        return self.x[i], {k: v[i] for k, v in self.cond.items()}
+        batch = (self.x[i], {k: v[i] for k, v in self.cond.items()})
+        return batch if self.counts is None else (*batch, self.counts[i])
 
 
-def _loader(x, cond, batch_size: int, seed: int, shuffle: bool):
+def _loader(x, cond, batch_size: int, seed: int, shuffle: bool, counts=None):
     from .train import ShardedBatchSampler
 
     sampler = ShardedBatchSampler(len(x), batch_size, seed=seed, shuffle=shuffle)
-    return torch.utils.data.DataLoader(_Indices(len(x)), batch_sampler=sampler, collate_fn=_Collate(x, cond))
+    return torch.utils.data.DataLoader(_Indices(len(x)), batch_sampler=sampler,
+                                       collate_fn=_Collate(x, cond, counts))
 
 
 def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train: dict, x_val: torch.Tensor,
         cond_val: dict, checkpoint_dir, fingerprint_files: Sequence = (), fingerprint_extra: dict | None = None,
-        init: Callable | None = None, callbacks: Sequence = (), fold: int = 0):
-    """Train one model (all phases) with checkpoints/resume -> (EMA model, eval mode, CPU; history; summary)."""
+        init: Callable | None = None, callbacks: Sequence = (), fold: int = 0,
+        counts_train: torch.Tensor | None = None, counts_val: torch.Tensor | None = None):
+    """Train one model (all phases) with checkpoints/resume -> (EMA model, eval mode, CPU; history; summary).
+
+    x_* float [N, G] standardised log expression, cond_* the condition dicts, counts_* float [N, G] the raw
+    counts of the same cells (needed by nb/zinb models)."""
     from .train import fingerprint, quiet_lightning, select_checkpoint
 
     pl = _lightning()
@@ -475,9 +538,15 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
     g = torch.Generator().manual_seed(settings.seed)
     n_scale = min(len(x_train), 2048)
     x_scale = x_train[torch.randperm(len(x_train), generator=g)[:n_scale]]
-    train_dl = _loader(x_train, cond_train, settings.batch_size, settings.seed, True)
-    val_dl = _loader(x_val, cond_val, settings.batch_size, settings.seed, False) if len(x_val) else None
-    module = DiffusionModule(config, dataclasses.asdict(settings), x_scale, init, len(train_dl))
+    train_dl = _loader(x_train, cond_train, settings.batch_size, settings.seed, True, counts_train)
+    val_dl = _loader(x_val, cond_val, settings.batch_size, settings.seed, False, counts_val) if len(x_val) else None
+    def start(model) -> None:
+        if init is not None:
+            init(model)
+        if model.config.counts:
+            model.init_dispersion(counts_train)
+
+    module = DiffusionModule(config, dataclasses.asdict(settings), x_scale, start, len(train_dl))
     module.run_fingerprint, module.fold = fp, fold
     total_epochs = sum(n for _, n in module.phases)
     cuda = torch.cuda.is_available()
@@ -503,16 +572,17 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
     return model, list(module.history), summary
 
 
-def build_config(args, data: Data, n_genes: int) -> dict:
+def build_config(args, data: Data, n_genes: int, n_set_features: int = 0) -> dict:
     core = _model_core()
     over = dict(n_genes=n_genes, n_tokens=args.n_tokens, d_model=args.d_model, n_layers=args.n_layers,
                 n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
                 cond_dropout=args.cond_dropout, schedule=args.schedule, prediction=args.prediction,
-                training_mode=args.training_mode)
+                training_mode=args.training_mode, likelihood=args.likelihood, latent_dim=args.latent_dim,
+                kl_weight=args.kl_weight)
     if data.dataset == "pbmc":
         over.update(n_cell_types=len(data.vocab), n_set_genes=0)
     else:
-        over.update(n_cell_types=0, n_set_genes=len(data.vocab))
+        over.update(n_cell_types=0, n_set_genes=len(data.vocab), n_set_features=n_set_features)
     try:
         cfg = core.DiffusionConfig.preset(args.preset, **over)
     except (TypeError, ValueError) as err:
@@ -520,31 +590,53 @@ def build_config(args, data: Data, n_genes: int) -> dict:
     return cfg.to_dict()
 
 
+def set_gene_init(args, data: Data) -> tuple[Callable | None, dict, list[Path], int]:
+    """How the set-gene embeddings start -> (init(model) or None, report, fingerprint files, n_set_features).
+
+    ``--set-features rwr`` (Papalexi): random-walk-with-restart features of every target on the full gene
+    multigraph (:func:`cellgraph.gene_features.random_walk_features`, ``--rwr-dim`` per walk graph), projected
+    by one learned layer, so a held-out target is embedded by the same path as a trained one. ``--gremln-init``
+    (per-gene rows only): rows initialised from the GREmLN gene embeddings where they cover the target."""
+    files = [Path(args.adata)]
+    if data.dataset != "papalexi":
+        return None, ({"gremln_init": "ignored: PBMC has no perturbation-set condition"} if args.gremln_init else {}), \
+            files, 0
+    if args.set_features == "rwr":
+        from .multigraph import load_multigraph
+
+        feat, _, rep = random_walk_features(load_multigraph(args.multigraph), data.vocab, dim=args.rwr_dim, seed=0)
+        files.append(Path(args.multigraph))
+        vec = torch.from_numpy(feat)
+        report = {"set_features": "rwr", "n_set_features": int(feat.shape[1]), "random_walk_features": rep}
+        return (lambda model: model.set_gene_features(vec)), report, files, int(feat.shape[1])
+    if args.gremln_init:
+        vec, known, report = gremln_vectors(args.gremln_model, data.vocab)
+        files.append(Path(args.gremln_model))
+        return (lambda model: model.init_set_gene_embeddings(vec, known)), report, files, 0
+    return None, {}, files, 0
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and sd [G] of training cells x [N, G]; the sd is floored at a quarter of the median
+    positive sd: a gene (almost) silent in the training cells would blow up the standardised values of the
+    few other cells expressing it (PBMC HVGs of the held-out type have sd 0 in training)."""
+    mu, sd = x.mean(0), x.std(0)
+    floor = 0.25 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
+    return mu, np.maximum(sd, max(floor, 1e-3))
+
+
 def run_train(args, data: Data, out: Path) -> None:
     t0 = time.time()
     folds = folds_of(data, args.n_folds, args.folds_run, args.seed, args.val_fraction, args.max_train_cells)
-    config = build_config(args, data, len(data.genes))
+    init, init_report, files, n_feat = set_gene_init(args, data)
+    config = build_config(args, data, len(data.genes), n_feat)
     settings = TrainSettings(ae_steps=args.ae_steps, max_steps=args.max_steps, batch_size=args.batch_size,
                              lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed)
-    init, init_report, files = None, {}, [Path(args.adata)]
-    if args.gremln_init and data.dataset == "papalexi":
-        vec, known, init_report = gremln_vectors(args.gremln_model, data.vocab)
-        files.append(Path(args.gremln_model))
-
-        def init(model):
-            if not hasattr(model, "init_set_gene_embeddings"):
-                raise InputError("--gremln-init: the model core has no init_set_gene_embeddings(vectors, known)")
-            model.init_set_gene_embeddings(vec, known)
-    elif args.gremln_init:
-        init_report = {"gremln_init": "ignored: PBMC has no perturbation-set condition"}
     fold_states, fold_info, history, std = [], [], [], []
+    counts = torch.from_numpy(data.counts) if data.counts is not None else None
     for f in folds:
         tr, va = f["train"], f["val"]
-        mu = data.x[tr].mean(0)
-        sd = data.x[tr].std(0)
-        # floor: a gene (almost) silent in the training cells would blow up the standardised values of the
-        # few other cells expressing it (PBMC HVGs of the held-out type have sd 0 in training)
-        sd = np.maximum(sd, max(0.25 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0, 1e-3))
+        mu, sd = standardisation(data.x[tr])
         xs = lambda idx: torch.from_numpy((data.x[idx] - mu) / sd).float()  # noqa: E731
         model, hist, summary = fit(
             config, settings, xs(tr), conditions(data, data.labels[tr]), xs(va), conditions(data, data.labels[va]),
@@ -552,10 +644,13 @@ def run_train(args, data: Data, out: Path) -> None:
             fingerprint_extra={"dataset": data.dataset, "genes": data.genes, "fold": f["fold"],
                                "heldout": f["heldout"], "vocab": data.vocab, "n_folds": args.n_folds,
                                "val_fraction": args.val_fraction, "max_train_cells": args.max_train_cells,
-                               "gremln_init": bool(init)},
-            init=init, fold=f["fold"])
+                               "init": json.dumps(init_report, sort_keys=True, default=str)},
+            init=init, fold=f["fold"], counts_train=None if counts is None else counts[tr],
+            counts_val=None if counts is None else counts[va])
         fold_states.append(model.state_dict())
-        std.append({"mean": torch.from_numpy(mu), "sd": torch.from_numpy(sd)})
+        lib = data.counts[tr].sum(1) if data.counts is not None else np.zeros(len(tr), np.float32)
+        std.append({"mean": torch.from_numpy(mu), "sd": torch.from_numpy(sd), "library": torch.from_numpy(lib),
+                    "library_labels": [str(v) for v in data.labels[tr]]})
         history += hist
         train_labels = sorted(set(data.labels[tr]) | set(data.labels[va]))
         fold_info.append({**summary, "heldout": f["heldout"], "train_labels": train_labels,
@@ -598,21 +693,70 @@ def load_models(path) -> tuple[dict, list]:
     return obj, models
 
 
-def generate(model, meta: dict, std: dict, labels: Sequence[str], method: str, steps: int, eta: float,
-             guidance_scale: float, seed: int, batch: int = 1024) -> np.ndarray:
-    """Generated expression (log scale, clipped at 0) [len(labels), G] for the condition ``labels``."""
+def sample_library(std: dict, labels: Sequence[str], rng: np.random.Generator) -> np.ndarray:
+    """Library sizes float64 [len(labels)] drawn from the empirical distribution of the training cells' total
+    counts of each label (a label without training cells, e.g. a held-out perturbation: all training cells)."""
+    lib = np.asarray(std["library"], np.float64)
+    lab = np.asarray(std["library_labels"])
+    labels = np.asarray(list(labels))
+    out = np.empty(len(labels))
+    for label in np.unique(labels):
+        pool = lib[lab == label]
+        pool = pool if len(pool) else lib
+        sel = labels == label
+        out[sel] = rng.choice(pool, int(sel.sum()))
+    return out
+
+
+def generate_cells(model, meta: dict, std: dict, labels: Sequence[str], method: str, steps: int, eta: float,
+                   guidance_scale: float, seed: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
+    """Generated cells for the condition ``labels`` -> (log expression float32 [n, G], counts float32 [n, G] or
+    None). nb/zinb: latent from the diffusion model, library sizes from :func:`sample_library`, counts drawn
+    from the decoder's NB/ZINB, then :func:`log_normalize` exactly as the real cells. gaussian: the decoded
+    standardised expression mapped back and clipped at 0 (no counts)."""
     _set_threads()
     g = torch.Generator().manual_seed(int(seed))
-    out = []
+    rng = np.random.default_rng([int(seed), 3])
     labels = list(labels)
+    xs, cs = [], []
     for s in range(0, len(labels), batch):
         chunk = labels[s: s + batch]
-        z = model.sample(conditions(meta, chunk), len(chunk), method=method, steps=steps, eta=eta,
-                         guidance_scale=guidance_scale, generator=g)
-        out.append(z.float().numpy())
-    x = np.concatenate(out) if out else np.zeros((0, len(std["mean"])), np.float32)
+        kw = dict(method=method, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=g)
+        if model.config.counts:
+            u = model.sample_latent(conditions(meta, chunk), len(chunk), **kw)  # [n, T, L]
+            lib = torch.from_numpy(sample_library(std, chunk, rng))
+            cs.append(model.sample_counts(model.from_diffusion_space(u), lib, rng).numpy())
+        else:
+            xs.append(model.sample(conditions(meta, chunk), len(chunk), **kw).float().numpy())
+    g_n = len(std["mean"])
+    if model.config.counts:
+        counts = np.concatenate(cs) if cs else np.zeros((0, g_n), np.float32)
+        return log_normalize(counts), counts
+    x = np.concatenate(xs) if xs else np.zeros((0, g_n), np.float32)
     x = x * std["sd"].numpy() + std["mean"].numpy()
-    return np.clip(x, 0.0, None).astype(np.float32)
+    return np.clip(x, 0.0, None).astype(np.float32), None
+
+
+def generate_paired(model, meta: dict, std: dict, conds: Sequence[str], n: int, method: str, steps: int,
+                    eta: float, guidance_scale: float, seed: int) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """``n`` cells per condition of ``conds`` with common random numbers: every condition starts from the same
+    initial noise and the same seeds of the count draws, so the difference of two conditions' generated means
+    is the model's effect and not sampling noise (each condition's cells are still samples of its
+    distribution). Returns (log expression [n * len(conds), G], counts or None, labels)."""
+    xs, cs, labels = [], [], []
+    for c in conds:
+        x, cnt = generate_cells(model, meta, std, [c] * n, method, steps, eta, guidance_scale, seed)
+        xs.append(x)
+        cs.append(cnt)
+        labels += [c] * n
+    counts = np.concatenate(cs) if cs and cs[0] is not None else None
+    return np.concatenate(xs), counts, labels
+
+
+def generate(model, meta: dict, std: dict, labels: Sequence[str], method: str, steps: int, eta: float,
+             guidance_scale: float, seed: int, batch: int = 1024) -> np.ndarray:
+    """Generated log expression float32 [len(labels), G] for the condition ``labels`` (see generate_cells)."""
+    return generate_cells(model, meta, std, labels, method, steps, eta, guidance_scale, seed, batch)[0]
 
 
 def sample_plan(obj: dict, n_generate: int) -> list[tuple[int, list[str], list[bool]]]:
@@ -640,12 +784,19 @@ def run_sample(args, out: Path) -> None:
     if meta["dataset"] == "papalexi" and args.n_generate < 1:
         raise InputError("--n-generate must be >= 1 for papalexi (cells per perturbation)")
     torch.manual_seed(args.seed)
-    xs, obs, t0 = [], [], time.perf_counter()
+    xs, cs, obs, t0 = [], [], [], time.perf_counter()
     for k, labels, held in sample_plan(obj, args.n_generate):
         fold_id = obj["folds"][k]["fold"]
-        x = generate(models[k], meta, obj["standardise"][k], labels, args.sampler, args.ddim_steps, args.eta,
-                     args.guidance_scale, args.seed + k)
+        if meta["dataset"] == "pbmc":
+            x, c = generate_cells(models[k], meta, obj["standardise"][k], labels, args.sampler, args.ddim_steps,
+                                  args.eta, args.guidance_scale, args.seed + k)
+        else:  # per condition, with common random numbers (sample_plan lists each condition's cells together)
+            conds = list(dict.fromkeys(labels))
+            x, c, _ = generate_paired(models[k], meta, obj["standardise"][k], conds, args.n_generate,
+                                            args.sampler, args.ddim_steps, args.eta, args.guidance_scale,
+                                            args.seed + k)
         xs.append(x)
+        cs.append(c)
         if meta["dataset"] == "pbmc":
             obs.append(pd.DataFrame({meta["label_key"]: labels}))
         else:
@@ -661,6 +812,10 @@ def run_sample(args, out: Path) -> None:
     obs_df["guidance_scale"] = float(args.guidance_scale)
     obs_df.index = [f"gen{i}" for i in range(len(obs_df))]
     adata = ad.AnnData(X=np.concatenate(xs), obs=obs_df, var=pd.DataFrame(index=list(obj["genes"])))
+    if all(c is not None for c in cs):
+        import scipy.sparse as sp
+
+        adata.layers["counts"] = sp.csr_matrix(np.concatenate(cs))
     adata.uns["diffusion"] = {"dataset": meta["dataset"], "sampler": args.sampler,
                               "steps": args.ddim_steps if args.sampler == "ddim" else int(obj["config"]["n_timesteps"]),
                               "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
@@ -722,12 +877,30 @@ def c2st_auroc(x: np.ndarray, y: np.ndarray, seed: int = 0, n_splits: int = 5) -
     return float(roc_auc_score(lab, prob))
 
 
+def sparsity_metrics(gen: np.ndarray, real: np.ndarray) -> dict:
+    """Zero and variance structure of log expression gen [n, G] vs real [m, G] (0 in log1p = a zero count).
+
+    ``zero_fraction`` / ``zero_fraction_real``: mean fraction of zero entries per cell; ``gene_zero_pearson``:
+    Pearson over genes of the per-gene zero fraction; ``log_var_pearson``: Pearson over genes (expressed in
+    both) of log per-gene variance, and ``mean_var_slope`` / ``mean_var_slope_real``: the least-squares slope
+    of log variance on log mean over those genes (the mean-variance relation)."""
+    zg, zr = (gen == 0).mean(0), (real == 0).mean(0)  # [G]
+    mg, mr, vg, vr = gen.mean(0), real.mean(0), gen.var(0), real.var(0)
+    ok = (mg > 0) & (mr > 0) & (vg > 0) & (vr > 0)
+    slope = lambda m, v: float(np.polyfit(np.log(m[ok]), np.log(v[ok]), 1)[0]) if ok.sum() > 2 else float("nan")  # noqa: E731
+    return {"zero_fraction": float(zg.mean()), "zero_fraction_real": float(zr.mean()),
+            "gene_zero_pearson": pearson(zg, zr),
+            "log_var_pearson": pearson(np.log(vg[ok]), np.log(vr[ok])) if ok.sum() > 2 else float("nan"),
+            "mean_var_slope": slope(mg, vg), "mean_var_slope_real": slope(mr, vr)}
+
+
 def distribution_metrics(gen: np.ndarray, real: np.ndarray, pca, seed: int, c2st: bool = True) -> dict:
-    """Pearson of the gene means; MMD, energy distance and C2ST AUROC in the PCA space ``pca``."""
+    """Pearson of the gene means; MMD, energy distance and C2ST AUROC in the PCA space ``pca``; and the
+    :func:`sparsity_metrics`. gen [n, G], real [m, G] log expression."""
     pg, pr = pca.transform(gen), pca.transform(real)
     return {"pearson_mean": pearson(gen.mean(0), real.mean(0)), "mmd_rbf": mmd_rbf(pg, pr),
             "energy_distance": energy_distance(pg, pr),
-            "c2st_auroc": c2st_auroc(pg, pr, seed) if c2st else float("nan")}
+            "c2st_auroc": c2st_auroc(pg, pr, seed) if c2st else float("nan"), **sparsity_metrics(gen, real)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -768,46 +941,108 @@ def _check_generated(path, dataset: str, meta: dict, genes: list[str]):
 
 
 
+def scvi_baseline(args, data: Data, std: dict, labels: list[str], out: Path) -> tuple[np.ndarray, dict]:
+    """scVI (scvi-tools) fitted on the same training cells, sampled from its generative model for ``labels``
+    with library sizes drawn as for the diffusion model -> (log expression [n, G], report); also written as
+    ``baseline_scvi.h5ad`` (X log1p CP10k, layers["counts"], obs[label_key])."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from .scvi_baseline import scvi_generate
+
+    train = (data.split == "train") & np.isin(data.labels, data.vocab)
+    lib = sample_library(std, labels, np.random.default_rng([args.seed, 5]))
+    counts, rep = scvi_generate(data.counts[train], data.labels[train], np.asarray(labels), lib,
+                                n_latent=args.scvi_latent, max_epochs=args.scvi_epochs, seed=args.seed,
+                                threads=args.threads)
+    _set_threads()
+    x = log_normalize(counts)
+    a = ad.AnnData(X=x, obs=pd.DataFrame({data.label_key: pd.Categorical(labels)},
+                                         index=[f"scvi{i}" for i in range(len(labels))]),
+                   var=pd.DataFrame(index=data.genes))
+    a.layers["counts"] = sp.csr_matrix(counts)
+    a.uns["scvi"] = json.loads(json.dumps(rep, default=str))
+    with atomic_path(out / "baseline_scvi.h5ad") as tmp:
+        a.write_h5ad(tmp)
+    return x, rep
+
+
+def pbmc_table(args, data: Data, references: dict[str, tuple[np.ndarray, np.ndarray]], pca) -> pd.DataFrame:
+    """Per cell type and method: :func:`distribution_metrics` against the real test cells; ``mmd_over_floor``
+    = MMD / the train-cells MMD of the type. references: method -> (log expression [n, G], labels [n])."""
+    known = np.isin(data.labels, data.vocab)
+    train, test = (data.split == "train") & known, (data.split == "test") & known
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for t in data.vocab:
+        real = data.x[test & (data.labels == t)]
+        own, pool = np.flatnonzero(train & (data.labels == t)), np.flatnonzero(train)
+        refs = {m: x[lab == t] for m, (x, lab) in references.items()}
+        refs["train_cells"] = data.x[rng.choice(own, min(len(real), len(own)), replace=False)]
+        refs["all_types"] = data.x[rng.choice(pool, min(len(real), len(pool)), replace=False)]
+        for method, a in refs.items():
+            if len(a) == 0:
+                continue
+            rows.append({"cell_type": t, "method": method, "n_generated": len(a), "n_real_test": len(real),
+                         **distribution_metrics(a, real, pca, args.seed)})
+    table = pd.DataFrame(rows)
+    floor = table[table.method == "train_cells"].set_index("cell_type")["mmd_rbf"]
+    table["mmd_over_floor"] = table["mmd_rbf"] / table["cell_type"].map(floor)
+    return table
+
+
+def pbmc_criteria(table: pd.DataFrame) -> pd.DataFrame:
+    """Issue 14's bar per cell type for the diffusion model: zero fraction within 2 points of real, per-gene
+    zero-fraction Pearson >= 0.95, C2ST AUROC <= 0.65, MMD <= 2x the train-cells floor, MMD below scVI's."""
+    d = table[table.method == "diffusion"].set_index("cell_type")
+    rows = pd.DataFrame({"zero_fraction_gap": (d.zero_fraction - d.zero_fraction_real).abs(),
+                         "gene_zero_pearson": d.gene_zero_pearson, "c2st_auroc": d.c2st_auroc,
+                         "mmd_over_floor": d.mmd_over_floor})
+    rows["zero_fraction_ok"] = rows.zero_fraction_gap <= 0.02
+    rows["gene_zero_ok"] = rows.gene_zero_pearson >= 0.95
+    rows["c2st_ok"] = rows.c2st_auroc <= 0.65
+    rows["mmd_floor_ok"] = rows.mmd_over_floor <= 2.0
+    if (table.method == "scvi").any():
+        sv = table[table.method == "scvi"].set_index("cell_type")["mmd_rbf"]
+        rows["mmd_scvi"] = sv
+        rows["beats_scvi_mmd"] = d.mmd_rbf < sv
+    return rows.reset_index()
+
+
 def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
     from sklearn.decomposition import PCA
 
     meta, std = obj["conditions"], obj["standardise"][0]
     known = np.isin(data.labels, data.vocab)
-    train = (data.split == "train") & known
-    test = (data.split == "test") & known
+    train, test = (data.split == "train") & known, (data.split == "test") & known
     n_pcs = min(args.n_pcs, len(data.genes), int(train.sum()) - 1)
     pca = PCA(n_components=n_pcs, random_state=args.seed).fit(data.x[train])
     glab = gen.obs[meta["label_key"]].astype(str).to_numpy()
     gx = gen.X.toarray() if hasattr(gen.X, "toarray") else np.asarray(gen.X)
-    rng = np.random.default_rng(args.seed)
-    rows = []
-    for t in data.vocab:
-        real = data.x[test & (data.labels == t)]
-        g = gx[glab == t]
-        if len(g) == 0:
-            report.setdefault("types_not_generated", []).append(t)
-            continue
-        own = np.flatnonzero(train & (data.labels == t))
-        pool = np.flatnonzero(train)
-        refs = {"diffusion": g, "train_cells": data.x[rng.choice(own, min(len(real), len(own)), replace=False)],
-                "all_types": data.x[rng.choice(pool, min(len(real), len(pool)), replace=False)]}
-        for method, a in refs.items():
-            rows.append({"cell_type": t, "method": method, "n_generated": len(a), "n_real_test": len(real),
-                         **distribution_metrics(a, real, pca, args.seed)})
-    table = pd.DataFrame(rows)
+    report["types_not_generated"] = sorted(set(data.vocab) - set(glab))
+    refs = {"diffusion": (gx, glab)}
+    if args.scvi_epochs and data.counts is not None:
+        t0 = time.perf_counter()
+        sx, report["scvi"] = scvi_baseline(args, data, std, list(glab), out)
+        report["scvi"]["seconds_total"] = round(time.perf_counter() - t0, 1)
+        refs["scvi"] = (sx, glab)
+    table = pbmc_table(args, data, refs, pca)
     write_tsv(table, out / "evaluation.tsv", "%.4g")
-    summary = table.groupby("method", sort=False)[["pearson_mean", "mmd_rbf", "energy_distance", "c2st_auroc"]].mean()
+    cols = ["pearson_mean", "mmd_rbf", "mmd_over_floor", "energy_distance", "c2st_auroc", "zero_fraction",
+            "zero_fraction_real", "gene_zero_pearson", "log_var_pearson", "mean_var_slope", "mean_var_slope_real"]
+    summary = table.groupby("method", sort=False)[cols].mean()
     write_tsv(summary.reset_index(), out / "summary.tsv", "%.4g")
-    # guidance scale vs quality (DDIM, as many cells per type as test cells, capped)
+    criteria = pbmc_criteria(table)
+    write_tsv(criteria, out / "criteria.tsv", "%.4g")
     curve = []
-    for s in args.guidance_scales:
+    for s in args.guidance_scales:  # guidance scale vs quality (DDIM, as many cells per type as test cells, capped)
         labels = [t for t in data.vocab for _ in range(min(meta["test_counts"][t], args.curve_cells))]
         x = generate(models[0], meta, std, labels, "ddim", args.ddim_steps, args.eta, s, args.seed + 17)
         lab = np.array(labels)
         per = [distribution_metrics(x[lab == t], data.x[test & (data.labels == t)], pca, args.seed, c2st=False)
                for t in data.vocab]
         curve.append({"guidance_scale": s, **{k: float(np.nanmean([p[k] for p in per]))
-                                              for k in ("pearson_mean", "mmd_rbf", "energy_distance")}})
+                                              for k in ("pearson_mean", "mmd_rbf", "energy_distance", "zero_fraction")}})
     curve = pd.DataFrame(curve)
     write_tsv(curve, out / "guidance.tsv", "%.4g")
     timing = pd.DataFrame(_timing(models[0], meta, std, data.vocab[0], args))
@@ -815,28 +1050,37 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
     _umap_figure(data.x[test], data.labels[test], gx, glab, out / "umap.png", args.seed)
     _guidance_figure(curve, ["mmd_rbf", "pearson_mean"], out / "guidance.png", "PBMC: mean over cell types")
     report.update(evaluation=table.to_dict("records"), summary=summary.reset_index().to_dict("records"),
-                  guidance=curve.to_dict("records"), sampling_time=timing.to_dict("records"),
-                  real_test_cells=int(test.sum()), generated_cells=int(len(gx)), n_pcs=n_pcs)
-    log.info("PBMC evaluation:\n%s", table.to_string(index=False))
+                  criteria=criteria.to_dict("records"), guidance=curve.to_dict("records"),
+                  sampling_time=timing.to_dict("records"), real_test_cells=int(test.sum()),
+                  generated_cells=int(len(gx)), n_pcs=n_pcs)
+    log.info("PBMC evaluation:\n%s\ncriteria:\n%s", summary.to_string(), criteria.to_string(index=False))
 
 
-def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+def papalexi_table(args, data: Data, obj: dict, gen) -> tuple[pd.DataFrame, dict]:
+    """One row per (fold, perturbation, method): Pearson (``pearson_delta``), Spearman, Pearson on the 20
+    top DE genes and MSE of the predicted against the observed mean change (all cells of p minus all control
+    cells), with the perturbation's split-half ``reliability`` and ``noise_ceiling``
+    (:func:`cellgraph.perturb_eval.split_half_reliability`, :func:`~cellgraph.perturb_eval.noise_ceiling`).
+    Methods: ``diffusion`` (generated S={p} mean minus generated control mean), ``train_mean_change`` (the
+    mean observed change of the fold's training perturbations) and ``no_change``. Returns (table, observed)."""
+    from .perturb_eval import noise_ceiling, split_half_reliability, top_de_genes
 
     meta = obj["conditions"]
     ctrl = data.labels == data.control
     mu0 = data.x[ctrl].mean(0)
     observed = {p: data.x[data.labels == p].mean(0) - mu0 for p in data.vocab}
+    rel = {p: split_half_reliability(data.x[data.labels == p], data.x[ctrl], seed=args.seed) for p in data.vocab}
+    top = {p: top_de_genes(data.x[data.labels == p], data.x[ctrl]) for p in data.vocab}
     glab = gen.obs["perturbation"].astype(str).to_numpy()
     gfold = gen.obs["fold"].to_numpy(int)
     gx = gen.X.toarray() if hasattr(gen.X, "toarray") else np.asarray(gen.X)
     rows = []
-    for k, f in enumerate(obj["folds"]):
+    for f in obj["folds"]:
         sel = gfold == f["fold"]
         if not (sel & (glab == meta["control"])).any():
             raise InputError(f"--generated: fold {f['fold']} has no generated control cell")
         g0 = gx[sel & (glab == meta["control"])].mean(0)
-        train_perts = [p for p in f["train_labels"] if p != meta["control"]]
-        mean_change = np.mean([observed[p] for p in train_perts], 0)
+        mean_change = np.mean([observed[p] for p in f["train_labels"] if p != meta["control"]], 0)
         for p in data.vocab:
             gp = sel & (glab == p)
             if not gp.any():
@@ -845,25 +1089,34 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
             for method, yhat in (("diffusion", gx[gp].mean(0) - g0), ("no_change", np.zeros_like(obs_d)),
                                  ("train_mean_change", mean_change)):
                 r, rho = pearson_spearman(yhat, obs_d)
-                rows.append({"perturbation": p, "fold": f["fold"], "heldout": p in f["heldout"],
-                             "n_cells_real": int((data.labels == p).sum()), "n_generated": int(gp.sum()),
-                             "method": method, "pearson": r, "spearman": rho,
-                             "mse": float(np.mean((yhat - obs_d) ** 2))})
-    table = pd.DataFrame(rows)
+                rows.append({"seed": args.seed, "fold": f["fold"], "perturbation": p,
+                             "set": "heldout" if p in f["heldout"] else "seen",
+                             "heldout": p in f["heldout"], "n_cells_real": int((data.labels == p).sum()),
+                             "n_generated": int(gp.sum()), "method": method, "pearson_delta": r, "spearman": rho,
+                             "pearson_delta_top20": pearson(yhat[top[p]], obs_d[top[p]]),
+                             "mse": float(np.mean((yhat - obs_d) ** 2)), "reliability": rel[p],
+                             "noise_ceiling": noise_ceiling(rel[p])})
+    return pd.DataFrame(rows), observed
+
+
+def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+    from .perturb_eval import paired_comparison, summarize
+
+    meta = obj["conditions"]
+    table, observed = papalexi_table(args, data, obj, gen)
     write_tsv(table, out / "evaluation.tsv", "%.4g")
-    summary = (table.assign(set=np.where(table["heldout"], "heldout", "seen"))
-               .groupby(["set", "method"], sort=False)
-               .agg(n=("mse", "size"), pearson_mean=("pearson", "mean"), pearson_sd=("pearson", "std"),
-                    mse_mean=("mse", "mean")).reset_index())
+    summary = summarize(table, ["set", "method"], seed=args.seed)
     write_tsv(summary, out / "summary.tsv", "%.4g")
+    comparison = paired_comparison(table, "diffusion", ["train_mean_change"], by="set")
+    write_tsv(comparison, out / "comparison.tsv", "%.4g")
+    report["comparison"] = comparison.to_dict("records")
     f0 = obj["folds"][0]
     seen = [p for p in f0["train_labels"] if p != meta["control"]][: args.curve_seen]
     curve = []
     for s in args.guidance_scales:
         conds = [meta["control"]] + list(f0["heldout"]) + seen
-        labels = [c for c in conds for _ in range(args.curve_cells)]
-        x = generate(models[0], meta, obj["standardise"][0], labels, "ddim", args.ddim_steps, args.eta, s,
-                     args.seed + 17)
+        x, _, labels = generate_paired(models[0], meta, obj["standardise"][0], conds, args.curve_cells, "ddim",
+                                       args.ddim_steps, args.eta, s, args.seed + 17)
         lab = np.array(labels)
         g0 = x[lab == meta["control"]].mean(0)
         r = {p: pearson(x[lab == p].mean(0) - g0, observed[p]) for p in conds[1:]}
@@ -878,8 +1131,9 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
                      "Papalexi: Pearson of generated vs observed mean change")
     report.update(evaluation=table.to_dict("records"), summary=summary.to_dict("records"),
                   guidance=curve.to_dict("records"), sampling_time=timing.to_dict("records"),
-                  generated_cells=int(len(gx)))
-    log.info("Papalexi evaluation (held-out):\n%s", table[table.heldout].to_string(index=False))
+                  generated_cells=int(gen.n_obs))
+    log.info("Papalexi summary:\n%s\ncomparison:\n%s", summary.to_string(index=False),
+             comparison.to_string(index=False))
 
 
 def _umap_figure(xr, lr, xg, lg, path: Path, seed: int) -> None:
@@ -940,7 +1194,7 @@ def _perturbation_figure(table: pd.DataFrame, path: Path) -> None:
     methods = ["diffusion", "train_mean_change", "no_change"]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(perts) + 4), 4))
     w = 0.8 / len(methods)
-    for ax, metric in zip(axes, ["pearson", "mse"]):
+    for ax, metric in zip(axes, ["pearson_delta", "mse"]):
         for j, m in enumerate(methods):
             v = [held[(held.perturbation == p) & (held.method == m)][metric].mean() for p in perts]
             ax.bar(np.arange(len(perts)) + j * w, np.nan_to_num(v), w, label=m)
@@ -1009,6 +1263,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prediction", default="v", help="v | eps")
     p.add_argument("--schedule", default="cosine", help="cosine | linear")
     p.add_argument("--cond-dropout", type=float, default=0.1, help="condition dropout (classifier-free guidance)")
+    p.add_argument("--likelihood", default="nb", help="autoencoder observation model: nb | zinb (counts) | gaussian")
+    p.add_argument("--latent-dim", type=int, default=8, help="width of a latent token (0 = --d-model)")
+    p.add_argument("--kl-weight", type=float, default=0.1,
+                   help="weight of KL(q(z|x) || N(0, I)) (0 = deterministic encoder)")
+    p.add_argument("--set-features", default="rwr",
+                   help="Papalexi: rwr (set genes embedded from random-walk features on --multigraph) | none")
+    p.add_argument("--multigraph", default=None, help="results/multigraph/human/multigraph.npz (--set-features rwr)")
+    p.add_argument("--rwr-dim", type=int, default=16, help="random-walk feature columns per walk graph")
+    p.add_argument("--scvi-epochs", type=int, default=200, help="evaluate (PBMC): epochs of the scVI baseline (0 = no scVI)")
+    p.add_argument("--scvi-latent", type=int, default=10, help="evaluate (PBMC): latent size of the scVI baseline")
     p.add_argument("--gremln-init", action=argparse.BooleanOptionalAction, default=False,
                    help="Papalexi: initialise the set-gene embeddings from --gremln-model")
     p.add_argument("--gremln-model", default=None, help="results/train/gremln/model.pt (with --gremln-init)")
@@ -1041,13 +1305,22 @@ def _validate(args) -> None:
         raise InputError(f"--task {args.task!r}: expected one of {', '.join(TASKS)}")
     if args.dataset not in DATASETS:
         raise InputError(f"--dataset {args.dataset!r}: expected one of {', '.join(DATASETS)}")
+    if args.likelihood not in LIKELIHOODS:
+        raise InputError(f"--likelihood {args.likelihood!r}: expected one of {', '.join(LIKELIHOODS)}")
+    if args.set_features not in SET_FEATURES:
+        raise InputError(f"--set-features {args.set_features!r}: expected one of {', '.join(SET_FEATURES)}")
+    if args.set_features == "rwr" and args.gremln_init:
+        raise InputError("--gremln-init initialises per-gene rows; it needs --set-features none")
+    if args.kl_weight < 0 or args.latent_dim < 0:
+        raise InputError(f"--kl-weight and --latent-dim must be >= 0, got {args.kl_weight}, {args.latent_dim}")
     if args.sampler not in SAMPLERS:
         raise InputError(f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)}")
     for name in ("threads", "n_folds", "folds_run", "batch_size", "ddim_steps", "curve_cells", "timing_cells",
-                 "n_pcs", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "max_steps"):
+                 "n_pcs", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "max_steps", "rwr_dim",
+                 "scvi_latent"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("n_genes", "ae_steps", "n_generate", "curve_seen", "max_train_cells"):
+    for name in ("n_genes", "ae_steps", "n_generate", "curve_seen", "max_train_cells", "scvi_epochs"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.folds_run > args.n_folds:
@@ -1070,6 +1343,8 @@ def _validate(args) -> None:
         raise InputError("--task train needs --checkpoint-dir")
     if args.task == "train" and args.gremln_init and args.dataset == "papalexi" and not args.gremln_model:
         raise InputError("--gremln-init needs --gremln-model")
+    if args.task == "train" and args.set_features == "rwr" and args.dataset == "papalexi" and not args.multigraph:
+        raise InputError("--set-features rwr needs --multigraph (results/multigraph/human/multigraph.npz)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -4,10 +4,12 @@
 DIFF = config.get("diffusion", {})
 DIFF_MODEL_KEYS = ["preset", "n_genes", "min_grna_frac", "control", "n_folds", "folds_run", "val_fraction",
                    "max_train_cells", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "conditioning",
-                   "training_mode", "prediction", "schedule", "cond_dropout", "gremln_init"]
+                   "training_mode", "prediction", "schedule", "cond_dropout", "gremln_init", "likelihood",
+                   "latent_dim", "kl_weight", "set_features", "rwr_dim"]
 DIFF_TRAIN_KEYS = ["ae_steps", "max_steps", "batch_size", "lr", "weight_decay", "ema_decay"]
 DIFF_SAMPLE_KEYS = ["sampler", "ddim_steps", "eta", "guidance_scale", "n_generate"]
 DIFF_EVAL_KEYS = ["guidance_scales", "curve_cells", "curve_seen", "timing_cells", "n_pcs"]
+DIFF_SCVI_KEYS = ["scvi_epochs", "scvi_latent"]
 
 
 def diffusion_adata(wildcards):
@@ -19,6 +21,12 @@ def diffusion_gremln(wildcards):
     return [res("train/gremln/model.pt")] if DIFF.get("gremln_init") and wildcards.dataset == "papalexi" else []
 
 
+def diffusion_multigraph(wildcards):
+    """The human multigraph whose random-walk features embed the Papalexi set genes (set_features: rwr)."""
+    return [res("multigraph/human/multigraph.npz")] if DIFF.get("set_features") == "rwr" and \
+        wildcards.dataset == "papalexi" else []
+
+
 def diffusion_flags(keys):
     return flags("diffusion", keys)
 
@@ -28,6 +36,7 @@ rule diffusion_train:
     input:
         adata=diffusion_adata,
         gremln=diffusion_gremln,
+        multigraph=diffusion_multigraph,
     output:
         model=res("diffusion/{dataset}/model.pt"),
         metrics=report(res("diffusion/{dataset}/metrics.tsv"), category="Diffusion",
@@ -40,6 +49,7 @@ rule diffusion_train:
         checkpoint_dir=res("checkpoints/diffusion/{dataset}"),
         seed=config["seed"],
         gremln=lambda wildcards, input: f"--gremln-model {input.gremln[0]}" if input.gremln else "",
+        multigraph=lambda wildcards, input: f"--multigraph {input.multigraph[0]}" if input.multigraph else "",
         options=diffusion_flags(DIFF_MODEL_KEYS + DIFF_TRAIN_KEYS),
     threads: DIFF.get("threads", 2)
     resources:
@@ -52,6 +62,7 @@ rule diffusion_train:
         "../../envs/cellgraph-gpu.yaml"
     shell:
         "cellgraph diffusion --task train --dataset {wildcards.dataset} --adata {input.adata} {params.gremln}"
+        " {params.multigraph}"
         " --seed {params.seed} {params.options} --threads {threads} --checkpoint-dir {params.checkpoint_dir}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -114,11 +125,14 @@ rule diffusion_evaluate_pbmc:
         generated=res("diffusion/pbmc/generated.h5ad"),
     output:
         **diffusion_eval_outputs("pbmc", "umap"),
+        criteria=report(res("diffusion/pbmc/criteria.tsv"), category="Diffusion",
+                        labels={"dataset": "pbmc", "file": "criteria per cell type"}),
+        **({"scvi": res("diffusion/pbmc/baseline_scvi.h5ad")} if DIFF.get("scvi_epochs", 0) else {}),
     params:
         dataset="pbmc",
         out_dir=res("diffusion/pbmc"),
         seed=config["seed"],
-        options=diffusion_flags(["n_genes", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS),
+        options=diffusion_flags(["n_genes", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS + DIFF_SCVI_KEYS),
     threads: DIFF.get("threads", 2)
     log:
         log_of("diffusion_evaluate_pbmc"),
@@ -138,6 +152,8 @@ rule diffusion_evaluate_papalexi:
         generated=res("diffusion/papalexi/generated.h5ad"),
     output:
         **diffusion_eval_outputs("papalexi", "perturbation"),
+        comparison=report(res("diffusion/papalexi/comparison.tsv"), category="Diffusion",
+                          labels={"dataset": "papalexi", "file": "paired comparison"}),
     params:
         dataset="papalexi",
         out_dir=res("diffusion/papalexi"),

@@ -3,9 +3,16 @@ r"""Latent-token diffusion transformer: a conditional generative model of a cell
 The model has three parts. All sizes come from one :class:`DiffusionConfig`.
 
 - **Token autoencoder.** :meth:`LatentDiffusion.encode` maps the normalised expression x [B, G] with an MLP
-  to [B, T*D], reshapes it to T tokens of width D [B, T, D] and adds learned token-position embeddings. The
-  tokens are a sequence, not an image, so there is no convolution. :meth:`LatentDiffusion.decode` does the
-  reverse: it flattens, then an MLP gives [B, G].
+  to [B, T*L], reshapes it to T tokens of width L (``latent_dim``; ``d_model`` when 0) [B, T, L] and adds
+  learned token-position embeddings. The tokens are a sequence, not an image, so there is no convolution.
+  :meth:`LatentDiffusion.decode` does the reverse: it flattens, then an MLP gives [B, G]. With
+  ``kl_weight`` > 0 the encoder is variational (mean and log-variance; KL to N(0, I), beta-VAE).
+- **Observation model** (``likelihood``). ``gaussian``: the decoder regresses x (MSE), so it returns
+  E[x | z] and never a zero. ``nb`` / ``zinb`` (issue 14): the decoder gives rho = softmax over genes and
+  the counts follow NB(mean = library x rho, gene-wise inverse dispersion theta), optionally with
+  zero-inflation logits, as in scVI (Lopez et al. 2018, *Nat. Methods* 15:1053, Methods); the library size
+  (total counts) is observed when training and given at generation. Generated cells are sampled counts
+  (:meth:`LatentDiffusion.sample_counts`).
 - **Denoiser** (DiT, Peebles & Xie 2023, *Scalable Diffusion Models with Transformers*, sec. 3.2): a linear
   input projection plus learned position embeddings, then L adaLN-Zero blocks over the T tokens. Each
   block's shift/scale/gate come from c = MLP(sinusoidal(t)) + e_cond and are zero-initialised, as is the
@@ -15,7 +22,9 @@ The model has three parts. All sizes come from one :class:`DiffusionConfig`.
   token per condition kind plus the fused token).
 - **Condition embedders**, one module per kind, combined by a learned fusion MLP over their concatenation:
   categorical (cell type; an embedding table whose extra row ``n_cell_types`` is "none", used for -1 and
-  for dropped conditions); perturbation set (per-gene embeddings, a small transformer encoder over the
+  for dropped conditions); perturbation set (per-gene embeddings, or with ``n_set_features`` > 0 a shared
+  "perturbed" vector plus one learned projection of fixed gene features, so an unseen gene takes the same
+  path as a trained one; then a small transformer encoder over the
   set without position embeddings and with key padding masks, then the masked mean. The result does not
   depend on the order of the set. An empty set gets its own learned embedding, and a dropped set gets a
   different one, "null"); continuous (an MLP). With condition dropout (``cond_dropout``, training only),
@@ -89,6 +98,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,6 +115,7 @@ CONDITIONINGS = ("adaln", "cross_attention")
 TRAINING_MODES = ("two_stage", "end_to_end")
 PHASES = ("autoencoder", "diffusion", "end_to_end")
 SAMPLERS = ("ddpm", "ddim")
+LIKELIHOODS = ("gaussian", "nb", "zinb")
 MAX_LATENT = 1 << 24  # n_tokens * d_model above this (16.7M latent values per cell) cannot be materialised
 
 
@@ -135,25 +146,33 @@ class DiffusionConfig:
     prediction: str = "eps"  # "eps" | "v"
     training_mode: str = "two_stage"  # "two_stage" | "end_to_end"
     dropout: float = 0.0
+    likelihood: str = "gaussian"  # autoencoder observation model: "gaussian" (MSE) | "nb" | "zinb" (counts)
+    latent_dim: int = 0  # L, width of a latent token (0 = d_model); the latent is T * L values per cell
+    kl_weight: float = 0.0  # > 0: variational encoder (mean, log-variance) with this weight on KL(q(z|x) || N(0, I))
+    n_set_features: int = 0  # > 0: set genes are embedded from fixed features [n_set_genes, F] (no per-gene rows)
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("prediction", PREDICTIONS),
-                              ("conditioning", CONDITIONINGS), ("training_mode", TRAINING_MODES)):
+                              ("conditioning", CONDITIONINGS), ("training_mode", TRAINING_MODES),
+                              ("likelihood", LIKELIHOODS)):
             if getattr(self, name) not in allowed:
                 raise InputError(f"DiffusionConfig.{name}: expected one of {list(allowed)}, "
                                  f"got {getattr(self, name)!r}")
         for name, low in (("n_genes", 1), ("n_tokens", 1), ("d_model", 2), ("n_layers", 1), ("n_heads", 1),
                           ("ae_hidden", 1), ("n_cell_types", 0), ("n_set_genes", 0), ("set_layers", 0),
-                          ("n_continuous", 0), ("n_timesteps", 2)):
+                          ("n_continuous", 0), ("n_timesteps", 2), ("latent_dim", 0), ("n_set_features", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise InputError(f"DiffusionConfig.{name}: expected an integer >= {low}, got {v!r}")
         if self.d_model % self.n_heads:
             raise InputError(f"DiffusionConfig.d_model: expected a multiple of n_heads={self.n_heads}, "
                              f"got {self.d_model}")
-        if self.n_tokens * self.d_model > MAX_LATENT:
-            raise InputError(f"DiffusionConfig.n_tokens * d_model: expected at most {MAX_LATENT} latent values "
-                             f"per cell, got {self.n_tokens} * {self.d_model} = {self.n_tokens * self.d_model}")
+        if self.n_tokens * self.token_dim > MAX_LATENT:
+            raise InputError(f"DiffusionConfig.n_tokens * latent_dim: expected at most {MAX_LATENT} latent values "
+                             f"per cell, got {self.n_tokens} * {self.token_dim} = {self.n_tokens * self.token_dim}")
+        if isinstance(self.kl_weight, bool) or not isinstance(self.kl_weight, (int, float)) or \
+                not 0 <= self.kl_weight < math.inf:
+            raise InputError(f"DiffusionConfig.kl_weight: expected a number >= 0, got {self.kl_weight!r}")
         for name, lo, hi in (("cond_dropout", 0.0, 1.0), ("dropout", 0.0, 0.999)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
@@ -161,6 +180,16 @@ class DiffusionConfig:
         if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or \
                 self.mlp_ratio <= 0:
             raise InputError(f"DiffusionConfig.mlp_ratio: expected a number > 0, got {self.mlp_ratio!r}")
+
+    @property
+    def token_dim(self) -> int:
+        """L, the width of one latent token (``latent_dim``, or ``d_model`` when 0)."""
+        return self.latent_dim or self.d_model
+
+    @property
+    def counts(self) -> bool:
+        """True when the autoencoder models raw counts (``likelihood`` nb or zinb)."""
+        return self.likelihood != "gaussian"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -315,9 +344,16 @@ class SetEmbedder(nn.Module):
     keys are unmasked and the result is replaced), so no NaN reaches values or gradients.
     """
 
-    def __init__(self, n_genes: int, d: int, n_layers: int, n_heads: int, mlp_ratio: float, dropout: float):
+    def __init__(self, n_genes: int, d: int, n_layers: int, n_heads: int, mlp_ratio: float, dropout: float,
+                 n_features: int = 0):
         super().__init__()
-        self.gene = nn.Embedding(n_genes, d)  # [V, D]
+        self.n_features = n_features
+        if n_features:  # gene i -> perturbed + W f_i: an unseen gene takes the same path as a trained one
+            self.register_buffer("gene_features", torch.zeros(n_genes, n_features))  # [V, F], set_gene_features
+            self.feature_proj = nn.Linear(n_features, d)  # zero-initialised: every gene starts at "perturbed"
+            self.perturbed = nn.Parameter(torch.zeros(d))  # [D] shared by all genes: the average perturbation
+        else:
+            self.gene = nn.Embedding(n_genes, d)  # [V, D]
         self.encoder = None
         if n_layers:
             layer = nn.TransformerEncoderLayer(d, n_heads, int(mlp_ratio * d), dropout, activation="gelu",
@@ -332,7 +368,7 @@ class SetEmbedder(nn.Module):
         d = self.empty.shape[0]
         has = mask.any(1) if s else torch.zeros(b, dtype=torch.bool, device=genes.device)  # [B]
         if s:
-            h = self.gene(torch.where(mask, genes, torch.zeros_like(genes)))  # [B, S, D]
+            h = self.embed_genes(torch.where(mask, genes, torch.zeros_like(genes)))  # [B, S, D]
             if self.encoder is not None:
                 pad = ~(mask | ~has[:, None])  # [B, S] True = ignored key; empty rows keep all keys
                 h = self.encoder(h, src_key_padding_mask=pad)  # [B, S, D]
@@ -343,12 +379,34 @@ class SetEmbedder(nn.Module):
         out = torch.where(has[:, None], pooled, self.empty.to(pooled.dtype).expand(b, d))  # [B, D]
         return torch.where(drop[:, None], self.null.to(out.dtype).expand(b, d), out)  # [B, D]
 
+    def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
+        """Gene indices Long [...] -> embeddings [..., D]: the per-gene row, or perturbed + W features."""
+        if self.n_features:
+            return self.perturbed + self.feature_proj(self.gene_features[genes])
+        return self.gene(genes)
+
+    @torch.no_grad()
+    def set_gene_features(self, features: torch.Tensor) -> None:
+        """Fix the gene features [n_set_genes, F] (e.g. random-walk features on the gene multigraph). Raises
+        InputError for another shape, non-finite values or a set embedder with per-gene rows."""
+        if not self.n_features:
+            raise InputError("set-gene features: the config has n_set_features = 0 (per-gene embedding rows)")
+        want = tuple(self.gene_features.shape)
+        if not torch.is_tensor(features) or tuple(features.shape) != want:
+            shape = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+            raise InputError(f"set-gene features: expected [n_set_genes, n_set_features] = {want}, got {shape}")
+        if not torch.isfinite(features).all():
+            raise InputError("set-gene features: expected finite values, found NaN or inf")
+        self.gene_features.copy_(features.to(self.gene_features))
+
     @torch.no_grad()
     def init_gene_embeddings(self, vectors: torch.Tensor, known: torch.Tensor | None = None) -> None:
         """Initialise the per-gene embeddings from ``vectors`` [V, E] (e.g. GREmLN gene embeddings, rows in the
         set-gene vocabulary order); rows with ``known`` [V] False keep their init. E != D: the known rows are
         projected on their top-D principal axes (E > D) or zero-padded (E < D); then rescaled so their RMS
-        equals the RMS of the current init."""
+        equals the RMS of the current init. Raises InputError with fixed gene features (no per-gene rows)."""
+        if self.n_features:
+            raise InputError("set-gene embeddings: this set embedder uses fixed gene features (no per-gene rows)")
         v, d = self.gene.weight.shape
         if not torch.is_tensor(vectors) or vectors.ndim != 2 or vectors.shape[0] != v:
             shape = tuple(vectors.shape) if torch.is_tensor(vectors) else type(vectors).__name__
@@ -402,7 +460,8 @@ class ConditionEmbedder(nn.Module):
             self.cell_type = CategoricalEmbedder(cfg.n_cell_types, d)
             self.kinds.append("cell_type")
         if cfg.n_set_genes:
-            self.set = SetEmbedder(cfg.n_set_genes, d, cfg.set_layers, cfg.n_heads, cfg.mlp_ratio, cfg.dropout)
+            self.set = SetEmbedder(cfg.n_set_genes, d, cfg.set_layers, cfg.n_heads, cfg.mlp_ratio, cfg.dropout,
+                                   cfg.n_set_features)
             self.kinds.append("set")
         if cfg.n_continuous:
             self.continuous = ContinuousEmbedder(cfg.n_continuous, d)
@@ -500,33 +559,34 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """adaLN (shift, scale) + LayerNorm + Linear(D, D); modulation and linear zero-initialised."""
+    """adaLN (shift, scale) + LayerNorm + Linear(D, L); modulation and linear zero-initialised."""
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, out: int | None = None):
         super().__init__()
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(d, d)
+        self.linear = nn.Linear(d, out or d)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # [B, D] each
-        return self.linear(modulate(self.norm(x), shift, scale))  # [B, T, D]
+        return self.linear(modulate(self.norm(x), shift, scale))  # [B, T, L]
 
 
 class Denoiser(nn.Module):
-    """(u_t [B, T, D], t [B], cond) -> prediction [B, T, D]: input projection + learned positions, L DiT
-    blocks, final layer. c = t_emb + fused condition (adaLN), or c = t_emb plus cross-attention."""
+    """(u_t [B, T, L], t [B], cond) -> prediction [B, T, L]: input projection L -> D + learned positions,
+    n_layers DiT blocks, final layer D -> L. c = t_emb + fused condition (adaLN), or c = t_emb plus
+    cross-attention."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
         d = cfg.d_model
         self.cross = cfg.conditioning == "cross_attention"
-        self.in_proj = nn.Linear(d, d)
+        self.in_proj = nn.Linear(cfg.token_dim, d)
         self.pos = nn.Parameter(torch.zeros(1, cfg.n_tokens, d))  # [1, T, D]
         self.t_embedder = TimestepEmbedder(d)
         self.cond_embedder = ConditionEmbedder(cfg)
         self.blocks = nn.ModuleList(DiTBlock(cfg, cross=self.cross) for _ in range(cfg.n_layers))
-        self.final = FinalLayer(d)
+        self.final = FinalLayer(d, cfg.token_dim)
 
     def forward(self, u: torch.Tensor, t: torch.Tensor, cond: dict, drop: torch.Tensor) -> torch.Tensor:
         b = u.shape[0]
@@ -536,7 +596,7 @@ class Denoiser(nn.Module):
         c = te if self.cross else te + fused  # [B, D]
         for block in self.blocks:
             x = block(x, c, tokens if self.cross else None)  # [B, T, D]
-        return self.final(x, c)  # [B, T, D]
+        return self.final(x, c)  # [B, T, L]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -556,13 +616,17 @@ class LatentDiffusion(nn.Module):
         if not isinstance(config, DiffusionConfig):
             raise InputError(f"LatentDiffusion: expected a DiffusionConfig, got {type(config).__name__}")
         self.config = cfg = config
-        g, t, d, h = cfg.n_genes, cfg.n_tokens, cfg.d_model, cfg.ae_hidden
-        self.encoder = nn.Sequential(nn.Linear(g, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, t * d))
-        self.token_pos = nn.Parameter(torch.zeros(1, t, d))  # [1, T, D] learned token positions
-        self.decoder = nn.Sequential(nn.Linear(t * d, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, g))
+        g, t, d, h = cfg.n_genes, cfg.n_tokens, cfg.token_dim, cfg.ae_hidden
+        n_enc = t * d * (2 if cfg.kl_weight > 0 else 1)  # variational: mean and log-variance
+        n_dec = g * (2 if cfg.likelihood == "zinb" else 1)  # zinb: rates and zero-inflation logits
+        self.encoder = nn.Sequential(nn.Linear(g, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, n_enc))
+        self.token_pos = nn.Parameter(torch.zeros(1, t, d))  # [1, T, L] learned token positions
+        self.decoder = nn.Sequential(nn.Linear(t * d, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, n_dec))
+        if cfg.counts:
+            self.log_theta = nn.Parameter(torch.zeros(g))  # [G] gene-wise NB inverse dispersion, log scale
         self.denoiser = Denoiser(cfg)
         self.schedule = NoiseSchedule(cfg.schedule, cfg.n_timesteps)
-        self.register_buffer("latent_shift", torch.zeros(t, d))  # [T, D]
+        self.register_buffer("latent_shift", torch.zeros(t, d))  # [T, L]
         self.register_buffer("latent_scale", torch.ones(()))  # []
         self.register_buffer("latent_clip", torch.full((), math.inf))  # [] max |u| seen; bounds x0_hat in sampling
         self.register_buffer("latent_fitted", torch.zeros((), dtype=torch.bool))
@@ -591,6 +655,9 @@ class LatentDiffusion(nn.Module):
                 nn.init.normal_(getattr(ce, name).null, std=0.02)
         if hasattr(ce, "set"):
             nn.init.normal_(ce.set.empty, std=0.02)
+            if ce.set.n_features:
+                nn.init.normal_(ce.set.perturbed, std=0.02)
+                nn.init.zeros_(ce.set.feature_proj.weight)
         if hasattr(ce, "kind_emb"):
             nn.init.normal_(ce.kind_emb, std=0.02)
         for block in self.denoiser.blocks:  # adaLN-Zero
@@ -610,10 +677,10 @@ class LatentDiffusion(nn.Module):
             raise InputError(f"{name}: expected a floating-point tensor, got {x.dtype}")
 
     def _check_z(self, z: torch.Tensor, name: str) -> None:
-        t, d = self.config.n_tokens, self.config.d_model
+        t, d = self.config.n_tokens, self.config.token_dim
         if not torch.is_tensor(z) or z.ndim != 3 or tuple(z.shape[1:]) != (t, d):
             shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise InputError(f"{name}: expected latent tokens [B, n_tokens={t}, d_model={d}], got {shape}")
+            raise InputError(f"{name}: expected latent tokens [B, n_tokens={t}, latent_dim={d}], got {shape}")
 
     def check_cond(self, cond: dict | None, b: int) -> dict:
         """Validate ``cond`` for batch size ``b`` (rows of size 1 are broadcast) and move it to the model's
@@ -681,16 +748,92 @@ class LatentDiffusion(nn.Module):
         return drop.bool()
 
     # ---------------------------------------------------------------- autoencoder
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Expression x [B, G] -> latent tokens z [B, T, D] (MLP, reshape, + token positions)."""
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Expression x [B, G] -> (mean [B, T, L], log-variance [B, T, L] or None when not variational)."""
         self._check_x(x)
-        b = x.shape[0]
-        return self.encoder(x).view(b, self.config.n_tokens, self.config.d_model) + self.token_pos  # [B, T, D]
+        b, t, d = x.shape[0], self.config.n_tokens, self.config.token_dim
+        h = self.encoder(x)
+        if self.config.kl_weight > 0:
+            mu, logvar = h.view(b, 2, t, d).unbind(1)
+            return mu + self.token_pos, logvar.clamp(-12.0, 8.0)  # [B, T, L] each
+        return h.view(b, t, d) + self.token_pos, None  # [B, T, L]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Expression x [B, G] -> latent tokens z [B, T, L] (MLP, reshape, + token positions; the posterior
+        mean when variational)."""
+        return self.encode_posterior(x)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent tokens z [B, T, D] -> expression [B, G]."""
+        """Latent tokens z [B, T, L] -> the decoder's output [B, G]: gaussian: expression; nb/zinb: the
+        expected fraction of a cell's counts per gene (rho, softmax over genes; rows sum to 1)."""
         self._check_z(z, "z")
-        return self.decoder(z.flatten(1))  # [B, G]
+        h = self.decoder(z.flatten(1))  # [B, G] or [B, 2G]
+        if not self.config.counts:
+            return h
+        return torch.softmax(h[:, : self.config.n_genes].float(), -1)  # [B, G]
+
+    def count_parameters(self, z: torch.Tensor, library: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NB/ZINB parameters of a cell's counts given latent z [B, T, L] and library size [B] (total counts):
+        ``mu`` [B, G] = library * softmax(decoder(z)), ``theta`` [G] inverse dispersion (var = mu + mu^2/theta),
+        ``pi_logits`` [B, G] (zinb: logit of the structural-zero probability; nb: absent). The scVI observation
+        model (Lopez et al. 2018, Methods). Raises InputError for a gaussian model or a bad library."""
+        if not self.config.counts:
+            raise InputError("count_parameters: the model's likelihood is gaussian (no count model)")
+        self._check_z(z, "z")
+        library = torch.as_tensor(library, device=z.device, dtype=torch.float32).reshape(-1)
+        if library.shape[0] != z.shape[0] or not bool((library > 0).all()):
+            raise InputError(f"library: expected [B={z.shape[0]}] positive total counts, got {tuple(library.shape)}")
+        h = self.decoder(z.flatten(1)).float()
+        g = self.config.n_genes
+        out = {"mu": library[:, None] * torch.softmax(h[:, :g], -1), "theta": self.log_theta.float().exp()}
+        if self.config.likelihood == "zinb":
+            out["pi_logits"] = h[:, g:]
+        return out
+
+    @torch.no_grad()
+    def init_dispersion(self, counts: torch.Tensor) -> None:
+        """Start the gene-wise inverse dispersion at its method-of-moments estimate on training counts [N, G]:
+        theta_g = m_g^2 / (v_g - m_g) of the counts scaled to the median library size, clipped to [0.01, 100]
+        (genes without overdispersion get 100). Raises InputError for a gaussian model."""
+        if not self.config.counts:
+            raise InputError("init_dispersion: the model's likelihood is gaussian (no dispersion)")
+        c = torch.as_tensor(counts).double()
+        lib = c.sum(1, keepdim=True).clamp_min(1.0)
+        c = c / lib * lib.median()
+        m, v = c.mean(0), c.var(0)
+        theta = torch.where(v > m, m.pow(2) / (v - m).clamp_min(1e-12), torch.full_like(m, 100.0))
+        self.log_theta.copy_(theta.clamp(0.01, 100.0).log().to(self.log_theta))
+
+    def count_log_likelihood(self, counts: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        r"""log p(counts) [B] summed over genes under :meth:`count_parameters` (NB, or ZINB with a point mass at 0).
+
+        NB: :math:`\log\Gamma(x+	heta) - \log\Gamma(	heta) - \log x! + 	heta\lograc{	heta}{	heta+\mu} +
+        x\lograc{\mu}{	heta+\mu}`; ZINB: :math:`\log(\pi + (1-\pi)NB(0))` at x = 0 and
+        :math:`\log(1-\pi) + \log NB(x)` otherwise (scVI's ``ZeroInflatedNegativeBinomial``)."""
+        x = counts.float()
+        mu, theta = params["mu"], params["theta"][None]
+        eps = 1e-8
+        log_t_mu = torch.log(theta + mu + eps)
+        nb = (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+              + theta * (torch.log(theta + eps) - log_t_mu) + x * (torch.log(mu + eps) - log_t_mu))  # [B, G]
+        if "pi_logits" not in params:
+            return nb.sum(-1)
+        pi = params["pi_logits"]
+        nb_zero = theta * (torch.log(theta + eps) - log_t_mu)  # log NB(0)
+        zero = torch.logaddexp(pi, nb_zero) - F.softplus(pi)
+        return torch.where(x < 0.5, zero, nb - F.softplus(pi)).sum(-1)  # [B]
+
+    @torch.no_grad()
+    def sample_counts(self, z: torch.Tensor, library: torch.Tensor, rng) -> torch.Tensor:
+        """Counts [B, G] (float32 whole numbers) drawn from the NB/ZINB of :meth:`count_parameters`, with the
+        numpy Generator ``rng`` (Gamma-Poisson: NB(mu, theta) = Poisson(Gamma(theta, mu / theta)))."""
+        p = {k: v.double().cpu().numpy() for k, v in self.count_parameters(z, library).items()}
+        theta = p["theta"][None]
+        lam = rng.gamma(theta, p["mu"] / theta)  # [B, G]
+        x = rng.poisson(lam).astype("float32")
+        if "pi_logits" in p:
+            x[rng.random(x.shape) < 1.0 / (1.0 + np.exp(-p["pi_logits"]))] = 0.0
+        return torch.from_numpy(x)
 
     def to_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, T, D] -> u = (z - latent_shift) / latent_scale."""
@@ -738,10 +881,16 @@ class LatentDiffusion(nn.Module):
     # ---------------------------------------------------------------- training
     def loss(self, x: torch.Tensor, cond: dict, phase: str, generator: torch.Generator | None = None, *,
              t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             drop: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+             drop: torch.Tensor | None = None, counts: torch.Tensor | None = None,
+             kl_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
         """Training loss of ``phase``; returns (scalar, dict of float logs).
 
-        ``autoencoder``: MSE(decode(encode(x)), x). ``diffusion``: MSE(model(u_t, t), eps or v) with u the
+        ``autoencoder``: gaussian: MSE(decode(encode(x)), x); nb/zinb: the negative log-likelihood of the raw
+        ``counts`` [B, G] under :meth:`count_parameters` with the observed library size (counts.sum(1)),
+        divided by G; variational (``kl_weight`` > 0): z is drawn from q(z | x) when training and
+        ``kl_scale`` * ``kl_weight`` * KL(q(z | x) || N(0, I)) / G is added (the beta-VAE objective, Higgins
+        et al. 2017; ``kl_scale`` < 1 is a KL warm-up against posterior collapse, as scVI's).
+        ``diffusion``: MSE(model(u_t, t), eps or v) with u the
         frozen (no-grad) scaled latent of x, t ~ U{0..n_timesteps-1} per sample and, when ``self.training``,
         each cell's conditions dropped with probability ``cond_dropout``. ``end_to_end``: the sum of both,
         with gradients through the encoder and the latent standardised with batch statistics (the running
@@ -756,12 +905,10 @@ class LatentDiffusion(nn.Module):
         logs: dict[str, float] = {}
         total = None
         if phase in ("autoencoder", "end_to_end"):
-            z = self.encode(x)  # [B, T, D]
-            recon = F.mse_loss(self.decode(z), x)
-            logs["recon"] = float(recon.detach())
+            z, recon = self._reconstruction(x, counts, generator, logs, kl_scale)  # [B, T, L], []
             total = recon
             if phase == "autoencoder":
-                logs["loss"] = logs["recon"]
+                logs["loss"] = float(total.detach())
                 return total, logs
             if self.training:
                 mu = z.mean(0)  # [T, D]
@@ -808,6 +955,32 @@ class LatentDiffusion(nn.Module):
         logs["loss"] = float(total.detach())
         return total, logs
 
+    def _reconstruction(self, x: torch.Tensor, counts: torch.Tensor | None, generator, logs: dict,
+                        kl_scale: float = 1.0):
+        """(z [B, T, L], reconstruction loss + weighted KL []) of the autoencoder phase; fills ``logs``."""
+        cfg = self.config
+        mean, logvar = self.encode_posterior(x)  # [B, T, L]
+        z = mean
+        if logvar is not None and self.training:
+            z = mean + (0.5 * logvar).exp() * _randn(mean.shape, generator, mean.device, mean.dtype)
+        if cfg.counts:
+            if counts is None:
+                raise InputError(f"counts: the {cfg.likelihood} autoencoder needs the raw counts [B, G] of x")
+            counts = torch.as_tensor(counts, device=x.device).float()
+            if counts.shape != x.shape:
+                raise InputError(f"counts: expected the shape of x {tuple(x.shape)}, got {tuple(counts.shape)}")
+            params = self.count_parameters(z, counts.sum(1).clamp_min(1.0))
+            recon = -self.count_log_likelihood(counts, params).mean() / cfg.n_genes
+        else:
+            recon = F.mse_loss(self.decode(z), x)
+        logs["recon"] = float(recon.detach())
+        if logvar is not None:
+            m = mean - self.token_pos
+            kl = 0.5 * (m.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean() / cfg.n_genes
+            logs["kl"] = float(kl.detach())
+            recon = recon + kl_scale * cfg.kl_weight * kl
+        return z, recon
+
     def init_set_gene_embeddings(self, vectors: torch.Tensor, known: torch.Tensor | None = None) -> None:
         """Initialise the perturbation-set gene embeddings from ``vectors`` Float [n_set_genes, E] (any E);
         rows with ``known`` Bool [n_set_genes] False keep their init (see
@@ -822,6 +995,8 @@ class LatentDiffusion(nn.Module):
         if phase not in PHASES:
             raise InputError(f"phase: expected one of {list(PHASES)}, got {phase!r}")
         ae = [*self.encoder.parameters(), self.token_pos, *self.decoder.parameters()]
+        if self.config.counts:
+            ae.append(self.log_theta)
         if phase == "autoencoder":
             return ae
         if phase == "diffusion":
@@ -874,7 +1049,7 @@ class LatentDiffusion(nn.Module):
         sch, pred_kind = self.schedule, self.config.prediction
         c = float(self.latent_clip)
         clip = bool(clip_x0) and math.isfinite(c)
-        u = _randn((n, self.config.n_tokens, self.config.d_model), generator, dev, dtype)  # [n, T, D] u_T
+        u = _randn((n, self.config.n_tokens, self.config.token_dim), generator, dev, dtype)  # [n, T, L] u_T
         if method == "ddpm":
             for ti in range(nt - 1, -1, -1):
                 t = torch.full((n,), ti, dtype=torch.long, device=dev)  # [n]
@@ -912,6 +1087,14 @@ class LatentDiffusion(nn.Module):
 
         ``ddpm``: ancestral sampling over all n_timesteps (``steps`` ignored); ``ddim``: ``steps`` strided
         steps, ``eta`` 0 deterministic, 1 = DDPM-like noise. Classifier-free guidance with
-        ``guidance_scale`` s: pred = pred_uncond + s (pred_cond - pred_uncond); s = 1 means no guidance."""
-        u = self.sample_latent(cond, n, method, steps, eta, guidance_scale, generator, clip_x0)  # [n, T, D]
+        ``guidance_scale`` s: pred = pred_uncond + s (pred_cond - pred_uncond); s = 1 means no guidance.
+        nb/zinb models return rho, the expected fraction of counts per gene: draw counts with
+        ``sample_counts(from_diffusion_space(sample_latent(...)), library, rng)``."""
+        u = self.sample_latent(cond, n, method, steps, eta, guidance_scale, generator, clip_x0)  # [n, T, L]
         return self.decode(self.from_diffusion_space(u))  # [n, G]
+
+    def set_gene_features(self, features: torch.Tensor) -> None:
+        """Fix the set-gene features [n_set_genes, n_set_features] (see :meth:`SetEmbedder.set_gene_features`)."""
+        if not self.config.n_set_genes:
+            raise InputError("set_gene_features: config.n_set_genes is 0 (no perturbation-set condition)")
+        self.denoiser.cond_embedder.set.set_gene_features(features)
