@@ -551,3 +551,21 @@ def test_latent_dim_sets_the_latent_size_and_kl_makes_the_encoder_variational():
         model.loss(x, {}, "autoencoder")
     u = model.sample_latent(make_cond(6), 6, steps=3)
     assert u.shape == (6, cfg.n_tokens, 3)
+
+
+def test_sampled_counts_are_common_random_numbers_across_decoders():
+    """Equal generator states give equal draws for equal parameters, and by inversion a larger mean never
+    gives fewer counts: two conditions' generated cells differ by the model, not by sampling noise."""
+    cfg = small_config(likelihood="nb", latent_dim=3)
+    model = randomize_(LatentDiffusion(cfg))
+    z = torch.randn(40, cfg.n_tokens, 3, generator=torch.Generator().manual_seed(0))
+    lib = torch.full((40,), 300.0)
+    a = model.sample_counts(z, lib, np.random.default_rng(7))
+    b = model.sample_counts(z, lib, np.random.default_rng(7))
+    c = model.sample_counts(z, 2 * lib, np.random.default_rng(7))  # every mean doubled, same theta
+    d = model.sample_counts(z, lib, np.random.default_rng(8))
+    assert torch.equal(a, b)
+    assert (c >= a).all() and c.sum() > 1.5 * a.sum()
+    assert not torch.equal(a, d)
+    mu = model.count_parameters(z, lib)["mu"]
+    assert abs(float(a.mean()) - float(mu.mean())) < 0.15 * float(mu.mean())  # unbiased for the NB mean

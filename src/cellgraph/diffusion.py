@@ -578,7 +578,7 @@ def build_config(args, data: Data, n_genes: int, n_set_features: int = 0) -> dic
                 n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
                 cond_dropout=args.cond_dropout, schedule=args.schedule, prediction=args.prediction,
                 training_mode=args.training_mode, likelihood=args.likelihood, latent_dim=args.latent_dim,
-                kl_weight=args.kl_weight)
+                kl_weight=args.kl_weight, feature_dropout=args.feature_dropout)
     if data.dataset == "pbmc":
         over.update(n_cell_types=len(data.vocab), n_set_genes=0)
     else:
@@ -1271,6 +1271,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="Papalexi: rwr (set genes embedded from random-walk features on --multigraph) | none")
     p.add_argument("--multigraph", default=None, help="results/multigraph/human/multigraph.npz (--set-features rwr)")
     p.add_argument("--rwr-dim", type=int, default=16, help="random-walk feature columns per walk graph")
+    p.add_argument("--feature-dropout", type=float, default=0.0,
+                   help="training: probability of dropping a set gene's features (shrinks unseen genes to the average)")
     p.add_argument("--scvi-epochs", type=int, default=200, help="evaluate (PBMC): epochs of the scVI baseline (0 = no scVI)")
     p.add_argument("--scvi-latent", type=int, default=10, help="evaluate (PBMC): latent size of the scVI baseline")
     p.add_argument("--gremln-init", action=argparse.BooleanOptionalAction, default=False,
@@ -1311,6 +1313,8 @@ def _validate(args) -> None:
         raise InputError(f"--set-features {args.set_features!r}: expected one of {', '.join(SET_FEATURES)}")
     if args.set_features == "rwr" and args.gremln_init:
         raise InputError("--gremln-init initialises per-gene rows; it needs --set-features none")
+    if not 0.0 <= args.feature_dropout <= 1.0:
+        raise InputError(f"--feature-dropout must be in [0, 1], got {args.feature_dropout}")
     if args.kl_weight < 0 or args.latent_dim < 0:
         raise InputError(f"--kl-weight and --latent-dim must be >= 0, got {args.kl_weight}, {args.latent_dim}")
     if args.sampler not in SAMPLERS:

@@ -23,11 +23,13 @@ def bench_of(rule_name):
     return res(f"benchmarks/{rule_name}.tsv")
 
 
-def flags(section, keys):
-    """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value (shell-quoted)."""
+def flags(section, keys, overrides=None):
+    """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value (shell-quoted).
+    ``overrides`` (a dict) replaces values of config[section] (e.g. one dataset's settings)."""
     out = []
+    overrides = overrides or {}
     for key in keys:
-        value = config[section][key]
+        value = overrides.get(key, config[section][key])
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])

@@ -5,7 +5,7 @@ DIFF = config.get("diffusion", {})
 DIFF_MODEL_KEYS = ["preset", "n_genes", "min_grna_frac", "control", "n_folds", "folds_run", "val_fraction",
                    "max_train_cells", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "conditioning",
                    "training_mode", "prediction", "schedule", "cond_dropout", "gremln_init", "likelihood",
-                   "latent_dim", "kl_weight", "set_features", "rwr_dim"]
+                   "latent_dim", "kl_weight", "set_features", "rwr_dim", "feature_dropout"]
 DIFF_TRAIN_KEYS = ["ae_steps", "max_steps", "batch_size", "lr", "weight_decay", "ema_decay"]
 DIFF_SAMPLE_KEYS = ["sampler", "ddim_steps", "eta", "guidance_scale", "n_generate"]
 DIFF_EVAL_KEYS = ["guidance_scales", "curve_cells", "curve_seen", "timing_cells", "n_pcs"]
@@ -27,8 +27,9 @@ def diffusion_multigraph(wildcards):
         wildcards.dataset == "papalexi" else []
 
 
-def diffusion_flags(keys):
-    return flags("diffusion", keys)
+def diffusion_flags(keys, dataset):
+    """Flags of config diffusion, with diffusion.per_dataset[dataset] replacing the shared values."""
+    return flags("diffusion", keys, DIFF.get("per_dataset", {}).get(dataset, {}))
 
 
 rule diffusion_train:
@@ -50,7 +51,7 @@ rule diffusion_train:
         seed=config["seed"],
         gremln=lambda wildcards, input: f"--gremln-model {input.gremln[0]}" if input.gremln else "",
         multigraph=lambda wildcards, input: f"--multigraph {input.multigraph[0]}" if input.multigraph else "",
-        options=diffusion_flags(DIFF_MODEL_KEYS + DIFF_TRAIN_KEYS),
+        options=lambda wildcards: diffusion_flags(DIFF_MODEL_KEYS + DIFF_TRAIN_KEYS, wildcards.dataset),
     threads: DIFF.get("threads", 2)
     resources:
         runtime=lambda wildcards, attempt: 120 * attempt,
@@ -78,7 +79,7 @@ rule diffusion_sample:
     params:
         out_dir=res("diffusion/{dataset}"),
         seed=config["seed"],
-        options=diffusion_flags(DIFF_SAMPLE_KEYS),
+        options=lambda wildcards: diffusion_flags(DIFF_SAMPLE_KEYS, wildcards.dataset),
     threads: DIFF.get("threads", 2)
     log:
         log_of("diffusion_sample_{dataset}"),
@@ -132,7 +133,8 @@ rule diffusion_evaluate_pbmc:
         dataset="pbmc",
         out_dir=res("diffusion/pbmc"),
         seed=config["seed"],
-        options=diffusion_flags(["n_genes", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS + DIFF_SCVI_KEYS),
+        options=diffusion_flags(["n_genes", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS + DIFF_SCVI_KEYS,
+                                "pbmc"),
     threads: DIFF.get("threads", 2)
     log:
         log_of("diffusion_evaluate_pbmc"),
@@ -158,7 +160,8 @@ rule diffusion_evaluate_papalexi:
         dataset="papalexi",
         out_dir=res("diffusion/papalexi"),
         seed=config["seed"],
-        options=diffusion_flags(["min_grna_frac", "control", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS),
+        options=diffusion_flags(["min_grna_frac", "control", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS,
+                                "papalexi"),
     threads: DIFF.get("threads", 2)
     log:
         log_of("diffusion_evaluate_papalexi"),

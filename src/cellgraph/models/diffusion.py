@@ -150,6 +150,7 @@ class DiffusionConfig:
     latent_dim: int = 0  # L, width of a latent token (0 = d_model); the latent is T * L values per cell
     kl_weight: float = 0.0  # > 0: variational encoder (mean, log-variance) with this weight on KL(q(z|x) || N(0, I))
     n_set_features: int = 0  # > 0: set genes are embedded from fixed features [n_set_genes, F] (no per-gene rows)
+    feature_dropout: float = 0.0  # training: probability that a set gene's features are dropped (-> "perturbed")
 
     def __post_init__(self) -> None:
         for name, allowed in (("schedule", SCHEDULES), ("prediction", PREDICTIONS),
@@ -173,7 +174,7 @@ class DiffusionConfig:
         if isinstance(self.kl_weight, bool) or not isinstance(self.kl_weight, (int, float)) or \
                 not 0 <= self.kl_weight < math.inf:
             raise InputError(f"DiffusionConfig.kl_weight: expected a number >= 0, got {self.kl_weight!r}")
-        for name, lo, hi in (("cond_dropout", 0.0, 1.0), ("dropout", 0.0, 0.999)):
+        for name, lo, hi in (("cond_dropout", 0.0, 1.0), ("dropout", 0.0, 0.999), ("feature_dropout", 0.0, 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise InputError(f"DiffusionConfig.{name}: expected a number in [{lo}, {hi}], got {v!r}")
@@ -345,9 +346,9 @@ class SetEmbedder(nn.Module):
     """
 
     def __init__(self, n_genes: int, d: int, n_layers: int, n_heads: int, mlp_ratio: float, dropout: float,
-                 n_features: int = 0):
+                 n_features: int = 0, feature_dropout: float = 0.0):
         super().__init__()
-        self.n_features = n_features
+        self.n_features, self.feature_dropout = n_features, feature_dropout
         if n_features:  # gene i -> perturbed + W f_i: an unseen gene takes the same path as a trained one
             self.register_buffer("gene_features", torch.zeros(n_genes, n_features))  # [V, F], set_gene_features
             self.feature_proj = nn.Linear(n_features, d)  # zero-initialised: every gene starts at "perturbed"
@@ -380,9 +381,16 @@ class SetEmbedder(nn.Module):
         return torch.where(drop[:, None], self.null.to(out.dtype).expand(b, d), out)  # [B, D]
 
     def embed_genes(self, genes: torch.Tensor) -> torch.Tensor:
-        """Gene indices Long [...] -> embeddings [..., D]: the per-gene row, or perturbed + W features."""
+        """Gene indices Long [...] -> embeddings [..., D]: the per-gene row, or perturbed + W features. When
+        training with ``feature_dropout`` p, each member's features are zeroed with probability p, so the
+        shared "perturbed" vector learns the effect of a perturbation whose gene says nothing (the average
+        one) and W f the departure from it (a shrinkage of unseen genes towards the average effect)."""
         if self.n_features:
-            return self.perturbed + self.feature_proj(self.gene_features[genes])
+            f = self.gene_features[genes]  # [..., F]
+            if self.training and self.feature_dropout > 0:
+                keep = torch.rand(f.shape[:-1], device=f.device) >= self.feature_dropout
+                f = f * keep[..., None].to(f.dtype)
+            return self.perturbed + self.feature_proj(f)
         return self.gene(genes)
 
     @torch.no_grad()
@@ -461,7 +469,7 @@ class ConditionEmbedder(nn.Module):
             self.kinds.append("cell_type")
         if cfg.n_set_genes:
             self.set = SetEmbedder(cfg.n_set_genes, d, cfg.set_layers, cfg.n_heads, cfg.mlp_ratio, cfg.dropout,
-                                   cfg.n_set_features)
+                                   cfg.n_set_features, cfg.feature_dropout)
             self.kinds.append("set")
         if cfg.n_continuous:
             self.continuous = ContinuousEmbedder(cfg.n_continuous, d)
@@ -826,11 +834,17 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample_counts(self, z: torch.Tensor, library: torch.Tensor, rng) -> torch.Tensor:
         """Counts [B, G] (float32 whole numbers) drawn from the NB/ZINB of :meth:`count_parameters`, with the
-        numpy Generator ``rng`` (Gamma-Poisson: NB(mu, theta) = Poisson(Gamma(theta, mu / theta)))."""
+        numpy Generator ``rng``: Gamma-Poisson, NB(mu, theta) = Poisson(mu / theta * Gamma(theta, 1)), the
+        Poisson drawn by inversion (``scipy.stats.poisson.ppf`` of a uniform). The random numbers used depend
+        only on the shape [B, G], theta and ``rng``'s state, not on mu: two calls from equal states with
+        different z are common random numbers (their difference is the decoders' difference, not noise)."""
+        from scipy.stats import poisson
+
         p = {k: v.double().cpu().numpy() for k, v in self.count_parameters(z, library).items()}
-        theta = p["theta"][None]
-        lam = rng.gamma(theta, p["mu"] / theta)  # [B, G]
-        x = rng.poisson(lam).astype("float32")
+        theta = np.broadcast_to(p["theta"][None], p["mu"].shape)
+        lam = rng.standard_gamma(theta) * p["mu"] / theta  # [B, G]
+        u = rng.random(lam.shape)
+        x = np.where(lam > 0, poisson.ppf(u, np.maximum(lam, 1e-300)), 0.0).astype("float32")
         if "pi_logits" in p:
             x[rng.random(x.shape) < 1.0 / (1.0 + np.exp(-p["pi_logits"]))] = 0.0
         return torch.from_numpy(x)
