@@ -1,15 +1,6 @@
 # ---- issue 12: GREmLN against vanilla over pretraining seeds; `snakemake ablation` (not part of `rule all`) ----
 # Every seed trains both models on the main run's token shards (same vocabulary, cell graphs and hidden edges);
 # the main run's own seed reuses results/train and results/evaluate.
-ABLATION_SEEDS = [int(s) for s in config.get("ablation", {}).get("seeds", [0, 1, 2, 3, 4])]
-EVAL_FILES = ["annotation.json", "baselines.json", "masked.json", "edge_recovery.json", "edge_curves.npz",
-              "edge_scores.tsv", "probe.json", "probe_scatter.npz", "embeddings.h5ad"]
-
-
-def ablation_evaluate_dir(seed):
-    return res("evaluate") if int(seed) == int(config["seed"]) else res(f"ablation/seed{seed}/evaluate")
-
-
 use rule train as ablation_train with:
     output:
         model=res("ablation/seed{seed}/train/{model}/model.pt"),
@@ -18,8 +9,8 @@ use rule train as ablation_train with:
         model="gremln|vanilla",
         seed=r"\d+",
     params:
-        tokens_dir=res("tokens"),
-        out_dir=res("ablation/seed{seed}/train/{model}"),
+        tokens_dir=folder_of("vocab", of="input"),
+        out_dir=folder_of("model"),
         checkpoint_dir=res("ablation/seed{seed}/checkpoints/{model}"),
         seed=lambda wildcards: wildcards.seed,
         options=flags("train", ["preset", "max_epochs", "batch_size", "mask_rate"]),
@@ -47,8 +38,8 @@ use rule evaluate as ablation_evaluate with:
         model="gremln|vanilla",
         seed=r"\d+",
     params:
-        tokens_dir=res("tokens"),
-        out_dir=res("ablation/seed{seed}/evaluate/{model}"),
+        tokens_dir=folder_of("shards", of="input"),
+        out_dir=folder_of("annotation"),
         seed=config["seed"],
         options=flags("evaluate", ["n_splits", "probe_alpha"]),
     log:
@@ -68,7 +59,7 @@ rule ablation:
         paired_md=res("ablation/ablation_paired.md"),
     params:
         runs=" ".join(f"{s}={shlex.quote(ablation_evaluate_dir(s))}" for s in ABLATION_SEEDS),
-        out_dir=res("ablation"),
+        out_dir=folder_of("per_seed"),
     log:
         log_of("ablation"),
     conda:

@@ -1,4 +1,5 @@
 # Config validation and every path of the workflow, in one place.
+import os
 import shlex
 
 from snakemake.utils import validate
@@ -23,6 +24,22 @@ def bench_of(rule_name):
     return res(f"benchmarks/{rule_name}.tsv")
 
 
+def folder_of(key, of="output", up=1):
+    """A params function: the folder `up` levels above the rule's output (or input, ``of="input"``) file
+    `key` (a name or a position; a list takes its first file). Path params follow the rule's files instead of
+    repeating them (``snakemake --lint``)."""
+
+    def folder(wildcards, input, output):
+        files = input if of == "input" else output
+        path = files[key] if isinstance(key, int) else getattr(files, key)
+        path = str(path if isinstance(path, str) else path[0])
+        for _ in range(up):
+            path = os.path.dirname(path)
+        return path
+
+    return folder
+
+
 def flags(section, keys, overrides=None):
     """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value (shell-quoted).
     ``overrides`` (a dict) replaces values of config[section] (e.g. one dataset's settings)."""
@@ -30,12 +47,12 @@ def flags(section, keys, overrides=None):
     overrides = overrides or {}
     for key in keys:
         value = overrides.get(key, config[section][key])
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
-            out.append(flag if value else "--no-" + flag[2:])
+            out.append(flag if value else f"--no-{flag[2:]}")
         elif isinstance(value, (list, tuple)):
             if value:
-                out.append(flag + " " + " ".join(shlex.quote(str(v)) for v in value))
+                out.append(f"{flag} {' '.join(shlex.quote(str(v)) for v in value)}")
         else:
             out.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(out)
@@ -54,3 +71,197 @@ def final_outputs():
         [res(f"figures/{name}.png") for name in FIGURES]
         + [res(f"tables/{name}.{ext}") for name in TABLES for ext in ("csv", "md")]
     )
+
+
+# ---- helpers of sources.smk ----
+
+SOURCES_CFG = config.get("sources", {"folder": "resources/downloads", "retries": 3, "timeout": 120, "files": {}})
+
+
+SOURCE_FILES = SOURCES_CFG["files"]
+
+
+def _url_name(entry):
+    return entry.get("filename") or os.path.basename(entry["url"].split("?", 1)[0])
+
+
+def download_path(key):
+    """Local path of the file of config key `key` (the extracted member for zip archives)."""
+    entry = SOURCE_FILES[key]
+    name = entry.get("member") or _url_name(entry)
+    return f"{SOURCES_CFG['folder']}/{key}/{name}"
+
+
+def _archive_path(key):
+    return f"{SOURCES_CFG['folder']}/archives/{_url_name(SOURCE_FILES[key])}"
+
+
+_PLAIN = [k for k, e in SOURCE_FILES.items() if not e.get("member")] or ["__none__"]
+
+
+_MEMBER = [k for k, e in SOURCE_FILES.items() if e.get("member")] or ["__none__"]
+
+
+_ARCHIVES = {_url_name(e): k for k, e in SOURCE_FILES.items() if e.get("member")}
+
+
+def _sha(entry):
+    return entry["sha256"] or "null"
+
+
+# ---- helpers of multigraph.smk ----
+MG = config.get("multigraph", {"organisms": [], "thresholds": {}, "string_actions_modes": ["expression"],
+                               "pc_physical": [], "pc_regulatory": [], "inputs": {}, "full": {}})
+
+
+MG_OUTPUTS = ["multigraph.npz", "summary.tsv", "degrees.png", "rejects.tsv.gz", "report.json"]
+
+
+def _mg_inputs(organism, which):
+    out = {}
+    for key, value in MG[which].get(organism, {}).items():
+        out[key] = download_path(value) if which == "full" and value in SOURCE_FILES else value
+    if organism == "human":
+        idmap = config["data"]["idmap"]
+        out.update(alias_map=idmap["alias"], ensg_map=idmap["ensg"], ensp_map=idmap["ensp"])
+    return out
+
+
+def _mg_input_flags(wildcards, input):
+    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in input.keys())
+
+
+def _mg_options():
+    thr = [f"{src}.{col}={val}" for src, cols in MG["thresholds"].items() for col, val in cols.items()]
+    lists = {
+        "--threshold": thr,
+        "--dorothea-confidence": config["networks"]["dorothea_confidence"],
+        "--string-actions-modes": MG["string_actions_modes"],
+        "--pc-physical": MG["pc_physical"],
+        "--pc-regulatory": MG["pc_regulatory"],
+    }
+    out = [f"{flag} " + " ".join(shlex.quote(str(v)) for v in values)
+           for flag, values in lists.items() if values]
+    return " ".join(out)
+
+
+def _mg_outputs(prefix):
+    return {
+        "npz": res(f"{prefix}/multigraph.npz"),
+        "summary": report(res(f"{prefix}/summary.tsv"), category="Multigraph", labels={"file": "summary"}),
+        "degrees": report(res(f"{prefix}/degrees.png"), category="Multigraph", labels={"file": "degrees"}),
+        "rejects": res(f"{prefix}/rejects.tsv.gz"),
+        "report": res(f"{prefix}/report.json"),
+    }
+
+
+# ---- helpers of perturbation.smk ----
+PERT = config.get("perturbation", {})
+
+
+FORWARD_FILES = ["metrics.tsv", "summary.tsv", "comparisons.tsv", "own_gene.tsv", "early_stopping.tsv",
+                 "predictions.h5ad", "model.pt", "score_predictions.tsv", "score_summary.tsv",
+                 "attention_diagnostics.tsv", "attention_heads.tsv", "report.json"]
+
+
+FORWARD_OPTIONS = ["min_grna_frac", "control", "preset", "graph_reg", "n_folds", "max_epochs", "batch_size", "lr",
+                   "score_weight", "diagnostics_every", "eval_every", "inner_fraction", "reliable_threshold",
+                   "attend", "rwr_dim", "n_pca", "ridge", "weight_decay", "dropout", "label_scale"]
+
+
+def pert_flags(keys):
+    return flags("perturbation", keys)
+
+
+def forward_outputs(folder):
+    return {f.split(".")[0]: res(f"perturbation/{folder}/{f}") for f in FORWARD_FILES}
+
+
+PERT_FIGURES = ["perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion",
+                "perturbation_attention"]
+
+
+PERT_TABLES = ["table_perturbation_forward", "table_perturbation_comparisons", "table_perturbation_own_gene",
+               "table_perturbation_score", "table_perturbation_yeast", "table_perturbation_yeast_comparisons",
+               "table3_reverse_perturbation",
+               "table_attention_diagnostics", "table_attention_heads"]
+
+
+# ---- helpers of ablation.smk ----
+ABLATION_SEEDS = [int(s) for s in config.get("ablation", {}).get("seeds", [0, 1, 2, 3, 4])]
+
+
+EVAL_FILES = ["annotation.json", "baselines.json", "masked.json", "edge_recovery.json", "edge_curves.npz",
+              "edge_scores.tsv", "probe.json", "probe_scatter.npz", "embeddings.h5ad"]
+
+
+def ablation_evaluate_dir(seed):
+    return res("evaluate") if int(seed) == int(config["seed"]) else res(f"ablation/seed{seed}/evaluate")
+
+
+# ---- helpers of diffusion.smk ----
+DIFF = config.get("diffusion", {})
+
+
+DIFF_MODEL_KEYS = ["preset", "n_genes", "min_grna_frac", "control", "n_folds", "folds_run", "val_fraction",
+                   "max_train_cells", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "conditioning",
+                   "training_mode", "prediction", "schedule", "cond_dropout", "gremln_init", "likelihood",
+                   "latent_dim", "kl_weight", "set_features", "rwr_dim", "feature_dropout"]
+
+
+DIFF_TRAIN_KEYS = ["ae_steps", "max_steps", "batch_size", "lr", "weight_decay", "ema_decay"]
+
+
+DIFF_SAMPLE_KEYS = ["sampler", "ddim_steps", "eta", "guidance_scale", "n_generate"]
+
+
+DIFF_EVAL_KEYS = ["guidance_scales", "curve_cells", "curve_seen", "timing_cells", "n_pcs"]
+
+
+DIFF_SCVI_KEYS = ["scvi_epochs", "scvi_latent"]
+
+
+def diffusion_adata(wildcards):
+    return res("expression/adata.h5ad") if wildcards.dataset == "pbmc" else DIFF["papalexi_adata"]
+
+
+def diffusion_gremln(wildcards):
+    """The GREmLN model whose gene embeddings initialise the set-gene embeddings (switch gremln_init)."""
+    return [res("train/gremln/model.pt")] if DIFF.get("gremln_init") and wildcards.dataset == "papalexi" else []
+
+
+def diffusion_multigraph(wildcards):
+    """The human multigraph whose random-walk features embed the Papalexi set genes (set_features: rwr)."""
+    return [res("multigraph/human/multigraph.npz")] if DIFF.get("set_features") == "rwr" and \
+        wildcards.dataset == "papalexi" else []
+
+
+def diffusion_flags(keys, dataset):
+    """Flags of config diffusion, with diffusion.per_dataset[dataset] replacing the shared values."""
+    return flags("diffusion", keys, DIFF.get("per_dataset", {}).get(dataset, {}))
+
+
+def diffusion_eval_outputs(dataset, figure):
+    prefix = f"diffusion/{dataset}"
+    return {
+        "evaluation": report(res(f"{prefix}/evaluation.tsv"), category="Diffusion",
+                             labels={"dataset": dataset, "file": "evaluation"}),
+        "summary": report(res(f"{prefix}/summary.tsv"), category="Diffusion",
+                          labels={"dataset": dataset, "file": "summary"}),
+        "guidance": report(res(f"{prefix}/guidance.tsv"), category="Diffusion",
+                           labels={"dataset": dataset, "file": "guidance curve"}),
+        "timing": report(res(f"{prefix}/sampling_time.tsv"), category="Diffusion",
+                         labels={"dataset": dataset, "file": "sampling time"}),
+        "figure": report(res(f"{prefix}/{figure}.png"), category="Diffusion",
+                         labels={"dataset": dataset, "file": figure}),
+        "guidance_figure": report(res(f"{prefix}/guidance.png"), category="Diffusion",
+                                  labels={"dataset": dataset, "file": "guidance figure"}),
+        "report": res(f"{prefix}/report.json"),
+    }
+
+
+DIFF_EVAL_SHELL = (
+    "cellgraph diffusion --task evaluate --dataset {params.dataset} --adata {input.adata}"
+    " --model-path {input.model} --generated {input.generated} --seed {params.seed} {params.options}"
+    " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+)

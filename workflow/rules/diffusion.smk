@@ -1,37 +1,6 @@
 # ---- issue 7: latent-token diffusion transformer (cellgraph diffusion); not part of `rule all` ----
 # `snakemake diffusion` trains, samples and evaluates it on PBMC (conditioned on cell type) and on
 # Papalexi 2021 (conditioned on the perturbation set, leave-perturbation-out). Outputs: results/diffusion/{dataset}/.
-DIFF = config.get("diffusion", {})
-DIFF_MODEL_KEYS = ["preset", "n_genes", "min_grna_frac", "control", "n_folds", "folds_run", "val_fraction",
-                   "max_train_cells", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "conditioning",
-                   "training_mode", "prediction", "schedule", "cond_dropout", "gremln_init", "likelihood",
-                   "latent_dim", "kl_weight", "set_features", "rwr_dim", "feature_dropout"]
-DIFF_TRAIN_KEYS = ["ae_steps", "max_steps", "batch_size", "lr", "weight_decay", "ema_decay"]
-DIFF_SAMPLE_KEYS = ["sampler", "ddim_steps", "eta", "guidance_scale", "n_generate"]
-DIFF_EVAL_KEYS = ["guidance_scales", "curve_cells", "curve_seen", "timing_cells", "n_pcs"]
-DIFF_SCVI_KEYS = ["scvi_epochs", "scvi_latent"]
-
-
-def diffusion_adata(wildcards):
-    return res("expression/adata.h5ad") if wildcards.dataset == "pbmc" else DIFF["papalexi_adata"]
-
-
-def diffusion_gremln(wildcards):
-    """The GREmLN model whose gene embeddings initialise the set-gene embeddings (switch gremln_init)."""
-    return [res("train/gremln/model.pt")] if DIFF.get("gremln_init") and wildcards.dataset == "papalexi" else []
-
-
-def diffusion_multigraph(wildcards):
-    """The human multigraph whose random-walk features embed the Papalexi set genes (set_features: rwr)."""
-    return [res("multigraph/human/multigraph.npz")] if DIFF.get("set_features") == "rwr" and \
-        wildcards.dataset == "papalexi" else []
-
-
-def diffusion_flags(keys, dataset):
-    """Flags of config diffusion, with diffusion.per_dataset[dataset] replacing the shared values."""
-    return flags("diffusion", keys, DIFF.get("per_dataset", {}).get(dataset, {}))
-
-
 rule diffusion_train:
     """Train the latent diffusion model (autoencoder, then diffusion in the frozen latent; EMA; resumable)."""
     input:
@@ -45,7 +14,7 @@ rule diffusion_train:
     wildcard_constraints:
         dataset="pbmc|papalexi",
     params:
-        out_dir=res("diffusion/{dataset}"),
+        out_dir=folder_of("model"),
         # resumable Lightning checkpoints: not a declared output, so a failed job keeps them
         checkpoint_dir=res("checkpoints/diffusion/{dataset}"),
         seed=config["seed"],
@@ -77,7 +46,7 @@ rule diffusion_sample:
     wildcard_constraints:
         dataset="pbmc|papalexi",
     params:
-        out_dir=res("diffusion/{dataset}"),
+        out_dir=folder_of("generated"),
         seed=config["seed"],
         options=lambda wildcards: diffusion_flags(DIFF_SAMPLE_KEYS, wildcards.dataset),
     threads: DIFF.get("threads", 2)
@@ -90,32 +59,6 @@ rule diffusion_sample:
     shell:
         "cellgraph diffusion --task sample --dataset {wildcards.dataset} --model-path {input.model}"
         " --seed {params.seed} {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
-
-
-def diffusion_eval_outputs(dataset, figure):
-    prefix = f"diffusion/{dataset}"
-    return {
-        "evaluation": report(res(f"{prefix}/evaluation.tsv"), category="Diffusion",
-                             labels={"dataset": dataset, "file": "evaluation"}),
-        "summary": report(res(f"{prefix}/summary.tsv"), category="Diffusion",
-                          labels={"dataset": dataset, "file": "summary"}),
-        "guidance": report(res(f"{prefix}/guidance.tsv"), category="Diffusion",
-                           labels={"dataset": dataset, "file": "guidance curve"}),
-        "timing": report(res(f"{prefix}/sampling_time.tsv"), category="Diffusion",
-                         labels={"dataset": dataset, "file": "sampling time"}),
-        "figure": report(res(f"{prefix}/{figure}.png"), category="Diffusion",
-                         labels={"dataset": dataset, "file": figure}),
-        "guidance_figure": report(res(f"{prefix}/guidance.png"), category="Diffusion",
-                                  labels={"dataset": dataset, "file": "guidance figure"}),
-        "report": res(f"{prefix}/report.json"),
-    }
-
-
-DIFF_EVAL_SHELL = (
-    "cellgraph diffusion --task evaluate --dataset {params.dataset} --adata {input.adata}"
-    " --model-path {input.model} --generated {input.generated} --seed {params.seed} {params.options}"
-    " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
-)
 
 
 rule diffusion_evaluate_pbmc:
@@ -131,7 +74,7 @@ rule diffusion_evaluate_pbmc:
         **({"scvi": res("diffusion/pbmc/baseline_scvi.h5ad")} if DIFF.get("scvi_epochs", 0) else {}),
     params:
         dataset="pbmc",
-        out_dir=res("diffusion/pbmc"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=diffusion_flags(["n_genes", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS + DIFF_SCVI_KEYS,
                                 "pbmc"),
@@ -158,7 +101,7 @@ rule diffusion_evaluate_papalexi:
                           labels={"dataset": "papalexi", "file": "paired comparison"}),
     params:
         dataset="papalexi",
-        out_dir=res("diffusion/papalexi"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=diffusion_flags(["min_grna_frac", "control", "ddim_steps", "eta", "guidance_scale"] + DIFF_EVAL_KEYS,
                                 "papalexi"),

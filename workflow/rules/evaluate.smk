@@ -19,8 +19,8 @@ rule evaluate:
     wildcard_constraints:
         model="gremln|vanilla",
     params:
-        tokens_dir=res("tokens"),
-        out_dir=res("evaluate/{model}"),
+        tokens_dir=folder_of("shards", of="input"),
+        out_dir=folder_of("annotation"),
         seed=config["seed"],
         options=flags("evaluate", ["n_splits", "probe_alpha"]),
     threads: config["train"]["threads"]

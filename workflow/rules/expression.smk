@@ -6,7 +6,7 @@ rule expression:
         adata=res("expression/adata.h5ad"),
         report=res("expression/report.json"),
     params:
-        out_dir=res("expression"),
+        out_dir=folder_of("report"),
         label_key=config["data"]["label_key"],
         seed=config["seed"],
         options=flags(

@@ -13,10 +13,10 @@ rule figures:
         probe=report(res("figures/linear_probe.png"), caption="../report/probe.rst", category="Figures"),
         tables=expand(res("tables/{name}.{ext}"), name=TABLES, ext=["csv", "md"]),
     params:
-        evaluate_dir=res("evaluate"),
+        evaluate_dir=folder_of(0, of="input", up=2),
         models=" ".join(MODELS),
-        figures_dir=res("figures"),
-        tables_dir=res("tables"),
+        figures_dir=folder_of("confusion"),
+        tables_dir=folder_of("tables"),
     log:
         log_of("figures"),
     benchmark:

@@ -8,7 +8,7 @@ rule grn:
         control=report(res("grn/control.tsv"), caption="../report/grn_control.rst", category="GRN"),
         report=res("grn/report.json"),
     params:
-        out_dir=res("grn"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=flags("grn", [key for key in config["grn"] if key != "threads"]),
     threads: config["grn"]["threads"]

@@ -2,49 +2,6 @@
 # the vendored files of multigraph.inputs; `snakemake multigraph_full` from multigraph.full, whose values
 # that are keys of sources.files come from the download rules (workflow/rules/sources.smk; needs the
 # internet). Neither is part of `rule all`.
-MG = config.get("multigraph", {"organisms": [], "thresholds": {}, "string_actions_modes": ["expression"],
-                               "pc_physical": [], "pc_regulatory": [], "inputs": {}, "full": {}})
-MG_OUTPUTS = ["multigraph.npz", "summary.tsv", "degrees.png", "rejects.tsv.gz", "report.json"]
-
-
-def _mg_inputs(organism, which):
-    out = {}
-    for key, value in MG[which].get(organism, {}).items():
-        out[key] = download_path(value) if which == "full" and value in SOURCE_FILES else value
-    if organism == "human":
-        idmap = config["data"]["idmap"]
-        out.update(alias_map=idmap["alias"], ensg_map=idmap["ensg"], ensp_map=idmap["ensp"])
-    return out
-
-
-def _mg_input_flags(wildcards, input):
-    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in input.keys())
-
-
-def _mg_options():
-    thr = [f"{src}.{col}={val}" for src, cols in MG["thresholds"].items() for col, val in cols.items()]
-    out = []
-    if thr:
-        out.append("--threshold " + " ".join(thr))
-    out.append("--dorothea-confidence " + " ".join(config["networks"]["dorothea_confidence"]))
-    out.append("--string-actions-modes " + " ".join(MG["string_actions_modes"]))
-    if MG["pc_physical"]:
-        out.append("--pc-physical " + " ".join(MG["pc_physical"]))
-    if MG["pc_regulatory"]:
-        out.append("--pc-regulatory " + " ".join(MG["pc_regulatory"]))
-    return " ".join(out)
-
-
-def _mg_outputs(prefix):
-    return {
-        "npz": res(f"{prefix}/multigraph.npz"),
-        "summary": report(res(f"{prefix}/summary.tsv"), category="Multigraph", labels={"file": "summary"}),
-        "degrees": report(res(f"{prefix}/degrees.png"), category="Multigraph", labels={"file": "degrees"}),
-        "rejects": res(f"{prefix}/rejects.tsv.gz"),
-        "report": res(f"{prefix}/report.json"),
-    }
-
-
 rule multigraph_build:
     """One organism's multigraph from the vendored network files."""
     input:
@@ -56,7 +13,7 @@ rule multigraph_build:
     params:
         inputs=_mg_input_flags,
         options=_mg_options(),
-        out_dir=lambda w: res(f"multigraph/{w.organism}"),
+        out_dir=folder_of("report"),
     log:
         res("logs/multigraph/{organism}.log"),
     benchmark:
@@ -79,7 +36,7 @@ rule multigraph_full_build:
     params:
         inputs=_mg_input_flags,
         options=_mg_options(),
-        out_dir=lambda w: res(f"multigraph/full/{w.organism}"),
+        out_dir=folder_of("report"),
     log:
         res("logs/multigraph/full_{organism}.log"),
     benchmark:

@@ -15,7 +15,7 @@ rule networks:
         rejects=res("networks/rejects.tsv.gz"),
         report=res("networks/report.json"),
     params:
-        out_dir=res("networks"),
+        out_dir=folder_of("report"),
         options=flags("networks", ["dorothea_confidence"]),
     log:
         log_of("networks"),

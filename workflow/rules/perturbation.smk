@@ -2,23 +2,6 @@
 # `rule all`: `snakemake perturbation` runs forward prediction (Papalexi 2021, config perturbation.seeds),
 # yeast fitness/epsilon (Costanzo 2016), reverse perturbation prediction and their figures/tables;
 # `snakemake perturbation_seeds` runs forward prediction over perturbation.study_seeds (the >= 5-seed study).
-PERT = config.get("perturbation", {})
-FORWARD_FILES = ["metrics.tsv", "summary.tsv", "comparisons.tsv", "own_gene.tsv", "early_stopping.tsv",
-                 "predictions.h5ad", "model.pt", "score_predictions.tsv", "score_summary.tsv",
-                 "attention_diagnostics.tsv", "attention_heads.tsv", "report.json"]
-FORWARD_OPTIONS = ["min_grna_frac", "control", "preset", "graph_reg", "n_folds", "max_epochs", "batch_size", "lr",
-                   "score_weight", "diagnostics_every", "eval_every", "inner_fraction", "reliable_threshold",
-                   "attend", "rwr_dim", "n_pca", "ridge", "weight_decay", "dropout", "label_scale"]
-
-
-def pert_flags(keys):
-    return flags("perturbation", keys)
-
-
-def forward_outputs(folder):
-    return {f.split(".")[0]: res(f"perturbation/{folder}/{f}") for f in FORWARD_FILES}
-
-
 rule perturbation_forward:
     """Leave-perturbation-out forward prediction on Papalexi 2021: equivariant cell graph transformer on fixed
     gene features against no-change, mean-change, own-gene, weighted-mean and linear baselines."""
@@ -29,7 +12,7 @@ rule perturbation_forward:
     output:
         **forward_outputs("forward"),
     params:
-        out_dir=res("perturbation/forward"),
+        out_dir=folder_of("report"),
         seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["seeds"]),
         gremln=lambda wildcards, input: " ".join(f"--gremln-model {shlex.quote(str(p))}" for p in input.gremln),
         options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
@@ -50,7 +33,7 @@ use rule perturbation_forward as perturbation_forward_seeds with:
     output:
         **forward_outputs("forward_seeds"),
     params:
-        out_dir=res("perturbation/forward_seeds"),
+        out_dir=folder_of("report"),
         seeds=lambda wildcards: " ".join(shlex.quote(str(s)) for s in PERT["study_seeds"]),
         gremln=lambda wildcards, input: " ".join(f"--gremln-model {shlex.quote(str(p))}" for p in input.gremln),
         options=lambda wildcards: pert_flags(FORWARD_OPTIONS),
@@ -82,7 +65,7 @@ rule perturbation_yeast:
         attention_heads=res("perturbation/yeast/attention_heads.tsv"),
         report=res("perturbation/yeast/report.json"),
     params:
-        out_dir=res("perturbation/yeast"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=lambda wildcards: pert_flags(["preset", "head", "graph_reg", "n_folds", "yeast_max_epochs",
                                               "batch_size", "lr", "yeast_hops", "diagnostics_every", "ridge"]),
@@ -113,7 +96,7 @@ rule perturbation_reverse:
         confusion=res("perturbation/reverse/confusion.npz"),
         report=res("perturbation/reverse/report.json"),
     params:
-        out_dir=res("perturbation/reverse"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=lambda wildcards: flags("perturbation", ["min_grna_frac", "control", "n_top_perturbations",
                                                          "n_splits", "grn_cell_type", "finetune_epochs",
@@ -132,14 +115,6 @@ rule perturbation_reverse:
 
 
 # ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
-PERT_FIGURES = ["perturbation_forward", "perturbation_yeast", "perturbation_reverse_confusion",
-                "perturbation_attention"]
-PERT_TABLES = ["table_perturbation_forward", "table_perturbation_comparisons", "table_perturbation_own_gene",
-               "table_perturbation_score", "table_perturbation_yeast", "table_perturbation_yeast_comparisons",
-               "table3_reverse_perturbation",
-               "table_attention_diagnostics", "table_attention_heads"]
-
-
 rule perturbation_figures:
     """Forward-prediction correlations vs baselines, yeast fitness/epsilon, reverse-prediction confusion matrix."""
     input:
@@ -162,11 +137,11 @@ rule perturbation_figures:
                  for name in PERT_FIGURES],
         tables=expand(res("tables/{name}.{ext}"), name=PERT_TABLES, ext=["csv", "md"]),
     params:
-        forward_dir=res("perturbation/forward"),
-        yeast_dir=res("perturbation/yeast"),
-        reverse_dir=res("perturbation/reverse"),
-        figures_dir=res("figures"),
-        tables_dir=res("tables"),
+        forward_dir=folder_of(0, of="input"),
+        yeast_dir=folder_of(4, of="input"),
+        reverse_dir=folder_of(12, of="input"),
+        figures_dir=folder_of("figures"),
+        tables_dir=folder_of("tables"),
     log:
         log_of("perturbation_figures"),
     benchmark:

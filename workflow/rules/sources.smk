@@ -3,36 +3,6 @@
 # pooch's (retries with back-off, atomic write, checksum verified; a mismatch deletes the file and fails
 # naming the source and both digests). No rule of the default target depends on these: they run only
 # for `snakemake multigraph_full` (or an explicit download path), which needs the internet.
-import os as _os
-
-SOURCES_CFG = config.get("sources", {"folder": "resources/downloads", "retries": 3, "timeout": 120, "files": {}})
-SOURCE_FILES = SOURCES_CFG["files"]
-
-
-def _url_name(entry):
-    return entry.get("filename") or _os.path.basename(entry["url"].split("?", 1)[0])
-
-
-def download_path(key):
-    """Local path of the file of config key `key` (the extracted member for zip archives)."""
-    entry = SOURCE_FILES[key]
-    name = entry.get("member") or _url_name(entry)
-    return f"{SOURCES_CFG['folder']}/{key}/{name}"
-
-
-def _archive_path(key):
-    return f"{SOURCES_CFG['folder']}/archives/{_url_name(SOURCE_FILES[key])}"
-
-
-_PLAIN = [k for k, e in SOURCE_FILES.items() if not e.get("member")] or ["__none__"]
-_MEMBER = [k for k, e in SOURCE_FILES.items() if e.get("member")] or ["__none__"]
-_ARCHIVES = {_url_name(e): k for k, e in SOURCE_FILES.items() if e.get("member")}
-
-
-def _sha(entry):
-    return entry["sha256"] or "null"
-
-
 rule download_source:
     """One release file of config sources.files (not a zip member)."""
     output:

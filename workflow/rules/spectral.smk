@@ -7,7 +7,7 @@ rule spectral:
         coefficients=res("spectral/coefficients.json"),
         report=res("spectral/report.tsv"),
     params:
-        out_dir=res("spectral"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         options=flags("spectral", ["beta", "tol", "mi_weighted"]),
     log:

@@ -12,7 +12,7 @@ rule tokenize:
         graph_edges=res("tokens/graph_edges.tsv.gz"),
         report=res("tokens/report.json"),
     params:
-        out_dir=res("tokens"),
+        out_dir=folder_of("report"),
         seed=config["seed"],
         pretrain=f"--pretrain-adata {shlex.quote(PRETRAIN)}" if PRETRAIN else "",
         options=flags("tokenize", ["n_top_genes", "n_bins", "tie_break", "neighbours", "max_seq_len", "graph",

@@ -12,8 +12,8 @@ rule train:
     wildcard_constraints:
         model="gremln|vanilla",
     params:
-        tokens_dir=res("tokens"),
-        out_dir=res("train/{model}"),
+        tokens_dir=folder_of("vocab", of="input"),
+        out_dir=folder_of("model"),
         # resumable Lightning checkpoints: not a declared output, so a failed job keeps them
         checkpoint_dir=res("checkpoints/{model}"),
         seed=config["seed"],
