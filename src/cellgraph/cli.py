@@ -12,6 +12,7 @@ import logging
 import sys
 
 from .errors import InputError
+from .runtime import limit_thread_pools, threads_from_environment
 
 STAGES: dict[str, tuple[str, str]] = {
     "networks": ("cellgraph.networks", "parse the gene networks and map ids to HGNC symbols"),
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     module = importlib.import_module(STAGES[args.stage][0])
+    threads = getattr(args, "threads", None) or threads_from_environment()
+    if threads:
+        limit_thread_pools(threads)
     try:
         module.run(args)
     except InputError as err:
