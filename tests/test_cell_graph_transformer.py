@@ -332,3 +332,17 @@ def test_models_run_on_cuda():
         loss = sum(v.float().sum() for k, v in out.items() if k != "h_pert") + reg
         loss.backward()
         assert all(v.is_cuda for v in out.values()) and torch.isfinite(loss)
+
+
+def test_saved_model_loads_with_weights_only_and_predicts_the_same(tmp_path):
+    """model.pt as cellgraph perturb writes it loads with torch.load(weights_only=True): no pickled code."""
+    model = _model("equivariant")
+    path = tmp_path / "model.pt"
+    torch.save({"kind": "equivariant", "config": cgt.config_dict(model.cfg), "state_dict": model.state_dict(),
+                "graphs": _graphs(), "genes": [f"g{i}" for i in range(N)]}, path)
+    loaded = cgt.load(path)
+    batch = _batch([[1, 2], [5], [0, 7, 9]])
+    with torch.no_grad():
+        want, got = model(batch), loaded(batch)
+    torch.testing.assert_close(got[0], want[0])  # the predictions ([1] is the sampled-row graph loss)
+    assert loaded.gene_set_mask.sum() == 4  # the buffers travel with the state dict

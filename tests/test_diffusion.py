@@ -173,7 +173,7 @@ def test_papalexi_end_to_end(tmp_path, papalexi):
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert list(metrics.columns) == dfn.METRIC_COLUMNS
     assert metrics["phase"].tolist() == ["autoencoder", "diffusion"] and np.isfinite(metrics["train_loss"]).all()
-    obj = torch.load(out / "model.pt", weights_only=False)
+    obj = torch.load(out / "model.pt", weights_only=True)
     held = obj["folds"][0]["heldout"]
     assert held and not set(held) & set(obj["folds"][0]["train_labels"])
     assert obj["config"]["likelihood"] == "nb" and obj["config"]["n_set_features"] == 3
@@ -223,7 +223,7 @@ def test_pbmc_train_and_sample(tmp_path, pbmc_stage_adata):
     out = tmp_path / "out"
     dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
                   "--checkpoint-dir", tmp_path / "ck", "--ae-steps", 1, "--max-steps", 2, "--n-genes", 50, *TINY))
-    obj = torch.load(out / "model.pt", weights_only=False)
+    obj = torch.load(out / "model.pt", weights_only=True)
     assert obj["conditions"]["vocab"] == ["B", "CD8TN", "NK"]  # Monocyte is heldout: no condition index
     assert obj["data_report"]["cells_dropped_type_without_training_cells"] == 60
     assert len(obj["genes"]) == 50
@@ -359,7 +359,7 @@ def test_gremln_init_of_set_gene_embeddings(tmp_path, papalexi):
                       "--checkpoint-dir", tmp_path / f"ck{flag}", "--max-train-cells", 64, "--ae-steps", 1,
                       "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, "--set-features", "none",
                       *TINY))
-        outs[flag] = torch.load(out / "model.pt", weights_only=False)
+        outs[flag] = torch.load(out / "model.pt", weights_only=True)
     assert outs["--gremln-init"]["init"]["set_genes_initialised"] == ["IRF1", "STAT1"]
     a, b = outs["--gremln-init"]["state_dict"], outs["--no-gremln-init"]["state_dict"]
     differ = [k for k in a if a[k].is_floating_point() and not torch.allclose(a[k], b[k])]

@@ -664,7 +664,7 @@ def run_train(args, data: Data, out: Path) -> None:
            "data_report": data.report, "init": init_report, "n_folds": args.n_folds,
            "seconds": round(time.time() - t0, 1)}
     with atomic_path(out / "model.pt") as tmp:
-        torch.save(obj, tmp)
+        torch.save(plain_containers(obj), tmp)
     write_tsv(pd.DataFrame(history, columns=METRIC_COLUMNS), out / "metrics.tsv", "%.6f")
     log.info("trained %d fold(s) in %.1f s", len(folds), time.time() - t0)
 
@@ -674,12 +674,26 @@ def run_train(args, data: Data, out: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+def plain_containers(obj):
+    """``obj`` with numpy scalars as Python scalars and numpy arrays as (nested) lists (dicts, lists and
+    tuples rebuilt), so that ``torch.load(weights_only=True)`` reads the saved file without unpickling code."""
+    if isinstance(obj, dict):
+        return {k: plain_containers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_containers(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return [plain_containers(v) for v in obj.tolist()]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def load_models(path) -> tuple[dict, list]:
     """``model.pt`` -> (the stored dict, one LatentDiffusion per fold in eval mode)."""
     core = _model_core()
     path = require_file(path, "--model-path")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
         cfg = core.DiffusionConfig(**obj["config"])
         models = []
         for sd in obj["fold_state_dicts"]:

@@ -631,7 +631,7 @@ def build_model(kind: str, cfg: CGTConfig, graphs: dict | None = None, gene_set=
 
 def load(path, map_location="cpu") -> nn.Module:
     """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.perturb`."""
-    ck = torch.load(path, map_location=map_location, weights_only=False)
+    ck = torch.load(path, map_location=map_location, weights_only=True)
     cfg = CGTConfig(**ck["config"])
     model = build_model(ck["kind"], cfg, ck.get("graphs"))
     model.load_state_dict(ck["state_dict"])
