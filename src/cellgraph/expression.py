@@ -3,8 +3,17 @@ r"""Expression stage: QC, normalisation, highly variable genes, Leiden clusters 
 Preprocessing follows GREmLN (Zhang et al. 2025, appendix A.2), built from scanpy's ``pp``/``tl``
 functions (Wolf, Angerer & Theis 2018):
 
+0. **Input**: raw counts from ``X`` or from ``layers[counts_layer]`` (``--counts-layer``, e.g. the scanpy
+   layout with normalised ``X``). Gene ids: the type of ``var_names`` (HGNC symbols, Ensembl gene ids
+   ``ENSG...`` with an optional version suffix, or Entrez ids) is detected by pattern (``--gene-id-type
+   auto``); Ensembl and Entrez ids are mapped to HGNC symbols with the shipped id map
+   (``hs_ensg_entrez_symbol.tsv``, ``--idmap``); ids with no or several symbols and symbols hit by several
+   ids are dropped and counted, the original id stays in ``var["gene_id"]``. Fewer than
+   ``min_mapped_fraction`` of the genes mapped (or, for symbols, known to the map) is an error.
 1. **Cell QC**, in this order, each counted in ``report.json``: total UMI per cell ``>= min_counts``
-   and ``<= max_counts`` (``sc.pp.filter_cells``), detected genes per cell ``>= min_genes``.
+   and ``<= max_counts`` (``sc.pp.filter_cells``), detected genes per cell ``>= min_genes``; then cell
+   types with fewer than ``min_cells_per_type`` kept cells are dropped (too small to split), counted per
+   type and named in a warning.
 2. **Gene QC**: genes detected in fewer than ``min_cells`` of the kept cells are dropped
    (``sc.pp.filter_genes``).
 3. **Normalisation**: ``layers["counts"]`` keeps the raw counts; ``X`` becomes
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +61,11 @@ __all__ = [
     "choose_heldout_types",
     "split_cells",
     "preprocess",
+    "load_input",
+    "GENE_ID_TYPES",
+    "DEFAULT_IDMAP",
+    "detect_gene_id_type",
+    "map_gene_ids",
 ]
 
 SPLITS = ("train", "val", "test", "heldout")
@@ -70,8 +85,17 @@ DEFAULTS: dict[str, Any] = {
     "heldout_types": [],
     "val_fraction": 0.1,
     "test_fraction": 0.2,
+    "counts_layer": None,
+    "gene_id_type": "auto",
+    "min_mapped_fraction": 0.5,
+    "min_cells_per_type": 20,
 }
 HVG_FLAVOR = "seurat"
+GENE_ID_TYPES = ("auto", "symbol", "ensembl", "entrez")
+# var_names patterns: Ensembl gene ids of any species (ENSG, ENSMUSG, ...) with an optional version suffix
+ID_PATTERNS = {"ensembl": re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$"), "entrez": re.compile(r"^\d+$")}
+# the id map shipped with the repository (config data.idmap.ensg); the workflow passes it with --idmap
+DEFAULT_IDMAP = Path(__file__).resolve().parents[2] / "resources/demo/networks/idmap/hs_ensg_entrez_symbol.tsv"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +105,12 @@ HVG_FLAVOR = "seurat"
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
-    p.add_argument("--input", required=True, help="h5ad with raw UMI counts in X and the cell-type labels")
+    p.add_argument("--input", required=True, help="h5ad with raw UMI counts (X or --counts-layer) and the cell-type labels")
+    p.add_argument("--idmap", default=str(DEFAULT_IDMAP), help="id map TSV with columns ensg, entrez, symbol (default: the shipped hs_ensg_entrez_symbol.tsv)")
+    p.add_argument("--counts-layer", default=d["counts_layer"], help="read the raw counts from layers[NAME] instead of X (default: X)")
+    p.add_argument("--gene-id-type", choices=GENE_ID_TYPES, default=d["gene_id_type"], help="type of var_names; auto = detect by pattern (default %(default)s)")
+    p.add_argument("--min-mapped-fraction", type=float, default=d["min_mapped_fraction"], help="min fraction of var_names mapped to (or known as) HGNC symbols (default %(default)s)")
+    p.add_argument("--min-cells-per-type", type=int, default=d["min_cells_per_type"], help="cell types with fewer cells after cell QC are dropped (default %(default)s)")
     p.add_argument("--label-key", default="trueLabel", help="obs column with cell-type labels (default trueLabel)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out draw, splits, PCA and Leiden (default 0)")
     p.add_argument("--out-dir", required=True, help="folder for adata.h5ad and report.json")
@@ -110,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     """
     t0 = time.perf_counter()
     params = {k: getattr(args, k) for k in DEFAULTS}
-    adata, report = preprocess(args.input, label_key=args.label_key, seed=args.seed, **params)
+    adata, report = preprocess(args.input, label_key=args.label_key, seed=args.seed, idmap=args.idmap, **params)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     out = Path(args.out_dir)
     with atomic_path(out / "adata.h5ad") as tmp:
@@ -144,6 +173,14 @@ def _check_params(p: dict[str, Any]) -> None:
         raise InputError(f"--leiden-resolution must be > 0, got {p['leiden_resolution']}")
     if not p["heldout_types"] and not 0 <= p["heldout_fraction"] < 1:
         raise InputError(f"--heldout-fraction must be in [0, 1), got {p['heldout_fraction']}")
+    if not 0 <= p["min_mapped_fraction"] <= 1:
+        raise InputError(f"--min-mapped-fraction must be in [0, 1], got {p['min_mapped_fraction']}")
+    if p["min_cells_per_type"] < 0:
+        raise InputError(f"--min-cells-per-type must be >= 0, got {p['min_cells_per_type']}")
+    if p["gene_id_type"] not in GENE_ID_TYPES:
+        raise InputError(f"--gene-id-type must be one of {', '.join(GENE_ID_TYPES)}, got {p['gene_id_type']!r}")
+    if p["counts_layer"] is not None and not (isinstance(p["counts_layer"], str) and p["counts_layer"]):
+        raise InputError(f"--counts-layer must be a layer name or null (use X), got {p['counts_layer']!r}")
     v, t = p["val_fraction"], p["test_fraction"]
     if not (v > 0 and t > 0 and v + t < 1):
         raise InputError(
@@ -152,23 +189,29 @@ def _check_params(p: dict[str, Any]) -> None:
         )
 
 
-def read_counts(path: str | Path, label_key: str):
-    """Read an h5ad and check that ``X`` holds raw counts and ``obs[label_key]`` the cell-type labels.
+def read_counts(path: str | Path, label_key: str, counts_layer: str | None = None):
+    """Read an h5ad and check that ``X`` (or ``layers[counts_layer]``) holds raw counts and ``obs[label_key]``
+    the cell-type labels.
 
     Parameters
     ----------
     path : path of an ``.h5ad`` file; ``X`` [cells, genes] raw UMI counts (dense or sparse).
     label_key : obs column with the cell-type labels.
+    counts_layer : None = the counts are ``X``; a name = the counts are ``layers[counts_layer]`` [cells, genes]
+        (the scanpy layout with normalised ``X``); that layer then replaces ``X`` and is removed from
+        ``layers``, the input ``X`` is discarded.
 
     Returns
     -------
-    anndata.AnnData with ``X`` as CSR float32 and ``obs[label_key]`` categorical of str.
+    anndata.AnnData with the counts in ``X`` as CSR float32 and ``obs[label_key]`` categorical of str.
 
     Raises
     ------
     InputError
         File missing or unreadable; ``label_key`` not in obs (the available columns are listed) or
-        with missing labels; duplicate obs/var names; NaN/infinite, negative or non-integer counts.
+        with missing labels; duplicate obs/var names; ``counts_layer`` not among the layers (the layers
+        present are listed); NaN/infinite, negative or non-integer counts (the message names X or the
+        layer).
     """
     import anndata as ad
 
@@ -198,31 +241,171 @@ def read_counts(path: str | Path, label_key: str):
                 "they must be unique"
             )
 
-    x = adata.X
+    if counts_layer is None:
+        x, where = adata.X, "X"
+    else:
+        where = f"layers[{counts_layer!r}]"
+        if counts_layer not in adata.layers:
+            raise InputError(
+                f"{path}: no layer {counts_layer!r} (--counts-layer); layers present: "
+                f"{', '.join(map(str, adata.layers.keys())) or '(none)'}"
+            )
+        x = adata.layers[counts_layer]
+        del adata.layers[counts_layer]
     if x is None:
-        raise InputError(f"{path}: X is missing; expected raw UMI counts")
+        raise InputError(f"{path}: {where} is missing; expected raw UMI counts")
+    adata.X = _checked_counts(x, path, where)
+    adata.X.eliminate_zeros()
+    adata.obs[label_key] = pd.Categorical(labels.astype(str))
+    return adata
+
+
+def _checked_counts(x, path: Path, where: str) -> sp.csr_matrix:
+    """``x`` as CSR float32 after checking it holds raw counts; InputError naming ``where`` otherwise."""
     x = sp.csr_matrix(x) if not sp.issparse(x) else x.tocsr()
     values = x.data
     n_bad = int(np.count_nonzero(~np.isfinite(values)))
     n_neg = int(np.count_nonzero(values < 0))
     if n_bad or n_neg:
         raise InputError(
-            f"{path}: X has {n_bad} NaN/infinite and {n_neg} negative values; "
+            f"{path}: {where} has {n_bad} NaN/infinite and {n_neg} negative values; "
             "expected raw UMI counts (finite, non-negative integers)"
         )
     n_frac = int(np.count_nonzero(values != np.round(values)))
     if n_frac:
         raise InputError(
-            f"{path}: X has {n_frac} non-integer values; X must hold raw counts (integers), "
-            "not normalised or log-transformed data"
+            f"{path}: {where} has {n_frac} non-integer values; {where} must hold raw counts (integers), "
+            "not normalised or log-transformed data" + ("" if where != "X" else " (raw counts in a layer: "
+                                                        "--counts-layer)")
         )
-    adata.X = x.astype(np.float32)
-    adata.X.eliminate_zeros()
-    adata.obs[label_key] = pd.Categorical(labels.astype(str))
-    return adata
+    return x.astype(np.float32)
 
 
-def quality_control(adata, min_counts: int, max_counts: int, min_genes: int, min_cells: int, label_key: str):
+def detect_gene_id_type(names: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """Guess the id type of gene names by pattern.
+
+    Parameters
+    ----------
+    names : gene names [genes] (``var_names``).
+
+    Returns
+    -------
+    (type, fractions): ``"ensembl"`` (``ENS[species]G`` + 11 digits, optional ``.version``) or ``"entrez"``
+    (digits only) when at least half of the names match that pattern (the larger share wins), else
+    ``"symbol"``; ``fractions`` maps ``ensembl``/``entrez`` to the fraction of names matching.
+    """
+    names = [str(n) for n in names]
+    n = max(len(names), 1)
+    frac = {k: sum(bool(rx.match(x)) for x in names) / n for k, rx in ID_PATTERNS.items()}
+    best = max(frac, key=frac.get)
+    return (best if frac[best] >= 0.5 else "symbol"), frac
+
+
+def _read_idmap(idmap: str | Path, column: str) -> dict[str, set]:
+    """id (column ``ensg`` or ``entrez`` of the id map) -> set of HGNC symbols."""
+    from .networks import read_table
+
+    table = read_table(idmap, "gene id map (--idmap)", ["ensg", "entrez", "symbol"])
+    out: dict[str, set] = {}
+    for key, symbol in zip(table[column], table["symbol"]):
+        if key != "NA":
+            out.setdefault(key, set()).add(symbol)
+    return out
+
+
+def map_gene_ids(adata, idmap: str | Path, gene_id_type: str = "auto", min_mapped_fraction: float = 0.5,
+                 path: str | Path = "input"):
+    """Give ``adata`` HGNC symbols as ``var_names``, mapping Ensembl or Entrez ids with the id map.
+
+    Parameters
+    ----------
+    adata : AnnData [cells, genes]; ``var_names`` symbols, Ensembl gene ids (version suffix allowed) or
+        Entrez ids.
+    idmap : TSV with columns ``ensg, entrez, symbol`` (``hs_ensg_entrez_symbol.tsv``).
+    gene_id_type : ``auto`` (see :func:`detect_gene_id_type`), ``symbol``, ``ensembl`` or ``entrez``.
+    min_mapped_fraction : least fraction of the genes that must map to one symbol (for symbols: be a
+        symbol of the id map; unknown symbols are kept).
+    path : the input file, for messages.
+
+    Returns
+    -------
+    (AnnData, dict). Symbols: ``adata`` unchanged. Ensembl/Entrez: a copy [cells, mapped genes] with symbol
+    ``var_names`` and the input id in ``var["gene_id"]``; ids with no symbol (``unmapped``), several
+    symbols (``ambiguous``) and every id of a symbol hit by several ids (``collisions``) are dropped,
+    counted in the dict and in a warning.
+
+    Raises
+    ------
+    InputError
+        Fewer than ``min_mapped_fraction`` of the genes mapped; the message names the file, the id type
+        and the fraction.
+    """
+    names = pd.Index(adata.var_names.astype(str))
+    detected, frac = detect_gene_id_type(names)
+    kind = detected if gene_id_type == "auto" else gene_id_type
+    rep: dict[str, Any] = {"type": kind, "requested": gene_id_type, "detected": detected,
+                           "pattern_fractions": {k: round(v, 4) for k, v in frac.items()}, "genes_in": len(names),
+                           "idmap": str(idmap)}
+    column = {"ensembl": "ensg", "entrez": "entrez", "symbol": "ensg"}[kind]
+    id_to_syms = _read_idmap(idmap, column)
+    if kind == "symbol":
+        known = {s for syms in id_to_syms.values() for s in syms}
+        n_ok = int(names.isin(list(known)).sum())
+        rep.update(known_symbols=n_ok, fraction_mapped=round(n_ok / len(names), 4), genes_out=len(names))
+        _require_mapped(n_ok, len(names), min_mapped_fraction, path, kind, "are HGNC symbols of the id map")
+        return adata, rep
+    keys = names.str.replace(r"\.\d+$", "", regex=True) if kind == "ensembl" else names
+    syms = [id_to_syms.get(k, set()) for k in keys]
+    sym = pd.Series([next(iter(s)) if len(s) == 1 else "" for s in syms], index=names)
+    hits = sym[sym != ""].value_counts()
+    collide = sym.isin(hits.index[hits > 1])
+    keep = (sym != "") & ~collide
+    rep.update(unmapped=sum(len(s) == 0 for s in syms), ambiguous=sum(len(s) > 1 for s in syms),
+               collisions=int(collide.sum()), collision_symbols=int((hits > 1).sum()),
+               genes_out=int(keep.sum()), fraction_mapped=round(float(keep.mean()), 4))
+    log.log(logging.WARNING if rep["genes_out"] < len(names) else logging.INFO,
+            "gene ids (%s) -> HGNC symbols: %d of %d mapped; dropped %d unmapped, %d with several symbols, "
+            "%d sharing a symbol with another id", kind, rep["genes_out"], len(names), rep["unmapped"],
+            rep["ambiguous"], rep["collisions"])
+    _require_mapped(int(keep.sum()), len(names), min_mapped_fraction, path, kind, "map to one HGNC symbol")
+    out = adata[:, keep.to_numpy()].copy()
+    out.var["gene_id"] = names[keep.to_numpy()].to_numpy()
+    out.var_names = pd.Index(sym[keep].to_numpy(), dtype=str)
+    return out, rep
+
+
+def _require_mapped(n_ok: int, n: int, min_fraction: float, path, kind: str, what: str) -> None:
+    if n_ok < min_fraction * n or n_ok == 0:
+        raise InputError(
+            f"{path}: var_names read as {kind} ids (--gene-id-type); only {n_ok} of {n} genes "
+            f"({n_ok / n:.1%}) {what}; expected at least {min_fraction:.0%} (--min-mapped-fraction). "
+            "Expected human HGNC symbols, Ensembl gene ids (ENSG...) or Entrez ids"
+        )
+
+
+def _types_removed(labels: pd.Series, keep: np.ndarray) -> dict[str, int]:
+    """Types of which the cell filters kept no cell: {type: cells in the input}, named in a warning."""
+    before = labels.astype(str).value_counts()
+    after = labels[keep].astype(str).value_counts()
+    removed = {str(t): int(n) for t, n in before.items() if after.get(t, 0) == 0}
+    if removed:
+        log.warning("cell types with no cell left after cell QC (min_counts, max_counts, min_genes): %s",
+                    dict(sorted(removed.items())))
+    return dict(sorted(removed.items()))
+
+
+def _drop_small_types(labels: pd.Series, keep: np.ndarray, min_cells_per_type: int) -> tuple[np.ndarray, dict]:
+    """Unmark the cells of types with fewer than ``min_cells_per_type`` kept cells; returns (keep, {type: n})."""
+    sizes = labels[keep].astype(str).value_counts()
+    small = {str(t): int(n) for t, n in sizes.items() if 0 < n < min_cells_per_type}
+    if small:
+        keep = keep & ~labels.astype(str).isin(list(small)).to_numpy()
+        log.warning("cell types with fewer than %d cells after cell QC dropped: %s", min_cells_per_type, small)
+    return keep, dict(sorted(small.items()))
+
+
+def quality_control(adata, min_counts: int, max_counts: int, min_genes: int, min_cells: int, label_key: str,
+                    min_cells_per_type: int = 0):
     """Cell and gene QC of GREmLN appendix A.2 (scanpy ``filter_cells``/``filter_genes``), in sequence.
 
     Parameters
@@ -232,15 +415,20 @@ def quality_control(adata, min_counts: int, max_counts: int, min_genes: int, min
     min_genes : minimum detected genes (count > 0) per cell.
     min_cells : minimum cells in which a gene is detected, counted on the kept cells.
     label_key : obs column of the cell types (for the per-type drop counts).
+    min_cells_per_type : after the cell filters, the cells of types with fewer kept cells are dropped
+        (too small to split; a warning names them); 0 = keep every type.
 
     Returns
     -------
-    (AnnData subset copy, dict) — the dict counts cells in/out per filter and genes dropped.
+    (AnnData subset copy, dict) — the dict counts cells in/out per filter, the types with no cell left
+    (``types_removed_by_qc``: {type: input cells}), the small types dropped (``small_types_dropped``:
+    {type: cells}) and genes dropped.
 
     Raises
     ------
     InputError
-        If a filter removes every cell (or ``min_cells`` every gene); the message names the filter.
+        If a filter removes every cell (or ``min_cells`` every gene), or every type is below
+        ``min_cells_per_type``; the message names the filter.
     """
     import scanpy as sc
 
@@ -268,6 +456,17 @@ def quality_control(adata, min_counts: int, max_counts: int, min_genes: int, min
                 f"range {lo:g}..{hi:g})"
             )
     report["cells_dropped_by_type"] = dropped_by_type
+    labels = adata.obs[label_key]
+    report["types_removed_by_qc"] = _types_removed(labels, keep)
+    sizes = labels[keep].astype(str).value_counts().to_dict()
+    keep, small = _drop_small_types(labels, keep, min_cells_per_type)
+    report["cells_dropped_min_cells_per_type"] = int(sum(small.values()))
+    report["small_types_dropped"] = small
+    if not keep.any():
+        raise InputError(
+            f"every cell type has fewer than {min_cells_per_type} cells after cell QC (--min-cells-per-type); "
+            f"cells per type in obs[{label_key!r}]: {dict(sorted(sizes.items()))}"
+        )
     report["cells_out"] = int(keep.sum())
     adata = adata[keep].copy()
     gene_ok, n_cells = sc.pp.filter_genes(adata.X, min_cells=min_cells, inplace=False)
@@ -433,25 +632,76 @@ def split_cells(
     return split.astype(str)
 
 
-def preprocess(input_path: str | Path, label_key: str = "trueLabel", seed: int = 0, **params: Any):
-    """Whole stage in memory: read, QC, normalise, HVGs, Leiden, splits.
+def load_input(path: Path, label_key: str, p: dict[str, Any], idmap: str | Path | None = None):
+    """Read the counts (:func:`read_counts`), drop the other layers and map the gene ids (:func:`map_gene_ids`).
 
     Parameters
     ----------
-    input_path : h5ad with raw counts in ``X`` [cells, genes] and ``obs[label_key]``.
+    path : input h5ad; ``p`` : the full parameter dict (keys of ``DEFAULTS``); ``idmap`` : the id map TSV
+        (None = :data:`DEFAULT_IDMAP`).
+
+    Returns
+    -------
+    (AnnData [cells, genes] with raw counts in ``X`` and no layers, dict for ``report["input"]``).
+
+    Raises
+    ------
+    InputError
+        See :func:`read_counts` and :func:`map_gene_ids`.
+    """
+    adata = read_counts(path, label_key, p["counts_layer"])
+    # Other layers of the input (e.g. a provider's own normalisation) would be stale after QC and could be
+    # mistaken for ours: they are dropped and named in report.json.
+    dropped_layers = sorted(map(str, adata.layers.keys()))
+    for key in dropped_layers:
+        del adata.layers[key]
+    n_cells, n_genes = int(adata.n_obs), int(adata.n_vars)
+    adata, ids = map_gene_ids(adata, idmap or DEFAULT_IDMAP, p["gene_id_type"], p["min_mapped_fraction"], path)
+    rep = {"path": str(path), "cells": n_cells, "genes": n_genes, "label_key": label_key,
+           "cell_types": sorted(adata.obs[label_key].astype(str).unique()), "layers_dropped": dropped_layers,
+           "counts_from": "X" if p["counts_layer"] is None else f"layers[{p['counts_layer']!r}]",
+           "gene_ids": ids}
+    return adata, rep
+
+
+def _explicit_heldout(heldout_types: list[str], small: dict[str, int], min_cells_per_type: int) -> list[str]:
+    """The explicit held-out types less those QC left with no cell or fewer than ``min_cells_per_type``
+    (``small``: {type: cells after cell QC}; a warning names them); InputError if none is left."""
+    kept = [t for t in heldout_types if t not in small]
+    gone = {t: small[t] for t in heldout_types if t in small}
+    if heldout_types and not kept:
+        raise InputError(f"every --heldout-types type {heldout_types} has fewer than {max(min_cells_per_type, 1)} "
+                         f"cells after cell QC (cells left per type: {gone}; see --min-counts, --max-counts, "
+                         "--min-genes and --min-cells-per-type)")
+    if gone:
+        log.warning("held-out types dropped by QC (cells left): %s", gone)
+    return kept
+
+
+def preprocess(input_path: str | Path, label_key: str = "trueLabel", seed: int = 0,
+               idmap: str | Path | None = None, **params: Any):
+    """Whole stage in memory: read, map gene ids, QC, normalise, HVGs, Leiden, splits.
+
+    Parameters
+    ----------
+    input_path : h5ad with raw counts in ``X`` (or ``layers[counts_layer]``) [cells, genes] and
+        ``obs[label_key]``.
     label_key : obs column with the cell types.
     seed : seeds the held-out draw, the splits, PCA and Leiden.
+    idmap : id map TSV (``ensg, entrez, symbol``) for Ensembl/Entrez ``var_names``; None = the shipped one.
     **params : the keys of ``DEFAULTS`` (config ``expression:``); missing keys take the defaults.
 
     Returns
     -------
     (AnnData, report dict): the AnnData of docs/design.md section 2 and the content of report.json.
+    Explicit held-out types dropped by ``min_cells_per_type`` leave the held-out list (warning).
 
     Raises
     ------
     InputError
-        Bad parameters, bad input file (see :func:`read_counts`), QC removing everything, unknown
-        held-out type, or fractions leaving a split empty.
+        Bad parameters, bad input file (see :func:`read_counts`), gene ids that do not map
+        (:func:`map_gene_ids`), QC removing everything (or every type too small), unknown held-out type
+        (or every explicit one too small), or fractions leaving a split empty.
     """
     unknown = set(params) - set(DEFAULTS)
     if unknown:
@@ -460,20 +710,19 @@ def preprocess(input_path: str | Path, label_key: str = "trueLabel", seed: int =
     p["heldout_types"] = [str(t) for t in (p["heldout_types"] or [])]
     _check_params(p)
     path = Path(input_path)
-    adata = read_counts(path, label_key)
-    # Other layers of the input (e.g. a provider's own normalisation) would be stale after QC and could be
-    # mistaken for ours: they are dropped and named in report.json.
-    dropped_layers = sorted(map(str, adata.layers.keys()))
-    for key in dropped_layers:
-        del adata.layers[key]
-    types_in = sorted(adata.obs[label_key].astype(str).unique())
+    adata, input_report = load_input(path, label_key, p, idmap)
+    types_in = input_report["cell_types"]
     if p["heldout_types"]:  # fail fast, before the heavy work
         choose_heldout_types(types_in, p["heldout_fraction"], p["heldout_types"], seed, label_key)
 
-    adata, qc = quality_control(adata, p["min_counts"], p["max_counts"], p["min_genes"], p["min_cells"], label_key)
+    adata, qc = quality_control(adata, p["min_counts"], p["max_counts"], p["min_genes"], p["min_cells"], label_key,
+                                p["min_cells_per_type"])
     adata.obs[label_key] = adata.obs[label_key].cat.remove_unused_categories()
     types = sorted(adata.obs[label_key].astype(str).unique())
-    heldout = choose_heldout_types(types, p["heldout_fraction"], p["heldout_types"], seed, label_key)
+    removed = {t: 0 for t in qc["types_removed_by_qc"]}
+    explicit = _explicit_heldout(p["heldout_types"], {**removed, **qc["small_types_dropped"]},
+                                 p["min_cells_per_type"])
+    heldout = choose_heldout_types(types, p["heldout_fraction"], explicit, seed, label_key)
     split = split_cells(adata.obs[label_key].astype(str).to_numpy(), heldout, p["val_fraction"],
                         p["test_fraction"], seed)
     adata.obs["split"] = pd.Categorical(split, categories=list(SPLITS))
@@ -491,8 +740,7 @@ def preprocess(input_path: str | Path, label_key: str = "trueLabel", seed: int =
     if missing:
         log.warning("cell types absent from some splits: %s", missing)
     report = {
-        "input": {"path": str(path), "cells": qc["cells_in"], "genes": qc["genes_in"], "label_key": label_key,
-                  "cell_types": types_in, "layers_dropped": dropped_layers},
+        "input": input_report,
         "seed": seed,
         "params": p,
         "qc": qc,
