@@ -65,4 +65,4 @@ rule ablation:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph ablation --runs {params.runs} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph ablation --runs {params.runs} --out-dir {params.out_dir:q} > {log:q} 2>&1"

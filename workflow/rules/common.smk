@@ -42,12 +42,15 @@ def folder_of(key, of="output", up=1):
 
 def flags(section, keys, overrides=None):
     """Command-line flags for `cellgraph <stage>` from config[section]: key a_b -> --a-b value (shell-quoted).
-    ``overrides`` (a dict) replaces values of config[section] (e.g. one dataset's settings)."""
+    ``overrides`` (a dict) replaces values of config[section] (e.g. one dataset's settings); a null value
+    passes no flag (the stage's default)."""
     out = []
     overrides = overrides or {}
     for key in keys:
         value = overrides.get(key, config[section][key])
         flag = f"--{key.replace('_', '-')}"
+        if value is None:  # null = the option's default: no flag
+            continue
         if isinstance(value, bool):
             out.append(flag if value else f"--no-{flag[2:]}")
         elif isinstance(value, (list, tuple)):
@@ -128,7 +131,7 @@ def _mg_inputs(organism, which):
 
 
 def _mg_input_flags(wildcards, input):
-    return " ".join(f"--{key.replace('_', '-')} {input[key]}" for key in input.keys())
+    return " ".join(f"--{key.replace('_', '-')} {shlex.quote(str(input[key]))}" for key in input.keys())
 
 
 def _mg_options():
@@ -261,7 +264,7 @@ def diffusion_eval_outputs(dataset, figure):
 
 
 DIFF_EVAL_SHELL = (
-    "cellgraph diffusion --task evaluate --dataset {params.dataset} --adata {input.adata}"
-    " --model-path {input.model} --generated {input.generated} --seed {params.seed} {params.options}"
-    " --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+    "cellgraph diffusion --task evaluate --dataset {params.dataset:q} --adata {input.adata:q}"
+    " --model-path {input.model:q} --generated {input.generated:q} --seed {params.seed:q} {params.options}"
+    " --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 )

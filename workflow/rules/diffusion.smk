@@ -18,8 +18,8 @@ rule diffusion_train:
         # resumable Lightning checkpoints: not a declared output, so a failed job keeps them
         checkpoint_dir=res("checkpoints/diffusion/{dataset}"),
         seed=config["seed"],
-        gremln=lambda wildcards, input: f"--gremln-model {input.gremln[0]}" if input.gremln else "",
-        multigraph=lambda wildcards, input: f"--multigraph {input.multigraph[0]}" if input.multigraph else "",
+        gremln=lambda wildcards, input: f"--gremln-model {shlex.quote(input.gremln[0])}" if input.gremln else "",
+        multigraph=lambda wildcards, input: f"--multigraph {shlex.quote(input.multigraph[0])}" if input.multigraph else "",
         options=lambda wildcards: diffusion_flags(DIFF_MODEL_KEYS + DIFF_TRAIN_KEYS, wildcards.dataset),
     threads: DIFF.get("threads", 2)
     resources:
@@ -31,10 +31,10 @@ rule diffusion_train:
     conda:
         "../../envs/cellgraph-gpu.yaml"
     shell:
-        "cellgraph diffusion --task train --dataset {wildcards.dataset} --adata {input.adata} {params.gremln}"
+        "cellgraph diffusion --task train --dataset {wildcards.dataset:q} --adata {input.adata:q} {params.gremln}"
         " {params.multigraph}"
-        " --seed {params.seed} {params.options} --threads {threads} --checkpoint-dir {params.checkpoint_dir}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --seed {params.seed:q} {params.options} --threads {threads} --checkpoint-dir {params.checkpoint_dir:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule diffusion_sample:
@@ -57,8 +57,8 @@ rule diffusion_sample:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph diffusion --task sample --dataset {wildcards.dataset} --model-path {input.model}"
-        " --seed {params.seed} {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph diffusion --task sample --dataset {wildcards.dataset:q} --model-path {input.model:q}"
+        " --seed {params.seed:q} {params.options} --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule diffusion_evaluate_pbmc:

@@ -31,6 +31,6 @@ rule evaluate:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph evaluate --model-path {input.model} --tokens-dir {params.tokens_dir}"
-        " --adata {input.adata} --graph-edges {input.graph_edges} --coefficients {input.coefficients}"
-        " --seed {params.seed} {params.options} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph evaluate --model-path {input.model:q} --tokens-dir {params.tokens_dir:q}"
+        " --adata {input.adata:q} --graph-edges {input.graph_edges:q} --coefficients {input.coefficients:q}"
+        " --seed {params.seed:q} {params.options} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -24,5 +24,5 @@ rule figures:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph figures --evaluate-dir {params.evaluate_dir} --models {params.models}"
-        " --figures-dir {params.figures_dir} --tables-dir {params.tables_dir} > {log} 2>&1"
+        "cellgraph figures --evaluate-dir {params.evaluate_dir:q} --models {params.models}"
+        " --figures-dir {params.figures_dir:q} --tables-dir {params.tables_dir:q} > {log:q} 2>&1"

@@ -19,5 +19,5 @@ rule grn:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph grn --adata {input.adata} --regulators {input.regulators} --seed {params.seed}"
-        " {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph grn --adata {input.adata:q} --regulators {input.regulators:q} --seed {params.seed:q}"
+        " {params.options} --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -21,8 +21,8 @@ rule multigraph_build:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph multigraph --organism {wildcards.organism} {params.inputs} {params.options}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph multigraph --organism {wildcards.organism:q} {params.inputs} {params.options}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule multigraph_full_build:
@@ -46,8 +46,8 @@ rule multigraph_full_build:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph multigraph --organism {wildcards.organism} {params.inputs} {params.options}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph multigraph --organism {wildcards.organism:q} {params.inputs} {params.options}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule multigraph:

@@ -24,7 +24,7 @@ rule networks:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph networks --dorothea {input.dorothea} --trrust {input.trrust} --huri {input.huri}"
-        " --string {input.string} --string-info {input.string_info} --alias-map {input.alias}"
-        " --ensg-map {input.ensg} --ensp-map {input.ensp} {params.options} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "cellgraph networks --dorothea {input.dorothea:q} --trrust {input.trrust:q} --huri {input.huri:q}"
+        " --string {input.string:q} --string-info {input.string_info:q} --alias-map {input.alias:q}"
+        " --ensg-map {input.ensg:q} --ensp-map {input.ensp:q} {params.options} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"

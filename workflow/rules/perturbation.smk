@@ -24,9 +24,9 @@ rule perturbation_forward:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph perturb --task forward --adata {input.adata} --multigraph {input.multigraph}"
-        " --seeds {params.seeds} {params.gremln} {params.options} --threads {threads} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "cellgraph perturb --task forward --adata {input.adata:q} --multigraph {input.multigraph:q}"
+        " --seeds {params.seeds} {params.gremln} {params.options} --threads {threads} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"
 
 
 use rule perturbation_forward as perturbation_forward_seeds with:
@@ -77,9 +77,9 @@ rule perturbation_yeast:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph perturb --task yeast --pairs {input.pairs} --smf {input.smf} --string-info {input.string_info}"
-        " --multigraph {input.multigraph} --seed {params.seed} {params.options} --threads {threads}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph perturb --task yeast --pairs {input.pairs:q} --smf {input.smf:q} --string-info {input.string_info:q}"
+        " --multigraph {input.multigraph:q} --seed {params.seed:q} {params.options} --threads {threads}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # ---- issue 5: reverse perturbation prediction (GREmLN paper 4.5, Table 3); target: perturbation ----
@@ -109,9 +109,9 @@ rule perturbation_reverse:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph perturb --task reverse --adata {input.adata} --gremln-model {input.gremln}"
-        " --vanilla-model {input.vanilla} --grn-networks {input.networks} --seed {params.seed}"
-        " {params.options} --threads {threads} --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph perturb --task reverse --adata {input.adata:q} --gremln-model {input.gremln:q}"
+        " --vanilla-model {input.vanilla:q} --grn-networks {input.networks:q} --seed {params.seed:q}"
+        " {params.options} --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 # ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
@@ -149,9 +149,9 @@ rule perturbation_figures:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph perturb --task figures --forward-dir {params.forward_dir} --yeast-dir {params.yeast_dir}"
-        " --reverse-dir {params.reverse_dir} --figures-dir {params.figures_dir} --tables-dir {params.tables_dir}"
-        " > {log} 2>&1"
+        "cellgraph perturb --task figures --forward-dir {params.forward_dir:q} --yeast-dir {params.yeast_dir:q}"
+        " --reverse-dir {params.reverse_dir:q} --figures-dir {params.figures_dir:q} --tables-dir {params.tables_dir:q}"
+        " > {log:q} 2>&1"
 
 
 rule perturbation:

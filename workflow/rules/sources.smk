@@ -20,8 +20,8 @@ rule download_source:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {wildcards.key} --url '{params.url}' --sha256 {params.sha256}"
-        " --retries {params.retries} --timeout {params.timeout} --out {output} > {log} 2>&1"
+        "python -m cellgraph.sources --name {wildcards.key:q} --url {params.url:q} --sha256 {params.sha256:q}"
+        " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule download_archive:
@@ -41,8 +41,8 @@ rule download_archive:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {params.key} --url '{params.url}' --sha256 {params.sha256}"
-        " --retries {params.retries} --timeout {params.timeout} --out {output} > {log} 2>&1"
+        "python -m cellgraph.sources --name {params.key:q} --url {params.url:q} --sha256 {params.sha256:q}"
+        " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule extract_source_member:
@@ -58,8 +58,8 @@ rule extract_source_member:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {wildcards.key} --extract {wildcards.member} --archive {input}"
-        " --out {output} > {log} 2>&1"
+        "python -m cellgraph.sources --name {wildcards.key:q} --extract {wildcards.member:q} --archive {input:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule download_all_sources:

@@ -17,6 +17,6 @@ rule spectral:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph spectral --networks {input.networks} --tokens {input.tokens} --seed {params.seed}"
-        " {params.options} --out-dir {params.out_dir}"
-        " > {log} 2>&1"
+        "cellgraph spectral --networks {input.networks:q} --tokens {input.tokens:q} --seed {params.seed:q}"
+        " {params.options} --out-dir {params.out_dir:q}"
+        " > {log:q} 2>&1"

@@ -26,6 +26,6 @@ rule tokenize:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "cellgraph tokenize --adata {input.adata} --networks {input.networks} --prior-edges {input.prior}"
-        " {params.pretrain} --seed {params.seed} {params.options} {params.qc} {params.bootstraps}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "cellgraph tokenize --adata {input.adata:q} --networks {input.networks:q} --prior-edges {input.prior:q}"
+        " {params.pretrain} --seed {params.seed:q} {params.options} {params.qc} {params.bootstraps}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -40,9 +40,9 @@ rule train:
         "../../envs/cellgraph-gpu.yaml"
     shell:
         # rule shells run with `set -u`: an unset CUDA_VISIBLE_DEVICES must be written with a default
-        "echo \"train {wildcards.model}: {resources.tasks} rank(s) on {resources.nodes} node(s),"
-        " CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}\" > {log}; "
-        "{params.launch}cellgraph train --tokens-dir {params.tokens_dir} --coefficients {input.coefficients}"
-        " --model {wildcards.model} --seed {params.seed} {params.options} --threads {threads}"
-        " --devices {params.devices} --num-nodes {resources.nodes} --checkpoint-every-n-steps 50"
-        " --checkpoint-dir {params.checkpoint_dir} --out-dir {params.out_dir} >> {log} 2>&1"
+        "echo \"train {wildcards.model:q}: {resources.tasks} rank(s) on {resources.nodes} node(s),"
+        " CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-}}\" > {log:q}; "
+        "{params.launch}cellgraph train --tokens-dir {params.tokens_dir:q} --coefficients {input.coefficients:q}"
+        " --model {wildcards.model:q} --seed {params.seed:q} {params.options} --threads {threads}"
+        " --devices {params.devices:q} --num-nodes {resources.nodes} --checkpoint-every-n-steps 50"
+        " --checkpoint-dir {params.checkpoint_dir:q} --out-dir {params.out_dir:q} >> {log:q} 2>&1"
