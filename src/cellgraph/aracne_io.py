@@ -67,6 +67,52 @@ def _names(xs, limit: int = 20) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _field_counts(path: Path) -> np.ndarray:
+    """Tab-separated field count of every line of ``path`` (gzip detected from its magic bytes), read one
+    line (one gene) at a time; a blank line counts 0 fields. Trailing blank lines are left out."""
+    import gzip
+    import zlib
+
+    counts = []
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            for line in fh:
+                line = line.rstrip(b"\r\n")
+                counts.append(line.count(b"\t") + 1 if line else 0)
+    except (EOFError, zlib.error, OSError) as err:
+        raise InputError(f"{path}: cannot be read ({err}); expected a tab-separated genes x samples matrix") from err
+    while counts and counts[-1] == 0:
+        counts.pop()
+    return np.asarray(counts, dtype=np.int64)
+
+
+def _check_matrix_lines(path: Path) -> None:
+    """Raise :class:`InputError` naming the first line whose field count differs from the header's.
+
+    The header is ``label, samples...``; every gene line has as many fields (or every one has one more,
+    as R's ``write.table`` writes a header without the row-name label). A blank line inside the matrix
+    is an error (line numbers after it would be wrong); blank lines at the end are ignored.
+    """
+    counts = _field_counts(path)
+    if counts.size == 0:
+        raise InputError(f"{path}: empty expression matrix; expected a header 'gene<TAB>sample1<TAB>...'")
+    if counts[0] < 2:
+        raise InputError(f"{path}: line 1: header has no tab; expected a tab-separated header "
+                         "'gene<TAB>sample1<TAB>...' (is the file comma-separated?)")
+    expected = int(counts[0]) + 1 if counts.size > 1 and (counts[1:] == counts[0] + 1).all() else int(counts[0])
+    bad = np.flatnonzero(counts[1:] != expected)
+    if bad.size:
+        i = int(bad[0]) + 1
+        found = "a blank line" if counts[i] == 0 else f"{counts[i]} fields"
+        raise InputError(
+            f"{path}: line {i + 1}: expected {expected} tab-separated fields (a gene name and {expected - 1} "
+            f"sample values), found {found}; not a tab-separated genes x samples matrix"
+            + (f" ({bad.size} such lines)" if bad.size > 1 else "")
+        )
+
+
 def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
     """Read an ARACNe-AP expression matrix.
 
@@ -78,10 +124,12 @@ def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
     Raises
     ------
     InputError
-        If the file is missing or empty, a line has more fields than the header, or a value is not a
-        number (naming the line, the sample column and the value).
+        If the file is missing or empty, a line (a blank one included) has another number of fields than
+        the header (naming the line), or a value is not a number (naming the line, the sample column and
+        the value).
     """
     path = require_file(path, "expression matrix")
+    _check_matrix_lines(path)
     try:
         df = pd.read_csv(path, sep="\t", header=0, index_col=0, dtype={0: str}, low_memory=False,
                          float_precision="round_trip")

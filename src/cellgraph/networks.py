@@ -40,6 +40,7 @@ import argparse
 import gzip
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -90,15 +91,45 @@ UNMAPPED_EXAMPLES = 20
 # --------------------------------------------------------------------------------------------------
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _read_bytes(path: Path, what: str) -> bytes:
+    """The whole content of ``path``, gunzipped when it starts with the gzip magic bytes, without a leading
+    UTF-8 byte-order mark (spreadsheet exports write one; it is not part of the first field).
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, or is a truncated or corrupt gzip stream (names the file).
+    """
     try:
         with open(path, "rb") as fh:
             magic = fh.read(2)
         opener = gzip.open if magic == b"\x1f\x8b" else open
         with opener(path, "rb") as fh:
-            return fh.read()
-    except (OSError, EOFError) as err:
+            data = fh.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(
+            f"{what} {path}: truncated or corrupt gzip file ({err}); expected a complete gzip stream "
+            "(download the file again)"
+        ) from err
+    except OSError as err:
         raise InputError(f"{what} {path}: cannot be read ({err})") from err
+    return data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+
+
+def _check_utf8(data: bytes, path: Path, what: str) -> None:
+    """Raise :class:`InputError` naming the line and byte of the first byte sequence that is not UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(
+            f"{what} {path}: line {line}: byte {column} ({data[err.start:err.start + 1]!r}) is not UTF-8 text; "
+            "expected a UTF-8 encoded tab-separated file"
+        ) from err
 
 
 def read_table(
@@ -114,7 +145,7 @@ def read_table(
 
     Parameters
     ----------
-    path : path of the file (gzip detected from its magic bytes).
+    path : path of the file (gzip detected from its magic bytes; a leading UTF-8 byte-order mark is skipped).
     what : name of the input for messages (for example ``"DoRothEA"``).
     required : columns that must be present and non-empty on every row.
     header : whether line 1 is a header; if not, ``names`` gives the columns.
@@ -129,7 +160,8 @@ def read_table(
     Raises
     ------
     InputError
-        Missing file; unreadable or non-UTF-8 content; a header without a required column; a line
+        Missing or empty file; a truncated or corrupt gzip stream; a byte that is not UTF-8 (names its
+        line); a header without a required column; a line
         whose number of tab-separated fields differs from the header's (or ``len(names)``); an empty
         required field. The message names the file and the line.
     """
@@ -138,12 +170,12 @@ def read_table(
 
     path = require_file(path, what)
     data = _read_bytes(path, what)
+    if not data.strip():
+        raise InputError(f"{what} {path}: empty file; expected a tab-separated table"
+                         + (f" with a header line ({', '.join(required)})" if header else ""))
+    _check_utf8(data, path, what)
     if header:
-        first = data.split(b"\n", 1)[0].rstrip(b"\r")
-        try:
-            cols = first.decode("utf-8").split("\t")
-        except UnicodeDecodeError as err:
-            raise InputError(f"{what} {path}: line 1: header is not UTF-8 text ({err})") from err
+        cols = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8").split("\t")
         cols = [(rename or {}).get(c, c) for c in cols]
         missing = [c for c in required if c not in cols]
         if missing:
@@ -210,6 +242,30 @@ def read_table(
 # Identifier maps
 # --------------------------------------------------------------------------------------------------
 
+#: Id formats of the id columns: (regular expression, what is expected). A value of another form means
+#: swapped or shifted columns, which would otherwise map nothing without an error.
+ID_FORMATS = {
+    "ensg": (r"^ENSG\d+(\.\d+)?$", "an Ensembl gene id such as ENSG00000121410"),
+    "ensp": (r"^ENSP\d+(\.\d+)?$", "an Ensembl protein id such as ENSP00000286479"),
+    "string_ensp": (r"^(\d+\.)?ENSP\d+$", "a STRING protein id such as 9606.ENSP00000281821"),
+}
+
+
+def _check_id_format(rows: pd.DataFrame, fields: Iterable[str], kind: str, path, what: str) -> None:
+    """Raise :class:`InputError` naming the file, line and field of the first id not of format ``kind``
+    (see :data:`ID_FORMATS`) when most ids of a field (more than half) are not of that format: the columns
+    are swapped or shifted. A few odd ids stay rows that do not map, counted in the rejects table.
+    Surrounding blanks are ignored."""
+    pattern, expected = ID_FORMATS[kind]
+    for f in fields:
+        bad = np.flatnonzero(~rows[f].str.strip().str.match(pattern).to_numpy(dtype=bool))
+        if bad.size * 2 > len(rows):
+            i = int(bad[0])
+            raise InputError(
+                f"{what} {path}: line {rows['_line'].iat[i]}: field {f!r} is {rows[f].iat[i]!r}; expected {expected}"
+                f" ({bad.size} such values; are the columns swapped?)"
+            )
+
 
 @dataclass(frozen=True)
 class SymbolMaps:
@@ -259,11 +315,14 @@ def load_symbol_maps(alias: str | Path, ensg: str | Path, ensp: str | Path) -> S
     Raises
     ------
     InputError
-        A file is missing, malformed (see :func:`read_table`) or lacks its columns.
+        A file is missing, malformed (see :func:`read_table`) or lacks its columns; an ``ensg`` / ``ensp``
+        value that is not an Ensembl gene / protein id (swapped columns).
     """
     al = read_table(alias, "alias map", ["alias_symbol", "symbol"])
     eg = read_table(ensg, "ENSG map", ["ensg", "symbol"])
     ep = read_table(ensp, "ENSP map", ["ensp", "symbol"])
+    _check_id_format(eg, ["ensg"], "ensg", ensg, "ENSG map")
+    _check_id_format(ep, ["ensp"], "ensp", ensp, "ENSP map")
     approved = frozenset(al["symbol"]) | frozenset(eg["symbol"]) | frozenset(ep["symbol"])
     alias_map, alias_amb = _unique_map(al, "alias_symbol")
     ensg_map, ensg_amb = _unique_map(eg, "ensg")
@@ -491,6 +550,7 @@ def _trrust(path, maps: SymbolMaps):
 
 def _huri(path, maps: SymbolMaps):
     rows = read_table(path, "HuRI", ["protein1", "protein2"])
+    _check_id_format(rows, ["protein1", "protein2"], "ensg", path, "HuRI")
     mapped = {f: _map_ids(rows[f].str.strip(), maps.ensg, maps.ensg_ambiguous, "ensg_map") for f in ("protein1", "protein2")}
     edges, rejects, dropped = _filter_edges(
         "huri", Path(path), rows, ("protein1", "protein2"), mapped, np.ones(len(rows)), False
@@ -501,6 +561,7 @@ def _huri(path, maps: SymbolMaps):
 
 def _string(path, info_path, maps: SymbolMaps):
     rows = read_table(path, "STRING", ["protein1", "protein2"])
+    _check_id_format(rows, ["protein1", "protein2"], "string_ensp", path, "STRING")
     info = read_table(
         info_path, "STRING protein.info", ["#string_protein_id", "preferred_name"],
         rename={"string_protein_id": "#string_protein_id"},
@@ -553,7 +614,7 @@ def build_networks(
     ------
     InputError
         A missing or malformed input (see :func:`read_table`), an unknown confidence letter or TRRUST
-        mode, a non-numeric ``mor``.
+        mode, a non-numeric ``mor``, a HuRI / STRING / id-map id of the wrong form (swapped columns).
     """
     t0 = time.perf_counter()
     confidence = sorted({c.strip().upper() for c in dorothea_confidence})
