@@ -337,3 +337,12 @@ def test_no_edge_is_a_result_not_an_error(inputs, tmp_path):
     rep = json.loads((out / "report.json").read_text())
     assert rep["network_rows"] == len(net) and set(rep["cell_types_without_edges"]) <= set(TYPES)
     assert len(net) == 0 or len(rep["cell_types_without_edges"]) < len(TYPES)
+
+
+def test_regulators_file_with_byte_order_mark(tmp_path):
+    """A spreadsheet export's leading UTF-8 byte-order mark is not part of the first regulator's name."""
+    from cellgraph.grn import read_regulators
+
+    path = tmp_path / "regulators.txt"
+    path.write_bytes(b"\xef\xbb\xbfSTAT1\nIRF1\n# comment\n\nSTAT1\n")
+    assert read_regulators(path) == ["IRF1", "STAT1"]

@@ -210,3 +210,10 @@ def test_spectral_stage_on_regulon_networks(dorothea, tmp_path):
     assert (rep["relative_error"] < 1e-6).all()
     for t, sub in zip(("T1", "T2"), rows):
         assert rep.set_index("cell_type").loc[t, "nodes"] == len(set(sub["source"]) | set(sub["target"]))
+
+
+@pytest.mark.parametrize("tol", [0.0, 1.0, 2.5])
+def test_tolerance_outside_open_unit_interval_is_refused(tol):
+    """tol >= 1 would keep only c_0 (K = 0, no diffusion); tol <= 0 is never reached."""
+    with pytest.raises(ValueError, match=r"tol must be in \(0, 1\)"):
+        spc.heat_kernel_coefficients(0.1, tol)

@@ -186,7 +186,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def read_regulators(path) -> list[str]:
-    """Regulator symbols of ``regulators.txt`` (one per line; blank lines and ``#`` comments ignored).
+    """Regulator symbols of ``regulators.txt`` (UTF-8, one per line; a leading byte-order mark, blank lines and
+    ``#`` comments ignored).
 
     Raises
     ------
@@ -195,7 +196,7 @@ def read_regulators(path) -> list[str]:
     """
     path = require_file(path, "regulators")
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a leading byte-order mark is not a name
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot be read as text ({err})") from err
     regs = []

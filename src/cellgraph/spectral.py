@@ -127,13 +127,13 @@ def heat_kernel_coefficients(
     Raises
     ------
     ValueError
-        If ``beta <= 0``, ``tol <= 0``, an unknown ``method``, or the tail does not fall below ``tol``
+        If ``beta <= 0``, ``tol`` outside (0, 1), an unknown ``method``, or the tail does not fall below ``tol``
         within ``max_terms`` terms.
     """
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    if not 0 < tol < 1:  # a tail bound of 1 or more keeps only c_0 (K = 0): no diffusion at all
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
     k = np.arange(max_terms + 1)
     if method == "bessel":
         c = 2.0 * ((-1.0) ** k) * ive(k, beta)
