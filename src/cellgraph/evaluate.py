@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json, write_tsv
+from .io import atomic_path, require_file, write_json, write_npz, write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -1388,12 +1388,10 @@ def _write(args, inp, emb, res, times, t0) -> None:
     write_json(out / "annotation.json", res["annotation"])
     write_json(out / "baselines.json", res["baselines"])
     write_json(out / "edge_recovery.json", res["edges"])
-    with atomic_path(out / "edge_curves.npz") as tmp:
-        np.savez(tmp, **res["curves"])
+    write_npz(out / "edge_curves.npz", res["curves"])
     write_tsv(res["edge_table"], out / "edge_scores.tsv", float_format="%.8g")
     write_json(out / "probe.json", res["probe"])
-    with atomic_path(out / "probe_scatter.npz") as tmp:
-        np.savez(tmp, **res["scatter"])
+    write_npz(out / "probe_scatter.npz", res["scatter"])
     write_json(out / "masked.json", res["masked"])
     shards = inp["shards"]
     parts = {s: {"obs_names": shards[s].obs_names, "cell_type": shards[s].cell_type, "mean_pool": emb[s]["mean_pool"],

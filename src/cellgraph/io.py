@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import io
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from .errors import InputError
 
@@ -23,7 +26,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    # the writer's host and process id in the name: a temporary left by a killed writer (SIGKILL, node
+    # failure: no cleanup runs) is removed by the next write of the same output on the same host
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    _remove_stale_temporaries(path, suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
@@ -36,6 +43,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _remove_stale_temporaries(path: Path, suffix: str) -> None:
+    """Delete ``.<name>.<host>-<pid>.<random><suffix>`` temporaries of ``path`` whose writer, a process of this
+    host, is gone. Those of other hosts, of live processes (or a reused pid) and foreign names are kept."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*{glob.escape(suffix)}"):
+        pid = tmp.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: its write was interrupted
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -70,6 +94,22 @@ def write_tsv(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
     """Write a DataFrame as a tab-separated table without its index, atomically (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format=float_format)
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """Write arrays as an uncompressed ``.npz`` (what ``numpy.savez`` writes, read by ``numpy.load``),
+    atomically and byte-reproducibly: ``numpy.savez`` stamps the current time into each zip entry, here every
+    entry has a fixed date, so the same arrays give the same bytes."""
+    import zipfile
+
+    import numpy as np
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                                   allowZip64=True) as zf:
+        for key, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: Any) -> None:

@@ -634,8 +634,10 @@ def run(args: argparse.Namespace) -> None:
     if summary["global_rank"] != 0:
         return  # only rank 0 writes outputs
     out = Path(args.out_dir)
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "vocab": vocab}, tmp)
+    # saved through a file object: torch names the archive's root folder after a path's file name, which for
+    # the temporary name of atomic_path is random (a file object gives the fixed name "archive": same bytes)
+    with atomic_path(out / "model.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "vocab": vocab}, fh)
     with atomic_path(out / "metrics.tsv") as tmp:
         lines = ["\t".join(METRIC_COLUMNS)]
         for row in history:
