@@ -55,3 +55,16 @@ def test_cli_bounds_pools_by_threads_flag_or_snakemake_environment(argv, env, ex
     monkeypatch.setattr(cli, "limit_thread_pools", lambda n: seen.append(n))
     assert cli.main(argv) == 2  # the missing input is reported after the pools are bounded
     assert seen == ([] if expected is None else [expected])
+
+
+def test_numba_keeps_working_after_bounds_change():
+    """Two stages in one process (as in the tests) with different --threads: numba re-reads its config
+    on compilation and must not see a changed NUMBA_NUM_THREADS once its workers run."""
+    code = ("import numba, numpy as np\nfrom cellgraph.runtime import limit_thread_pools\n"
+            "@numba.njit(parallel=True)\ndef f(x):\n    s = 0.0\n    for i in numba.prange(x.size):\n"
+            "        s += x[i]\n    return s\n"
+            "limit_thread_pools(1); f(np.ones(10)); limit_thread_pools(2)\n"
+            "numba.core.config.reload_config(); print(f(np.ones(10)), numba.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "10.0"

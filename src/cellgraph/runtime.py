@@ -15,9 +15,11 @@ import sys
 
 log = logging.getLogger(__name__)
 
-#: environment variables read by OpenMP, the BLAS builds numpy/scipy/torch ship, numexpr and numba.
+#: environment variables read by OpenMP, the BLAS builds numpy/scipy/torch ship and numexpr. Not
+#: NUMBA_NUM_THREADS: numba re-reads it and refuses a new value once its workers run (numba.set_num_threads
+#: bounds them instead).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GOTO_NUM_THREADS",
-              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")
+              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def threads_from_environment(default: int | None = None) -> int | None:
@@ -31,8 +33,8 @@ def limit_thread_pools(n: int) -> dict[str, int]:
 
     Sets the environment variables of :data:`THREAD_ENV` (for libraries loaded later and for child
     processes), the BLAS and OpenMP pools already loaded (``threadpoolctl.threadpool_limits``), torch's
-    intra-op pool and, when it has not started yet, its inter-op pool, and numba's worker count (capped
-    at the workers numba was started with). Libraries that are not imported are not imported here.
+    intra-op pool and, when it has not started yet, its inter-op pool (torch only when already imported),
+    and numba's worker count (capped at the workers numba was started with).
 
     Raises ValueError if ``n`` < 1.
     """
@@ -55,9 +57,9 @@ def limit_thread_pools(n: int) -> dict[str, int]:
         except RuntimeError:  # the inter-op pool has started; it is only used by torch.jit forks here
             pass
         applied["torch"] = torch.get_num_threads()
-    numba = sys.modules.get("numba")
-    if numba is not None:
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-        applied["numba"] = numba.get_num_threads()
+    import numba  # a dependency of the package (ARACNe kernels, scanpy)
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    applied["numba"] = numba.get_num_threads()
     log.debug("thread pools bounded to %d: %s", n, applied)
     return applied
