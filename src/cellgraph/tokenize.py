@@ -518,6 +518,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-counts", type=float, default=20000, help="pretraining cells: total UMI at most")
     p.add_argument("--min-genes", type=int, default=200, help="pretraining cells: detected genes at least")
     p.add_argument("--target-sum", type=float, default=1e6, help="pretraining cells: counts per cell before log1p")
+    p.add_argument("--chunk-cells", type=int, default=10000,
+                   help="pretraining corpus: cells read and tokenized at a time; bounds memory (default 10000)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -535,6 +537,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--edge-holdout-fraction: expected a number in [0, 1), got {args.edge_holdout_fraction}")
     if args.n_bootstraps < 1:
         raise InputError(f"--n-bootstraps: expected an integer >= 1, got {args.n_bootstraps}")
+    if args.chunk_cells < 1:
+        raise InputError(f"--chunk-cells: expected an integer >= 1 (cells per chunk of the pretraining corpus), "
+                         f"got {args.chunk_cells}")
     if args.graph in ("prior", "union") and not args.prior_edges:
         raise InputError(f"--graph {args.graph} needs --prior-edges (the networks stage edges.parquet)")
 
@@ -863,12 +868,24 @@ def run(args: argparse.Namespace) -> None:
     labels = adata.obs[label_key].astype(str).to_numpy()
     train = np.flatnonzero(split == "train")
     corpus, corpus_report = (None, None)
-    if args.pretrain_adata:
-        corpus, corpus_report = _read_corpus(require_file(args.pretrain_adata, "pretraining adata"), args)
+    if args.pretrain_adata:  # opened backed and read --chunk-cells cells at a time: memory bounded by the chunk
+        corpus = scan_corpus(require_file(args.pretrain_adata, "pretraining adata"), args)
+        corpus_report = corpus.report
+    try:
+        _run_open_corpus(args, t_start, adata_path, net_path, adata, networks, label_key, split, labels, train,
+                         corpus, corpus_report)
+    finally:
+        if corpus is not None:
+            corpus.close()
 
+
+def _run_open_corpus(args, t_start, adata_path, net_path, adata, networks, label_key, split, labels, train,
+                     corpus, corpus_report) -> None:
+    """The rest of :func:`run` once the inputs are read (``corpus``: the open :func:`scan_corpus`, or None)."""
     # ---- vocabulary: HVGs of the training counts (train cells and the corpus), plus ARACNe genes if used
     counts = _train_counts(adata, train, adata_path)
-    hvg = choose_vocabulary([counts] + ([corpus] if corpus is not None else []), args.n_top_genes)
+    hvg = (choose_vocabulary([counts], args.n_top_genes) if corpus is None else
+           choose_vocabulary_streamed(counts, corpus, args.n_top_genes, args.chunk_cells))
     net_genes = set(networks["source"]) | set(networks["target"]) if args.graph != "prior" else set()
     net_in = sorted(g for g in net_genes if g in adata.var_names)
     if net_genes and not net_in:
@@ -898,8 +915,10 @@ def run(args: argparse.Namespace) -> None:
                           args.n_bootstraps) if args.graph != "prior" else None)
 
     shards, split_reports = _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_type, integ)
-    if corpus is not None:
-        shards[PRETRAIN_SHARD], split_reports[PRETRAIN_SHARD] = _tokenize_corpus(args, corpus, genes, prior)
+    out = Path(args.out_dir)
+    if corpus is not None:  # streamed straight into pretrain.npz
+        split_reports[PRETRAIN_SHARD] = tokenize_corpus_streamed(args, corpus, genes, prior,
+                                                                 out / f"{PRETRAIN_SHARD}.npz")
     edge_table = pd.DataFrame({"source": np.asarray(genes)[everything[0]], "target": np.asarray(genes)[everything[1]],
                                "weight": everything[2], "hidden": hidden})
     report = {
@@ -909,7 +928,8 @@ def run(args: argparse.Namespace) -> None:
             "seed", "n_bins", "max_seq_len", "n_top_genes", "tie_break", "neighbours", "graph", "prior_graphs",
             "edge_holdout_fraction", "n_bootstraps", "integration_alpha", "knn_k")},
         "label_key": label_key,
-        "cells_per_split": {s: int(shards[s]["obs_names"].size) for s in shards},
+        "cells_per_split": {**{s: int(shards[s]["obs_names"].size) for s in shards},
+                            **({PRETRAIN_SHARD: corpus.n_kept} if corpus is not None else {})},
         "splits": split_reports,
         "vocab": {"genes": n_genes, "hvgs": len(hvg), "hvg_method": "scanpy seurat_v3 on raw counts of train cells"
                   + (" and the pretraining corpus (batch_key = data set)" if corpus is not None else ""),
@@ -923,7 +943,6 @@ def run(args: argparse.Namespace) -> None:
         "integration": _integration_report(integ, split_reports, args),
         "pretrain": corpus_report,
     }
-    out = Path(args.out_dir)
     for s, arrays in shards.items():
         write_shard(out / f"{s}.npz", arrays)
     if corpus is None:  # a corpus shard of an earlier run must not join this run's training
@@ -984,13 +1003,14 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
 
 
 def _tokenize_corpus(args, corpus, genes, prior):
-    """The pretraining corpus: the shared (prior) graph only, label ``unlabelled``, split ``pretrain``."""
+    """The pretraining corpus: the shared (prior) graph only, label ``unlabelled``, split ``pretrain``.
+
+    Whole-corpus path (the corpus of ``_read_corpus`` in memory); ``run`` streams it with
+    :func:`tokenize_corpus_streamed`, which writes the same bytes. Kept as the reference of that equality.
+    """
     cols = corpus.var_names.get_indexer(genes)
-    x = sp.csr_matrix(corpus.layers["log1p"])
     present = cols >= 0
-    x = sp.csr_matrix(x[:, np.where(present, cols, 0)].multiply(present[None, :].astype(np.float32)))
-    x.eliminate_zeros()
-    x.sort_indices()
+    x = _vocab_rows(sp.csr_matrix(corpus.layers["log1p"]), cols)
     cells = np.arange(corpus.n_obs)
     arrays, truncated = _tokenize_core(x, cells, lambda j: prior, args.n_bins, args.max_seq_len, args.seed,
                                        args.tie_break, args.neighbours, stream=PRETRAIN_STREAM)
@@ -1011,3 +1031,415 @@ def _integration_report(integ, split_reports, args) -> dict[str, Any] | None:
             "distinct_edges_kept_in_any_cell": int(integ.kept_any.sum()),
             "pr_edge_absent": "1 - (count + 1) / (B + 2) from the edge's bootstrap count (0 where absent)",
             "edge_weight": "sum_c w_c * mi_c(e)"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Pretraining corpus, streamed: memory bounded by --chunk-cells, not by the corpus
+# --------------------------------------------------------------------------------------------------
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the fixed entry date of write_shard
+_SPOOL_PARTS = {  # shard key -> (dtype, spool files); edge_index is [2, E]: its two rows spool apart
+    "gene_ptr": (np.int64, ("gene_ptr",)), "gene_ids": (np.int32, ("gene_ids",)),
+    "bins": (np.int16, ("bins",)), "expr": (np.float32, ("expr",)), "edge_ptr": (np.int64, ("edge_ptr",)),
+    "edge_index": (np.int32, ("edge_src", "edge_dst")), "edge_weight": (np.float32, ("edge_weight",)),
+}
+
+
+class _CorpusScan:
+    """First pass over a backed corpus (:func:`scan_corpus`): the QC mask and count statistics of kept cells."""
+
+    def __init__(self, adata, path: Path, keep: np.ndarray, stats: dict[str, np.ndarray], report: dict[str, Any]):
+        self.adata, self.path, self.keep, self.stats, self.report = adata, path, keep, stats, report
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.keep.sum())
+
+    def close(self) -> None:
+        """Close the backed h5ad file."""
+        self.adata.file.close()
+
+
+def _open_corpus(path: Path):
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as err:  # noqa: BLE001 - any read failure is the user's file
+        raise InputError(f"{path}: cannot be read as an h5ad file ({err})") from err
+
+
+def _raw_rows(adata, lo: int, hi: int, path: Path) -> sp.csr_matrix:
+    """Rows ``lo:hi`` of the backed corpus X as CSR (stored dtype), after the raw-count check of ``_read_corpus``."""
+    try:
+        x = sp.csr_matrix(adata.X[lo:hi])
+    except Exception as err:  # noqa: BLE001 - a damaged matrix is the user's file
+        raise InputError(f"{path}: cannot be read as an h5ad file ({err})") from err
+    if x.nnz and (not np.all(np.isfinite(x.data)) or (x.data < 0).any() or (x.data != np.round(x.data)).any()):
+        raise InputError(f"{path}: X must hold raw UMI counts (non-negative integers)")
+    return x
+
+
+def _kept_chunks(scan: _CorpusScan, chunk_cells: int):
+    """Yield (position of the chunk's first kept cell among kept cells, obs rows, float32 CSR counts of its kept cells)."""
+    done = 0
+    for lo in range(0, scan.adata.n_obs, chunk_cells):
+        hi = min(lo + chunk_cells, scan.adata.n_obs)
+        keep = scan.keep[lo:hi]
+        if not keep.any():
+            continue
+        x = _raw_rows(scan.adata, lo, hi, scan.path).astype(np.float32)[keep]
+        yield done, lo + np.flatnonzero(keep), x
+        done += int(keep.sum())
+
+
+def _count_stats(x: sp.csr_matrix, n_genes: int) -> dict[str, np.ndarray]:
+    """Per-gene sum, sum of squares and cells > 0 of float32 counts [cells, n_genes] (float64 [n_genes] each).
+
+    Squares are taken in float32 and summed in float64 as scanpy's ``_get_mean_var``; for integer counts the
+    sums are exact, so the statistics do not depend on how the cells are chunked.
+    """
+    idx, val = x.indices, x.data.astype(np.float32)
+    return {"sum": np.bincount(idx, weights=val, minlength=n_genes),
+            "sumsq": np.bincount(idx, weights=val * val, minlength=n_genes),
+            "positive": np.bincount(idx[val > 0], minlength=n_genes).astype(np.float64)}
+
+
+def scan_corpus(path: Path, args: argparse.Namespace) -> _CorpusScan:
+    """Open a pretraining corpus backed and check and QC it chunk by chunk, as ``_read_corpus`` does whole.
+
+    Reads ``args.chunk_cells`` rows of X at a time (raw UMI counts, any stored dtype). Returns the open
+    corpus with ``keep`` (bool [n_obs]: passes ``--min-counts``, ``--max-counts``, ``--min-genes``),
+    ``stats`` (float64 [n_vars] per gene over the kept cells: ``sum``, ``sumsq``, ``positive`` cell count)
+    and the report of ``_read_corpus``.
+
+    Raises
+    ------
+    InputError
+        If the file is not an h5ad, X is not raw counts, var_names repeat, or no cell passes QC (the
+        messages of ``_read_corpus``, in its order).
+    """
+    a = _open_corpus(path)
+    try:
+        keep = np.zeros(a.n_obs, dtype=bool)
+        stats = {k: np.zeros(a.n_vars) for k in ("sum", "sumsq", "positive")}
+        for lo in range(0, a.n_obs, args.chunk_cells):
+            x = _raw_rows(a, lo, min(lo + args.chunk_cells, a.n_obs), path).astype(np.float32)
+            total = np.asarray(x.sum(1)).ravel()
+            n_genes = np.diff(x.indptr)
+            k = (total >= args.min_counts) & (total <= args.max_counts) & (n_genes >= args.min_genes)
+            keep[lo:lo + k.size] = k
+            for key, v in _count_stats(x[k], a.n_vars).items():
+                stats[key] += v
+        if not a.var_names.is_unique:
+            raise InputError(f"{path}: var_names are not unique")
+        report = {"path": str(path), "cells": int(a.n_obs), "cells_kept": int(keep.sum()),
+                  "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars),
+                  "qc": {"min_counts": args.min_counts, "max_counts": args.max_counts, "min_genes": args.min_genes}}
+        if not keep.any():
+            raise InputError(f"{path}: no cell passes QC ({report['qc']})")
+    except BaseException:
+        a.file.close()
+        raise
+    return _CorpusScan(a, path, keep, stats, report)
+
+
+def _seurat_v3_norm_var(n_obs: int, stats: Mapping[str, np.ndarray], clipped_sums: Callable) -> np.ndarray:
+    """Normalised variance [G] of one batch as scanpy's ``highly_variable_genes(flavor="seurat_v3")``.
+
+    ``stats``: per-gene ``sum``/``sumsq`` of the batch's counts (float64 [G]); ``clipped_sums(clip_val)``
+    returns (sum of squares, sum) of the counts clipped at ``clip_val`` [G] (a second pass over the batch).
+    """
+    from skmisc.loess import loess
+
+    mean = stats["sum"] / n_obs
+    var = stats["sumsq"] / n_obs - (stats["sum"] / n_obs) ** 2
+    if n_obs != 1:
+        var *= n_obs / (n_obs - 1)
+    not_const = var > 0
+    estimat_var = np.zeros(mean.size, dtype=np.float64)
+    model = loess(np.log10(mean[not_const]), np.log10(var[not_const]), span=0.3, degree=2)
+    model.fit()
+    estimat_var[not_const] = model.outputs.fitted_values
+    reg_std = np.sqrt(10**estimat_var)
+    squared_sum, total = clipped_sums(reg_std * np.sqrt(n_obs) + mean)
+    return (1 / ((n_obs - 1) * np.square(reg_std))) * ((n_obs * np.square(mean)) + squared_sum - 2 * total * mean)
+
+
+def _clipped_sums(x: sp.csr_matrix, clip_val: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of squares, sum) per output gene of ``min(x, clip_val)``; ``cols``: x column -> output gene or -1."""
+    gene = cols[x.indices]
+    ok = gene >= 0
+    gene = gene[ok]
+    el = np.minimum(x.data[ok].astype(np.float64), clip_val[gene])
+    return (np.bincount(gene, weights=el**2, minlength=clip_val.size),
+            np.bincount(gene, weights=el, minlength=clip_val.size))
+
+
+def choose_vocabulary_streamed(counts, scan: _CorpusScan, n_top_genes: int, chunk_cells: int) -> list[str]:
+    """:func:`choose_vocabulary` of ``[counts, corpus]`` with the corpus read ``chunk_cells`` cells at a time.
+
+    Parameters
+    ----------
+    counts : AnnData
+        Raw UMI counts of the train cells (in memory).
+    scan : the corpus from :func:`scan_corpus` (its per-gene sums over kept cells; one more chunked pass
+        for the clipped sums of seurat_v3 when genes must be ranked).
+    n_top_genes : int
+        Number of genes (capped at the shared detected genes).
+
+    Returns
+    -------
+    Sorted gene symbols: the same genes as :func:`choose_vocabulary` (the unclipped statistics are exact
+    integer sums; the clipped sums can differ from scanpy's in the last bits, scanpy's own being summed in
+    thread order).
+
+    Raises
+    ------
+    InputError
+        If the train cells and the corpus share fewer than 2 genes.
+    """
+    shared = counts.var_names.intersection(scan.adata.var_names)
+    if len(shared) < 2:
+        raise InputError(f"the expression and pretraining data share {len(shared)} genes; expected at least 2")
+    x_train = sp.csr_matrix(counts[:, shared].X, dtype=np.float32)
+    tstats = _count_stats(x_train, len(shared))
+    ccols = scan.adata.var_names.get_indexer(shared)
+    cstats = {k: v[ccols] for k, v in scan.stats.items()}
+    detected = (tstats["positive"] + cstats["positive"]) > 0
+    genes = shared[detected]
+    if n_top_genes >= genes.size:
+        return sorted(genes)
+    out_of = np.full(len(shared), -1, dtype=np.int64)
+    out_of[detected] = np.arange(genes.size)  # shared gene -> detected gene
+    corpus_cols = np.full(scan.adata.n_vars, -1, dtype=np.int64)
+    corpus_cols[ccols] = out_of
+
+    def corpus_clipped(clip_val):
+        sq, s = np.zeros(genes.size), np.zeros(genes.size)
+        for _, _, x in _kept_chunks(scan, chunk_cells):
+            a, b = _clipped_sums(x, clip_val, corpus_cols)
+            sq += a
+            s += b
+        return sq, s
+
+    norm = np.stack([
+        _seurat_v3_norm_var(x_train.shape[0], {k: v[detected] for k, v in tstats.items()},
+                            lambda c: _clipped_sums(x_train, c, out_of)),
+        _seurat_v3_norm_var(scan.n_kept, {k: v[detected] for k, v in cstats.items()}, corpus_clipped),
+    ])
+    return _rank_batches(genes, norm, n_top_genes)
+
+
+def _rank_batches(genes: pd.Index, norm_gene_vars: np.ndarray, n_top_genes: int) -> list[str]:
+    """The top genes of per-batch normalised variances [B, G], ranked as scanpy's seurat_v3 with batch_key."""
+    ranked = np.argsort(np.argsort(-norm_gene_vars, axis=1), axis=1).astype(np.float32)
+    nbatches = np.sum((ranked < n_top_genes).astype(int), axis=0)
+    ranked[ranked >= n_top_genes] = np.nan
+    median_ranked = np.ma.median(np.ma.masked_invalid(ranked), axis=0).filled(np.nan)
+    df = pd.DataFrame({"highly_variable_rank": median_ranked, "highly_variable_nbatches": nbatches}, index=genes)
+    order = df.sort_values(["highly_variable_rank", "highly_variable_nbatches"], ascending=[True, False],
+                           na_position="last").index
+    return sorted(order[: int(n_top_genes)])
+
+
+def _log1p_rows(x: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
+    """``layers["log1p"]`` of ``_read_corpus`` for some kept cells: float32 counts -> log1p(CPM) (per cell)."""
+    import anndata as ad
+    import scanpy as sc
+
+    a = ad.AnnData(x)
+    a.layers["log1p"] = a.X.copy()
+    sc.pp.normalize_total(a, target_sum=target_sum, layer="log1p")
+    sc.pp.log1p(a, layer="log1p")
+    return sp.csr_matrix(a.layers["log1p"])
+
+
+def _vocab_rows(x: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
+    """Columns ``cols`` of CSR ``x`` (-1: a gene the corpus lacks, all zero), zeros dropped, indices sorted."""
+    present = cols >= 0
+    x = sp.csr_matrix(x[:, np.where(present, cols, 0)].multiply(present[None, :].astype(np.float32)))
+    x.eliminate_zeros()
+    x.sort_indices()
+    return x
+
+
+class _SummaryAccumulator:
+    """``_summary`` of a shard built chunk by chunk: the same numbers without holding the shard."""
+
+    def __init__(self) -> None:
+        self.cells = self.tokens = self.edges = self.truncated = self.no_tokens = self.no_edges = 0
+        self.expressed = self.touched = 0
+        self.tok_min = self.tok_max = self.edge_min = self.edge_max = None
+
+    def add(self, arrays: Mapping[str, np.ndarray], truncated: np.ndarray) -> None:
+        """Add the arrays of ``_tokenize_core`` for some cells (local pointers starting at 0)."""
+        n_tok, n_edge = np.diff(arrays["gene_ptr"]), np.diff(arrays["edge_ptr"]) // 2
+        if n_tok.size == 0:
+            return
+        self.cells += int(n_tok.size)
+        self.tokens += int(n_tok.sum())
+        self.edges += int(n_edge.sum())
+        self.truncated += int(truncated.sum())
+        self.no_tokens += int((n_tok == 0).sum())
+        self.no_edges += int((n_edge == 0).sum())
+        self.expressed += int((arrays["bins"] > 0).sum())
+        first = self.tok_min is None
+        self.tok_min = int(n_tok.min()) if first else min(self.tok_min, int(n_tok.min()))
+        self.tok_max = int(n_tok.max()) if first else max(self.tok_max, int(n_tok.max()))
+        self.edge_min = int(n_edge.min()) if first else min(self.edge_min, int(n_edge.min()))
+        self.edge_max = int(n_edge.max()) if first else max(self.edge_max, int(n_edge.max()))
+        gp, ep, ei = arrays["gene_ptr"], arrays["edge_ptr"], np.asarray(arrays["edge_index"]).reshape(2, -1)
+        if ei.shape[1]:  # token positions of different cells are disjoint: per-chunk counts add up
+            self.touched += int(np.unique(gp[np.repeat(np.arange(gp.size - 1), np.diff(ep))] + ei[0]).size)
+
+    def result(self) -> dict[str, Any]:
+        """The dict of ``_summary`` (means are exact integer totals / cells, as numpy's means of them)."""
+        if self.cells == 0:
+            return {"cells": 0}
+        return {
+            "cells": self.cells,
+            "tokens_per_cell": {"mean": float(np.float64(self.tokens) / self.cells), "min": self.tok_min,
+                                "max": self.tok_max},
+            "edges_per_cell": {"mean": float(np.float64(self.edges) / self.cells), "min": self.edge_min,
+                               "max": self.edge_max},
+            "cells_truncated_at_max_seq_len": self.truncated,
+            "cells_without_tokens": self.no_tokens,
+            "cells_without_edges": self.no_edges,
+            "expressed_token_fraction": float(np.float64(self.expressed) / self.tokens) if self.tokens else 0.0,
+            "tokens_with_an_edge_fraction": float(self.touched / np.int64(self.tokens)) if self.tokens else 0.0,
+        }
+
+
+def write_npz_streamed(path: str | Path, entries: Sequence[tuple[str, Any, tuple, Sequence[Any]]],
+                       block_bytes: int = 1 << 22) -> None:
+    """Write an ``.npz`` from raw array bytes in files, byte-identical to :func:`write_shard` of the arrays.
+
+    Parameters
+    ----------
+    path : output file (written atomically).
+    entries : (name, dtype, shape, parts) per array, in zip order; ``parts``: files (paths) or ``bytes``
+        whose concatenation is the array's C-order data (little-endian as the dtype says).
+    block_bytes : bytes copied at a time; memory stays bounded by it.
+
+    Each entry is a ``.npy`` with the format-1.0 header that ``np.lib.format.write_array`` writes, stored
+    deflated with write_shard's fixed date; the zip entry's size is set before it is opened, as
+    ``ZipFile.writestr`` does, so the same zip (and zip64) records are written.
+
+    Raises
+    ------
+    ValueError
+        If the parts do not hold ``prod(shape) * itemsize`` bytes.
+    """
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            for name, dtype, shape, parts in entries:
+                dtype = np.dtype(dtype)
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    head, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                           "shape": tuple(int(s) for s in shape)})
+                sizes = [len(p) if isinstance(p, bytes) else Path(p).stat().st_size for p in parts]
+                if sum(sizes) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+                    raise ValueError(f"{name}: {sum(sizes)} bytes of data for shape {tuple(shape)} of {dtype}")
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.file_size = len(head.getvalue()) + sum(sizes)
+                with zf.open(info, "w") as dst:
+                    dst.write(head.getvalue())
+                    for p in parts:
+                        if isinstance(p, bytes):
+                            dst.write(p)
+                            continue
+                        with open(p, "rb") as src:
+                            while block := src.read(block_bytes):
+                                dst.write(block)
+
+
+def _append(spool: Path, name: str, arr: np.ndarray) -> None:
+    with open(spool / name, "ab") as fh:
+        fh.write(np.ascontiguousarray(arr).tobytes())
+
+
+def _spool_chunk(spool: Path, arrays: Mapping[str, np.ndarray], offsets: dict[str, int]) -> None:
+    """Append one chunk's arrays of ``_tokenize_core``; pointers are shifted to global offsets."""
+    for key, ptr in (("gene_ptr", "gene_ids"), ("edge_ptr", "edge_weight")):
+        _append(spool, key, arrays[key][1:] + offsets[key])
+        offsets[key] += int(arrays[ptr].size)
+    for key in ("gene_ids", "bins", "expr", "edge_weight"):
+        _append(spool, key, arrays[key].astype(_SPOOL_PARTS[key][0], copy=False))
+    ei = np.asarray(arrays["edge_index"], dtype=np.int32).reshape(2, -1)
+    _append(spool, "edge_src", ei[0])
+    _append(spool, "edge_dst", ei[1])
+
+
+def _shard_entries(spool: Path, obs_names_dtype: np.dtype, n_cells: int, n_bins: int, max_seq_len: int) -> list:
+    """(name, dtype, shape, parts) of every shard key, in SHARD_KEYS order, from the spool files."""
+    sizes = {k: (spool / f).stat().st_size // np.dtype(dt).itemsize
+             for k, (dt, files) in _SPOOL_PARTS.items() for f in files[:1]}
+    shapes = {"gene_ptr": (n_cells + 1,), "edge_ptr": (n_cells + 1,), "edge_index": (2, sizes["edge_index"]),
+              **{k: (sizes[k],) for k in ("gene_ids", "bins", "expr", "edge_weight")}}
+    entries = []
+    for key in SHARD_KEYS:
+        if key in _SPOOL_PARTS:
+            dt, files = _SPOOL_PARTS[key]
+            entries.append((key, dt, shapes[key], [spool / f for f in files]))
+        elif key in ("n_bins", "max_seq_len"):
+            entries.append((key, np.int64, (), [np.int64(n_bins if key == "n_bins" else max_seq_len).tobytes()]))
+        elif key == "obs_names":
+            entries.append((key, obs_names_dtype, (n_cells,), [spool / "obs_names"]))
+        else:  # constant columns, as np.full(n, "unlabelled") and np.full(n, "pretrain")
+            value = np.array("unlabelled" if key == "cell_type" else "pretrain")
+            entries.append((key, value.dtype, (n_cells,), [spool / key]))
+    return entries
+
+
+def tokenize_corpus_streamed(args: argparse.Namespace, scan: _CorpusScan, genes: Sequence[str], prior: Graph,
+                             out_path: str | Path) -> dict[str, Any]:
+    """Tokenize the QC'd corpus ``args.chunk_cells`` cells at a time into ``out_path`` (``pretrain.npz``).
+
+    Each chunk's rows are read from the backed file, normalised (log1p CPM, ``--target-sum``), restricted to
+    the vocabulary ``genes`` [G] and tokenized with the shared ``prior`` graph by ``_tokenize_core`` with the
+    cells' positions among all kept cells, so no token depends on the chunk size. Chunk arrays are appended
+    to files in a temporary folder next to ``out_path`` (removed on success and on error), then streamed into
+    the zip: the file is byte-identical to ``write_shard`` of the whole-corpus arrays (``_tokenize_corpus``).
+
+    Returns
+    -------
+    The shard's report: ``_summary`` of the arrays plus ``vocabulary_genes_absent``.
+
+    Raises
+    ------
+    InputError
+        If a chunk cannot be read or is not raw counts.
+    """
+    import shutil
+    import tempfile
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    cols = scan.adata.var_names.get_indexer(genes)
+    kept_names = scan.adata.obs_names[scan.keep]
+    names_dtype = np.dtype(("U", max(1, max(len(n) for n in kept_names))))  # as np.array(names, dtype=str)
+    acc = _SummaryAccumulator()
+    offsets = {"gene_ptr": 0, "edge_ptr": 0}
+    spool = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.spool.", dir=out_path.parent))
+    try:
+        _append(spool, "gene_ptr", np.zeros(1, np.int64))
+        _append(spool, "edge_ptr", np.zeros(1, np.int64))
+        for start, rows, x in _kept_chunks(scan, args.chunk_cells):
+            x = _vocab_rows(_log1p_rows(x, args.target_sum), cols)
+            arrays, truncated = _tokenize_core(x, np.arange(start, start + x.shape[0]), lambda j: prior, args.n_bins,
+                                               args.max_seq_len, args.seed, args.tie_break, args.neighbours,
+                                               stream=PRETRAIN_STREAM)
+            _spool_chunk(spool, arrays, offsets)
+            acc.add(arrays, truncated)
+            _append(spool, "obs_names", np.array(scan.adata.obs_names[rows], dtype=names_dtype))
+            _append(spool, "cell_type", np.full(rows.size, "unlabelled"))
+            _append(spool, "split", np.full(rows.size, "pretrain"))
+        write_npz_streamed(out_path, _shard_entries(spool, names_dtype, scan.n_kept, args.n_bins, args.max_seq_len))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    rep = acc.result()
+    rep["vocabulary_genes_absent"] = int((cols < 0).sum())
+    return rep
