@@ -268,3 +268,31 @@ DIFF_EVAL_SHELL = (
     " --model-path {input.model:q} --generated {input.generated:q} --seed {params.seed:q} {params.options}"
     " --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 )
+
+
+# ---- helpers of datasets.smk (issue 15: the paper's evaluation datasets) ----
+DATASETS_CFG = config.get("datasets", {"folder": "resources/datasets", "retries": 3, "timeout": 600, "files": {}})
+
+
+DATASET_FILES = DATASETS_CFG["files"]
+
+
+def dataset_download_path(key):
+    """The published file of dataset `key` as downloaded (before conversion)."""
+    return f"{DATASETS_CFG['folder']}/downloads/{key}/{DATASET_FILES[key]['filename']}"
+
+
+def dataset_outputs(key):
+    """The converted h5ad of dataset `key` and its JSON report (side by side)."""
+    prefix = f"{DATASETS_CFG['folder']}/{key}/{key}"
+    return {"h5ad": f"{prefix}.h5ad", "report": f"{prefix}.report.json"}
+
+
+def dataset_param(name):
+    """A params function: field `name` of the dataset's config entry ('' when the entry has none)."""
+
+    def param(wildcards):
+        value = DATASET_FILES[wildcards.dataset].get(name)
+        return "" if value is None else str(value)
+
+    return param
