@@ -195,3 +195,52 @@ def test_cli_rejects_bad_coefficients_and_writes_nothing(cells, tmp_path, capsys
     assert rc == 2
     assert "coefficients" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("pretrain_on", ["train+corpus", "corpus"])
+def test_pretrain_on_corpus_keeps_evaluation_cells_out(cells, tmp_path, monkeypatch, pretrain_on):
+    """--pretrain-on corpus trains on pretrain.npz alone: no labelled train cell reaches fit()."""
+    import cellgraph.train as tr
+
+    arrays, vocab, _ = cells
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    c = len(arrays["obs_names"])
+    corpus = dict(arrays, obs_names=np.array([f"corpus-{n}" for n in arrays["obs_names"]]))
+    write_split_shard(tmp_path / "tokens/pretrain.npz", corpus, "pretrain", np.arange(c))
+    coef = tmp_path / "coefficients.json"
+    coeffs = heat_kernel_coefficients(0.1, 1e-6)
+    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    seen = {}
+    real_fit = tr.fit
+
+    def spy(config, train_ds, val_ds, *a, **kw):
+        seen["train"], seen["val"] = set(train_ds.obs_names), set(val_ds.obs_names)
+        return real_fit(config, train_ds, val_ds, *a, **kw)
+
+    monkeypatch.setattr(tr, "fit", spy)
+    ck = tmp_path / "ck"
+    rc = cli.main(["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef), "--seed", "0",
+                   "--max-epochs", "1", "--batch-size", "8", "--threads", "1", "--model", "vanilla",
+                   "--pretrain-on", pretrain_on, "--checkpoint-dir", str(ck), "--out-dir", str(tmp_path / "out")])
+    assert rc == 0
+    labelled = set(np.asarray(arrays["obs_names"][:18]).astype(str))
+    report = json.loads((ck / "report.json").read_text())
+    assert seen["train"] & labelled == (set() if pretrain_on == "corpus" else labelled)
+    assert {n for n in seen["train"] if n.startswith("corpus-")} == set(corpus["obs_names"])
+    assert report["labelled_train_cells"] == (0 if pretrain_on == "corpus" else 18)
+    assert report["pretrain_cells"] == c and report["pretrain_on"] == pretrain_on
+
+
+def test_pretrain_on_corpus_without_a_corpus_is_one_clear_error(cells, tmp_path, capsys):
+    arrays, vocab, _ = cells
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef = tmp_path / "coefficients.json"
+    coeffs = heat_kernel_coefficients(0.1, 1e-6)
+    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    rc = cli.main(["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef),
+                   "--model", "gremln", "--pretrain-on", "corpus", "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--out-dir", str(tmp_path / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--pretrain-on corpus" in err and "pretrain.npz is missing" in err
+    assert not (tmp_path / "out").exists()

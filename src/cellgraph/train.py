@@ -549,6 +549,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="cells per batch (default: the preset's; demo 32 = config train.batch_size)")
     p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of gene tokens masked (default 0.15)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
+                   help="cells of masked pretraining: the labelled train cells joined by the corpus shard "
+                        "(pretrain.npz, if any; default), or the corpus alone, so that no cell of the evaluation "
+                        "data set is seen in pretraining (the GREmLN paper's protocol, section 4.1)")
     p.add_argument("--devices", type=int, default=1,
                    help="processes (GPUs, or CPU processes) per node for data-parallel training (default 1)")
     p.add_argument("--num-nodes", type=int, default=1, help="nodes for data-parallel training (default 1)")
@@ -615,15 +619,18 @@ def run(args: argparse.Namespace) -> None:
     train_ds, val_ds = data.TokenDataset(train_path), data.TokenDataset(val_path)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(f"{tokens}: train.npz and val.npz must hold at least one cell each")
-    # an unlabelled pretraining corpus (tokenize --pretrain-adata) joins the train cells
+    # an unlabelled pretraining corpus (tokenize --pretrain-adata) joins the train cells, or replaces them
     pretrain_path = tokens / "pretrain.npz"
-    n_labelled = len(train_ds)
+    if args.pretrain_on == "corpus" and not pretrain_path.is_file():
+        raise InputError(f"--pretrain-on corpus: {pretrain_path} is missing (tokenize with --pretrain-adata)")
+    n_labelled = len(train_ds) if args.pretrain_on == "train+corpus" else 0
     if pretrain_path.is_file():
         pretrain_ds = data.TokenDataset(pretrain_path)
         if pretrain_ds.n_bins != n_bins:
             raise InputError(f"{pretrain_path}: n_bins differs from {train_path}")
-        train_ds = data.TokenDataset.concat([train_ds, pretrain_ds])
-    shard_files = [train_path, val_path, vocab_path] + ([pretrain_path] if pretrain_path.is_file() else [])
+        train_ds = data.TokenDataset.concat([train_ds, pretrain_ds]) if n_labelled else pretrain_ds
+    shard_files = ([train_path] if n_labelled else []) + [val_path, vocab_path] + (
+        [pretrain_path] if pretrain_path.is_file() else [])
     torch.set_num_threads(args.threads)
     log.info("training %s (%s preset) on %d train / %d val cells, %d genes, K=%d", args.model, args.preset,
              len(train_ds), len(val_ds), len(vocab) - 2, order)
@@ -646,7 +653,8 @@ def run(args: argparse.Namespace) -> None:
         tmp.write_text("\n".join(lines) + "\n")
     write_json(Path(args.checkpoint_dir) / "report.json", {
         "model": args.model, "preset": args.preset, "train_cells": len(train_ds), "val_cells": len(val_ds),
-        "labelled_train_cells": n_labelled, "pretrain_cells": len(train_ds) - n_labelled,
+        "pretrain_on": args.pretrain_on, "labelled_train_cells": n_labelled,
+        "pretrain_cells": len(train_ds) - n_labelled,
         "vocab_size": len(vocab), "n_bins": n_bins, "beta": beta, "chebyshev_order": order,
         "chebyshev_order_by_tolerance": len(coeffs) - 1, "chebyshev_max_order": base.chebyshev_max_order,
         "epoch_seconds": [row["seconds"] for row in history], **summary,
