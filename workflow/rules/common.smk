@@ -296,3 +296,29 @@ def dataset_param(name):
         return "" if value is None else str(value)
 
     return param
+
+
+# ---- helpers of corpus.smk (issue 15: the pretraining corpus from the CELLxGENE Census) ----
+CORPUS_CFG = config.get("corpus", {"source": "census", "folder": "resources/corpus", "check_against": []})
+
+
+def corpus_outputs():
+    """The corpus h5ad and its manifest JSON."""
+    folder = CORPUS_CFG["folder"]
+    return {"h5ad": f"{folder}/corpus.h5ad", "manifest": f"{folder}/manifest.json"}
+
+
+def corpus_source_input():
+    """The local census-like h5ad when corpus.source is a path; nothing for `census` (queried online)."""
+    return [] if CORPUS_CFG["source"] == "census" else [CORPUS_CFG["source"]]
+
+
+def corpus_check_inputs():
+    """The h5ads the corpus must be disjoint from: entries of corpus.check_against that are keys of
+    datasets.files become that dataset's converted h5ad (dataset_outputs), other entries are paths."""
+    return [dataset_outputs(e)["h5ad"] if e in DATASET_FILES else e for e in CORPUS_CFG["check_against"]]
+
+
+def corpus_in(wildcards, input):
+    """A params function: the source h5ad of the rule's input ('' for the census)."""
+    return str(input.source[0]) if len(input.source) else ""
