@@ -179,3 +179,31 @@ def test_dry_run_plans_every_branch(configs):
     expected = {"grn", "train", "evaluate", "figures", "perturbation_forward", "perturbation_yeast",
                 "diffusion_train", "diffusion_sample", "multigraph_build", *targets}
     assert expected <= planned, sorted(expected - planned)
+
+
+@pytest.mark.workflow
+def test_paper_overlay_pretrains_on_the_corpus_and_evaluates_on_a_separate_dataset():
+    """The paper overlay's DAG: the census corpus feeds tokenize/train (--pretrain-on corpus) and the downloaded,
+    converted Human Immune set is the expression (evaluation) input; the default config plans neither."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    shells = {}
+    for name, configs in (("default", ["config/config.yaml"]), ("paper", ["config/config.yaml", "config/paper.yaml"])):
+        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--forceall", "--cores", "2", "-p",
+               "--configfile", *[str(REPO / c) for c in configs], "--", "all"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rules, lines = [], proc.stdout.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith(("rule ", "localrule ")):
+                rules.append(line.split()[1].rstrip(":"))
+            elif line.startswith("Shell command:") and rules:
+                shells.setdefault(name, {})[rules[-1]] = line
+    paper, default = shells["paper"], shells["default"]
+    assert {"corpus", "download_dataset", "convert_dataset"} <= set(paper)
+    assert not {"corpus", "download_dataset", "convert_dataset"} & set(default)
+    assert "files/25717328" in paper["download_dataset"]
+    assert "--input resources/datasets/human_immune/human_immune.h5ad" in paper["expression"]
+    assert "--label-key final_annotation" in paper["expression"]
+    assert "--pretrain-adata resources/corpus/corpus.h5ad" in paper["tokenize"]
+    assert "--check-against resources/datasets/human_immune/human_immune.h5ad" in paper["corpus"]
+    assert "--pretrain-on corpus" in paper["train"] and "--pretrain-on train+corpus" in default["train"]
