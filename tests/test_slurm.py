@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,116 @@ def test_two_process_training_as_slurm_job(runs):
 
 
 # --------------------------------------------------------------------------------------------------
+# What a job gets: threads, CPUs and GPUs seen inside each job of a small workflow (seconds, not minutes)
+# --------------------------------------------------------------------------------------------------
+
+# The rule shell records, from inside the job: Snakemake's {threads}; nproc (which follows OMP_NUM_THREADS,
+# set by Snakemake to the rule's threads); the CPUs the process may run on (Cpus_allowed_list: the CPUs
+# Slurm bound the job step to, task/affinity); SLURM_CPUS_PER_TASK when the job step sets it;
+# CUDA_VISIBLE_DEVICES; and Slurm's own record of the job (scontrol show job -d: NumCPUs, JOB_GRES, GRES
+# indices), looked up by SLURM_JOB_ID, which the job-step plugin keeps.
+_RECORD = (
+    'echo "threads={threads}" > {output}; '
+    'echo "nproc=$(nproc)" >> {output}; '
+    'echo "cpus_allowed=$(awk \'/^Cpus_allowed_list/ {{print $2}}\' /proc/self/status)" >> {output}; '
+    'echo "slurm_cpus_per_task=${{SLURM_CPUS_PER_TASK:-unset}}" >> {output}; '
+    'echo "cuda_visible_devices=${{CUDA_VISIBLE_DEVICES:-unset}}" >> {output}; '
+    'echo "slurm_job_id=${{SLURM_JOB_ID:-unset}}" >> {output}; '
+    'if [ -n "${{SLURM_JOB_ID:-}}" ]; then scontrol show job -d "$SLURM_JOB_ID" >> {output}; fi'
+)
+
+# rule -> (profile set-threads, profile set-resources, expected {threads}, CPUs, GPUs inside the job).
+# Every rule says `threads: 1` in the Snakefile; the profile's set-threads must be what the job gets.
+# CPUs: cpus_per_task if given, else cpus_per_gpu x GPUs for GPU rules, else the rule's threads.
+_JOBS = {
+    "plain": (1, {}, 1, 1, 0),
+    "threads2": (2, {}, 2, 2, 0),                                   # --cpus-per-task=threads
+    "cpus_per_task2": (1, {"cpus_per_task": 2}, 1, 2, 0),         # more CPUs than threads
+    "gpu1": (1, {"gpu": 1, "cpus_per_gpu": 1}, 1, 1, 1),           # --gpus=1 --cpus-per-gpu=1
+    "gpu2": (2, {"gpu": 2, "cpus_per_gpu": 1}, 2, 2, 2),           # 2 GPUs x 1 CPU each, 2 threads
+    "gres_gpu2": (2, {"gres": "gpu:2"}, 2, 2, 2),                  # --gres=gpu:2, --cpus-per-task=threads
+    # fewer CPUs than threads: Snakemake in the job caps the threads at the CPUs the job step may use
+    "threads2_cpus1": (2, {"cpus_per_task": 1}, 1, 1, 0),
+}
+
+
+def _cpu_list_size(text: str) -> int:
+    """Number of CPUs in a list such as '0-1,4'."""
+    n = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def _read_record(path: Path) -> dict:
+    text = path.read_text()
+    rec = dict(line.split("=", 1) for line in text.splitlines()[:6])
+    scontrol = text.split("\n", 6)[6] if text.count("\n") > 6 else ""
+    num_cpus = re.search(r"\bNumCPUs=(\d+)", scontrol)
+    job_gres = re.search(r"\bJOB_GRES=(\S+)", scontrol)
+    rec["slurm_num_cpus"] = int(num_cpus.group(1)) if num_cpus else None
+    rec["slurm_job_gres"] = job_gres.group(1) if job_gres else None
+    return rec
+
+
+def test_slurm_jobs_get_the_threads_cpus_and_gpus_the_profile_asks_for(cluster, tmp_path):
+    """A small workflow through `--executor slurm`: inside each job, {threads}, the CPUs the job may use,
+    Slurm's CPU count and GPUs (CUDA_VISIBLE_DEVICES, JOB_GRES) equal what the profile's set-threads and
+    set-resources ask for."""
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(
+        f"RECORD = {_RECORD!r}\n"
+        f"NAMES = {list(_JOBS)!r}\n"
+        "rule all:\n"
+        "    input: expand('seen/{name}.txt', name=NAMES)\n"
+        "    localrule: True\n"
+        "for _name in NAMES:\n"
+        "    rule:\n"
+        "        name: _name\n"
+        "        output: f'seen/{_name}.txt'\n"
+        "        threads: 1\n"
+        "        shell: RECORD\n"
+    )
+    # the test cluster's profile with set-threads / set-resources per rule, as profiles/slurm does for its rules
+    profile = yaml.safe_load((TEST_PROFILE / "config.yaml").read_text())
+    profile["set-threads"] = {name: job[0] for name, job in _JOBS.items()}
+    profile["set-resources"] = {name: job[1] for name, job in _JOBS.items() if job[1]}
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile))
+    cmd = [*SNAKEMAKE, "-s", str(snakefile), "-d", str(tmp_path), "--workflow-profile", str(tmp_path / "profile")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-8000:]
+    assert proc.stderr.count("has been submitted with SLURM jobid") == len(_JOBS)
+    print(f"{len(_JOBS)} Slurm jobs in {seconds:.0f} s; profile -> expected (threads, CPUs, GPUs) -> seen in the job:")
+    seen = {}
+    for name, (set_threads, resources, threads, cpus, gpus) in _JOBS.items():
+        rec = _read_record(tmp_path / f"seen/{name}.txt")
+        devices = [] if rec["cuda_visible_devices"] == "unset" else rec["cuda_visible_devices"].split(",")
+        seen[name] = {
+            "threads": int(rec["threads"]),
+            "nproc": int(rec["nproc"]),
+            "cpus_allowed": _cpu_list_size(rec["cpus_allowed"]),
+            "slurm_num_cpus": rec["slurm_num_cpus"],
+            "slurm_cpus_per_task": rec["slurm_cpus_per_task"],
+            "cuda_visible_devices": len(devices),
+            "slurm_job_gres": rec["slurm_job_gres"],
+        }
+        print(f"  {name}: set-threads {set_threads} {resources} -> ({threads}, {cpus}, {gpus}) -> {seen[name]}")
+    for name, (_, _, threads, cpus, gpus) in _JOBS.items():
+        got = seen[name]
+        assert got["slurm_num_cpus"] is not None, f"{name}: no scontrol record (SLURM_JOB_ID not visible?)"
+        assert got["threads"] == threads, (name, got)
+        assert got["nproc"] == threads, (name, got)  # OMP_NUM_THREADS = the rule's threads
+        assert got["slurm_num_cpus"] == cpus, (name, got)
+        assert got["cpus_allowed"] == cpus, (name, got)  # the job step is bound to its CPUs
+        assert got["cuda_visible_devices"] == gpus, (name, got)
+        assert got["slurm_job_gres"] == (f"gpu:{gpus}" if gpus else "(null)"), (name, got)
+
+
+# --------------------------------------------------------------------------------------------------
 # install-profile (no cluster needed)
 # --------------------------------------------------------------------------------------------------
 
@@ -244,8 +355,10 @@ def test_profile_slurm_by_name_plans_the_paper_workflow(tmp_path):
         assert "srun -n 4 --ntasks-per-node=4 cellgraph train" in out and "--devices 4 --num-nodes 1" in out
         assert "config/paper.yaml" in out or "results/paper" in out
     counts, train = plans["--profile"]
-    assert counts == {"expression": "1", "networks": "1", "grn": "1", "spectral": "1", "tokenize": "1",
-                      "train": "2", "evaluate": "2", "figures": "1", "all": "1"}
+    # the paper's data: Human Immune downloaded and converted, the Census corpus built
+    assert counts == {"download_dataset": "1", "convert_dataset": "1", "corpus": "1", "expression": "1",
+                      "networks": "1", "grn": "1", "spectral": "1", "tokenize": "1", "train": "2", "evaluate": "2",
+                      "figures": "1", "all": "1"}
     assert len(train) == 1 and {"gpu=4", "tasks=4", "tasks_per_gpu=1", "mpi=srun", "cpus_per_gpu=8", "runtime=120",
                                 "slurm_partition=CHANGE_ME_gpu_partition"} <= next(iter(train))
     assert plans["--profile"] == plans["--workflow-profile"]
@@ -264,3 +377,37 @@ def test_profile_slurm_gives_diffusion_training_one_gpu(tmp_path):
     for b in blocks:
         res = next(line for line in b.splitlines() if "resources:" in line)
         assert "gpu=1" in res and "slurm_partition=CHANGE_ME_gpu_partition" in res and "cpus_per_gpu=8" in res
+
+
+def test_slurm_profile_dry_run_plans_the_profiles_threads(tmp_path):
+    """`snakemake -n --workflow-profile profiles/slurm` on the tiny config plans grn, train and evaluate with
+    the profile's set-threads (not --cores 1 of a dry run), and each of those rules asks Slurm for at least
+    as many CPUs per task as it has threads."""
+    slurm = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    config = tiny_config(tmp_path)
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(config),
+                           "--workflow-profile", str(REPO / "profiles/slurm"), "-n", "-p"],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    planned: dict[str, set[int]] = {}
+    for block in out.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
+        if rule and rule.group(1) in ("grn", "train", "evaluate"):
+            planned.setdefault(rule.group(1), set()).add(int(threads.group(1)) if threads else 1)
+    assert planned == {rule: {slurm["set-threads"][rule]} for rule in ("grn", "train", "evaluate")}, planned
+    commands = {m.group(1): int(m.group(2)) for m in re.finditer(r"cellgraph (grn|train) .*?--threads (\d+)", out)}
+    assert commands == {"grn": slurm["set-threads"]["grn"], "train": slurm["set-threads"]["train"]}, commands
+    # CPUs Slurm gives each task of the job (the plugin's rule: cpus_per_task, else cpus_per_gpu x GPUs spread
+    # over the job's tasks, else threads) cover the threads the profile sets
+    for rule, threads in slurm["set-threads"].items():
+        res = slurm["set-resources"].get(rule, {})
+        if "cpus_per_task" in res:
+            cpus = res["cpus_per_task"]
+        elif "cpus_per_gpu" in res:
+            cpus = res["cpus_per_gpu"] * res["gpu"] // res.get("tasks", 1)
+        else:
+            cpus = threads
+        assert cpus >= threads, (rule, cpus, threads)
+    assert slurm["cores"] >= max(slurm["set-threads"].values())

@@ -8,7 +8,8 @@
 #
 # Needs root and the packages: apt-get install -y slurmctld slurmd slurm-client munge
 # The node has this machine's cores and memory and CELLGRAPH_FAKE_GPUS (default 2) fake GPUs: GRES "gpu"
-# whose File= are plain files, so `--gpus=N` jobs are scheduled (no CUDA is involved).
+# whose File= are /dev/null-like device nodes, so `--gpus=N` jobs are scheduled and see
+# CUDA_VISIBLE_DEVICES (no CUDA is involved). Jobs are bound to their allocated CPUs (task/affinity).
 # Accounting is off; give Snakemake's slurm executor `slurm-status-command: squeue` (sacct would hang).
 set -euo pipefail
 
@@ -36,8 +37,13 @@ start() {
     local cpus mem
     cpus=$(nproc)
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+    # slurmd takes a GRES File= only if it is a character or block device (a plain file is rejected and the
+    # GPUs then get no index: no CUDA_VISIBLE_DEVICES in jobs): one /dev/null-like device node per fake GPU
     for i in $(seq 0 $((GPUS - 1))); do
-        touch "$STATE/gres/gpu$i"
+        local dev="$STATE/gres/gpu$i"
+        [ -c "$dev" ] && continue
+        rm -f "$dev"
+        mknod "$dev" c 1 3 2>/dev/null || ln -s /dev/null "$dev"
     done
     cat > /etc/slurm/gres.conf <<EOF
 NodeName=$HOST Name=gpu File=$STATE/gres/gpu[0-$((GPUS - 1))]
@@ -57,7 +63,8 @@ SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/slurmctld.log
 SlurmdLogFile=$STATE/slurmd.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# task/affinity binds each job (step) to the CPUs Slurm allocated to it: nproc inside a job is its CPU count
+TaskPlugin=task/affinity
 SwitchType=switch/none
 MpiDefault=none
 ReturnToService=2
