@@ -88,6 +88,7 @@ def paired_over_seeds(results_by_seed: dict[int, dict[str, dict[str, Any]]], a: 
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``ablation`` stage's command-line options to ``p``."""
     p.add_argument("--runs", nargs="+", required=True,
                    help="SEED=EVALUATE_DIR for every pretraining seed (each dir holds one folder per model)")
     p.add_argument("--models", nargs=2, default=["gremln", "vanilla"], help="the two models compared")
@@ -95,6 +96,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph ablation``: GREmLN minus vanilla over pretraining seeds, paired, with 95% t-intervals.
+
+    Reads, for every ``--runs SEED=EVALUATE_DIR``, the evaluation results of both ``--models`` in
+    ``EVALUATE_DIR/<model>/`` (:func:`cellgraph.figures.load_results`) and writes to ``--out-dir``:
+    ``ablation.tsv`` (one row per seed x model, :func:`seed_rows`) and ``ablation_paired.csv`` /
+    ``ablation_paired.md`` (one row per metric: mean difference over seeds and its 95% t-interval,
+    :func:`paired_over_seeds`).
+
+    Raises
+    ------
+    InputError
+        If a ``--runs`` entry is not ``SEED=EVALUATE_DIR`` with an integer seed, if fewer than 2 seeds are
+        given, or if an evaluation file is missing or unreadable.
+    """
     import pandas as pd
 
     results_by_seed = {}

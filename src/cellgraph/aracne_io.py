@@ -275,6 +275,7 @@ def read_network_aracne3(path) -> pd.DataFrame:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``aracne`` stage's command-line options (with the shared ARACNe engine options) to ``p``."""
     from .grn import add_engine_arguments
 
     p.add_argument("--expression", required=True,
@@ -303,6 +304,24 @@ def _check(args) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph aracne``: standalone ARACNe on an ARACNe-AP expression matrix or an h5ad.
+
+    Reads ``--expression`` (:func:`read_expression`: a genes x samples text matrix, or an h5ad transposed to
+    genes x cells) and ``--regulators`` (one name per line), runs :func:`cellgraph.aracne.aracne` on the
+    regulators that are non-constant genes of the matrix, and writes to ``--out-dir`` the network in
+    ``--format`` (``network.txt`` for ``aracne-ap``, ``network.tsv`` for ``aracne3`` and ``decoupler``) and
+    ``report.json`` (inputs, parameters, skipped genes and regulators, MI thresholds, edges per bootstrap).
+    Null-model cache in ``--cache-dir`` (default ``<out-dir>/.cache``); per-bootstrap checkpoints in
+    ``--checkpoint-dir`` (default ``<out-dir>/bootstraps``, removed after success unless
+    ``--keep-checkpoints``). Regulators missing from the matrix and constant genes are skipped with a warning.
+
+    Raises
+    ------
+    InputError
+        On bad engine options, ``--threads`` < 1 or ``--n-null`` < 1000, an unreadable input, gene names
+        that occur more than once, missing or non-finite values, no regulator that is a non-constant gene of
+        the matrix, or input the engine rejects.
+    """
     from .grn import read_regulators
 
     _check(args)

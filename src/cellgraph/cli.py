@@ -33,6 +33,11 @@ STAGES: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``cellgraph`` argument parser, with one subcommand per stage of :data:`STAGES`.
+
+    Only the stage named by the first non-option word of ``argv`` gets its module imported and its options
+    added (``configure_parser``), so ``cellgraph --help`` imports no stage module.
+    """
     parser = argparse.ArgumentParser(prog="cellgraph", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at DEBUG level")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -47,6 +52,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cellgraph`` command: parse ``argv``, set up logging and threads, run the stage.
+
+    Parameters
+    ----------
+    argv : the arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success; 2 if the stage raised :class:`InputError` (its message is printed to stderr as
+        ``cellgraph <stage>: error: ...``).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

@@ -513,6 +513,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m cellgraph.corpus``: build a pretraining corpus from the command line (:func:`build_corpus`).
+
+    Writes the corpus h5ad ``--out`` and the manifest JSON ``--manifest`` (default: ``--out`` with
+    ``.manifest.json``). Returns 0 on success, 2 on :class:`InputError` (message printed to stderr; nothing
+    written).
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     spec = CorpusFilter(tuple(args.tissues), tuple(args.cell_types), tuple(args.assays),

@@ -352,6 +352,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m cellgraph.datasets``: convert a published evaluation data set to the project's h5ad.
+
+    Converts ``--in`` with the ``--format`` converter (:func:`convert`) and writes the h5ad ``--out`` and its
+    JSON report ``--report`` (default: ``--out`` with ``.report.json``, :func:`write_dataset`). Returns 0 on
+    success, 2 on :class:`InputError` (message printed to stderr).
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     opt = {"label_key": args.label_key or None}

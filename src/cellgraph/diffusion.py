@@ -248,6 +248,9 @@ def load_papalexi_data(path, min_grna_frac: float, control: str) -> Data:
 
 
 def load_data(args) -> Data:
+    """The ``--dataset`` of ``args`` as :class:`Data`: :func:`load_pbmc` (``--adata``, ``--n-genes``) or
+    :func:`load_papalexi_data` (``--adata``, ``--min-grna-frac``, ``--control``). Raises InputError on a bad h5ad.
+    """
     if args.dataset == "pbmc":
         return load_pbmc(args.adata, args.n_genes)
     return load_papalexi_data(args.adata, args.min_grna_frac, args.control)
@@ -311,6 +314,18 @@ def folds_of(data: Data, n_folds: int, folds_run: int, seed: int, val_fraction: 
 
 @dataclasses.dataclass
 class TrainSettings:
+    """Optimisation settings of one training run (:func:`fit`), stored in ``model.pt`` and the fingerprint.
+
+    Attributes
+    ----------
+    ae_steps : two_stage: optimiser steps of the autoencoder phase (rounded up to whole epochs).
+    max_steps : optimiser steps of the diffusion (or end_to_end) phase (rounded up to whole epochs).
+    batch_size : cells per batch.
+    lr : peak AdamW learning rate of each phase.
+    weight_decay : AdamW weight decay (weights of dim >= 2 only).
+    ema_decay : decay of the exponential moving average of the weights.
+    seed : seeds the batch order and the per-step noise/time draws.
+    """
     ae_steps: int = 300  # two_stage: autoencoder optimiser steps (rounded up to whole epochs)
     max_steps: int = 1000  # diffusion (or end_to_end) optimiser steps (rounded up to whole epochs)
     batch_size: int = 256
@@ -367,6 +382,10 @@ class DiffusionModule(_lightning().LightningModule):
         self._t0 = time.perf_counter()
 
     def phase_of(self, epoch: int) -> str:
+        """The training phase (``autoencoder``, ``diffusion`` or ``end_to_end``) of the 0-based ``epoch``.
+
+        Phases follow each other in the order of ``self.phases``; an epoch past the last one gets the last phase.
+        """
         done = 0
         for name, n in self.phases:
             done += n
@@ -383,6 +402,11 @@ class DiffusionModule(_lightning().LightningModule):
         return 0
 
     def on_train_epoch_start(self) -> None:
+        """Reset the epoch's training-loss sum and timer; at the first epoch of the diffusion phase, fix the latent.
+
+        There (two_stage), :meth:`LatentDiffusion.set_latent_scale` runs on ``x_scale`` in eval mode without
+        gradients, and the EMA restarts (``n_averaged`` set to 0) so it averages only weights of this phase.
+        """
         self._acc, self._t0 = [0.0, 0], time.perf_counter()
         phase = self.phase_of(self.current_epoch)
         if phase == "diffusion" and self.current_epoch == self._phase_start_epoch("diffusion"):
@@ -399,6 +423,13 @@ class DiffusionModule(_lightning().LightningModule):
         return g
 
     def training_step(self, batch, batch_idx):
+        """Loss of the current phase on one batch; returns the scalar loss for Lightning's optimiser step.
+
+        ``batch`` is ``(x, cond, [counts])``: x float [B, G] standardised log expression, ``cond`` the condition
+        dict (:func:`conditions`), counts float [B, G] the raw counts (nb/zinb models). The noise and timestep
+        draws come from a generator seeded by (seed, global step), so a resumed run draws what an uninterrupted
+        one would. The KL term is warmed up linearly over the first half of the first phase.
+        """
         x, cond, *counts = batch
         phase = self.phase_of(self.current_epoch)
         # KL warm-up over the first half of the autoencoder phase (against posterior collapse)
@@ -411,13 +442,20 @@ class DiffusionModule(_lightning().LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Update the EMA of the weights after each optimiser step, except in the autoencoder phase."""
         if self.phase_of(self.current_epoch) != "autoencoder":
             self.ema.update_parameters(self.model)
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the validation-loss sum and cell count of the epoch."""
         self._val = [0.0, 0]
 
     def validation_step(self, batch, batch_idx):
+        """Add the batch's loss of the current phase (times its cell count) to the epoch's validation sum.
+
+        ``batch`` as in :meth:`training_step`; the draws come from a generator seeded by ``10**12 + batch_idx``,
+        so every epoch is validated on the same timesteps and noise. Returns nothing (no logging to Lightning).
+        """
         x, cond, *counts = batch
         phase = self.phase_of(self.current_epoch)
         loss, _ = self.model.loss(x, cond, phase, generator=self._gen(10**12 + batch_idx),
@@ -426,6 +464,11 @@ class DiffusionModule(_lightning().LightningModule):
         self._val[1] += len(x)
 
     def on_train_epoch_end(self) -> None:  # after this epoch's validation
+        """Append the epoch's metrics row to ``history`` and log it (runs after the epoch's validation).
+
+        The row has ``fold``, 1-based ``epoch``, ``phase``, the cell-weighted mean ``train_loss`` and
+        ``val_loss`` (nan without validation cells) and the epoch's wall-clock ``seconds`` (:data:`METRIC_COLUMNS`).
+        """
         row = {"fold": self.fold, "epoch": int(self.current_epoch) + 1, "phase": self.phase_of(self.current_epoch),
                "train_loss": self._acc[0] / max(self._acc[1], 1),
                "val_loss": self._val[0] / self._val[1] if self._val[1] else float("nan"),
@@ -435,13 +478,24 @@ class DiffusionModule(_lightning().LightningModule):
                  row["phase"], row["train_loss"], row["val_loss"], row["seconds"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the metrics history (``metrics_history``) and the run fingerprint (``cellgraph_fingerprint``)
+        in ``checkpoint``, so a resume restores the history and :func:`cellgraph.train.select_checkpoint` can
+        match the run.
+        """
         checkpoint["metrics_history"] = [dict(r) for r in self.history]
         checkpoint["cellgraph_fingerprint"] = self.run_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the metrics history from a checkpoint written by :meth:`on_save_checkpoint`."""
         self.history = [dict(r) for r in checkpoint.get("metrics_history", [])]
 
     def configure_optimizers(self):
+        """AdamW and its per-step learning-rate schedule, in Lightning's dict form.
+
+        Weight decay applies to weights of dim >= 2 only (none on biases and norms). The schedule restarts in
+        every phase: a linear warm-up over ``min(100, max(1, phase_steps // 10))`` steps, then cosine decay to
+        10% of ``lr`` at the end of the phase (``interval="step"``).
+        """
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -453,6 +507,9 @@ class DiffusionModule(_lightning().LightningModule):
             start += n * self.steps_per_epoch
 
         def factor(step: int) -> float:
+            """Learning-rate multiplier at global optimiser step ``step``: within its phase (after the last
+            phase: the last one), ``(k + 1) / warm`` during warm-up, then ``0.1 + 0.45 (1 + cos(pi progress))``.
+            """
             s0, length = bounds[-1]
             for b in bounds:
                 if b[0] <= step < b[0] + b[1]:
@@ -541,6 +598,9 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
     train_dl = _loader(x_train, cond_train, settings.batch_size, settings.seed, True, counts_train)
     val_dl = _loader(x_val, cond_val, settings.batch_size, settings.seed, False, counts_val) if len(x_val) else None
     def start(model) -> None:
+        """Initialise a freshly built model: the set-gene init ``init`` (if any) and, for nb/zinb models, the
+        gene-wise dispersion from ``counts_train`` (:meth:`LatentDiffusion.init_dispersion`).
+        """
         if init is not None:
             init(model)
         if model.config.counts:
@@ -573,6 +633,15 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
 
 
 def build_config(args, data: Data, n_genes: int, n_set_features: int = 0) -> dict:
+    """The model configuration as a dict: ``DiffusionConfig.preset(--preset)`` with the architecture and
+    training-mode options of ``args`` and the condition sizes of ``data`` (PBMC: ``n_cell_types`` = its cell
+    types; Papalexi: ``n_set_genes`` = its targets, ``n_set_features`` from :func:`set_gene_init`).
+
+    Raises
+    ------
+    InputError
+        If the preset is unknown or a value is rejected by :class:`DiffusionConfig`.
+    """
     core = _model_core()
     over = dict(n_genes=n_genes, n_tokens=args.n_tokens, d_model=args.d_model, n_layers=args.n_layers,
                 n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
@@ -626,6 +695,20 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_train(args, data: Data, out: Path) -> None:
+    """``--task train``: train one model per fold (:func:`folds_of`, :func:`fit`) on ``data``.
+
+    Reads ``--adata`` (already loaded as ``data``), ``--multigraph`` (``--set-features rwr``) or
+    ``--gremln-model`` (``--gremln-init``); checkpoints go to ``--checkpoint-dir/fold<k>``. Writes to ``out``:
+    ``model.pt`` (config, training settings, genes, conditions, per-fold EMA state dicts, standardisation and
+    library sizes, fold summaries, data report; plain containers, loadable with ``weights_only=True``) and
+    ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss, seconds``).
+
+    Raises
+    ------
+    InputError
+        On a bad preset or configuration, an unreadable multigraph or GREmLN model, or labels without a
+        condition index.
+    """
     t0 = time.time()
     folds = folds_of(data, args.n_folds, args.folds_run, args.seed, args.val_fraction, args.max_train_cells)
     init, init_report, files, n_feat = set_gene_init(args, data)
@@ -789,6 +872,19 @@ def sample_plan(obj: dict, n_generate: int) -> list[tuple[int, list[str], list[b
 
 
 def run_sample(args, out: Path) -> None:
+    """``--task sample``: generate cells with every fold's EMA model (:func:`sample_plan`).
+
+    Reads ``--model-path`` (``model.pt``) and writes ``out/generated.h5ad``: ``X`` float32 log1p CP10k over the
+    model's genes, ``layers["counts"]`` the sampled counts (count models), ``obs`` the condition columns (PBMC:
+    the label column; Papalexi: ``perturbation``, ``set_genes``, ``fold``, ``heldout``) plus ``sampler`` and
+    ``guidance_scale``, ``uns["diffusion"]`` the sampler settings and seconds.
+
+    Raises
+    ------
+    InputError
+        If ``model.pt`` is missing or unreadable, it was trained on another ``--dataset``, or
+        ``--n-generate`` < 1 for Papalexi.
+    """
     import anndata as ad
 
     obj, models = load_models(args.model_path)
@@ -935,6 +1031,7 @@ def _timing(model, meta, std, label: str, args) -> list[dict]:
 
 
 def model_cfg_steps(model) -> int:
+    """Number of diffusion timesteps (``n_timesteps``) of ``model``'s noise schedule: the steps of DDPM sampling."""
     return int(model.schedule.alphas_cumprod.shape[0])
 
 
@@ -1024,6 +1121,15 @@ def pbmc_criteria(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+    """PBMC evaluation: generated vs real test cells per cell type, with references, curves and figures.
+
+    Fits a PCA (``--n-pcs``) on the real training cells and scores the generated cells ``gen`` and the
+    references (``scvi`` when ``--scvi-epochs`` > 0, ``train_cells``, ``all_types``) with
+    :func:`pbmc_table`. Writes to ``out``: ``evaluation.tsv``, ``summary.tsv`` (mean over types per method),
+    ``criteria.tsv`` (:func:`pbmc_criteria`), ``guidance.tsv`` and ``guidance.png`` (quality vs
+    ``--guidance-scales``), ``sampling_time.tsv`` (DDIM vs DDPM), ``umap.png`` and, with scVI,
+    ``baseline_scvi.h5ad``. Adds the tables to ``report`` in place.
+    """
     from sklearn.decomposition import PCA
 
     meta, std = obj["conditions"], obj["standardise"][0]
@@ -1114,6 +1220,14 @@ def papalexi_table(args, data: Data, obj: dict, gen) -> tuple[pd.DataFrame, dict
 
 
 def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+    """Papalexi evaluation: generated vs observed mean change per perturbation and fold, with baselines.
+
+    Writes to ``out``: ``evaluation.tsv`` (:func:`papalexi_table`), ``summary.tsv`` (bootstrap CIs over
+    perturbations per set and method), ``comparison.tsv`` (paired one-sided Wilcoxon, diffusion vs
+    ``train_mean_change``), ``guidance.tsv`` and ``guidance.png`` (Pearson of held-out and seen perturbations
+    of the first fold vs ``--guidance-scales``), ``sampling_time.tsv`` and ``perturbation.png``. Adds the
+    tables to ``report`` in place. Raises InputError if a fold has no generated control cell.
+    """
     from .perturb_eval import paired_comparison, summarize
 
     meta = obj["conditions"]
@@ -1222,6 +1336,18 @@ def _perturbation_figure(table: pd.DataFrame, path: Path) -> None:
 
 
 def run_evaluate(args, data: Data, out: Path) -> None:
+    """``--task evaluate``: score the generated cells against the real ones.
+
+    Reads ``--model-path`` (``model.pt``), ``--generated`` (``generated.h5ad``) and ``data`` (``--adata``),
+    runs :func:`evaluate_pbmc` or :func:`evaluate_papalexi` (their tables and figures in ``out``) and writes
+    ``out/report.json``.
+
+    Raises
+    ------
+    InputError
+        If ``model.pt`` is unreadable or trained on another ``--dataset``, its genes differ from those of
+        ``--adata``, or ``generated.h5ad`` is missing, lacks a condition column or has other genes.
+    """
     obj, models = load_models(args.model_path)
     meta = obj["conditions"]
     if meta["dataset"] != args.dataset:
@@ -1247,6 +1373,7 @@ def run_evaluate(args, data: Data, out: Path) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``diffusion`` stage's command-line options (task, data, model, training, sampling) to ``p``."""
     p.add_argument("--task", required=True, help="train | sample | evaluate")
     p.add_argument("--dataset", required=True, help="pbmc (condition: cell type) | papalexi (perturbation set)")
     p.add_argument("--adata", default=None, help="PBMC results/expression/adata.h5ad or the Papalexi h5ad")
@@ -1366,6 +1493,20 @@ def _validate(args) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph diffusion``: train, sample or evaluate the latent-token diffusion model (module docstring).
+
+    Checks every option first, sets the torch thread count (``--threads``), defaults ``--model-path`` and
+    ``--generated`` to ``<out-dir>/model.pt`` and ``<out-dir>/generated.h5ad``, then runs the ``--task``:
+    ``train`` (:func:`run_train`: ``model.pt``, ``metrics.tsv``), ``sample`` (:func:`run_sample`:
+    ``generated.h5ad``) or ``evaluate`` (:func:`run_evaluate`: tables, figures, ``report.json``), all in
+    ``--out-dir``.
+
+    Raises
+    ------
+    InputError
+        On an invalid option value or combination (e.g. ``--task train`` without ``--adata`` or
+        ``--checkpoint-dir``), or bad input files.
+    """
     _validate(args)
     _THREADS[:] = [args.threads]
     _set_threads()

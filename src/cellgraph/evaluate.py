@@ -533,6 +533,10 @@ def _train_link_model(xt, visible, hidden, test_neg, forbidden, rng, seed, epoch
     torch.manual_seed(seed)
 
     class LinkModel(torch.nn.Module):
+        """Link classifier of :func:`link_prediction`: ``h = ELU(GATConv(x))`` (2 heads of ``hidden_dim``, concatenated;
+        Velickovic et al. 2018), or ``h = ELU(W x)`` without the graph, then the pair score
+        ``MLP([h_u * h_v || |h_u - h_v|])`` (one logit per pair).
+        """
         def __init__(self, d_in: int):
             super().__init__()
             self.gat = GATConv(d_in, hidden_dim, heads=2, concat=True) if use_graph else None
@@ -542,12 +546,16 @@ def _train_link_model(xt, visible, hidden, test_neg, forbidden, rng, seed, epoch
             )
 
         def forward(self, feats, message_edges, pairs):
+            """Pair logits [M] from node features ``feats`` [N, d_in], message-passing edges ``message_edges``
+            Long [2, E] (both directions; unused without the graph) and node pairs ``pairs`` Long [M, 2].
+            """
             h = self.gat(feats, message_edges) if self.gat is not None else self.lin(feats)
             h = torch.nn.functional.elu(h)
             hu, hv = h[pairs[:, 0]], h[pairs[:, 1]]
             return self.mlp(torch.cat([hu * hv, (hu - hv).abs()], dim=1)).squeeze(1)
 
     def both_directions(e: np.ndarray) -> torch.Tensor:
+        """Undirected edges [E, 2] -> PyG ``edge_index`` Long [2, 2E] holding each edge in both directions."""
         return torch.from_numpy(np.concatenate([e, e[:, ::-1]]).T.copy())
 
     model = LinkModel(xt.shape[1])

@@ -104,6 +104,7 @@ DEFAULT_IDMAP = Path(__file__).resolve().parents[2] / "resources/demo/networks/i
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``expression`` stage's command-line options (inputs, QC thresholds, clustering, splits) to ``p``."""
     d = DEFAULTS
     p.add_argument("--input", required=True, help="h5ad with raw UMI counts (X or --counts-layer) and the cell-type labels")
     p.add_argument("--idmap", default=str(DEFAULT_IDMAP), help="id map TSV with columns ensg, entrez, symbol (default: the shipped hs_ensg_entrez_symbol.tsv)")

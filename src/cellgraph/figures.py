@@ -354,6 +354,7 @@ def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``figures`` stage's command-line options to ``p``."""
     p.add_argument("--evaluate-dir", required=True, help="folder with one evaluate result folder per model")
     p.add_argument("--models", nargs="+", default=["gremln", "vanilla"], help="models (default gremln vanilla)")
     p.add_argument("--figures-dir", required=True, help="folder for the PNG figures")
@@ -365,6 +366,18 @@ def _save(fig, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph figures``: paper figures and tables from the evaluation results.
+
+    Reads ``--evaluate-dir/<model>/`` (:data:`RESULT_FILES`, all validated first by :func:`load_results`) for
+    every ``--models`` entry and writes ``confusion_matrices.png``, ``roc_pr_curves.png`` and
+    ``linear_probe.png`` to ``--figures-dir``, and ``table1_cell_type``, ``table2_ablation`` and
+    ``table2_paired`` (each as ``.csv`` and ``.md``) to ``--tables-dir``.
+
+    Raises
+    ------
+    InputError
+        If an evaluation file is missing or unreadable, or a JSON file lacks a required key.
+    """
     results = load_results(args.evaluate_dir, list(args.models))  # validates every input first
     t1, t2, t3 = table1(results), table2(results), paired_differences(results)
     figs = {

@@ -150,6 +150,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``grn`` stage's command-line options (with the shared ARACNe engine options) to ``p``."""
     d = DEFAULTS
     p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, raw counts in layers['counts'])")
     p.add_argument("--regulators", required=True, help="regulators.txt, one HGNC symbol per line")
@@ -684,6 +685,22 @@ def _write_networks(networks: pd.DataFrame, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph grn``: ARACNe networks per seen cell type, with the permutation control.
+
+    Reads ``--adata`` (expression stage output, raw counts in ``layers["counts"]``) and ``--regulators``; for
+    every cell type that is not held out, runs ARACNe on its train cells (module docstring, steps 1-4) and the
+    permutation control. Writes to ``--out-dir``: ``networks.tsv.gz`` (decoupler-style rows, columns
+    ``cell_type, source, target, weight, mi, pvalue, count``), ``control.tsv`` (real and false edges per type
+    and a total) and ``report.json``. Null-model cache in ``--cache-dir`` (default
+    ``<out-dir>/../.cache/aracne_null``).
+
+    Raises
+    ------
+    InputError
+        On out-of-range options, an unreadable h5ad or regulator file, missing label or split columns, no
+        regulator among the genes of the data, or no cell type with a regulator detected in at least
+        ``--min-detected-fraction`` of its train cells.
+    """
     _check_args(args)
     regulators = read_regulators(args.regulators)
     adata, label_key = _read_adata(args.adata)

@@ -139,6 +139,9 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
     import lightning.pytorch as pl
 
     class Module(pl.LightningModule):
+        """Lightning wrapper of ``model`` for :func:`fit`: multi-task loss plus graph regularisation, per-epoch
+        mean loss, attention diagnostics and the ``on_epoch_end`` callback.
+        """
         def __init__(self):
             super().__init__()
             self.model = model
@@ -146,6 +149,10 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
             self._acc: list[float] = []
 
         def training_step(self, batch, _):
+            """Loss of one :class:`Samples` batch: :func:`cellgraph.models.cell_graph_transformer.multitask_loss`
+            of the per-sample predictions (:func:`per_sample`) with the task ``weights``, plus the model's graph
+            regularisation (sum over graphs of lambda_k x mean KL). Returns the scalar total and records it.
+            """
             out, reg, _ = self.model(batch)
             loss, _ = cgt.multitask_loss(per_sample(out, batch), batch, weights)
             total = loss + reg
@@ -153,6 +160,10 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
             return total
 
         def on_train_epoch_end(self):
+            """Record the epoch's mean training loss; after every ``every``-th epoch and the last, append the
+            encoder's attention diagnostics (eval mode) to ``diagnostics``; then run ``on_epoch_end(epoch, model)``
+            (1-based epoch, eval mode) if given.
+            """
             self.epoch_losses.append(float(np.mean(self._acc)))
             self._acc = []
             every = int(diagnostics.get("every", 1)) if diagnostics else 0
@@ -171,6 +182,7 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
                 self.model.train()
 
         def configure_optimizers(self):
+            """AdamW over all parameters with learning rate ``lr`` and ``weight_decay``."""
             return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
 
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -468,24 +480,35 @@ def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.nd
     from . import data as cg_data
 
     class Classifier(pl.LightningModule):
+        """The copied GREmLN encoder with a linear head [d_model] -> [n_classes] on its CLS state, trained with
+        cross-entropy (AdamW: ``lr`` for the encoder, 10 ``lr`` for the head, weight decay 0.01).
+        """
         def __init__(self):
             super().__init__()
             self.encoder = copy.deepcopy(model).train()
             self.head = torch.nn.Linear(model.config.d_model, n_classes)  # [d] -> [n_classes]
 
         def forward(self, batch):
+            """Class logits [B, n_classes] of a token batch (design.md section 5) from the encoder's CLS state
+            [B, d_model].
+            """
             return self.head(self.encoder.encode(batch)[:, 0])  # [B, n_classes]
 
         def training_step(self, batch, _):
+            """Cross-entropy of the batch's logits against ``batch["label"]`` Long [B]."""
             return torch.nn.functional.cross_entropy(self(batch), batch["label"])
 
         def configure_optimizers(self):
+            """AdamW with learning rate ``lr`` for the encoder and ``10 * lr`` for the head, weight decay 0.01."""
             return torch.optim.AdamW([{"params": self.encoder.parameters(), "lr": lr},
                                       {"params": self.head.parameters(), "lr": 10 * lr}], weight_decay=0.01)
 
     labels = torch.as_tensor(y, dtype=torch.long)
 
     def collate(items):
+        """:func:`cellgraph.data.collate` of the items plus ``label`` Long [B], the class ``y`` of each item's
+        ``cell_index``.
+        """
         batch = cg_data.collate(items)
         batch["label"] = labels[batch["cell_index"]]
         return batch
@@ -517,6 +540,23 @@ def l1_logistic_regression(**kwargs):
 
 
 def run_reverse(args, out: Path) -> None:
+    """``--task reverse``: predict which perturbation a cell received (GREmLN paper section 4.5, Table 3).
+
+    Reads ``--adata`` (:func:`load_papalexi`), takes the cells of the ``--n-top-perturbations`` targets with the
+    largest PCA centroid shift (:func:`top_shift_perturbations`) and, on ``--n-splits`` stratified 80/20 splits,
+    scores lasso logistic regression on expression and, when ``--gremln-model`` / ``--vanilla-model`` are
+    given (with ``--grn-networks``, graph ``--grn-cell-type``), a logistic probe on frozen CLS embeddings and
+    the encoder fine-tuned with a classification head (``--finetune-epochs`` > 0). Writes to ``out``:
+    ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean and sd over splits),
+    ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]) and
+    ``report.json``.
+
+    Raises
+    ------
+    InputError
+        If the h5ad is unusable (:func:`load_papalexi`), a model is given without ``--grn-networks``, or the
+        networks table lacks its columns.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     from sklearn.model_selection import StratifiedShuffleSplit
@@ -722,6 +762,7 @@ def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``perturb`` stage's command-line options (all tasks: forward, yeast, reverse, figures) to ``p``."""
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--adata", default=None, metavar="H5AD", help="Papalexi ECCITE-seq h5ad (forward, reverse)")
     p.add_argument("--multigraph", default=None, metavar="NPZ", help="multigraph.npz of the organism (forward, yeast)")
@@ -787,6 +828,23 @@ def _need(args, *names):
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph perturb``: run the ``--task`` (module docstring), writing to ``--out-dir``.
+
+    ``forward`` (:func:`cellgraph.perturb_forward.run_forward`) reads ``--adata`` and ``--multigraph``;
+    ``yeast`` (:func:`cellgraph.perturb_yeast.run_yeast`) reads ``--pairs``, ``--smf``, ``--string-info`` and
+    ``--multigraph``; ``reverse`` (:func:`run_reverse`) reads ``--adata`` (and optionally the models and
+    ``--grn-networks``); these write ``metrics.tsv``, ``summary.tsv`` and the task's other tables and
+    ``report.json`` to ``--out-dir``. ``figures`` (:func:`run_figures`) reads ``--forward-dir``,
+    ``--yeast-dir`` and ``--reverse-dir`` and writes PNGs to ``--figures-dir`` and tables (csv + md) to
+    ``--tables-dir``. Sets the torch thread count to ``--threads``.
+
+    Raises
+    ------
+    InputError
+        If a count option is < 1, a ``--graph-reg`` entry is not GRAPH:LAYER:HEAD:LAMBDA,
+        ``--inner-fraction`` is outside (0, 1) (forward), a file the task needs is not given, or an input is
+        missing or malformed.
+    """
     torch.set_num_threads(args.threads)
     for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations",
               "diagnostics_every", "eval_every", "rwr_dim", "n_pca"):

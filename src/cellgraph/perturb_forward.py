@@ -226,6 +226,9 @@ def choose_epochs(args, ctx: dict, train_perts: list[str], train_ctrl: np.ndarra
     curve = []
 
     def score_epoch(epoch, model):
+        """``on_epoch_end`` callback: at epoch 0, every ``--eval-every``-th epoch and the last, append the
+        reliability-weighted mean inner Pearson-delta (measured genes) and its standard error to ``curve``.
+        """
         if epoch % args.eval_every and epoch != args.max_epochs and epoch != 0:
             return
         pred, _ = predict_deltas(ctx, model, gene_sd, scale, inner)
@@ -258,6 +261,9 @@ def baseline_predictions(ctx: dict, train_perts: list[str], held: list[str], y_t
     gene_emb = feats[m][:, -(args.n_pca + 1):-1]  # expression loadings of the measured genes [M, K]
 
     def pca_row(p):
+        """Target ``p``'s PCA gene embedding: its ``--n-pca`` expression-loading columns of ``feats`` (zero when
+        ``p`` is not measured).
+        """
         return feats[pos[p], -(args.n_pca + 1):-1]
 
     rwr = ctx["rwr"]
@@ -319,6 +325,20 @@ def run_fold(args, ctx: dict, seed: int, k: int, held: list[str], train_ctrl, ev
 
 
 def run_forward(args, out: Path) -> None:
+    """``cellgraph perturb --task forward``: leave-perturbation-out prediction on Papalexi (module docstring).
+
+    Reads ``--adata`` (ECCITE-seq h5ad), ``--multigraph`` and optionally ``--gremln-model``
+    (:func:`load_context`); for every seed of ``--seeds`` and every fold, trains the model with early stopping
+    and scores it against the baselines (:func:`run_fold`). Writes to ``out`` (:func:`write_outputs`):
+    ``metrics.tsv``, ``summary.tsv``, ``comparisons.tsv``, ``own_gene.tsv``, ``early_stopping.tsv``,
+    ``score_predictions.tsv``, ``score_summary.tsv``, ``predictions.h5ad``, ``model.pt`` (first fold of the
+    first seed), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
+
+    Raises
+    ------
+    InputError
+        If the h5ad or the multigraph is missing or malformed, or the GREmLN model cannot be read.
+    """
     t0 = time.time()
     ctx = load_context(args)
     rows, score_rows, curves, infos, pred_rows = [], [], [], [], []

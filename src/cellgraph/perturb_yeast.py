@@ -86,6 +86,9 @@ def additive_epsilon(train: pd.DataFrame, test: pd.DataFrame, alpha: float) -> n
     from sklearn.linear_model import Ridge
 
     def onehot(df, cols):
+        """One-hot design [len(df), len(cols)] of each pair's query (``q:<gene>``) and array (``a:<gene>``)
+        genes over the columns ``cols``; a gene without a column (unseen in training) gets no 1.
+        """
         x = np.zeros((len(df), len(cols)))
         pos = {c: i for i, c in enumerate(cols)}
         for j, (q, a) in enumerate(zip(df["query"], df["array"])):
@@ -147,6 +150,11 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
 
 
 def load_context(args) -> dict:
+    """Everything the folds share: the Costanzo pairs (``--pairs``, ``--string-info``), single-mutant fitness
+    (``--smf``, else the pairs' SMF values), the gene universe (pair genes and their ``--yeast-hops``-hop
+    multigraph neighbours), the multigraph restricted to it, single and pair sets as index arrays, and the
+    report. Raises InputError if an input file is missing or malformed.
+    """
     from .multigraph import load_multigraph
 
     pairs, report = pt.load_costanzo(args.pairs, args.string_info)
@@ -171,6 +179,19 @@ def load_context(args) -> dict:
 
 
 def run_yeast(args, out: Path) -> None:
+    """``cellgraph perturb --task yeast``: double-mutant fitness and epsilon on two fold schemes (module docstring).
+
+    Reads ``--pairs``, ``--smf``, ``--string-info`` and ``--multigraph`` (:func:`load_context`), runs
+    ``--n-folds`` pair folds and gene-disjoint folds (:func:`run_fold`), and writes to ``out``:
+    ``metrics.tsv`` (per scheme, fold, target, method), ``summary.tsv`` (Pearson over the pooled held-out pairs
+    with 95% bootstrap CI, MSE), ``comparisons.tsv`` (each model minus the additive baseline, paired bootstrap
+    CI), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
+
+    Raises
+    ------
+    InputError
+        If an input file is missing or malformed, or there are fewer query genes than ``--n-folds``.
+    """
     from sklearn.model_selection import KFold
 
     t0 = time.time()

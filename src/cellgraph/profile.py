@@ -63,6 +63,7 @@ def install_profile(source: str | Path, name: str, force: bool = False, config_d
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``install-profile`` stage's command-line options to ``p``."""
     p.add_argument("--source", default=str(REPO / "profiles" / "slurm"),
                    help="profile folder to install (default: the repository's profiles/slurm)")
     p.add_argument("--name", default="slurm", help="profile name, as in `snakemake --profile NAME` (default slurm)")
@@ -72,6 +73,17 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph install-profile``: copy ``--source`` to ``<config-dir>/<name>`` (:func:`install_profile`).
+
+    Reads the profile folder ``--source`` (default the repository's ``profiles/slurm``) and writes its files to
+    ``--config-dir/--name`` (default ``~/.config/snakemake/slurm``), then prints the next steps.
+
+    Raises
+    ------
+    InputError
+        If ``--source`` has no ``config.yaml``, ``--name`` is not a plain folder name, or a destination file
+        differs and ``--force`` is not given.
+    """
     dest = install_profile(args.source, args.name, args.force, args.config_dir)
     print(f"installed profile {args.name!r} in {dest}\n"
           f"set slurm_partition / slurm_account in {dest / 'config.yaml'}, then run:\n"

@@ -167,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m cellgraph.sources``: download one source file with its pinned checksum, or extract a zip member.
+
+    With ``--url``: :func:`fetch` to ``--out``, checked against ``--sha256`` (``null`` = not pinned). With
+    ``--extract MEMBER --archive ZIP``: :func:`extract_member` to ``--out``. Writes the JSON record to
+    ``--report`` if given. Returns 0 on success, 2 on :class:`InputError` (including :class:`DownloadError`;
+    message printed to stderr), e.g. when neither ``--url`` nor ``--extract`` with ``--archive`` is given.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     sha = None if args.sha256 in ("", "null", "None") else args.sha256

@@ -233,6 +233,7 @@ def heat_kernel_dense(laplacian, coefficients):
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``spectral`` stage's command-line options to ``p``."""
     p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
     p.add_argument("--out-dir", required=True, help="folder for coefficients.json and report.tsv")
     p.add_argument("--beta", default="0.1",
@@ -307,6 +308,23 @@ def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph spectral``: Chebyshev heat-kernel coefficients and a check on each network.
+
+    Reads ``--networks`` (grn ``networks.tsv.gz``: ``cell_type, source, target, mi``) and, if given,
+    ``--tokens`` (train shard; up to 200 cell subgraphs sampled with ``--seed``). Chooses ``beta``
+    (``--beta`` or ``auto`` = 1 / median smallest non-zero Laplacian eigenvalue, :func:`auto_beta`), computes
+    the coefficients (:func:`heat_kernel_coefficients`), and compares the Chebyshev kernel with
+    ``scipy.linalg.expm`` on every cell-type network and up to 20 cell subgraphs. Writes to ``--out-dir``:
+    ``coefficients.json`` (beta, its rule, tol, K, coefficients, quadrature difference, tail bound) and
+    ``report.tsv`` (nodes, edges, relative and max diagonal error per graph).
+
+    Raises
+    ------
+    InputError
+        If the networks table is unreadable or lacks a column, ``--beta`` is neither a number nor ``auto``,
+        ``--beta auto`` has no cell subgraph with an edge (or no ``--tokens``), or the coefficients cannot be
+        computed for ``--beta`` / ``--tol``.
+    """
     import pandas as pd
     from scipy.linalg import expm
 

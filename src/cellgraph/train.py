@@ -186,6 +186,10 @@ class MaskedRankModule(_lightning().LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:  # not called when Lightning resumes inside an epoch
+        """Reset the epoch's training sums, batch count and timer; when a mid-epoch checkpoint of this epoch was
+        loaded, restore its metric sums and position instead (Lightning skips this hook when it resumes inside an
+        epoch, so the restored state is then applied by :meth:`on_load_checkpoint`).
+        """
         self._reset("train")
         self.batches_done = 0
         if (self._restored is not None and self._restored[0] == self.current_epoch
@@ -200,16 +204,33 @@ class MaskedRankModule(_lightning().LightningModule):
         self.batches_done = done
 
     def training_step(self, batch, batch_idx):
+        """Masked-rank loss of one training batch (mask of stream ``TRAIN_STREAM``, this epoch); returns the
+        scalar loss, normalised by the global number of masked tokens over the world size (module docstring).
+
+        ``batch`` is a design.md section 5 batch with ``cell_index`` and ``valid`` ([B]); the loss, masked count
+        and correct predictions are added to the epoch's sums.
+        """
         self.batches_done += 1
         return self._run(batch, TRAIN_STREAM, self.current_epoch, "train")
 
     def on_validation_epoch_start(self) -> None:
+        """Reset the validation sums (cross-entropy, masked tokens, correct) of the epoch."""
         self._reset("val")
 
     def validation_step(self, batch, batch_idx):
+        """Masked-rank loss of one validation batch with the fixed validation mask (stream ``VAL_STREAM``,
+        epoch 0), so every epoch is scored on the same masked tokens; returns the mean cross-entropy over the
+        batch's masked tokens and adds it to the validation sums.
+        """
         return self._run(batch, VAL_STREAM, 0, "val")
 
     def on_train_epoch_end(self) -> None:  # runs after this epoch's validation
+        """Append the epoch's metrics row (runs after the epoch's validation); rank 0 logs it.
+
+        The sums are reduced over the ranks; the row has the 1-based ``epoch``, ``train_loss`` and ``val_loss``
+        (mean cross-entropy per masked token, nats), ``val_masked_accuracy`` and ``seconds``; ``val_*`` are nan
+        without validation tokens.
+        """
         tr, va = self._reduce(self._train_acc), self._reduce(self._val_acc)
         row = {
             "epoch": int(self.current_epoch) + 1,
@@ -224,12 +245,19 @@ class MaskedRankModule(_lightning().LightningModule):
                      row["train_loss"], row["val_loss"], row["val_masked_accuracy"], row["seconds"])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:  # called on every rank
+        """Store the metric history, the run fingerprint (``cellgraph_fingerprint``) and the position in the
+        epoch (``train_progress``: epoch, batches done, metric sums reduced over the ranks) in ``checkpoint``.
+        Called on every rank.
+        """
         checkpoint["metrics_history"] = list(self.history)
         checkpoint["cellgraph_fingerprint"] = self.run_fingerprint
         checkpoint["train_progress"] = {"epoch": int(self.current_epoch), "batches_done": int(self.batches_done),
                                         "sums": self._reduce(self._train_acc)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the metric history and, from a checkpoint taken inside an epoch, the epoch's reduced metric
+        sums and batches done (an end-of-epoch checkpoint's are reset by :meth:`on_train_epoch_start`).
+        """
         self.history = list(checkpoint.get("metrics_history", []))
         prog = checkpoint.get("train_progress")
         if prog and 0 < prog["batches_done"]:
@@ -237,6 +265,10 @@ class MaskedRankModule(_lightning().LightningModule):
             self._apply_restored()  # an end-of-epoch checkpoint: on_train_epoch_start resets it
 
     def configure_optimizers(self):
+        """AdamW (betas 0.9, 0.95; weight decay on weights of dim >= 2 only) and a per-step schedule: linear
+        warm-up over ``warmup_fraction`` of the run's optimiser steps, then cosine decay to 0 (GREmLN, Zhang et
+        al. 2025, appendix A.5). Returns Lightning's optimiser/scheduler dict (``interval="step"``).
+        """
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         opt = torch.optim.AdamW(
@@ -249,6 +281,9 @@ class MaskedRankModule(_lightning().LightningModule):
         warm = max(int(round(self.cfg.warmup_fraction * total)), 1)
 
         def factor(step: int) -> float:
+            """Learning-rate multiplier at optimiser step ``step``: ``(step + 1) / warm`` during warm-up, then
+            ``0.5 (1 + cos(pi progress))`` with progress the fraction of the remaining steps done (capped at 1).
+            """
             if step < warm:
                 return (step + 1) / warm
             progress = min((step - warm) / max(total - warm, 1), 1.0)
@@ -289,12 +324,16 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         self.sampler = _EpochSetter(self)  # Lightning calls batch_sampler.sampler.set_epoch(e) every epoch
 
     def set_epoch(self, epoch: int) -> None:
+        """Use epoch ``epoch``'s cell order (seed + epoch) from the next iteration on."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.global_batch)
 
     def global_order(self) -> list[int]:
+        """The cell order of the current epoch over all ranks: ``torch.randperm(n)`` with a generator seeded by
+        ``seed + epoch``, or ``0..n-1`` without ``shuffle``.
+        """
         if not self.shuffle:
             return list(range(self.n))
         g = torch.Generator()
@@ -315,6 +354,7 @@ class _EpochSetter:
         self.parent = parent
 
     def set_epoch(self, epoch: int) -> None:
+        """Forward Lightning's ``sampler.set_epoch(epoch)`` to the parent :class:`ShardedBatchSampler`."""
         self.parent.set_epoch(epoch)
 
 
@@ -347,6 +387,9 @@ class _ResumableLoader(torch.utils.data.DataLoader):
     module: "MaskedRankModule | None" = None
 
     def state_dict(self) -> dict[str, int]:
+        """The loader's position for a checkpoint: ``{"epoch", "batches_done"}`` of the attached module (the
+        next epoch with 0 batches done once the epoch's batches are all done; zeros without a module).
+        """
         m = self.module
         if m is None:
             return {"epoch": 0, "batches_done": 0}
@@ -356,6 +399,9 @@ class _ResumableLoader(torch.utils.data.DataLoader):
         return {"epoch": epoch, "batches_done": done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at a checkpointed position: set the sampler's epoch and skip the ``batches_done`` batches
+        already trained at the start of that epoch.
+        """
         # called before Lightning creates the resumed epoch's iterator (and before its set_epoch)
         epoch = int(state.get("epoch", 0))
         self.batch_sampler.set_epoch(epoch)
@@ -459,7 +505,11 @@ def _step_checkpoint(every: int, ckdir: Path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     class MidEpochCheckpoint(ModelCheckpoint):
+        """ModelCheckpoint that saves every k training steps, but not after an epoch's last batch (the
+        end-of-epoch checkpoint, written after validation, covers that step).
+        """
         def on_train_batch_end(self, trainer, *args, **kwargs):
+            """Save as ``ModelCheckpoint`` does, except after the last batch of an epoch."""
             if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
                 return  # the end-of-epoch checkpoint (after validation) covers it
             super().on_train_batch_end(trainer, *args, **kwargs)
@@ -537,6 +587,7 @@ def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | P
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``train`` stage's command-line options to ``p``."""
     p.add_argument("--tokens-dir", required=True, help="tokenize output (train.npz, val.npz, vocab.tsv)")
     p.add_argument("--coefficients", required=True, help="spectral coefficients.json (beta, Chebyshev weights)")
     p.add_argument("--model", required=True, choices=["gremln", "vanilla"],
@@ -588,6 +639,24 @@ def _shard_n_bins(path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph train``: masked rank modelling of a GREmLN or vanilla transformer (module docstring).
+
+    Reads ``--tokens-dir`` (``train.npz``, ``val.npz``, ``vocab.tsv`` and, if present, the corpus shard
+    ``pretrain.npz``) and ``--coefficients`` (spectral ``coefficients.json``: beta and the Chebyshev weights,
+    truncated at the preset's maximum order), then trains with :func:`fit` (checkpoints in
+    ``--checkpoint-dir``). Rank 0 writes ``model.pt`` (``{"config", "state_dict", "vocab"}``) and
+    ``metrics.tsv`` (``epoch, train_loss, val_loss, val_masked_accuracy``) to ``--out-dir`` and
+    ``report.json`` (sizes, timings, run summary) to ``--checkpoint-dir``.
+
+    Raises
+    ------
+    InputError
+        If an input file is missing or malformed (coefficients, token shards, vocabulary), the shards'
+        ``n_bins`` differ, an option is out of range (``--max-epochs``, ``--batch-size``, ``--threads``,
+        ``--devices``, ``--num-nodes`` < 1; ``--mask-rate`` outside (0, 1); ``--checkpoint-every-n-steps`` < 0),
+        the batch size is not a multiple of ``--devices`` x ``--num-nodes``, a shard holds no cell, or
+        ``--pretrain-on corpus`` finds no ``pretrain.npz``.
+    """
     from . import data
 
     tokens = Path(args.tokens_dir)

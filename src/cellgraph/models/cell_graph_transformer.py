@@ -195,6 +195,9 @@ def _dense_sets(x: torch.Tensor, ptr: torch.Tensor):
 
 
 class MLP(nn.Sequential):
+    """Two-layer perceptron: Linear(d_in, d_hidden) -> GELU -> Dropout -> Linear(d_hidden, d_out);
+    [..., d_in] -> [..., d_out].
+    """
     def __init__(self, d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0):
         super().__init__(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
 
@@ -232,6 +235,9 @@ class RegularisedSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block over the N + 1 tokens of the shared encoder: x + Attn(LN(x)), then
+    x + MLP(LN(x)) (MLP width ``ffn_mult * d_model``), with :class:`RegularisedSelfAttention`.
+    """
     def __init__(self, cfg: CGTConfig):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
@@ -239,6 +245,9 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.ffn_mult * cfg.d_model, cfg.d_model, cfg.dropout)
 
     def forward(self, x: torch.Tensor, reg: list):
+        """x [T=N+1, d]; reg: list of (head, rows Long [R]) -> (x [T, d], list of log-alpha rows [R, T] of the
+        regularised heads, as returned by :class:`RegularisedSelfAttention`).
+        """
         a, rows = self.attn(self.ln1(x), reg)  # [T, d]
         x = x + a  # [T, d]
         x = x + self.mlp(self.ln2(x))  # [T, d]
@@ -639,4 +648,5 @@ def load(path, map_location="cpu") -> nn.Module:
 
 
 def config_dict(cfg: CGTConfig) -> dict:
+    """``cfg`` as a plain dict (``dataclasses.asdict``), as stored under ``config`` in a perturbation ``model.pt``."""
     return dataclasses.asdict(cfg)

@@ -193,6 +193,7 @@ class DiffusionConfig:
         return self.likelihood != "gaussian"
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a plain dict (``dataclasses.asdict``), as stored in ``model.pt``."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -319,6 +320,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, d), nn.SiLU(), nn.Linear(d, d))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t Long [B] -> MLP(sinusoidal(t)) [B, D]."""
         return self.mlp(timestep_embedding(t, self.freq_dim))  # [B, D]
 
 
@@ -447,6 +449,7 @@ class ContinuousEmbedder(nn.Module):
         self.null = nn.Parameter(torch.zeros(d))  # [D]
 
     def forward(self, x: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """x [B, C], drop Bool [B] -> [B, D]; dropped rows get the learned null."""
         e = self.mlp(x)  # [B, D]
         return torch.where(drop[:, None], self.null.to(e.dtype).expand_as(e), e)  # [B, D]
 
@@ -482,6 +485,18 @@ class ConditionEmbedder(nn.Module):
             self.const = nn.Parameter(torch.zeros(d))  # [D]
 
     def forward(self, cond: dict, drop: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed the conditions of a batch of ``b`` cells.
+
+        Parameters
+        ----------
+        cond : the condition dict (validated by :meth:`LatentDiffusion.check_cond`).
+        drop : Bool [B], True = condition dropped (replaced by each kind's null).
+        b : batch size B (used when no condition kind is configured).
+
+        Returns
+        -------
+        (fused [B, D], tokens [B, K+1, D]); with K = 0: the learned constant and [B, 1, D].
+        """
         if not self.kinds:
             fused = self.const.expand(b, -1)  # [B, D]
             return fused, fused[:, None]  # [B, D], [B, 1, D]
@@ -576,6 +591,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D], c [B, D] -> Linear(adaLN-modulated LayerNorm(x)) [B, T, L]."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # [B, D] each
         return self.linear(modulate(self.norm(x), shift, scale))  # [B, T, L]
 
@@ -597,6 +613,19 @@ class Denoiser(nn.Module):
         self.final = FinalLayer(d, cfg.token_dim)
 
     def forward(self, u: torch.Tensor, t: torch.Tensor, cond: dict, drop: torch.Tensor) -> torch.Tensor:
+        """Predict eps or v for the noisy latent tokens.
+
+        Parameters
+        ----------
+        u : noisy scaled latent u_t [B, T, L].
+        t : Long [B] timesteps.
+        cond : condition dict (see the module docstring).
+        drop : Bool [B], True = condition dropped (classifier-free guidance).
+
+        Returns
+        -------
+        The prediction [B, T, L].
+        """
         b = u.shape[0]
         x = self.in_proj(u) + self.pos  # [B, T, D]
         te = self.t_embedder(t)  # [B, D]
@@ -646,6 +675,7 @@ class LatentDiffusion(nn.Module):
         """DiT initialisation: xavier-uniform linears with zero bias, N(0, 0.02) embeddings and positions, and
         the deliberate zero-inits: every adaLN modulation and the final linear layer (adaLN-Zero)."""
         def basic(m: nn.Module) -> None:
+            """Xavier-uniform weight and zero bias for a Linear; N(0, 0.02) weight for an Embedding."""
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -701,6 +731,11 @@ class LatentDiffusion(nn.Module):
         out: dict[str, torch.Tensor] = {}
 
         def get(key: str, why: str) -> torch.Tensor:
+            """``cond[key]`` as a tensor on the model's device with ``b`` rows (a single row broadcast).
+
+            Raises InputError if the key is missing (``why`` names the config field that needs it) or the row count
+            is not ``b``.
+            """
             if key not in cond:
                 raise InputError(f"cond: missing key {key!r} (config {why}); expected it for every cell")
             v = torch.as_tensor(cond[key]).to(dev)

@@ -86,6 +86,7 @@ class GREmLNConfig:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as a plain dict (``dataclasses.asdict``), as stored under ``config`` in ``model.pt``."""
         return dataclasses.asdict(self)
 
 
@@ -143,6 +144,10 @@ def diffuse_queries(q: torch.Tensor, laplacian: torch.Tensor, coefficients: torc
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block (nanoGPT style): x + Attn(LN(x)), then x + MLP(LN(x)) with a GELU MLP
+    of width 4 d; :class:`Attention` diffuses the gene queries with the heat kernel for ``attention="gremln"``
+    (GREmLN, Zhang et al. 2025, section 2.2, eq. 4).
+    """
     def __init__(self, cfg: GREmLNConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.d_model)
@@ -154,6 +159,9 @@ class Block(nn.Module):
         )
 
     def forward(self, x, key_mask, laplacian, coefficients):
+        """x [B, 1+n, d], ``key_mask`` Bool [B, 1+n] (True = real token), ``laplacian`` [B, n, n] (None for the
+        vanilla model), ``coefficients`` [K+1] Chebyshev weights -> [B, 1+n, d].
+        """
         x = x + self.attn(self.ln_1(x), key_mask, laplacian, coefficients)
         return x + self.mlp(self.ln_2(x))
 
