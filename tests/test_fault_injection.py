@@ -63,6 +63,7 @@ DETERMINISM = [
     ("train/*/model.pt", "bytes-rerun"),
     ("evaluate/*", "bytes-rerun"),
     ("figures/*.png", "bytes-rerun"),
+    ("figures/*.pdf", "bytes-rerun"),
     ("tables/*", "bytes-rerun"),
 ]
 # fields of JSON reports that hold wall-clock times or the thread count (compared with these removed)
@@ -143,6 +144,8 @@ def load(path: Path):
         import matplotlib.image
 
         return matplotlib.image.imread(path)
+    if name.endswith(".pdf"):
+        return path.read_bytes()
     if name.endswith(".pt"):
         import torch
 

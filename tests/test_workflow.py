@@ -115,6 +115,19 @@ def test_whole_workflow_on_tiny_config(tmp_path):
 
     paired = pd.read_csv(res / "tables/table2_paired.csv")
     assert "hidden-edge AUROC" in set(paired["metric"])
+    # the Snakemake report holds every figure and table with its caption
+    rep = run_snakemake(tmp_path, tiny_config(tmp_path), "--report", str(tmp_path / "report.zip"))
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "report.zip") as zf:
+        names = zf.namelist()
+        pages = "".join(zf.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for name in ("table1_cell_type.csv", "table2_ablation.csv", "table2_paired.csv", "confusion_matrices.png",
+                 "control.tsv"):
+        assert any(n.endswith(name) for n in names), name
+    assert "Table 1" in pages and "Linear probe" in pages  # captions of tables.rst and probe.rst
+
     # the seed ablation is one target away: both models for every other seed, the main seed reused
     dry = run_snakemake(tmp_path, tiny_config(tmp_path), "-n", "ablation")
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -152,6 +165,32 @@ def test_missing_label_column_fails_without_outputs(tmp_path):
     assert not (tmp_path / "results/expression/adata.h5ad").exists()
     log = (tmp_path / "results/logs/expression.log").read_text()
     assert "no_such_column" in log
+
+
+def test_every_report_item_has_a_caption():
+    """Each report() of the workflow names a caption file that exists (issue 16: figures and tables captioned)."""
+    import re
+
+    calls = 0
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        text = smk.read_text()
+        # report(...) calls, and reported_tables(NAMES, "caption.rst") whose report() takes its caption argument
+        for m in re.finditer(r"(?<![\w.])(?:report|reported_tables)\(", text):
+            if text[max(0, m.start() - 4):m.start()] == "def ":
+                continue
+            depth, i = 1, m.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(text[i], 0)
+                i += 1
+            call = text[m.start():i]
+            calls += 1
+            if "caption=caption" in call:  # the body of reported_tables: its callers are checked
+                calls -= 1
+                continue
+            cap = re.search(r'"([^"]+\.rst)"', call)
+            assert cap, f"{smk.name}: report() without caption: {call}"
+            assert (smk.parent / cap.group(1)).is_file(), f"{smk.name}: {cap.group(1)} missing"
+    assert calls >= 10
 
 
 @pytest.mark.workflow

@@ -113,10 +113,17 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: Any) -> None:
-    """Save a matplotlib figure as PNG atomically (no software tag, so reruns give the same bytes) and close
-    it."""
+    """Save a matplotlib figure as PNG at ``path`` and as vector PDF beside it (``path`` with suffix ``.pdf``,
+    for papers), each atomically, then close it.
+
+    Neither file carries a software tag or creation date, so reruns give the same bytes. ``dpi`` applies to
+    the PNG (and to rasterised artists of the PDF).
+    """
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}, **savefig_kwargs)
+    with atomic_path(Path(path).with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, format="pdf", dpi=dpi, metadata={"Creator": None, "Producer": None, "CreationDate": None},
+                    **savefig_kwargs)
     plt.close(fig)

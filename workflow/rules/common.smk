@@ -69,9 +69,15 @@ FIGURES = ["confusion_matrices", "roc_pr_curves", "linear_probe"]
 TABLES = ["table1_cell_type", "table2_ablation", "table2_paired"]
 
 
+def reported_tables(names, caption):
+    """``tables/{name}.csv`` (in the report, with ``caption``) and ``tables/{name}.md`` of each name."""
+    return [f for name in names for f in (report(res(f"tables/{name}.csv"), caption=caption, category="Tables"),
+                                          res(f"tables/{name}.md"))]
+
+
 def final_outputs():
     return (
-        [res(f"figures/{name}.png") for name in FIGURES]
+        [res(f"figures/{name}.{ext}") for name in FIGURES for ext in ("png", "pdf")]
         + [res(f"tables/{name}.{ext}") for name in TABLES for ext in ("csv", "md")]
     )
 
@@ -117,7 +123,7 @@ MG = config.get("multigraph", {"organisms": [], "thresholds": {}, "string_action
                                "pc_physical": [], "pc_regulatory": [], "inputs": {}, "full": {}})
 
 
-MG_OUTPUTS = ["multigraph.npz", "summary.tsv", "degrees.png", "rejects.tsv.gz", "report.json"]
+MG_OUTPUTS = ["multigraph.npz", "summary.tsv", "degrees.png", "degrees.pdf", "rejects.tsv.gz", "report.json"]
 
 
 def _mg_inputs(organism, which):
@@ -151,8 +157,11 @@ def _mg_options():
 def _mg_outputs(prefix):
     return {
         "npz": res(f"{prefix}/multigraph.npz"),
-        "summary": report(res(f"{prefix}/summary.tsv"), category="Multigraph", labels={"file": "summary"}),
-        "degrees": report(res(f"{prefix}/degrees.png"), category="Multigraph", labels={"file": "degrees"}),
+        "summary": report(res(f"{prefix}/summary.tsv"), caption="../report/multigraph.rst", category="Multigraph",
+                          labels={"file": "summary"}),
+        "degrees": report(res(f"{prefix}/degrees.png"), caption="../report/multigraph.rst", category="Multigraph",
+                          labels={"file": "degrees"}),
+        "degrees_pdf": res(f"{prefix}/degrees.pdf"),
         "rejects": res(f"{prefix}/rejects.tsv.gz"),
         "report": res(f"{prefix}/report.json"),
     }
@@ -247,18 +256,20 @@ def diffusion_flags(keys, dataset):
 def diffusion_eval_outputs(dataset, figure):
     prefix = f"diffusion/{dataset}"
     return {
-        "evaluation": report(res(f"{prefix}/evaluation.tsv"), category="Diffusion",
+        "evaluation": report(res(f"{prefix}/evaluation.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                              labels={"dataset": dataset, "file": "evaluation"}),
-        "summary": report(res(f"{prefix}/summary.tsv"), category="Diffusion",
+        "summary": report(res(f"{prefix}/summary.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                           labels={"dataset": dataset, "file": "summary"}),
-        "guidance": report(res(f"{prefix}/guidance.tsv"), category="Diffusion",
+        "guidance": report(res(f"{prefix}/guidance.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                            labels={"dataset": dataset, "file": "guidance curve"}),
-        "timing": report(res(f"{prefix}/sampling_time.tsv"), category="Diffusion",
+        "timing": report(res(f"{prefix}/sampling_time.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                          labels={"dataset": dataset, "file": "sampling time"}),
-        "figure": report(res(f"{prefix}/{figure}.png"), category="Diffusion",
+        "figure": report(res(f"{prefix}/{figure}.png"), caption="../report/diffusion.rst", category="Diffusion",
                          labels={"dataset": dataset, "file": figure}),
-        "guidance_figure": report(res(f"{prefix}/guidance.png"), category="Diffusion",
+        "guidance_figure": report(res(f"{prefix}/guidance.png"), caption="../report/diffusion.rst", category="Diffusion",
                                   labels={"dataset": dataset, "file": "guidance figure"}),
+        "figure_pdf": res(f"{prefix}/{figure}.pdf"),
+        "guidance_figure_pdf": res(f"{prefix}/guidance.pdf"),
         "report": res(f"{prefix}/report.json"),
     }
 

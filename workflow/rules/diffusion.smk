@@ -9,7 +9,7 @@ rule diffusion_train:
         multigraph=diffusion_multigraph,
     output:
         model=res("diffusion/{dataset}/model.pt"),
-        metrics=report(res("diffusion/{dataset}/metrics.tsv"), category="Diffusion",
+        metrics=report(res("diffusion/{dataset}/metrics.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                        labels={"dataset": "{dataset}", "file": "training curves"}),
     wildcard_constraints:
         dataset="pbmc|papalexi",
@@ -69,7 +69,7 @@ rule diffusion_evaluate_pbmc:
         generated=res("diffusion/pbmc/generated.h5ad"),
     output:
         **diffusion_eval_outputs("pbmc", "umap"),
-        criteria=report(res("diffusion/pbmc/criteria.tsv"), category="Diffusion",
+        criteria=report(res("diffusion/pbmc/criteria.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                         labels={"dataset": "pbmc", "file": "criteria per cell type"}),
         **({"scvi": res("diffusion/pbmc/baseline_scvi.h5ad")} if DIFF.get("scvi_epochs", 0) else {}),
     params:
@@ -97,7 +97,7 @@ rule diffusion_evaluate_papalexi:
         generated=res("diffusion/papalexi/generated.h5ad"),
     output:
         **diffusion_eval_outputs("papalexi", "perturbation"),
-        comparison=report(res("diffusion/papalexi/comparison.tsv"), category="Diffusion",
+        comparison=report(res("diffusion/papalexi/comparison.tsv"), caption="../report/diffusion.rst", category="Diffusion",
                           labels={"dataset": "papalexi", "file": "paired comparison"}),
     params:
         dataset="papalexi",

@@ -11,7 +11,8 @@ rule figures:
         confusion=report(res("figures/confusion_matrices.png"), caption="../report/confusion.rst", category="Figures"),
         curves=report(res("figures/roc_pr_curves.png"), caption="../report/curves.rst", category="Figures"),
         probe=report(res("figures/linear_probe.png"), caption="../report/probe.rst", category="Figures"),
-        tables=expand(res("tables/{name}.{ext}"), name=TABLES, ext=["csv", "md"]),
+        pdf=expand(res("figures/{name}.pdf"), name=FIGURES),
+        tables=reported_tables(TABLES, "../report/tables.rst"),
     params:
         evaluate_dir=folder_of(0, of="input", up=2),
         models=" ".join(MODELS),

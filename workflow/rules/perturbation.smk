@@ -135,7 +135,8 @@ rule perturbation_figures:
     output:
         figures=[report(res(f"figures/{name}.png"), caption="../report/perturbation.rst", category="Perturbation")
                  for name in PERT_FIGURES],
-        tables=expand(res("tables/{name}.{ext}"), name=PERT_TABLES, ext=["csv", "md"]),
+        pdf=[res(f"figures/{name}.pdf") for name in PERT_FIGURES],
+        tables=reported_tables(PERT_TABLES, "../report/perturbation_tables.rst"),
     params:
         forward_dir=folder_of(0, of="input"),
         yeast_dir=folder_of(4, of="input"),
