@@ -336,6 +336,23 @@ def test_install_profile_makes_profile_slurm_resolvable(tmp_path, monkeypatch, c
         install_profile(tmp_path / "nowhere", "x")
 
 
+def test_install_profile_outside_an_editable_install(tmp_path, monkeypatch):
+    """A non-editable install has no repository next to the package: the clone in the current folder is used,
+    else one clear error asks for --source."""
+    import cellgraph.profile as prof
+
+    monkeypatch.setattr(prof, "REPO", tmp_path / "site-packages")  # as installed from a wheel
+    with pytest.raises(Exception, match="--source") as err:
+        prof.default_profile_source(cwd=tmp_path / "elsewhere")
+    assert "site-packages" in str(err.value) and "elsewhere" in str(err.value)
+    assert prof.default_profile_source(cwd=REPO) == REPO / "profiles" / "slurm"
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert cli.main(["install-profile"]) == 0
+    installed = tmp_path / "xdg/snakemake/slurm/config.yaml"
+    assert installed.read_bytes() == (REPO / "profiles/slurm/config.yaml").read_bytes()
+
+
 def test_profile_slurm_by_name_plans_the_paper_workflow(tmp_path):
     """`snakemake --profile slurm` (installed) and `--workflow-profile profiles/slurm` plan the paper run."""
     env = _env()

@@ -20,7 +20,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["snakemake_config_dir", "install_profile", "configure_parser", "run"]
+__all__ = ["snakemake_config_dir", "install_profile", "default_profile_source", "configure_parser", "run"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,10 +62,30 @@ def install_profile(source: str | Path, name: str, force: bool = False, config_d
     return dest
 
 
+def default_profile_source(cwd: str | Path | None = None) -> Path:
+    """The repository's ``profiles/slurm``: next to the package in an editable install (``src/cellgraph``), else
+    under ``cwd`` (default: the current folder, e.g. a clone of the repository).
+
+    Raises
+    ------
+    InputError
+        If neither holds ``profiles/slurm/config.yaml`` (a non-editable install run outside a clone): the
+        message names both places and asks for ``--source``.
+    """
+    candidates = [REPO / "profiles" / "slurm", Path(cwd or Path.cwd()) / "profiles" / "slurm"]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c
+    raise InputError(f"--source: no profiles/slurm/config.yaml in {candidates[0]} (next to the installed package) "
+                     f"or in {candidates[1]} (the current folder); run from a clone of the repository or pass "
+                     "--source <clone>/profiles/slurm")
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the ``install-profile`` stage's command-line options to ``p``."""
-    p.add_argument("--source", default=str(REPO / "profiles" / "slurm"),
-                   help="profile folder to install (default: the repository's profiles/slurm)")
+    p.add_argument("--source", default=None,
+                   help="profile folder to install (default: profiles/slurm of the repository this package was "
+                        "installed from in editable mode, or of the current folder)")
     p.add_argument("--name", default="slurm", help="profile name, as in `snakemake --profile NAME` (default slurm)")
     p.add_argument("--config-dir", default=None,
                    help="Snakemake config folder (default $XDG_CONFIG_HOME/snakemake or ~/.config/snakemake)")
@@ -84,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
         If ``--source`` has no ``config.yaml``, ``--name`` is not a plain folder name, or a destination file
         differs and ``--force`` is not given.
     """
-    dest = install_profile(args.source, args.name, args.force, args.config_dir)
+    dest = install_profile(args.source or default_profile_source(), args.name, args.force, args.config_dir)
     print(f"installed profile {args.name!r} in {dest}\n"
           f"set slurm_partition / slurm_account in {dest / 'config.yaml'}, then run:\n"
           f"  snakemake --profile {args.name} --configfile config/paper.yaml")

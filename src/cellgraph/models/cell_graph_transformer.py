@@ -356,18 +356,18 @@ def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128),
 
     graphs: name -> (edge_index Long [2, E], edge_weight or None, directed) over genes 0..N-1, all graphs,
     regularised or not. Per graph, up to ``max_rows`` rows of positive degree are drawn (seeded); for every
-    (graph, layer, head), with :math:`lpha_i` the head's softmax row of gene i over the N + 1 tokens,
+    (graph, layer, head), with :math:`\alpha_i` the head's softmax row of gene i over the N + 1 tokens,
     :math:`\mathcal N(i)` the neighbours of i (out-neighbours for directed graphs, the convention of the
-    regularisation) and the genes ranked by :math:`lpha_{ij}` (CLS excluded), means over the rows of:
+    regularisation) and the genes ranked by :math:`\alpha_{ij}` (CLS excluded), means over the rows of:
 
     - ``recall_at_degree``: the share of :math:`\mathcal N(i)` among the top-:math:`|\mathcal N(i)|` genes
       (R-precision);
     - ``precision_at_k``: the share of true neighbours among the top min(k, N) genes, k in ``ks``;
-    - ``edge_mass``: :math:`\sum_{j \in \mathcal N(i)} lpha_{ij}`, beside ``uniform_mass`` =
+    - ``edge_mass``: :math:`\sum_{j \in \mathcal N(i)} \alpha_{ij}`, beside ``uniform_mass`` =
       :math:`|\mathcal N(i)| / (N + 1)`, its value under uniform attention.
 
     Per (layer, head), over up to ``max_rows`` genes drawn uniformly: ``entropy`` (nats, mean over rows of
-    :math:`-\sum_j lpha_{ij} \log lpha_{ij}`; uniform attention gives log(N + 1)) and ``effective_rank``
+    :math:`-\sum_j \alpha_{ij} \log \alpha_{ij}`; uniform attention gives log(N + 1)) and ``effective_rank``
     of the [R, N+1] attention matrix (Roy & Vetterli 2007: exp of the entropy of its normalised singular
     values). Returns (rows per (graph, layer, head), rows per (layer, head)) as lists of dicts.
     """
