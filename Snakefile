@@ -33,4 +33,5 @@ include: "workflow/rules/diffusion.smk"
 rule all:
     input:
         final_outputs(),
+        optional_targets(rules),
     default_target: True

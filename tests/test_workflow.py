@@ -246,3 +246,28 @@ def test_paper_overlay_pretrains_on_the_corpus_and_evaluates_on_a_separate_datas
     assert "--pretrain-adata resources/corpus/corpus.h5ad" in paper["tokenize"]
     assert "--check-against resources/datasets/human_immune/human_immune.h5ad" in paper["corpus"]
     assert "--pretrain-on corpus" in paper["train"] and "--pretrain-on train+corpus" in default["train"]
+
+
+@pytest.mark.workflow
+def test_targets_in_all_switches_optional_branches_into_rule_all(tmp_path):
+    """config targets_in_all puts the named branches into plain `snakemake`; the default builds none of them."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    overlay = tmp_path / "branches.yaml"
+    overlay.write_text("targets_in_all: [multigraph, perturbation]\n")
+    planned = {}
+    for name, extra in (("default", []), ("branches", [str(overlay)])):
+        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--forceall", "--cores", "2",
+               "--configfile", str(REPO / "config/config.yaml"), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        planned[name] = {line.split()[1].rstrip(":") for line in proc.stdout.splitlines()
+                         if line.startswith(("rule ", "localrule "))}
+    branch_rules = {"multigraph_build", "perturbation_forward", "perturbation_yeast", "perturbation_figures"}
+    assert branch_rules <= planned["branches"] and not branch_rules & planned["default"]
+    assert "diffusion_train" not in planned["branches"] and planned["default"] <= planned["branches"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets_in_all: [everything]\n")
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--cores", "1",
+                           "--configfile", str(REPO / "config/config.yaml"), str(bad)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode != 0 and "everything" in proc.stdout + proc.stderr

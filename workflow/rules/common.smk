@@ -75,6 +75,12 @@ def reported_tables(names, caption):
                                           res(f"tables/{name}.md"))]
 
 
+def optional_targets(rules):
+    """Inputs of the target rules named in config targets_in_all (multigraph, perturbation, diffusion, ablation),
+    which rule all then builds as well."""
+    return [getattr(rules, name).input for name in config.get("targets_in_all", [])]
+
+
 def final_outputs():
     return (
         [res(f"figures/{name}.{ext}") for name in FIGURES for ext in ("png", "pdf")]
