@@ -346,3 +346,19 @@ def test_regulators_file_with_byte_order_mark(tmp_path):
     path = tmp_path / "regulators.txt"
     path.write_bytes(b"\xef\xbb\xbfSTAT1\nIRF1\n# comment\n\nSTAT1\n")
     assert read_regulators(path) == ["IRF1", "STAT1"]
+
+
+def test_bootstrap_progress_logs_first_last_and_rate_limited(caplog, monkeypatch):
+    """A long ARACNe job logs progress at INFO: first and last bootstrap always, in between at most one line per
+    interval of wall time."""
+    import logging
+
+    clock = iter([0.0, 1.0, 2.0, 40.0, 41.0, 90.0, 91.0])  # perf_counter at creation, then one per bootstrap
+    monkeypatch.setattr(grn.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="cellgraph.grn"):
+        cb = grn.bootstrap_progress(6, "CD4TN", every_s=30.0)
+        for b in range(6):
+            cb(b)
+    lines = [r.getMessage() for r in caplog.records if "bootstrap" in r.getMessage()]
+    assert lines == ["ARACNe CD4TN: bootstrap 1/6 done (1 s)", "ARACNe CD4TN: bootstrap 3/6 done (40 s)",
+                     "ARACNe CD4TN: bootstrap 5/6 done (90 s)", "ARACNe CD4TN: bootstrap 6/6 done (91 s)"]

@@ -412,6 +412,24 @@ def sample_matrix(counts: np.ndarray, depth: np.ndarray, metacells: str, seed: i
 # --------------------------------------------------------------------------------------------------
 
 
+def bootstrap_progress(n_bootstraps: int, label: str = "", every_s: float = 30.0):
+    """An ``on_bootstrap(b)`` callback for :func:`cellgraph.aracne.aracne` that logs progress at INFO.
+
+    Logs the first and the last bootstrap and, in between, at most one line per ``every_s`` seconds (wall
+    time): ``ARACNe <label>: bootstrap b/B done (t s)``, so a long (paper-scale) job shows it is alive.
+    """
+    t0 = time.perf_counter()
+    last = [-np.inf]
+
+    def on_bootstrap(b: int) -> None:
+        now = time.perf_counter()
+        if b == 0 or b + 1 == n_bootstraps or now - last[0] >= every_s:
+            last[0] = now
+            log.info("ARACNe %s: bootstrap %d/%d done (%.0f s)", label, b + 1, n_bootstraps, now - t0)
+
+    return on_bootstrap
+
+
 def _part_network(counts, depth, genes, regs, st, fixed=None):
     """Samples + ARACNe of one group of cells: (edges DataFrame, cut dict, info dict)."""
     expr, sdepth, info = sample_matrix(counts, depth, st["metacells"], st["seed"], st["metacell_umis"], st["metacell_k"])
@@ -423,7 +441,8 @@ def _part_network(counts, depth, genes, regs, st, fixed=None):
         kw.update(mi_thresholds=fixed["mi_thresholds"], min_count=fixed["min_count"])
     elif st.get("checkpoint_dir") is not None:
         kw["checkpoint_dir"] = st["checkpoint_dir"]
-    df = engine.aracne(expr, genes, regs, **kw)
+    df = engine.aracne(expr, genes, regs, on_bootstrap=bootstrap_progress(st["n_bootstraps"], st.get("label", "")),
+                       **kw)
     a = df.attrs
     cut = dict(mi_thresholds=a["mi_thresholds_per_bootstrap"], min_count=a["min_count"])
     info.update(samples_per_bootstrap=a["n_per_bootstrap"], pairs_tested=a["n_tested"],
@@ -513,7 +532,8 @@ def type_network(counts, depth, genes, regs, st, parts=None, fixed=None):
     groups = [np.arange(depth.size)] if parts is None else parts
     nets, cuts, infos = [], [], []
     for i, g in enumerate(groups):
-        sub = dict(st, checkpoint_dir=None if st.get("checkpoint_dir") is None else Path(st["checkpoint_dir"]) / f"part{i:02d}")
+        sub = dict(st, checkpoint_dir=None if st.get("checkpoint_dir") is None else Path(st["checkpoint_dir"]) / f"part{i:02d}",
+                   label=st.get("label", "") if parts is None else f"{st.get('label', '')} part {i + 1}/{len(groups)}")
         df, cut, info = _part_network(counts[g], depth[g], genes, regs, sub, None if fixed is None else fixed["parts"][i])
         nets.append(df)
         cuts.append(cut)
@@ -630,7 +650,7 @@ def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
         entry["status"] = f"skipped: no regulator detected in >= {args.min_detected_fraction:g} of the train cells"
         log.warning("%s: %s", ct, entry["status"])
         return None, entry, None
-    st = dict(st, seed=int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0]),
+    st = dict(st, seed=int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0]), label=str(ct),
               checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None)
     parts = None
     if args.subclusters:
