@@ -815,6 +815,22 @@ def _threshold_rule(null, opts, n_tested):
     floor = mi_threshold(null, opts["mi_alpha"])  # no pair with a larger null p-value can pass BH
 
     def bh(m, tested):
+        """Benjamini-Hochberg MI threshold (nats) of one bootstrap at FDR ``mi_alpha`` over ``n_tested`` pairs.
+
+        Parameters
+        ----------
+        m : float array [R, G]
+            The bootstrap's MI (nats) of regulator rows and gene columns.
+        tested : bool array [R, G]
+            Pairs tested (each undirected pair once).
+
+        Returns
+        -------
+        float
+            :func:`bh_threshold` of the tested MIs at or above ``floor`` (the MI whose null p-value is
+            ``mi_alpha``: no pair with a larger p-value can pass BH), against the null model; ``inf`` when no
+            pair is significant (Benjamini & Hochberg, *J R Stat Soc B* 57:289, 1995; ARACNe3 FDR method).
+        """
         return bh_threshold(null, m[tested & (m >= floor)], opts["mi_alpha"], n_tested)
 
     return bh
@@ -985,29 +1001,15 @@ def consolidation_rule(opts: dict, min_count: int) -> str:
 
 
 def aracne(
-    expr: np.ndarray,
-    genes,
-    regulators,
-    n_bootstraps: int = DEFAULTS["n_bootstraps"],
-    bootstrap: str = DEFAULTS["bootstrap"],
-    mi_method: str = DEFAULTS["mi_method"],
-    mi_alpha: float = DEFAULTS["mi_alpha"],
-    mi_pvalue: float = DEFAULTS["mi_pvalue"],
+    expr: np.ndarray, genes, regulators, n_bootstraps: int = DEFAULTS["n_bootstraps"],
+    bootstrap: str = DEFAULTS["bootstrap"], mi_method: str = DEFAULTS["mi_method"],
+    mi_alpha: float = DEFAULTS["mi_alpha"], mi_pvalue: float = DEFAULTS["mi_pvalue"],
     dpi_tolerance: float = DEFAULTS["dpi_tolerance"],
-    consolidation: str = DEFAULTS["consolidation"],
-    correction: str = DEFAULTS["correction"],
-    consolidation_alpha: float = DEFAULTS["consolidation_alpha"],
-    seed: int = 0,
-    threads: int | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    n_null: int = 100_000,
-    null_seed: int | None = None,
-    strata=None,
-    mi_thresholds=None,
-    min_count: int | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    drop_constant: bool = True,
-    on_bootstrap=None,
+    consolidation: str = DEFAULTS["consolidation"], correction: str = DEFAULTS["correction"],
+    consolidation_alpha: float = DEFAULTS["consolidation_alpha"], seed: int = 0, threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None, n_null: int = 100_000, null_seed: int | None = None, strata=None,
+    mi_thresholds=None, min_count: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    drop_constant: bool = True, on_bootstrap=None,
 ) -> pd.DataFrame:
     """ARACNe network of regulators over genes from an expression matrix (module docstring: the method).
 
@@ -1074,8 +1076,20 @@ def aracne(
     check_options(**opts)
     if mi_thresholds is not None and len(mi_thresholds) != opts["n_bootstraps"]:
         raise ValueError(f"mi_thresholds has {len(mi_thresholds)} values for {n_bootstraps} bootstraps")
+    prob, n_b, const = _setup_problem(expr, genes, regulators, opts, seed, threads, cache_dir, n_null, null_seed,
+                                      strata, drop_constant)
+    counts, mi_sum, rec = _run_bootstraps(prob, mi_thresholds, checkpoint_dir, on_bootstrap)
+    return _consolidated_network(prob, n_b, const, counts, mi_sum, rec, mi_thresholds, min_count)
+
+
+def _setup_problem(expr, genes, regulators, opts, seed, threads, cache_dir, n_null, null_seed, strata,
+                   drop_constant) -> tuple[_Problem, int, list]:
+    """Validate the input of :func:`aracne`, set the numba threads, load or build the null model; return
+    (the :class:`_Problem` of the run, samples per bootstrap, constant genes dropped).
+
+    Raises ValueError: too few samples, bad ``strata`` or input (:func:`_validated`)."""
     expr, genes, regs, const = _validated(expr, genes, regulators, drop_constant)
-    n_b = bootstrap_size(expr.shape[1], bootstrap)
+    n_b = bootstrap_size(expr.shape[1], opts["bootstrap"])
     if n_b < 8:
         raise ValueError(f"too few samples: {expr.shape[1]} ({n_b} per bootstrap, need >= 8)")
     if threads:
@@ -1089,14 +1103,20 @@ def aracne(
             raise ValueError(f"strata must have one label per sample ({expr.shape[1]}), got shape {strata.shape}")
     prob = _Problem(expr, genes, regs, opts, seed, null_model(n_b, n_null, null_key, cache_dir), (n_null, null_key),
                     strata)
-    counts, mi_sum, rec = _run_bootstraps(prob, mi_thresholds, checkpoint_dir, on_bootstrap)
+    return prob, n_b, const
 
+
+def _consolidated_network(prob: _Problem, n_b, const, counts, mi_sum, rec, mi_thresholds, min_count) -> pd.DataFrame:
+    """The output of :func:`aracne` from the bootstraps' edge counts [R, G], MI sums [R, G] and record ``rec``
+    (:func:`_run_bootstraps`): the recurrence cut (:func:`_consolidate`), the edge table and its ``attrs``."""
+    opts = prob.opts
     r_i, t_i = np.nonzero(prob.tested & (counts > 0))
     k = counts[r_i, t_i]
     log_p, p_adj, cut, rate = _consolidate(k, prob.n_tested, opts, rec, min_count)
     ok = k >= cut
     r_i, t_i, k = r_i[ok], t_i[ok], k[ok]
     df = _network_frame(prob, r_i, t_i, k, mi_sum[r_i, t_i] / np.maximum(k, 1), p_adj[ok], log_p[ok])
+    mi_method = opts["mi_method"]
     fixed = mi_method in ("pvalue", "fwer") and mi_thresholds is None
     df.attrs.update(
         mi_method=mi_method,

@@ -306,7 +306,7 @@ def _assemble(part: Part, mapper) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     # Distinct-id mapping statistics over the ids of rows that reached the mapping step.
     reached = (part.pre == 0)
     used = np.unique(np.concatenate([part.a[reached], part.b[reached]])) if reached.any() else np.array([], int)
-    ids_rep = nw._id_stats(pd.Series(part.ids[used], dtype=object), sym_u[used], np.asarray(route_u, dtype=object)[used])
+    ids_rep = nw.id_stats(pd.Series(part.ids[used], dtype=object), sym_u[used], np.asarray(route_u, dtype=object)[used])
     ids_rep["kind"] = part.kind
     rep = {"file": part.file, "graph": part.graph, "threshold": part.threshold, "rows_read": int(n),
            "edges_kept": int(keep.sum()), "dropped": dropped, "rejects_written": int(wr.size), "ids": ids_rep,
@@ -318,13 +318,34 @@ def _mapper(organism: str, human_maps=None, entrez=None, string_info=None, yeast
     cache: dict = {}
 
     def mapper(ids: np.ndarray, kind: str):
+        """Map raw ids of one ``kind`` to node names (cached per ids array object).
+
+        Parameters
+        ----------
+        ids : object array [U]
+            Distinct raw ids of a :class:`Part`.
+        kind : str
+            ``yeast`` (any id, :func:`cellgraph.networks.map_yeast`), or for human ``string``
+            (:func:`cellgraph.networks.map_string_ids`), ``symbol``, ``ensg``, ``ensp``, ``entrez``
+            (:func:`cellgraph.networks.map_human`).
+
+        Returns
+        -------
+        (symbols, routes) : object arrays [U]
+            Node name (HGNC symbol or SGD ORF) or ``""`` when not mapped; the mapping route.
+
+        Raises
+        ------
+        ValueError
+            An unknown human id kind.
+        """
         key = (kind, id(ids))
         if key in cache and cache[key][0] is ids:  # same array object (the STRING channels share one)
             return cache[key][1]
         if organism == "yeast":
             out = nw.map_yeast(ids, yeast_maps)
         elif kind == "string":
-            out = nw._map_string_ids(pd.Series(ids, dtype=object), string_info, human_maps)
+            out = nw.map_string_ids(pd.Series(ids, dtype=object), string_info, human_maps)
         else:
             out = nw.map_human(ids, human_maps, kind, entrez)
         cache[key] = (ids, (np.asarray(out[0], dtype=object), np.asarray(out[1], dtype=object)))
@@ -364,6 +385,37 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
         (file and line), a source whose graph is empty after its thresholds (names source and threshold).
     """
     t0 = time.perf_counter()
+    thresholds, inputs, sources, pc_relations = _check_request(organism, inputs, thresholds, pc_relations)
+    if organism == "yeast":
+        mapper, universe, id_maps, kinds, hmaps = _yeast_setup(inputs, sources)
+    else:
+        mapper, universe, id_maps, kinds, hmaps = _human_setup(inputs)
+
+    per_graph, rejects_all, src_reports = _collect_sources(
+        organism, inputs, sources, thresholds, mapper, kinds, hmaps, dorothea_confidence, string_actions_modes,
+        pc_relations)
+    nodes, node_source = _node_index(per_graph, universe, genes)
+    graphs, graph_reports = _merge_graphs(per_graph, nodes)
+    rejects = pd.concat(rejects_all, ignore_index=True)[REJECT_COLUMNS] if rejects_all else pd.DataFrame(columns=REJECT_COLUMNS)
+    summary = summarize(graphs)
+    report = {
+        "stage": "multigraph", "organism": organism, "id_maps": id_maps,
+        "nodes": {"count": int(len(nodes)), "from": node_source},
+        "thresholds": thresholds, "sources": src_reports, "graphs": graph_reports,
+        "summary": summary.to_dict(orient="records"),
+        "rejects_rows": int(len(rejects)),
+        "rejects_note": ("unmapped, ambiguous, self_loop and duplicate rows are written to rejects.tsv.gz; "
+                         "not_selected, below_threshold and mirror rows are counted here only"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return graphs, rejects, report
+
+
+def _check_request(organism: str, inputs: dict, thresholds: dict | None, pc_relations: dict | None):
+    """Validate the request of :func:`build_multigraph`; return (thresholds with defaults, inputs without
+    empty values, sources in :data:`SOURCES` order, Pathway Commons relations with defaults).
+
+    Raises :class:`InputError` on unknown threshold keys, organism or sources, no source, a missing file."""
     thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     unknown_thr = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
     if unknown_thr:
@@ -382,80 +434,75 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
         require_file(p, k)
     pc_relations = pc_relations or {"physical": ["in-complex-with", "interacts-with"],
                                     "regulatory": ["controls-expression-of"]}
-    if organism == "yeast":
-        wrong = [s for s in sources if s in HUMAN_ONLY]
-        if wrong:
-            raise InputError(f"source(s) {wrong} are human-only; not usable for yeast")
-        for k in ("string_info", "string_aliases"):
-            if k not in inputs:
-                raise InputError(f"yeast needs --{k.replace('_', '-')} (STRING 4932 protein.info / protein.aliases) to map ids")
-        ymaps = nw.load_yeast_maps(inputs["string_aliases"], inputs["string_info"])
-        if ymaps.taxon != TAXON["yeast"]:
-            raise InputError(f"STRING protein.aliases {inputs['string_aliases']}: taxon {ymaps.taxon}; expected 4932 (yeast)")
-        mapper = _mapper("yeast", yeast_maps=ymaps)
-        universe = set(ymaps.orfs)
-        id_maps = {"string_aliases": str(inputs["string_aliases"]), "string_info": str(inputs["string_info"]),
-                   "orfs": len(ymaps.orfs), "aliases_unique": len(ymaps.alias),
-                   "aliases_ambiguous": len(ymaps.alias_ambiguous)}
-        kinds = dict.fromkeys(SOURCES, "yeast")
-    else:
-        for k in ("alias_map", "ensg_map", "ensp_map"):
-            if k not in inputs:
-                raise InputError(f"human needs --{k.replace('_', '-')} (HGNC id map)")
-        if ("string_links" in inputs or "string_physical" in inputs) and "string_info" not in inputs:
-            raise InputError("human STRING links need --string-info (9606 protein.info) for the preferred_name fallback")
-        if "string_actions" in inputs:
-            raise InputError("string_actions is used for yeast only (STRING v11 actions)")
-        hmaps = nw.load_symbol_maps(inputs["alias_map"], inputs["ensg_map"], inputs["ensp_map"])
-        entrez = nw.load_entrez_map(inputs["ensg_map"], inputs["ensp_map"])
-        info = None
-        if "string_info" in inputs:
-            info = nw.read_table(inputs["string_info"], "STRING protein.info", ["#string_protein_id", "preferred_name"],
-                                 rename={"string_protein_id": "#string_protein_id"})
-        mapper = _mapper("human", human_maps=hmaps, entrez=entrez, string_info=info)
-        universe = set(hmaps.ensp.values())
-        id_maps = {"alias": str(inputs["alias_map"]), "ensg": str(inputs["ensg_map"]), "ensp": str(inputs["ensp_map"]),
-                   "approved_symbols": len(hmaps.approved), "entrez_unique": len(entrez[0])}
-        kinds = {"string_links": "string", "string_physical": "string", "biogrid": "entrez", "tflink": "symbol",
-                 "collectri": "symbol",
-                 "hint_binary": "symbol", "hint_cocomp": "symbol"}
+    return thresholds, inputs, sources, pc_relations
 
+
+def _yeast_setup(inputs: dict, sources: list[str]):
+    """(mapper, gene universe, ``id_maps`` report, id kind per source, None) for yeast: ids -> SGD ORFs
+    through STRING ``protein.aliases`` / ``protein.info``. Raises :class:`InputError` on a human-only
+    source, a missing STRING alias/info file or a STRING taxon other than 4932."""
+    wrong = [s for s in sources if s in HUMAN_ONLY]
+    if wrong:
+        raise InputError(f"source(s) {wrong} are human-only; not usable for yeast")
+    for k in ("string_info", "string_aliases"):
+        if k not in inputs:
+            raise InputError(f"yeast needs --{k.replace('_', '-')} (STRING 4932 protein.info / protein.aliases) to map ids")
+    ymaps = nw.load_yeast_maps(inputs["string_aliases"], inputs["string_info"])
+    if ymaps.taxon != TAXON["yeast"]:
+        raise InputError(f"STRING protein.aliases {inputs['string_aliases']}: taxon {ymaps.taxon}; expected 4932 (yeast)")
+    mapper = _mapper("yeast", yeast_maps=ymaps)
+    universe = set(ymaps.orfs)
+    id_maps = {"string_aliases": str(inputs["string_aliases"]), "string_info": str(inputs["string_info"]),
+               "orfs": len(ymaps.orfs), "aliases_unique": len(ymaps.alias),
+               "aliases_ambiguous": len(ymaps.alias_ambiguous)}
+    kinds = dict.fromkeys(SOURCES, "yeast")
+    return mapper, universe, id_maps, kinds, None
+
+
+def _human_setup(inputs: dict):
+    """(mapper, gene universe, ``id_maps`` report, id kind per source, symbol maps) for human: ids -> HGNC
+    symbols through the shipped id maps. Raises :class:`InputError` on a missing id map, STRING links
+    without ``string_info``, or ``string_actions`` (yeast only)."""
+    for k in ("alias_map", "ensg_map", "ensp_map"):
+        if k not in inputs:
+            raise InputError(f"human needs --{k.replace('_', '-')} (HGNC id map)")
+    if ("string_links" in inputs or "string_physical" in inputs) and "string_info" not in inputs:
+        raise InputError("human STRING links need --string-info (9606 protein.info) for the preferred_name fallback")
+    if "string_actions" in inputs:
+        raise InputError("string_actions is used for yeast only (STRING v11 actions)")
+    hmaps = nw.load_symbol_maps(inputs["alias_map"], inputs["ensg_map"], inputs["ensp_map"])
+    entrez = nw.load_entrez_map(inputs["ensg_map"], inputs["ensp_map"])
+    info = None
+    if "string_info" in inputs:
+        info = nw.read_table(inputs["string_info"], "STRING protein.info", ["#string_protein_id", "preferred_name"],
+                             rename={"string_protein_id": "#string_protein_id"})
+    mapper = _mapper("human", human_maps=hmaps, entrez=entrez, string_info=info)
+    universe = set(hmaps.ensp.values())
+    id_maps = {"alias": str(inputs["alias_map"]), "ensg": str(inputs["ensg_map"]), "ensp": str(inputs["ensp_map"]),
+               "approved_symbols": len(hmaps.approved), "entrez_unique": len(entrez[0])}
+    kinds = {"string_links": "string", "string_physical": "string", "biogrid": "entrez", "tflink": "symbol",
+             "collectri": "symbol",
+             "hint_binary": "symbol", "hint_cocomp": "symbol"}
+    return mapper, universe, id_maps, kinds, hmaps
+
+
+def _collect_sources(organism, inputs, sources, thresholds, mapper, kinds, hmaps, dorothea_confidence,
+                     string_actions_modes, pc_relations):
+    """Parse and map every source; return (graph type -> [(source, edges [source, target, weight])], the
+    rejects frames, source -> report). Raises :class:`InputError` when a source leaves a graph empty."""
     per_graph: dict[str, list[tuple[str, pd.DataFrame]]] = {g: [] for g in GRAPH_TYPES}
     rejects_all, src_reports = [], {}
     for s in sources:
         path = inputs[s]
         if s in ("dorothea", "trrust", "huri"):  # the networks stage's parsers, reused as they are
-            if s == "dorothea":
-                e, rj, rp, _ = nw._dorothea(path, hmaps, sorted(dorothea_confidence))
-            elif s == "trrust":
-                e, rj, rp, _ = nw._trrust(path, hmaps)
-            else:
-                e, rj, rp = nw._huri(path, hmaps)
-            graph = "physical" if s == "huri" else "regulatory"
-            rj = rj.rename(columns={"graph": "source"}).assign(graph=graph)
-            rp = {**rp, "graph": graph, "threshold": f"confidence in {sorted(dorothea_confidence)}" if s == "dorothea" else "none"}
+            graph, e, rj, rp = _networks_stage_source(s, path, hmaps, dorothea_confidence)
             per_graph[graph].append((s, e[["source", "target", "weight"]]))
             rejects_all.append(rj[REJECT_COLUMNS])
             src_reports[s] = rp
             if len(e) == 0:
                 raise InputError(f"source {s} ({path}): no {graph} edges left after {rp['threshold']}")
             continue
-        if s == "string_links":
-            parts = _string_links_parts(path, thresholds, kinds[s])
-        elif s == "string_physical":
-            parts = [_string_physical_part(path, thresholds, kinds[s])]
-        elif s == "string_actions":
-            parts = [_string_actions_part(path, thresholds, string_actions_modes, kinds[s])]
-        elif s == "pathway_commons":
-            parts = _sif_parts(path, pc_relations)
-        elif s == "biogrid":
-            parts = [_biogrid_part(path, organism, kinds[s])]
-        elif s == "tflink":
-            parts = [_tflink_part(path, kinds[s])]
-        elif s == "collectri":
-            parts = [_collectri_part(path, kinds[s])]
-        else:
-            parts = [_hint_part(s, path, organism, kinds[s])]
+        parts = _source_parts(s, path, organism, thresholds, kinds, string_actions_modes, pc_relations)
         reps = {}
         for part in parts:
             e, rj, rp = _assemble(part, mapper)
@@ -467,8 +514,48 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
                 raise InputError(f"source {s} ({path}): no {part.graph} edges left after threshold {part.threshold}")
             per_graph[part.graph].append((s, e))
         src_reports[s] = reps if len(reps) > 1 else next(iter(reps.values()))
+    return per_graph, rejects_all, src_reports
 
-    # Node index.
+
+def _networks_stage_source(s: str, path, hmaps, dorothea_confidence):
+    """DoRothEA, TRRUST or HuRI through the networks stage's readers: (graph type, edges, rejects with
+    :data:`REJECT_COLUMNS`, report)."""
+    if s == "dorothea":
+        e, rj, rp, _ = nw.read_dorothea(path, hmaps, sorted(dorothea_confidence))
+    elif s == "trrust":
+        e, rj, rp, _ = nw.read_trrust(path, hmaps)
+    else:
+        e, rj, rp = nw.read_huri(path, hmaps)
+    graph = "physical" if s == "huri" else "regulatory"
+    rj = rj.rename(columns={"graph": "source"}).assign(graph=graph)
+    rp = {**rp, "graph": graph, "threshold": f"confidence in {sorted(dorothea_confidence)}" if s == "dorothea" else "none"}
+    return graph, e, rj, rp
+
+
+def _source_parts(s: str, path, organism, thresholds, kinds, string_actions_modes, pc_relations) -> list[Part]:
+    """The :class:`Part` list of one source that is not read by the networks stage."""
+    if s == "string_links":
+        parts = _string_links_parts(path, thresholds, kinds[s])
+    elif s == "string_physical":
+        parts = [_string_physical_part(path, thresholds, kinds[s])]
+    elif s == "string_actions":
+        parts = [_string_actions_part(path, thresholds, string_actions_modes, kinds[s])]
+    elif s == "pathway_commons":
+        parts = _sif_parts(path, pc_relations)
+    elif s == "biogrid":
+        parts = [_biogrid_part(path, organism, kinds[s])]
+    elif s == "tflink":
+        parts = [_tflink_part(path, kinds[s])]
+    elif s == "collectri":
+        parts = [_collectri_part(path, kinds[s])]
+    else:
+        parts = [_hint_part(s, path, organism, kinds[s])]
+    return parts
+
+
+def _node_index(per_graph: dict, universe: set, genes: list[str] | None) -> tuple[np.ndarray, str]:
+    """(nodes object [N], where they come from): ``genes`` in order without repeats, else the sorted union
+    of the organism's universe and every edge end."""
     endpoints = set()
     for g in GRAPH_TYPES:
         for _, e in per_graph[g]:
@@ -480,6 +567,12 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
     else:
         nodes = np.asarray(sorted(universe | endpoints), dtype=object)
         node_source = "organism universe + edge ends"
+    return nodes, node_source
+
+
+def _merge_graphs(per_graph: dict, nodes: np.ndarray) -> tuple[dict, dict]:
+    """Index every graph type's edges by ``nodes`` (edges outside dropped, undirected ones as ``u < v``)
+    and merge sources (weight = maximum); return (graphs as in :func:`build_multigraph`, per-graph report)."""
     index = pd.Index(nodes)
     graphs: dict = {"nodes": nodes}
     graph_reports = {}
@@ -502,19 +595,7 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
         graph_reports[g] = {"sources": [name for name, _ in srcs], "edges_from_source": from_src,
                             "outside_node_index": int((~inside).sum()),
                             "merged_across_sources": int(inside.sum() - len(df)), "edges": int(len(df))}
-    rejects = pd.concat(rejects_all, ignore_index=True)[REJECT_COLUMNS] if rejects_all else pd.DataFrame(columns=REJECT_COLUMNS)
-    summary = summarize(graphs)
-    report = {
-        "stage": "multigraph", "organism": organism, "id_maps": id_maps,
-        "nodes": {"count": int(len(nodes)), "from": node_source},
-        "thresholds": thresholds, "sources": src_reports, "graphs": graph_reports,
-        "summary": summary.to_dict(orient="records"),
-        "rejects_rows": int(len(rejects)),
-        "rejects_note": ("unmapped, ambiguous, self_loop and duplicate rows are written to rejects.tsv.gz; "
-                         "not_selected, below_threshold and mirror rows are counted here only"),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    return graphs, rejects, report
+    return graphs, graph_reports
 
 
 def summarize(graphs: dict) -> pd.DataFrame:
@@ -652,6 +733,15 @@ _FILE_FLAGS = {
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``cellgraph multigraph`` to ``p``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The sub-command's parser: ``--organism`` and ``--out-dir`` (required), one optional ``--<source>``
+        file per key of the source table, ``--genes``, ``--threshold SOURCE.COLUMN=MIN ...`` (STRING scores
+        0..1000), ``--dorothea-confidence``, ``--string-actions-modes``, ``--pc-physical``, ``--pc-regulatory``.
+    """
     p.add_argument("--organism", required=True, choices=ORGANISMS)
     for key, help_text in _FILE_FLAGS.items():
         p.add_argument(f"--{key.replace('_', '-')}", default=None, metavar="FILE", help=help_text)
@@ -682,6 +772,22 @@ def _parse_thresholds(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph multigraph``: :func:`build_multigraph`, then write its outputs to ``--out-dir``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`configure_parser`.
+
+    Outputs: ``multigraph.npz`` (:func:`save_multigraph`), ``summary.tsv`` (:func:`summarize`),
+    ``degrees.png``, ``rejects.tsv.gz`` (:data:`REJECT_COLUMNS`; gzip without name or time) and
+    ``report.json`` (module docstring).
+
+    Raises
+    ------
+    InputError
+        A ``--genes`` file without names, a malformed ``--threshold``, or as :func:`build_multigraph`.
+    """
     inputs = {k: getattr(args, k) for k in _FILE_FLAGS}
     genes = None
     if args.genes:

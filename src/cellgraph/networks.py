@@ -43,7 +43,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,11 @@ __all__ = [
     "map_yeast",
     "map_human",
     "load_entrez_map",
+    "map_string_ids",
+    "id_stats",
+    "read_dorothea",
+    "read_trrust",
+    "read_huri",
 ]
 
 EDGE_COLUMNS = ["source", "target", "weight", "graph", "directed"]
@@ -165,15 +170,25 @@ def read_table(
         whose number of tab-separated fields differs from the header's (or ``len(names)``); an empty
         required field. The message names the file and the line.
     """
-    import csv
-    import io
-
     path = require_file(path, what)
     data = _read_bytes(path, what)
     if not data.strip():
         raise InputError(f"{what} {path}: empty file; expected a tab-separated table"
                          + (f" with a header line ({', '.join(required)})" if header else ""))
     _check_utf8(data, path, what)
+    cols = _table_columns(data, path, what, required, header, names, rename)
+    n_lines = _check_field_counts(data, path, what, cols, header)
+    df = _parse_table(data, path, what, cols, header, n_lines)
+    _check_required_fields(df, path, what, required)
+    return df
+
+
+def _table_columns(
+    data: bytes, path: Path, what: str, required: list[str], header: bool,
+    names: list[str] | None, rename: dict[str, str] | None,
+) -> list[str]:
+    """Column names of a table (:func:`read_table`): its header line, renamed, checked for the ``required``
+    columns and duplicates; or ``names`` for a header-less file. Raises :class:`InputError` (line 1)."""
     if header:
         cols = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8").split("\t")
         cols = [(rename or {}).get(c, c) for c in cols]
@@ -188,6 +203,12 @@ def read_table(
     else:
         assert names is not None
         cols = list(names)
+    return cols
+
+
+def _check_field_counts(data: bytes, path: Path, what: str, cols: list[str], header: bool) -> int:
+    """Number of lines of ``data``; raises :class:`InputError` naming the first line whose number of
+    tab-separated fields is not ``len(cols)`` (or when there are no data rows)."""
     expected = len(cols)
 
     # Field count of every line, vectorised over the raw bytes (lines end at b"\n").
@@ -210,6 +231,14 @@ def read_table(
             f"({', '.join(cols)}), found {'a blank line' if blank else fields[i]}"
             + (f" ({bad.size} malformed lines in total)" if bad.size > 1 else "")
         )
+    return n_lines
+
+
+def _parse_table(data: bytes, path: Path, what: str, cols: list[str], header: bool, n_lines: int) -> pd.DataFrame:
+    """``data`` (field counts already checked) as a str DataFrame with the 1-based file line in ``_line``."""
+    import csv
+    import io
+
     try:
         df = pd.read_csv(
             io.BytesIO(data),
@@ -231,11 +260,15 @@ def read_table(
     if len(df) != n_lines - (1 if header else 0):  # pragma: no cover - guarded by the field count
         raise InputError(f"{what} {path}: parsed {len(df)} rows from {n_lines} lines")
     df["_line"] = np.arange(first_line, first_line + len(df), dtype=np.int64)
+    return df
+
+
+def _check_required_fields(df: pd.DataFrame, path: Path, what: str, required: list[str]) -> None:
+    """Raise :class:`InputError` naming the line of the first empty (blank) ``required`` field."""
     for c in required:
         empty = np.flatnonzero(df[c].str.strip().to_numpy() == "")
         if empty.size:
             raise InputError(f"{what} {path}: line {df['_line'].iat[empty[0]]}: field {c!r} is empty")
-    return df
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,10 +403,28 @@ def _map_ids(values: pd.Series, id_map: dict, ambiguous: dict, route_name: str) 
     return sym, route.astype(object)
 
 
-def _map_string_ids(
+def map_string_ids(
     ids: pd.Series, info: pd.DataFrame, maps: SymbolMaps
 ) -> tuple[np.ndarray, np.ndarray]:
-    """ENSP (``9606.`` stripped) -> symbol by the ENSP map, else by STRING's preferred_name."""
+    """Map STRING protein ids to HGNC symbols: ENSP (``9606.`` stripped) -> symbol by the ENSP map, else
+    STRING's ``preferred_name`` mapped like a symbol (module docstring, "Identifier mapping").
+
+    Parameters
+    ----------
+    ids : Series of str [N]
+        STRING protein ids such as ``9606.ENSP00000281821`` (the prefix is optional).
+    info : DataFrame
+        STRING ``protein.info`` as :func:`read_table` returns it, with columns ``#string_protein_id`` and
+        ``preferred_name``.
+    maps : SymbolMaps
+        From :func:`load_symbol_maps`.
+
+    Returns
+    -------
+    (symbols, routes) : object arrays [N]
+        ``symbols[i]`` is the HGNC symbol or ``""``; ``routes[i]`` is ``ensp_map``, ``info_approved``,
+        ``info_alias``, ``info_case`` (mapped) or ``ambiguous``, ``unmapped``.
+    """
     ensp = ids.str.replace(r"^9606\.", "", regex=True)
     sym, route = _map_ids(ensp, maps.ensp, maps.ensp_ambiguous, "ensp_map")
     pref = dict(zip(info["#string_protein_id"].str.replace(r"^9606\.", "", regex=True), info["preferred_name"]))
@@ -396,8 +447,26 @@ def _map_string_ids(
 # --------------------------------------------------------------------------------------------------
 
 
-def _id_stats(values: pd.Series, sym: np.ndarray, route: np.ndarray) -> dict:
-    """Counts of distinct ids by mapping route."""
+def id_stats(values: pd.Series, sym: np.ndarray, route: np.ndarray) -> dict:
+    """Counts of distinct ids by mapping route (the ``ids`` entry of a source in ``report.json``).
+
+    Parameters
+    ----------
+    values : Series of str [N]
+        Raw ids, one per mapped value (an id listed several times counts once: its first route).
+    sym : object array [N]
+        Mapped symbols (unused; kept for the call shape of the mappers' output).
+    route : object array [N]
+        Mapping route of each value (as :func:`map_symbols`, :func:`map_string_ids`, :func:`map_human` or
+        :func:`map_yeast` return); ``ambiguous`` and ``unmapped`` are not mapped.
+
+    Returns
+    -------
+    dict
+        ``distinct``, ``mapped``, ``mapped_by`` (route -> count, sorted), ``ambiguous``, ``unmapped`` (counts
+        of distinct ids) and ``ambiguous_examples``, ``unmapped_examples`` (the first
+        :data:`UNMAPPED_EXAMPLES` ids, sorted).
+    """
     d = pd.DataFrame({"id": values.to_numpy(), "route": route}).drop_duplicates("id")
     counts = d["route"].value_counts()
     mapped_by = {r: int(c) for r, c in counts.items() if r not in ("ambiguous", "unmapped")}
@@ -490,10 +559,39 @@ def _stack_ids(rows: pd.DataFrame, fields: tuple[str, str], mapped: dict) -> dic
     values = pd.concat([rows[f] for f in fields], ignore_index=True)
     sym = np.concatenate([mapped[f][0] for f in fields])
     route = np.concatenate([mapped[f][1] for f in fields])
-    return _id_stats(values, sym, route)
+    return id_stats(values, sym, route)
 
 
-def _dorothea(path, maps: SymbolMaps, confidence: list[str]):
+def read_dorothea(path, maps: SymbolMaps, confidence: list[str]):
+    """Read DoRothEA regulons and map them to HGNC symbols (Garcia-Alonso et al., *Genome Research* 2019).
+
+    Parameters
+    ----------
+    path : str or Path
+        Tab-separated (optionally gzipped) table with columns ``tf, confidence, target, mor``.
+    maps : SymbolMaps
+        From :func:`load_symbol_maps`.
+    confidence : list of str
+        Confidence letters kept (among :data:`CONFIDENCE_LEVELS`); other rows are ``below_confidence``.
+
+    Returns
+    -------
+    edges : DataFrame [E, 5]
+        :data:`EDGE_COLUMNS`, graph ``dorothea``, directed TF -> target, ``weight`` = ``mor`` (+1 / -1).
+    rejects : DataFrame [R, 6]
+        :data:`REJECT_COLUMNS`, one row per dropped input row.
+    report : dict
+        The source's entry of ``report.json`` (rows, kept edges, drop reasons, id statistics over all rows,
+        rows per confidence letter).
+    (tfs, unmapped_tf_names) : (set of str, sorted list of str)
+        Mapped TF symbols (any confidence) and TF names that did not map.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file (see :func:`read_table`), a confidence letter not in
+        :data:`CONFIDENCE_LEVELS`, a ``mor`` that is not a finite number (each naming the line).
+    """
     what = "DoRothEA"
     rows = read_table(path, what, ["tf", "confidence", "target", "mor"])
     conf = rows["confidence"].str.strip()
@@ -530,7 +628,33 @@ def _tfs(names: pd.Series, sym: np.ndarray, route: np.ndarray) -> tuple[set, lis
     return set(sym[ok]), sorted(set(names.to_numpy()[~ok]))
 
 
-def _trrust(path, maps: SymbolMaps):
+def read_trrust(path, maps: SymbolMaps):
+    """Read TRRUST v2 raw data and map it to HGNC symbols (Han et al., *Nucleic Acids Research* 2018).
+
+    Parameters
+    ----------
+    path : str or Path
+        Tab-separated file without header: ``TF, target, mode, PMIDs``.
+    maps : SymbolMaps
+        From :func:`load_symbol_maps`.
+
+    Returns
+    -------
+    edges : DataFrame [E, 5]
+        :data:`EDGE_COLUMNS`, graph ``trrust``, directed TF -> target, weight 1.0.
+    rejects : DataFrame [R, 6]
+        :data:`REJECT_COLUMNS`, one row per dropped input row.
+    report : dict
+        The source's entry of ``report.json``.
+    (tfs, unmapped_tf_names) : (set of str, sorted list of str)
+        Mapped TF symbols and TF names that did not map.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file (see :func:`read_table`), a ``mode`` not in :data:`TRRUST_MODES`
+        (naming the line).
+    """
     what = "TRRUST"
     rows = read_table(path, what, ["TF", "target", "mode"], header=False, names=["TF", "target", "mode", "PMIDs"])
     bad = np.flatnonzero(~rows["mode"].isin(TRRUST_MODES).to_numpy())
@@ -548,7 +672,32 @@ def _trrust(path, maps: SymbolMaps):
     return edges, rejects, rep, _tfs(rows["TF"], *mapped["TF"])
 
 
-def _huri(path, maps: SymbolMaps):
+def read_huri(path, maps: SymbolMaps):
+    """Read HuRI binary protein-protein interactions and map ENSG ids to HGNC symbols (Luck et al., *Nature*
+    2020).
+
+    Parameters
+    ----------
+    path : str or Path
+        Tab-separated file with header ``protein1, protein2`` (Ensembl gene ids).
+    maps : SymbolMaps
+        From :func:`load_symbol_maps` (its ENSG map; an ENSG of several symbols is ambiguous).
+
+    Returns
+    -------
+    edges : DataFrame [E, 5]
+        :data:`EDGE_COLUMNS`, graph ``huri``, undirected (stored once with ``source < target``), weight 1.0.
+    rejects : DataFrame [R, 6]
+        :data:`REJECT_COLUMNS`, one row per dropped input row.
+    report : dict
+        The source's entry of ``report.json``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file (see :func:`read_table`); ids that are mostly not ENSG ids (swapped
+        columns).
+    """
     rows = read_table(path, "HuRI", ["protein1", "protein2"])
     _check_id_format(rows, ["protein1", "protein2"], "ensg", path, "HuRI")
     mapped = {f: _map_ids(rows[f].str.strip(), maps.ensg, maps.ensg_ambiguous, "ensg_map") for f in ("protein1", "protein2")}
@@ -566,7 +715,7 @@ def _string(path, info_path, maps: SymbolMaps):
         info_path, "STRING protein.info", ["#string_protein_id", "preferred_name"],
         rename={"string_protein_id": "#string_protein_id"},
     )
-    mapped = {f: _map_string_ids(rows[f].str.strip(), info, maps) for f in ("protein1", "protein2")}
+    mapped = {f: map_string_ids(rows[f].str.strip(), info, maps) for f in ("protein1", "protein2")}
     edges, rejects, dropped = _filter_edges(
         "string", Path(path), rows, ("protein1", "protein2"), mapped, np.ones(len(rows)), False
     )
@@ -626,9 +775,9 @@ def build_networks(
                     (ensp_map, "ENSP map")]:
         require_file(p, what)
     maps = load_symbol_maps(alias_map, ensg_map, ensp_map)
-    d_edges, d_rej, d_rep, (d_tfs, d_tf_unmapped) = _dorothea(dorothea, maps, confidence)
-    t_edges, t_rej, t_rep, (t_tfs, t_tf_unmapped) = _trrust(trrust, maps)
-    h_edges, h_rej, h_rep = _huri(huri, maps)
+    d_edges, d_rej, d_rep, (d_tfs, d_tf_unmapped) = read_dorothea(dorothea, maps, confidence)
+    t_edges, t_rej, t_rep, (t_tfs, t_tf_unmapped) = read_trrust(trrust, maps)
+    h_edges, h_rej, h_rep = read_huri(huri, maps)
     s_edges, s_rej, s_rep = _string(string, string_info, maps)
     edges = pd.concat([d_edges, t_edges, h_edges, s_edges], ignore_index=True)
     edges = edges.astype({"source": str, "target": str, "weight": "float64", "graph": str, "directed": bool})
@@ -705,6 +854,14 @@ def read_edges(path: str | Path) -> pd.DataFrame:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``cellgraph networks`` to ``p``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The sub-command's parser; the input files (``--dorothea`` ... ``--ensp-map``) and ``--out-dir`` are
+        required.
+    """
     p.add_argument("--dorothea", required=True, help="DoRothEA regulons (tf, confidence, target, mor; .tsv[.gz])")
     p.add_argument("--trrust", required=True, help="TRRUST raw data (TF, target, mode, PMIDs; no header)")
     p.add_argument("--huri", required=True, help="HuRI binary PPI (protein1, protein2 as ENSG ids)")
@@ -721,6 +878,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    """``cellgraph networks``: :func:`build_networks`, then write its outputs atomically to ``--out-dir``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Options of :func:`configure_parser`.
+
+    Outputs: ``edges.parquet`` (:data:`EDGE_COLUMNS`), ``regulators.txt`` (one symbol a line),
+    ``rejects.tsv.gz`` (:data:`REJECT_COLUMNS`; gzip without name or time, so byte-reproducible) and
+    ``report.json``.
+
+    Raises
+    ------
+    InputError
+        As :func:`build_networks`.
+    """
     edges, regulators, rejects, report = build_networks(
         args.dorothea, args.trrust, args.huri, args.string, args.string_info,
         args.alias_map, args.ensg_map, args.ensp_map, args.dorothea_confidence,
@@ -810,12 +983,19 @@ def read_string_links(path: str | Path, columns: Iterable[str] | None = None) ->
         with another number of fields (message gives the line number and its text); a score that is not
         an integer in 0..1000 (line number); an empty file; a requested column that is absent.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pacsv
-
     what = "STRING links"
     path = require_file(path, what)
+    header, score_cols = _string_links_header(path, what, columns)
+    table = _read_string_links_table(path, what, header, score_cols)
+    ids, a, b, scores = _string_links_arrays(table, path, what, score_cols)
+    return StringLinks(path, np.asarray(ids.to_pylist(), dtype=object), a, b, scores)
+
+
+def _string_links_header(path: Path, what: str, columns: Iterable[str] | None) -> tuple[list[str], list[str]]:
+    """(header fields, score columns to keep) of a STRING links file (:func:`read_string_links`).
+
+    Raises :class:`InputError` (line 1) on an unreadable file, a header that is not ``protein1 protein2``
+    followed by known score columns, or a requested column that is absent."""
     try:
         opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
         with opener(path, "rt", encoding="utf-8") as fh:
@@ -832,6 +1012,17 @@ def read_string_links(path: str | Path, columns: Iterable[str] | None = None) ->
     missing = [c for c in score_cols if c not in header]
     if missing:
         raise InputError(f"{what} {path}: line 1: header lacks score column(s) {missing}; found {header}")
+    return header, score_cols
+
+
+def _read_string_links_table(path: Path, what: str, header: list[str], score_cols: list[str]):
+    """The STRING links file as a ``pyarrow.Table`` (``protein1/protein2`` dictionary arrays, int16 scores).
+
+    Raises :class:`InputError` naming the line of the first malformed row or non-integer score, or on a
+    file without data rows."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
     invalid: list = []
 
     def _invalid(row):
@@ -851,23 +1042,7 @@ def read_string_links(path: str | Path, columns: Iterable[str] | None = None) ->
             ),
         )
     except pa.ArrowInvalid as err:
-        # A non-integer or out-of-int16 score: find its line on a string re-read (error path only).
-        if "conversion" not in str(err).lower():
-            raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
-        raw = pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
-        )
-        for c in header[2:]:
-            ok = pc.match_substring_regex(raw[c], r"^[0-9]{1,4}$")
-            bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
-            if bad.size:
-                raise InputError(
-                    f"{what} {path}: line {int(bad[0]) + 2}: field {c!r} is {raw[c][int(bad[0])].as_py()!r}; "
-                    "expected an integer score 0..1000"
-                ) from err
-        raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
+        _raise_string_score_error(path, what, header, err)
     if invalid:
         row = invalid[0]
         line = row.number if row.number is not None else _line_of_text(path, row.text)
@@ -878,6 +1053,41 @@ def read_string_links(path: str | Path, columns: Iterable[str] | None = None) ->
         )
     if table.num_rows == 0:
         raise InputError(f"{what} {path}: no data rows")
+    return table
+
+
+def _raise_string_score_error(path: Path, what: str, header: list[str], err: Exception) -> NoReturn:
+    """Raise :class:`InputError` for a STRING links parse failure ``err``: for a non-integer or out-of-int16
+    score, naming its line (found on a string re-read; error path only)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    # A non-integer or out-of-int16 score: find its line on a string re-read (error path only).
+    if "conversion" not in str(err).lower():
+        raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
+    raw = pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}),
+    )
+    for c in header[2:]:
+        ok = pc.match_substring_regex(raw[c], r"^[0-9]{1,4}$")
+        bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
+        if bad.size:
+            raise InputError(
+                f"{what} {path}: line {int(bad[0]) + 2}: field {c!r} is {raw[c][int(bad[0])].as_py()!r}; "
+                "expected an integer score 0..1000"
+            ) from err
+    raise InputError(f"{what} {path}: cannot be parsed ({err})") from err
+
+
+def _string_links_arrays(table, path: Path, what: str, score_cols: list[str]):
+    """(ids, a, b, scores) of :class:`StringLinks` from the table of :func:`_read_string_links_table`:
+    one id dictionary for both columns; raises :class:`InputError` on a score outside 0..1000."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     table = table.unify_dictionaries()
     p1 = table.column("protein1").combine_chunks()
     p2 = table.column("protein2").combine_chunks()
@@ -896,7 +1106,7 @@ def read_string_links(path: str | Path, columns: Iterable[str] | None = None) ->
         if bad.size:
             raise InputError(f"{what} {path}: line {int(bad[0]) + 2}: field {c!r} is {int(s[bad[0]])}; expected 0..1000")
         scores[c] = s.astype(np.int16, copy=False)
-    return StringLinks(path, np.asarray(ids.to_pylist(), dtype=object), a, b, scores)
+    return ids, a, b, scores
 
 
 @dataclass(frozen=True)

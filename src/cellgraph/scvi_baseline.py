@@ -187,24 +187,12 @@ def scvi_generate(counts_train, labels_train, labels_generate, library_generate,
     """
     counts, labels_train, labels_generate, library = _check_inputs(
         counts_train, labels_train, labels_generate, library_generate, likelihood)
-    import anndata as ad
-    import pandas as pd
     import scvi
 
     started = time.perf_counter()
     kl_warmup = int(max_epochs) // 4
     with _quiet_and_threads(threads):
-        scvi.settings.verbosity = logging.WARNING
-        scvi.settings.seed = seed
-        adata = ad.AnnData(X=counts.copy(), obs=pd.DataFrame(
-            {_CONDITION_KEY: pd.Categorical(labels_train)}, index=[str(i) for i in range(counts.shape[0])]))
-        adata.layers["counts"] = counts
-        scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=_CONDITION_KEY)
-        model = scvi.model.SCVI(adata, n_latent=n_latent, gene_likelihood=likelihood)
-        model.train(max_epochs=max_epochs, batch_size=batch_size, early_stopping=False, accelerator="cpu",
-                    devices=1, train_size=1.0, enable_progress_bar=False, enable_model_summary=False,
-                    datasplitter_kwargs={"drop_last": _drop_last(counts.shape[0], batch_size)},
-                    plan_kwargs={"n_epochs_kl_warmup": kl_warmup})
+        model = _fit_scvi(counts, labels_train, n_latent, max_epochs, likelihood, seed, batch_size, kl_warmup)
         generated = _sample(model, labels_generate, library, n_latent, seed, batch_size)
         conditions = [str(c) for c in model.adata_manager.get_state_registry(
             scvi.REGISTRY_KEYS.BATCH_KEY).categorical_mapping]
@@ -215,6 +203,28 @@ def scvi_generate(counts_train, labels_train, labels_generate, library_generate,
               "kl_warmup_epochs": kl_warmup, "batch_size": int(batch_size), "seed": int(seed)}
     report.update(_last_history(model))
     return generated, report
+
+
+def _fit_scvi(counts, labels_train, n_latent, max_epochs, likelihood, seed, batch_size, kl_warmup):
+    """Fit ``scvi.model.SCVI`` on counts [N, G] (float32 CSR) with the labels [N] as its batch covariate, as
+    :func:`scvi_generate` describes (all cells, no early stopping, CPU, KL warm-up over ``kl_warmup``
+    epochs); sets scVI's verbosity and global seed. Returns the trained model."""
+    import anndata as ad
+    import pandas as pd
+    import scvi
+
+    scvi.settings.verbosity = logging.WARNING
+    scvi.settings.seed = seed
+    adata = ad.AnnData(X=counts.copy(), obs=pd.DataFrame(
+        {_CONDITION_KEY: pd.Categorical(labels_train)}, index=[str(i) for i in range(counts.shape[0])]))
+    adata.layers["counts"] = counts
+    scvi.model.SCVI.setup_anndata(adata, layer="counts", batch_key=_CONDITION_KEY)
+    model = scvi.model.SCVI(adata, n_latent=n_latent, gene_likelihood=likelihood)
+    model.train(max_epochs=max_epochs, batch_size=batch_size, early_stopping=False, accelerator="cpu",
+                devices=1, train_size=1.0, enable_progress_bar=False, enable_model_summary=False,
+                datasplitter_kwargs={"drop_last": _drop_last(counts.shape[0], batch_size)},
+                plan_kwargs={"n_epochs_kl_warmup": kl_warmup})
+    return model
 
 
 def _drop_last(n_cells: int, batch_size: int) -> bool:

@@ -357,10 +357,45 @@ def tokenize_cells(
     label_key = _label_key(adata)
     if "split" not in adata.obs.columns:
         raise InputError("adata: obs['split'] is missing")
+    graph_of, outside = _cell_graph_lookup(cell_graphs, cells, gene_index, n_genes)
+    arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, n_bins, max_seq_len, seed,
+                                       tie_break, neighbours)
+    arrays.update(_obs_arrays(adata, cells, label_key))
+    if stats is not None:
+        stats["truncated"] = truncated
+        stats["graph_edges_outside_vocab"] = outside
+    return {k: arrays[k] for k in SHARD_KEYS}
+
+
+def _cell_graph_lookup(cell_graphs, cells: np.ndarray, gene_index: dict[str, int], n_genes: int):
+    """Canonical vocabulary-indexed graphs of :func:`tokenize_cells`: (``graph_of(j)``, the graph of the
+    ``j``-th cell of ``cells``; number of edges dropped for a gene outside the vocabulary).
+
+    A table shared by many cells (the same DataFrame object) is converted once. Raises ValueError on a table
+    without ``source, target, weight`` columns or a cell without a graph."""
     outside = 0
     cache: dict[int, Graph] = {}
 
     def convert(df: pd.DataFrame) -> Graph:
+        """Edge table -> canonical graph over vocabulary indices (:func:`_canonical_edges`), cached by
+        table object; counts the edges with a gene outside the vocabulary into ``outside``.
+
+        Parameters
+        ----------
+        df : DataFrame [E, >= 3]
+            Columns ``source``, ``target`` (gene names) and ``weight`` (float).
+
+        Returns
+        -------
+        Graph
+            ``(u int64 [E'], v int64 [E'], w float64 [E'])``, undirected edges with ``u < v``, no self-loops,
+            duplicates merged (maximum weight).
+
+        Raises
+        ------
+        ValueError
+            A missing column.
+        """
         nonlocal outside
         if id(df) not in cache:
             missing = {"source", "target", "weight"} - set(df.columns)
@@ -384,13 +419,7 @@ def tokenize_cells(
             raise ValueError(f"cell_graphs has no graph for {len(absent)} cells, e.g. obs positions {absent[:5]}")
         graphs = [convert(cell_graphs[int(c)]) for c in cells]
         graph_of = graphs.__getitem__
-    arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, n_bins, max_seq_len, seed,
-                                       tie_break, neighbours)
-    arrays.update(_obs_arrays(adata, cells, label_key))
-    if stats is not None:
-        stats["truncated"] = truncated
-        stats["graph_edges_outside_vocab"] = outside
-    return {k: arrays[k] for k in SHARD_KEYS}
+    return graph_of, outside
 
 
 def _obs_arrays(adata, cells: np.ndarray, label_key: str) -> dict[str, np.ndarray]:
@@ -487,6 +516,17 @@ def write_shard(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the options of ``cellgraph tokenize`` to ``p``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The sub-command's parser: inputs (``--adata``, ``--networks``, ``--prior-edges``, ``--pretrain-adata``),
+        ``--out-dir``, tokenization (``--n-bins``, ``--max-seq-len``, ``--n-top-genes``, ``--tie-break``,
+        ``--neighbours``), graphs (``--graph``, ``--prior-graphs``, ``--edge-holdout-fraction``, ``--n-bootstraps``,
+        ``--integration-alpha``, ``--knn-k``), pretraining-cell QC (``--min-counts``, ``--max-counts`` in total
+        UMI, ``--min-genes``, ``--target-sum``) and ``--chunk-cells``; values are checked when the stage runs.
+    """
     p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, counts in layers['counts'])")
     p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
     p.add_argument("--prior-edges", default=None,
@@ -841,6 +881,21 @@ class _Integration:
         self.kept_any = np.zeros(self.cand.size, dtype=bool)
 
     def probabilities(self, cells: np.ndarray, leave_one_out: bool) -> np.ndarray:
+        """kNN cell-type probabilities ``w_c`` of GREmLN eq. 2 (classifier on PCA of the log expression).
+
+        Parameters
+        ----------
+        cells : int array [C]
+            Obs positions of the cells.
+        leave_one_out : bool
+            The cells are the classifier's own train cells, in its fitting order: each is classified
+            without itself (:func:`_leave_one_out_proba`).
+
+        Returns
+        -------
+        float array [C, T]
+            Probabilities over ``self.types`` (rows sum to 1).
+        """
         if cells.size == 0:
             return np.zeros((0, len(self.types)))
         z = self.pca.transform(self.x[cells])
@@ -849,6 +904,19 @@ class _Integration:
         return self.knn.predict_proba(z)
 
     def graph(self, probs: np.ndarray) -> Graph:
+        """Integrated graph of one cell: candidate edges with ``p(e) <= alpha`` (GREmLN eqs. 2-3).
+
+        Parameters
+        ----------
+        probs : float array [T]
+            The cell's type probabilities (:meth:`probabilities`).
+
+        Returns
+        -------
+        Graph
+            ``(u int64 [E], v int64 [E], w float64 [E])`` with ``w`` the probability-weighted sum of the MI (nats) of
+            the types' networks; kept edges are also marked in ``self.kept_any``.
+        """
         p = integration_pvalues(probs[None, :], self.absent)[0]
         keep = p <= self.alpha
         self.kept_any[keep] = True
@@ -983,6 +1051,21 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
             probs = integ.probabilities(cells, leave_one_out=s == INFERENCE_SHARD)
 
             def graph_of(j: int, probs=probs, kept_n=kept_n) -> Graph:
+                """Graph of the shard's ``j``-th cell: the prior merged with its integrated graph
+                (:meth:`_Integration.graph`), whose edge count is recorded in ``kept_n[j]``.
+
+                Parameters
+                ----------
+                j : int
+                    Position of the cell in the shard.
+                probs, kept_n : arrays [C, T] and [C]
+                    Bound at definition: the shard's type probabilities and kept-edge counts.
+
+                Returns
+                -------
+                Graph
+                    ``(u, v, w)`` undirected edges (:func:`merge_graphs`).
+                """
                 g = integ.graph(probs[j])
                 kept_n[j] = g[0].size
                 return merge_graphs(prior, g)
@@ -1053,6 +1136,12 @@ class _CorpusScan:
 
     @property
     def n_kept(self) -> int:
+        """Number of corpus cells that pass the QC (``keep`` is True).
+
+        Returns
+        -------
+        int
+        """
         return int(self.keep.sum())
 
     def close(self) -> None:
@@ -1216,6 +1305,18 @@ def choose_vocabulary_streamed(counts, scan: _CorpusScan, n_top_genes: int, chun
     corpus_cols[ccols] = out_of
 
     def corpus_clipped(clip_val):
+        """(sum of squares, sum) per detected gene of the kept corpus counts clipped at ``clip_val``: the
+        second pass of scanpy's ``seurat_v3`` flavour (Stuart et al., *Cell* 2019), one chunk at a time.
+
+        Parameters
+        ----------
+        clip_val : float array [G]
+            Clip value of each detected gene (raw counts).
+
+        Returns
+        -------
+        (float64 array [G], float64 array [G])
+        """
         sq, s = np.zeros(genes.size), np.zeros(genes.size)
         for _, _, x in _kept_chunks(scan, chunk_cells):
             a, b = _clipped_sums(x, clip_val, corpus_cols)
