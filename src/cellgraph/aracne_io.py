@@ -303,6 +303,34 @@ def _check(args) -> None:
         raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
 
 
+def _usable_regulators(expr, genes, regulators, expression_path, regulators_path):
+    """(``engine.check_input`` result, regulators that are non-constant genes of the matrix, in input order).
+
+    InputError for repeated gene names, non-finite values or no usable regulator; warnings name the missing
+    regulators and constant genes that are skipped.
+    """
+    chk = engine.check_input(expr, genes, regulators)
+    if chk["duplicated_genes"]:
+        d = chk["duplicated_genes"]
+        raise InputError(f"{expression_path}: {len(d)} gene names occur more than once: {_names(d)}")
+    if chk["nonfinite_genes"]:
+        d = chk["nonfinite_genes"]
+        raise InputError(f"{expression_path}: {chk['nonfinite_values']} missing or non-finite values (NA/NaN/inf) "
+                         f"in {len(d)} genes: {_names(d)}")
+    missing = chk["missing_regulators"]
+    present = [r for r in regulators if r not in set(missing) and r not in set(chk["constant_regulators"])]
+    if not present:
+        raise InputError(f"{regulators_path}: none of the {len(regulators)} regulators is a non-constant gene of "
+                         f"{expression_path} ({len(missing)} missing: {_names(missing, 5)}; "
+                         f"{len(chk['constant_regulators'])} constant)")
+    if missing:
+        log.warning("%d of %d regulators are not in %s and are skipped: %s", len(missing), len(regulators),
+                    expression_path, _names(missing, 10))
+    if chk["constant_genes"]:
+        log.warning("%d constant genes are skipped: %s", len(chk["constant_genes"]), _names(chk["constant_genes"], 10))
+    return chk, present
+
+
 def run(args: argparse.Namespace) -> None:
     """``cellgraph aracne``: standalone ARACNe on an ARACNe-AP expression matrix or an h5ad.
 
@@ -322,31 +350,13 @@ def run(args: argparse.Namespace) -> None:
         that occur more than once, missing or non-finite values, no regulator that is a non-constant gene of
         the matrix, or input the engine rejects.
     """
-    from .grn import read_regulators
+    from .grn import bootstrap_progress, read_regulators
 
     _check(args)
     t0 = time.perf_counter()
     regulators = read_regulators(args.regulators)
     expr, genes, samples = read_expression(args.expression, args.layer)
-    chk = engine.check_input(expr, genes, regulators)
-    if chk["duplicated_genes"]:
-        d = chk["duplicated_genes"]
-        raise InputError(f"{args.expression}: {len(d)} gene names occur more than once: {_names(d)}")
-    if chk["nonfinite_genes"]:
-        d = chk["nonfinite_genes"]
-        raise InputError(f"{args.expression}: {chk['nonfinite_values']} missing or non-finite values (NA/NaN/inf) "
-                         f"in {len(d)} genes: {_names(d)}")
-    missing = chk["missing_regulators"]
-    present = [r for r in regulators if r not in set(missing) and r not in set(chk["constant_regulators"])]
-    if not present:
-        raise InputError(f"{args.regulators}: none of the {len(regulators)} regulators is a non-constant gene of "
-                         f"{args.expression} ({len(missing)} missing: {_names(missing, 5)}; "
-                         f"{len(chk['constant_regulators'])} constant)")
-    if missing:
-        log.warning("%d of %d regulators are not in %s and are skipped: %s", len(missing), len(regulators),
-                    args.expression, _names(missing, 10))
-    if chk["constant_genes"]:
-        log.warning("%d constant genes are skipped: %s", len(chk["constant_genes"]), _names(chk["constant_genes"], 10))
+    chk, present = _usable_regulators(expr, genes, regulators, args.expression, args.regulators)
     out = Path(args.out_dir)
     cache = Path(args.cache_dir) if args.cache_dir else out / ".cache"
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "bootstraps"
@@ -355,12 +365,29 @@ def run(args: argparse.Namespace) -> None:
             expr, genes, present, **{k: getattr(args, k) for k in engine.DEFAULTS},
             seed=args.seed, threads=args.threads, cache_dir=cache,
             n_null=args.n_null, checkpoint_dir=ckpt,
-            on_bootstrap=lambda b: log.debug("bootstrap %d done", b),
+            on_bootstrap=bootstrap_progress(args.n_bootstraps, str(args.expression)),
         )
     except ValueError as err:
         raise InputError(f"{args.expression}: {err}") from err
-    a = df.attrs
-    report = dict(
+    report = _report(args, df, genes, samples, regulators, present, chk)
+    name, writer = FORMATS[args.format]
+    writer(df, out / name)
+    write_json(out / "report.json", report)
+    if not args.keep_checkpoints and not args.checkpoint_dir:
+        for f in ckpt.glob("*.npz"):
+            f.unlink()
+        try:
+            ckpt.rmdir()
+        except OSError:
+            pass
+    log.info("aracne: %d genes x %d samples, %d regulators -> %d edges (%.1f s)", len(genes), len(samples),
+             len(present), len(df), time.perf_counter() - t0)
+
+
+def _report(args, df, genes, samples, regulators, present, chk) -> dict:
+    """``report.json`` of ``cellgraph aracne``: inputs, parameters, what was skipped, the engine's attrs."""
+    a, missing = df.attrs, chk["missing_regulators"]
+    return dict(
         inputs=dict(expression=str(args.expression), regulators=str(args.regulators), layer=args.layer),
         params={k: getattr(args, k) for k in ("format", "seed", *engine.DEFAULTS, "n_null", "threads")},
         genes=len(genes),
@@ -383,15 +410,3 @@ def run(args: argparse.Namespace) -> None:
         bootstraps_resumed=a["bootstraps_resumed"],
         edges=int(len(df)),
     )
-    name, writer = FORMATS[args.format]
-    writer(df, out / name)
-    write_json(out / "report.json", report)
-    if not args.keep_checkpoints and not args.checkpoint_dir:
-        for f in ckpt.glob("*.npz"):
-            f.unlink()
-        try:
-            ckpt.rmdir()
-        except OSError:
-            pass
-    log.info("aracne: %d genes x %d samples, %d regulators -> %d edges (%.1f s)", len(genes), len(samples),
-             len(present), len(df), time.perf_counter() - t0)

@@ -307,6 +307,21 @@ def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.pad(a, (0, m - a.size)) - np.pad(b, (0, m - b.size))).max())
 
 
+def _kernel_error(name: str, lap: sp.csr_matrix, coeffs: np.ndarray, beta: float) -> dict:
+    """Row of ``report.tsv``: the Chebyshev heat kernel of Laplacian ``lap`` [n, n] against ``expm(-beta L)``
+    (relative Frobenius error and largest diagonal error), with the graph's node and edge counts."""
+    from scipy.linalg import expm
+
+    n = lap.shape[0]
+    approx = chebyshev_apply(lap, np.eye(n), coeffs)
+    exact = expm(-beta * lap.toarray())
+    rel = float(np.linalg.norm(approx - exact) / np.linalg.norm(exact))
+    diag_excess = float(np.abs(np.diag(approx - exact)).max()) if n else 0.0
+    log.info("%s: %d nodes, relative error of the Chebyshev kernel %.2e", name, n, rel)
+    return dict(cell_type=name, nodes=n, edges=int(lap.nnz - np.count_nonzero(lap.diagonal())) // 2,
+                relative_error=rel, max_abs_diag_error=diag_excess)
+
+
 def run(args: argparse.Namespace) -> None:
     """``cellgraph spectral``: Chebyshev heat-kernel coefficients and a check on each network.
 
@@ -326,7 +341,6 @@ def run(args: argparse.Namespace) -> None:
         computed for ``--beta`` / ``--tol``.
     """
     import pandas as pd
-    from scipy.linalg import expm
 
     path = require_file(args.networks, "grn networks")
     try:
@@ -357,20 +371,9 @@ def run(args: argparse.Namespace) -> None:
         quad = heat_kernel_coefficients(args.beta, args.tol, method="quadrature")
     except ValueError as err:
         raise InputError(f"spectral: --beta {args.beta} --tol {args.tol}: {err}") from err
-    rows = []
     graphs = list(network_laplacians(networks, args.mi_weighted)) + [
         (f"cell {name}", None, sp.csr_matrix(lap)) for name, lap in cells[:20]]
-    for cell_type, genes, lap in graphs:
-        n = lap.shape[0]
-        approx = chebyshev_apply(lap, np.eye(n), coeffs)
-        exact = expm(-args.beta * lap.toarray())
-        rel = float(np.linalg.norm(approx - exact) / np.linalg.norm(exact))
-        diag_excess = float(np.abs(np.diag(approx - exact)).max()) if n else 0.0
-        rows.append(
-            dict(cell_type=cell_type, nodes=n, edges=int(lap.nnz - np.count_nonzero(lap.diagonal())) // 2,
-                 relative_error=rel, max_abs_diag_error=diag_excess)
-        )
-        log.info("%s: %d nodes, relative error of the Chebyshev kernel %.2e", cell_type, n, rel)
+    rows = [_kernel_error(name, lap, coeffs, args.beta) for name, _, lap in graphs]
     out = Path(args.out_dir)
     write_json(
         out / "coefficients.json",

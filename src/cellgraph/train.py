@@ -638,6 +638,59 @@ def _shard_n_bins(path: Path) -> int:
     return n_bins
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """InputError for an out-of-range option of ``cellgraph train`` (counts >= 1, mask rate in (0, 1))."""
+    for name, v in (("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size),
+                    ("--threads", args.threads), ("--devices", args.devices), ("--num-nodes", args.num_nodes)):
+        if v is not None and v < 1:
+            raise InputError(f"{name} must be >= 1, got {v}")
+    if not 0.0 < args.mask_rate < 1.0:
+        raise InputError(f"--mask-rate must be in (0, 1), got {args.mask_rate}")
+    if args.checkpoint_every_n_steps < 0:
+        raise InputError(f"--checkpoint-every-n-steps must be >= 0, got {args.checkpoint_every_n_steps}")
+
+
+def _pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
+    """(train dataset, val dataset, labelled train cells in it, fingerprint files) of ``tokens``.
+
+    The unlabelled corpus shard ``pretrain.npz`` (tokenize --pretrain-adata) joins the train cells
+    (``pretrain_on`` "train+corpus"), or replaces them ("corpus"). InputError if a shard is empty, the
+    corpus shard's ``n_bins`` differs or "corpus" finds no corpus shard.
+    """
+    from . import data
+
+    train_path, val_path = tokens / "train.npz", tokens / "val.npz"
+    train_ds, val_ds = data.TokenDataset(train_path), data.TokenDataset(val_path)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise InputError(f"{tokens}: train.npz and val.npz must hold at least one cell each")
+    pretrain_path = tokens / "pretrain.npz"
+    if pretrain_on == "corpus" and not pretrain_path.is_file():
+        raise InputError(f"--pretrain-on corpus: {pretrain_path} is missing (tokenize with --pretrain-adata)")
+    n_labelled = len(train_ds) if pretrain_on == "train+corpus" else 0
+    if pretrain_path.is_file():
+        pretrain_ds = data.TokenDataset(pretrain_path)
+        if pretrain_ds.n_bins != n_bins:
+            raise InputError(f"{pretrain_path}: n_bins differs from {train_path}")
+        train_ds = data.TokenDataset.concat([train_ds, pretrain_ds]) if n_labelled else pretrain_ds
+    shard_files = ([train_path] if n_labelled else []) + [val_path, tokens / "vocab.tsv"] + (
+        [pretrain_path] if pretrain_path.is_file() else [])
+    return train_ds, val_ds, n_labelled, shard_files
+
+
+def _write_model_and_metrics(out: Path, config, model, vocab, history) -> None:
+    """``model.pt`` and ``metrics.tsv`` in ``out`` (atomic; same bytes on a rerun)."""
+    # saved through a file object: torch names the archive's root folder after a path's file name, which for
+    # the temporary name of atomic_path is random (a file object gives the fixed name "archive": same bytes)
+    with atomic_path(out / "model.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "vocab": vocab}, fh)
+    with atomic_path(out / "metrics.tsv") as tmp:
+        lines = ["\t".join(METRIC_COLUMNS)]
+        for row in history:
+            lines.append(f"{row['epoch']}\t{row['train_loss']:.6f}\t{row['val_loss']:.6f}\t"
+                         f"{row['val_masked_accuracy']:.6f}")
+        tmp.write_text("\n".join(lines) + "\n")
+
+
 def run(args: argparse.Namespace) -> None:
     """``cellgraph train``: masked rank modelling of a GREmLN or vanilla transformer (module docstring).
 
@@ -669,14 +722,7 @@ def run(args: argparse.Namespace) -> None:
     n_bins = _shard_n_bins(train_path)
     if _shard_n_bins(val_path) != n_bins:
         raise InputError(f"{val_path}: n_bins differs from {train_path}")
-    for name, v in (("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size),
-                    ("--threads", args.threads), ("--devices", args.devices), ("--num-nodes", args.num_nodes)):
-        if v is not None and v < 1:
-            raise InputError(f"{name} must be >= 1, got {v}")
-    if not 0.0 < args.mask_rate < 1.0:
-        raise InputError(f"--mask-rate must be in (0, 1), got {args.mask_rate}")
-    if args.checkpoint_every_n_steps < 0:
-        raise InputError(f"--checkpoint-every-n-steps must be >= 0, got {args.checkpoint_every_n_steps}")
+    _check_options(args)
     base = PRESETS[args.preset]
     order = min(base.chebyshev_max_order, len(coeffs) - 1)
     config = preset(args.preset, attention=args.model, vocab_size=len(vocab), n_bins=n_bins, beta=beta,
@@ -685,21 +731,7 @@ def run(args: argparse.Namespace) -> None:
     world = args.devices * args.num_nodes
     if config.batch_size % world:
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --devices x --num-nodes = {world}")
-    train_ds, val_ds = data.TokenDataset(train_path), data.TokenDataset(val_path)
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise InputError(f"{tokens}: train.npz and val.npz must hold at least one cell each")
-    # an unlabelled pretraining corpus (tokenize --pretrain-adata) joins the train cells, or replaces them
-    pretrain_path = tokens / "pretrain.npz"
-    if args.pretrain_on == "corpus" and not pretrain_path.is_file():
-        raise InputError(f"--pretrain-on corpus: {pretrain_path} is missing (tokenize with --pretrain-adata)")
-    n_labelled = len(train_ds) if args.pretrain_on == "train+corpus" else 0
-    if pretrain_path.is_file():
-        pretrain_ds = data.TokenDataset(pretrain_path)
-        if pretrain_ds.n_bins != n_bins:
-            raise InputError(f"{pretrain_path}: n_bins differs from {train_path}")
-        train_ds = data.TokenDataset.concat([train_ds, pretrain_ds]) if n_labelled else pretrain_ds
-    shard_files = ([train_path] if n_labelled else []) + [val_path, vocab_path] + (
-        [pretrain_path] if pretrain_path.is_file() else [])
+    train_ds, val_ds, n_labelled, shard_files = _pretraining_cells(tokens, n_bins, args.pretrain_on)
     torch.set_num_threads(args.threads)
     log.info("training %s (%s preset) on %d train / %d val cells, %d genes, K=%d", args.model, args.preset,
              len(train_ds), len(val_ds), len(vocab) - 2, order)
@@ -709,17 +741,7 @@ def run(args: argparse.Namespace) -> None:
                                   checkpoint_every_n_steps=args.checkpoint_every_n_steps or None)
     if summary["global_rank"] != 0:
         return  # only rank 0 writes outputs
-    out = Path(args.out_dir)
-    # saved through a file object: torch names the archive's root folder after a path's file name, which for
-    # the temporary name of atomic_path is random (a file object gives the fixed name "archive": same bytes)
-    with atomic_path(out / "model.pt") as tmp, open(tmp, "wb") as fh:
-        torch.save({"config": config.to_dict(), "state_dict": model.state_dict(), "vocab": vocab}, fh)
-    with atomic_path(out / "metrics.tsv") as tmp:
-        lines = ["\t".join(METRIC_COLUMNS)]
-        for row in history:
-            lines.append(f"{row['epoch']}\t{row['train_loss']:.6f}\t{row['val_loss']:.6f}\t"
-                         f"{row['val_masked_accuracy']:.6f}")
-        tmp.write_text("\n".join(lines) + "\n")
+    _write_model_and_metrics(Path(args.out_dir), config, model, vocab, history)
     write_json(Path(args.checkpoint_dir) / "report.json", {
         "model": args.model, "preset": args.preset, "train_cells": len(train_ds), "val_cells": len(val_ds),
         "pretrain_on": args.pretrain_on, "labelled_train_cells": n_labelled,
