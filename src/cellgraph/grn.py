@@ -422,6 +422,7 @@ def bootstrap_progress(n_bootstraps: int, label: str = "", every_s: float = 30.0
     last = [-np.inf]
 
     def on_bootstrap(b: int) -> None:
+        """Log bootstrap ``b`` (0-based) if it is the first, the last or ``every_s`` after the last line."""
         now = time.perf_counter()
         if b == 0 or b + 1 == n_bootstraps or now - last[0] >= every_s:
             last[0] = now
