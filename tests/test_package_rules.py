@@ -278,6 +278,27 @@ def test_no_function_over_80_lines(parsed):
     assert not bad, "function length rule:\n" + "\n".join(bad)
 
 
+def undocumented(parsed: dict[str, tuple[Path, ast.Module, bool]]) -> list[str]:
+    """``module:name:line`` of every public function, method and class (name without a leading ``_``, at any
+    depth; dunder methods are described by their class) that has no docstring."""
+    out = []
+    for module, (_, tree, _) in sorted(parsed.items()):
+        for node in ast.walk(tree):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                    and not node.name.startswith("_")  # private, and dunder methods (documented by the class)
+                    and ast.get_docstring(node) is None):
+                out.append(f"{module}:{node.name}:{node.lineno}")
+    return out
+
+
+def test_every_public_function_has_a_docstring(parsed, tmp_path):
+    assert undocumented(parsed) == []
+    fake = _write_package(tmp_path, {"m.py": 'def f():\n    return 1\n\n\ndef _g():\n    return 2\n\n\n'
+                                             'class C:\n    """A class."""\n\n    def forward(self):\n'
+                                             '        return 3\n'})
+    assert undocumented(fake) == ["pkg.m:f:1", "pkg.m:forward:12"]
+
+
 def test_package_never_imports_snakemake(parsed):
     found = snakemake_imports(parsed)
     assert not found, "src/cellgraph must not import snakemake:\n" + "\n".join(found)
