@@ -24,6 +24,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from test_datasets import _immune_file
 from test_workflow import REPO, run_snakemake, tiny_config
 
 PBMC = REPO / "resources/demo/expression/pbmc3p5k_sorted_counts.h5ad"
@@ -32,17 +33,10 @@ IMMUNE = "Immune_ALL_human.h5ad"
 
 
 def _immune_layout(path: Path) -> Path:
-    """The vendored PBMC counts laid out as scIB's Immune_ALL_human.h5ad (final_annotation, batch, counts layer)."""
+    """All 3,500 vendored PBMC cells laid out as scIB's Immune_ALL_human.h5ad (test_datasets' layout)."""
     pbmc = ad.read_h5ad(PBMC)
-    counts = sp.csr_matrix(pbmc.X, dtype=np.float32)
-    lib = np.asarray(counts.sum(axis=1)).ravel()
-    x = sp.csr_matrix(sp.diags(1e4 / np.maximum(lib, 1)) @ counts, dtype=np.float32)
-    x.data = np.log1p(x.data)
-    obs = pd.DataFrame({"batch": pd.Categorical(np.where(np.arange(pbmc.n_obs) % 2, "10X", "Oetjen_A")),
-                        "final_annotation": pd.Categorical(pbmc.obs["trueLabel"].astype(str).to_numpy())},
-                       index=pbmc.obs_names)
-    ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pbmc.var_names), layers={"counts": counts}).write_h5ad(path)
-    return path
+    pbmc.X = sp.csr_matrix(pbmc.X, dtype=np.float32)
+    return _immune_file(pbmc, path)
 
 
 def _census_layout(path: Path) -> Path:

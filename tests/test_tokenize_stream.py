@@ -16,44 +16,23 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-import scanpy as sc
 import scipy.sparse as sp
 
 from cellgraph import cli
 from cellgraph import tokenize as tk
 
+from test_tokenize import make_adata
+
 REPO = Path(__file__).resolve().parents[1]
-COUNTS = REPO / "resources/demo/expression/pbmc3p5k_sorted_counts.h5ad"
 CORPUS = REPO / "resources/demo/expression/zheng2017_frozen_donorA_counts.h5ad"
 DOROTHEA = REPO / "resources/demo/networks/human/dorothea_hs_regulons.tsv.gz"
 N_CORPUS = 260  # cells of the corpus (some fail QC)
 
 
-def _adata(n_per_type: int = 40, seed: int = 1) -> ad.AnnData:
-    """Real PBMC counts as the expression stage writes them (counts layer, log1p CPM in X, a split)."""
-    a = ad.read_h5ad(COUNTS)
-    rng = np.random.default_rng(seed)
-    labels = a.obs["trueLabel"].astype(str).to_numpy()
-    keep = np.concatenate([rng.choice(np.flatnonzero(labels == t), n_per_type, replace=False)
-                           for t in sorted(set(labels))])
-    a = a[np.sort(keep)].copy()
-    sc.pp.filter_genes(a, min_cells=10)
-    a.layers["counts"] = a.X.copy()
-    sc.pp.normalize_total(a, target_sum=1e6)
-    sc.pp.log1p(a)
-    a.X = sp.csr_matrix(a.X, dtype=np.float32)
-    split = np.array(["train", "train", "val", "test"], dtype=object)[rng.integers(0, 4, a.n_obs)]
-    split[a.obs["trueLabel"].astype(str).to_numpy() == "CD4Treg"] = "heldout"
-    a.obs["split"] = pd.Categorical(split)
-    a.obs["trueLabel"] = a.obs["trueLabel"].astype(str).astype("category")
-    a.uns["cellgraph"] = {"label_key": "trueLabel"}
-    return a
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok_stream")
-    a = _adata()
+    a = make_adata(n_per_type=40, seed=1)  # real PBMC counts as the expression stage writes them
     a.write_h5ad(d / "adata.h5ad")
     pd.DataFrame({"cell_type": ["x"], "source": ["A"], "target": ["B"], "mi": [0.1], "pvalue": [0.01],
                   "count": [1]}).to_csv(d / "networks.tsv.gz", sep="\t", index=False)

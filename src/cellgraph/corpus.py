@@ -45,7 +45,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, read_h5ad, require_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -339,13 +339,8 @@ def query_h5ad(path: str | Path, value_filter: "str | CorpusFilter", cap: int, s
         File missing or not an h5ad; obs lacks a column the filter needs; X not raw counts; duplicated
         cell ids; no cell matches.
     """
-    import anndata as ad
-
     path = require_file(path, "corpus source h5ad")
-    try:
-        backed = ad.read_h5ad(path, backed="r")
-    except Exception as err:  # noqa: BLE001 - any read failure is the file's
-        raise InputError(f"{path}: cannot be read as h5ad ({type(err).__name__}: {err})") from err
+    backed = read_h5ad(path, backed="r")
     try:
         picked, report = select_cells(backed.obs, value_filter, cap, seed, what=str(path))
         if picked.size == 0:
@@ -431,15 +426,10 @@ def check_disjoint(corpus_obs_names: Iterable[str],
 
 
 def _eval_obs_names(paths: Sequence[str | Path]) -> dict[str, list[str]]:
-    import anndata as ad
-
     out = {}
     for p in paths:
         p = require_file(p, "evaluation h5ad (check_against)")
-        try:
-            a = ad.read_h5ad(p, backed="r")
-        except Exception as err:  # noqa: BLE001
-            raise InputError(f"{p}: cannot be read as h5ad ({type(err).__name__}: {err})") from err
+        a = read_h5ad(p, backed="r")
         out[str(p)] = [str(n) for n in a.obs_names]
         a.file.close()
     return out

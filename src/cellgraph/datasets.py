@@ -62,7 +62,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, read_h5ad, require_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,6 @@ FORMATS = ("h5ad", "gears_zip")
 GEARS_MEMBER = "adamson/perturb_processed.h5ad"
 REPORT_KEY = "conversion_report"  # uns key: the report as a JSON string (None-safe in h5ad)
 LOG_LAYER = "log_normalized"
-
-
-def _read_h5ad(path: Path, what: str):
-    import anndata as ad
-
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - any read failure is the file's
-        raise InputError(f"{what}: cannot be read as h5ad ({type(err).__name__}: {err})") from err
 
 
 def _require_obs(adata, key: str, what: str, role: str) -> pd.Series:
@@ -179,7 +170,7 @@ def convert_human_immune(path: str | Path, *, label_key: str = "final_annotation
     """
     path = require_file(path, "human immune h5ad")
     what = f"{path}"
-    adata = _read_h5ad(path, what)
+    adata = read_h5ad(path, what)
     _check_names(adata, what)
     labels = _require_obs(adata, label_key, what, "label")
     batches = _require_obs(adata, batch_key, what, "batch") if batch_key else None
@@ -271,7 +262,7 @@ def convert_gears(path_zip: str | Path, *, member: str = GEARS_MEMBER, label_key
             used, notes = _gears_member(zf, member, str(path_zip))
             h5 = Path(zf.extract(used, path=tmp))
             what = f"{path_zip}:{used}"
-            adata = _read_h5ad(h5, what)
+            adata = read_h5ad(h5, what)
     except zipfile.BadZipFile as err:
         raise InputError(f"{path_zip}: not a zip file ({err}); expected the GEARS dataverse archive") from err
     _check_names(adata, what)

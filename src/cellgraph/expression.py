@@ -47,7 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, read_h5ad, require_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +214,8 @@ def read_counts(path: str | Path, label_key: str, counts_layer: str | None = Non
         present are listed); NaN/infinite, negative or non-integer counts (the message names X or the
         layer).
     """
-    import anndata as ad
-
     path = require_file(path, "expression input")
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as err:  # noqa: BLE001 - any read failure is the user's file
-        raise InputError(f"{path}: cannot be read as h5ad ({type(err).__name__}: {err})") from err
+    adata = read_h5ad(path)
     if label_key not in adata.obs.columns:
         raise InputError(
             f"{path}: obs has no label column {label_key!r} (--label-key); available obs columns: "

@@ -82,6 +82,18 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def read_h5ad(path: str | os.PathLike, what: str | None = None, backed: str | None = None):
+    """``anndata.read_h5ad(path, backed=backed)``; any read failure becomes one :class:`InputError`
+    ``"<what or path>: cannot be read as h5ad (<error type>: <message>)"`` (a truncated or foreign file is the
+    user's input, not a traceback)."""
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path, backed=backed)
+    except Exception as err:  # noqa: BLE001 - any read failure is the user's file
+        raise InputError(f"{what or path}: cannot be read as h5ad ({type(err).__name__}: {err})") from err
+
+
 def require_file(path: str | os.PathLike, what: str) -> Path:
     """Return ``Path(path)`` or raise :class:`InputError` naming ``what`` if it is not a readable file."""
     p = Path(path)

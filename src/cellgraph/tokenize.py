@@ -67,7 +67,7 @@ import scipy.sparse as sp
 
 from .data import CLS_TOKEN, PAD_TOKEN, SHARD_KEYS, bin_special_ids, read_vocab
 from .errors import InputError
-from .io import atomic_path, require_file, write_json
+from .io import atomic_path, read_h5ad, require_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -1149,15 +1149,6 @@ class _CorpusScan:
         self.adata.file.close()
 
 
-def _open_corpus(path: Path):
-    import anndata as ad
-
-    try:
-        return ad.read_h5ad(path, backed="r")
-    except Exception as err:  # noqa: BLE001 - any read failure is the user's file
-        raise InputError(f"{path}: cannot be read as an h5ad file ({err})") from err
-
-
 def _raw_rows(adata, lo: int, hi: int, path: Path) -> sp.csr_matrix:
     """Rows ``lo:hi`` of the backed corpus X as CSR (stored dtype), after the raw-count check of ``_read_corpus``."""
     try:
@@ -1208,7 +1199,7 @@ def scan_corpus(path: Path, args: argparse.Namespace) -> _CorpusScan:
         If the file is not an h5ad, X is not raw counts, var_names repeat, or no cell passes QC (the
         messages of ``_read_corpus``, in its order).
     """
-    a = _open_corpus(path)
+    a = read_h5ad(path, backed="r")
     try:
         keep = np.zeros(a.n_obs, dtype=bool)
         stats = {k: np.zeros(a.n_vars) for k in ("sum", "sumsq", "positive")}

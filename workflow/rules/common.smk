@@ -287,6 +287,14 @@ DIFF_EVAL_SHELL = (
 )
 
 
+# one verified download (cellgraph.sources: pooch, retries, sha256) for download_source, download_archive and
+# download_dataset; each rule gives params name, url, sha256, retries and timeout
+DOWNLOAD_SHELL = (
+    "python -m cellgraph.sources --name {params.name:q} --url {params.url:q} --sha256 {params.sha256:q}"
+    " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
+)
+
+
 # ---- helpers of datasets.smk (issue 15: the paper's evaluation datasets) ----
 DATASETS_CFG = config.get("datasets", {"folder": "resources/datasets", "retries": 3, "timeout": 600, "files": {}})
 

@@ -12,6 +12,7 @@ rule download_dataset:
     wildcard_constraints:
         dataset="|".join(DATASET_FILES) or "__none__",
     params:
+        name=lambda w: w.dataset,
         url=dataset_param("url"),
         sha256=lambda w: _sha(DATASET_FILES[w.dataset]),
         retries=DATASETS_CFG["retries"],
@@ -22,8 +23,7 @@ rule download_dataset:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {wildcards.dataset:q} --url {params.url:q} --sha256 {params.sha256:q}"
-        " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
+        DOWNLOAD_SHELL
 
 
 rule convert_dataset:

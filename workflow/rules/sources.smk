@@ -10,6 +10,7 @@ rule download_source:
     wildcard_constraints:
         key="|".join(_PLAIN),
     params:
+        name=lambda w: w.key,
         url=lambda w: SOURCE_FILES[w.key]["url"],
         sha256=lambda w: _sha(SOURCE_FILES[w.key]),
         retries=SOURCES_CFG["retries"],
@@ -20,8 +21,7 @@ rule download_source:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {wildcards.key:q} --url {params.url:q} --sha256 {params.sha256:q}"
-        " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
+        DOWNLOAD_SHELL
 
 
 rule download_archive:
@@ -31,7 +31,7 @@ rule download_archive:
     wildcard_constraints:
         filename="|".join(_ARCHIVES) or "__none__",
     params:
-        key=lambda w: _ARCHIVES[w.filename],
+        name=lambda w: _ARCHIVES[w.filename],
         url=lambda w: SOURCE_FILES[_ARCHIVES[w.filename]]["url"],
         sha256=lambda w: _sha(SOURCE_FILES[_ARCHIVES[w.filename]]),
         retries=SOURCES_CFG["retries"],
@@ -41,8 +41,7 @@ rule download_archive:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.sources --name {params.key:q} --url {params.url:q} --sha256 {params.sha256:q}"
-        " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
+        DOWNLOAD_SHELL
 
 
 rule extract_source_member:
