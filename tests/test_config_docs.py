@@ -22,9 +22,10 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 # Mappings whose keys are names of data (files, data sets, organisms' source files), not settings: the README
 # summarises them instead of listing every entry, so their leaves are not required one by one. The mapping
 # itself must still be documented as a row (`sources.files`, ...), and the entry fields of `sources.files` and
-# `datasets.files` (source, url, sha256, ...) must be described (test_entry_fields_documented).
+# `datasets.files` (source, url, sha256, ...) must be described (test_entry_fields_documented), and so must the
+# fields of `transfer.datasets`.
 # `diffusion.per_dataset` is *not* excluded: its few overrides are settings and are documented as keys.
-EXCLUDED = {"sources.files", "datasets.files", "multigraph.inputs", "multigraph.full"}
+EXCLUDED = {"sources.files", "datasets.files", "multigraph.inputs", "multigraph.full", "transfer.datasets"}
 
 # Scalar keys whose default must be shown as a literal and must equal config.yaml's (test (c)); every other
 # row with a literal default is compared too.
@@ -146,6 +147,10 @@ def test_entry_fields_documented():
         fields |= set(SCHEMA["properties"][section]["properties"]["files"]["additionalProperties"]["properties"])
         missing = sorted(f for f in fields if f"`{f}`" not in text)
         assert not missing, f"{section}.files entry fields not described: {missing}"
+    fields = set(SCHEMA["properties"]["transfer"]["properties"]["datasets"]["additionalProperties"]["properties"])
+    fields |= {f for entry in PAPER["transfer"]["datasets"].values() for f in entry}
+    missing = sorted(f for f in fields if f"`{f}`" not in text)
+    assert not missing, f"transfer.datasets entry fields not described: {missing}"
     for which in ("inputs", "full"):
         for organism, sources in CONFIG["multigraph"][which].items():
             missing = sorted(s for s in sources if f"`{s}`" not in text)

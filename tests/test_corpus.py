@@ -260,7 +260,9 @@ def test_snakemake_rule_corpus_on_the_stand_in(stand_in, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "out corpus/manifest.json").read_text())
     assert manifest["cells_selected"] == 600 and manifest["cells_per_shard"] == [250, 250, 100]
-    assert manifest["excluded_cell_types"] == [ODD] and manifest["cells_removed"]["exclude_cell_types"] == 450
+    # the types of corpus.heldout (zero-shot transfer evaluation) are excluded as well
+    assert manifest["excluded_cell_types"] == [ODD, *config["corpus"]["heldout"]["cell_types"]]
+    assert manifest["cells_removed"]["exclude_cell_types"] == 450
     assert manifest["disjoint_from"] == {str(evaluation): 0}
     out = ad.read_h5ad(tmp_path / "out corpus/corpus.h5ad", backed="r")
     assert out.n_obs == 600 and ODD not in set(out.obs["cell_type"].astype(str))

@@ -323,10 +323,10 @@ def _snakemake(workdir: Path, config: Path, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.workflow
-def test_snakemake_downloads_and_converts_from_local_server(server, published, tmp_path):
+def test_snakemake_downloads_and_converts_from_local_server(server, published, real, tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     files = config["datasets"]["files"]
-    assert set(files) == {"human_immune", "adamson"}
+    assert set(files) == {"human_immune", "adamson", "myeloid_reference", "myeloid_query"}
     for key, name in (("human_immune", IMMUNE), ("adamson", GEARS)):
         files[key].update(url=f"{server}/{name}", sha256=_sha(published / name))
     config["datasets"]["folder"] = "data sets"
@@ -334,10 +334,20 @@ def test_snakemake_downloads_and_converts_from_local_server(server, published, t
     config["results"] = "results"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    # the myeloid files have no direct link: with none put in place by hand, the run fails naming page and path
+    proc = _snakemake(tmp_path, path, "--cores", "2", "--keep-going", "datasets")
+    query = tmp_path / "data sets" / "downloads" / "myeloid_query" / "query_adata.h5ad"
+    message = (tmp_path / "results/logs/datasets/myeloid_query/query_adata.h5ad.manual.log").read_text()
+    assert proc.returncode != 0 and files["myeloid_query"]["manual"] in message and str(query.relative_to(tmp_path)) in message
+    for key in ("myeloid_reference", "myeloid_query"):  # a copy put in place by hand is then used as it is
+        target = tmp_path / "data sets" / "downloads" / key / files[key]["filename"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _immune_file(real, target, mutate=lambda a: a.obs.rename(columns={"final_annotation": "cell_type",
+                                                                          "batch": "cancer_type"}, inplace=True))
     proc = _snakemake(tmp_path, path, "--cores", "2", "datasets")
     logs = "".join(p.read_text()[-1500:] for p in (tmp_path / "results" / "logs").rglob("*.log"))
     assert proc.returncode == 0, proc.stderr[-3000:] + logs
-    for key in ("human_immune", "adamson"):
+    for key in ("human_immune", "adamson", "myeloid_reference", "myeloid_query"):
         rep = json.loads((tmp_path / "data sets" / key / f"{key}.report.json").read_text())
         assert rep["cells"] == N_CELLS and rep["genes"] == N_GENES
         assert (tmp_path / "data sets" / "downloads" / key / files[key]["filename"]).is_file()

@@ -235,11 +235,28 @@ def test_paper_overlay_pretrains_on_the_corpus_and_evaluates_on_a_separate_datas
         for i, line in enumerate(lines):
             if line.startswith(("rule ", "localrule ")):
                 rules.append(line.split()[1].rstrip(":"))
+                shells.setdefault(name, {}).setdefault(rules[-1], [])
             elif line.startswith("Shell command:") and rules:
-                shells.setdefault(name, {})[rules[-1]] = line
+                shells[name][rules[-1]].append(line)
+    jobs = {name: {rule: lines for rule, lines in s.items()} for name, s in shells.items()}
+    shells = {name: {rule: " ".join(lines) for rule, lines in s.items()} for name, s in shells.items()}
     paper, default = shells["paper"], shells["default"]
     assert {"corpus", "download_dataset", "convert_dataset"} <= set(paper)
     assert not {"corpus", "download_dataset", "convert_dataset"} & set(default)
+    # evaluation on each of the paper's four data sets: Human Immune (evaluate) and three transfer sets
+    transfer = {"transfer_tokens", "transfer_evaluate", "transfer_table", "heldout_cells", "manual_dataset"}
+    assert transfer <= set(paper) and not transfer & set(default)
+    assert len(jobs["paper"]["evaluate"]) == 2 and len(jobs["paper"]["transfer_evaluate"]) == 6
+    tokens = jobs["paper"]["transfer_tokens"]
+    assert sorted(t.split("--name ")[1].split()[0] for t in tokens) == ["adamson", "heldout_types", "myeloid"]
+    by_name = {t.split("--name ")[1].split()[0]: t for t in tokens}
+    assert "--query-adata resources/datasets/myeloid_query/myeloid_query.h5ad" in by_name["myeloid"]
+    assert "--adata resources/heldout/heldout.h5ad" in by_name["heldout_types"]
+    assert "--log-layer log_normalized" in by_name["adamson"] and "--top-shift 20" in by_name["adamson"]
+    assert "--cell-types hepatocyte" in paper["heldout_cells"]
+    # the corpus leaves the held-out types out and is checked against their cells
+    assert "hepatocyte" in paper["corpus"].split("--exclude-cell-types")[1].split("--exclude-dataset-ids")[0]
+    assert "resources/heldout/heldout.h5ad" in paper["corpus"].split("--check-against")[1]
     assert "files/25717328" in paper["download_dataset"]
     assert "--input resources/datasets/human_immune/human_immune.h5ad" in paper["expression"]
     assert "--label-key final_annotation" in paper["expression"]

@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("cellgraph.tokenize", "per-cell rank tokens and subgraphs in shard files"),
     "train": ("cellgraph.train", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),
     "evaluate": ("cellgraph.evaluate", "cell-type annotation and baselines, masked tokens, hidden-edge recovery, linear probe"),
+    "transfer": ("cellgraph.transfer", "frozen-embedding annotation on a data set outside pretraining, beside its baselines"),
     "figures": ("cellgraph.figures", "paper figures and tables from the evaluation results"),
     "ablation": ("cellgraph.ablation", "GREmLN minus vanilla over pretraining seeds, paired, with 95%% intervals"),
     "install-profile": ("cellgraph.profile", "copy profiles/slurm to ~/.config/snakemake so `snakemake --profile slurm` works"),

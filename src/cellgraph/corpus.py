@@ -394,7 +394,8 @@ def concat_shards(shards: Sequence[str | Path], out_path: str | Path) -> Path:
     if not shards:
         raise InputError("no shards to concatenate")
     with atomic_path(out_path) as tmp:
-        concat_on_disk([str(s) for s in shards], str(tmp), axis=0, join="inner", merge="same")
+        # Path objects: anndata 0.12.19 copies a single input file with in_file.is_dir(), which a str lacks
+        concat_on_disk([Path(s) for s in shards], Path(tmp), axis=0, join="inner", merge="same")
     return Path(out_path)
 
 

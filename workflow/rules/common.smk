@@ -82,9 +82,11 @@ def optional_targets(rules):
 
 
 def final_outputs():
+    """The main figures and tables (and the transfer table when transfer data sets are configured)."""
     return (
         [res(f"figures/{name}.{ext}") for name in FIGURES for ext in ("png", "pdf")]
         + [res(f"tables/{name}.{ext}") for name in TABLES for ext in ("csv", "md")]
+        + transfer_outputs()
     )
 
 
@@ -302,6 +304,10 @@ DATASETS_CFG = config.get("datasets", {"folder": "resources/datasets", "retries"
 DATASET_FILES = DATASETS_CFG["files"]
 
 
+DIRECT_DATASETS = [k for k, e in DATASET_FILES.items() if e.get("url")] or ["__none__"]
+MANUAL_DATASETS = [k for k, e in DATASET_FILES.items() if not e.get("url")] or ["__none__"]
+
+
 def dataset_download_path(key):
     """The published file of dataset `key` as downloaded (before conversion)."""
     return f"{DATASETS_CFG['folder']}/downloads/{key}/{DATASET_FILES[key]['filename']}"
@@ -338,10 +344,74 @@ def corpus_source_input():
     return [] if CORPUS_CFG["source"] == "census" else [CORPUS_CFG["source"]]
 
 
+HELDOUT_CFG = CORPUS_CFG.get("heldout")
+
+
+def heldout_outputs():
+    """The held-out cell types' h5ad (zero-shot transfer evaluation) and its manifest JSON."""
+    folder = HELDOUT_CFG["folder"]
+    return {"h5ad": f"{folder}/heldout.h5ad", "manifest": f"{folder}/manifest.json"}
+
+
+def data_file(entry):
+    """An h5ad named in config: a key of datasets.files is its converted h5ad, "heldout" the held-out cells of
+    corpus.heldout, anything else a path."""
+    if entry in DATASET_FILES:
+        return dataset_outputs(entry)["h5ad"]
+    if entry == "heldout" and HELDOUT_CFG:
+        return heldout_outputs()["h5ad"]
+    return entry
+
+
 def corpus_check_inputs():
-    """The h5ads the corpus must be disjoint from: entries of corpus.check_against that are keys of
-    datasets.files become that dataset's converted h5ad (dataset_outputs), other entries are paths."""
-    return [dataset_outputs(e)["h5ad"] if e in DATASET_FILES else e for e in CORPUS_CFG["check_against"]]
+    """The h5ads the corpus must be disjoint from: the entries of corpus.check_against (data_file), and the
+    held-out cells when corpus.heldout is set and a transfer data set uses them."""
+    checks = [data_file(e) for e in CORPUS_CFG["check_against"]]
+    if HELDOUT_CFG and "heldout" in [d["adata"] for d in TRANSFER_SETS.values()]:
+        checks.append(heldout_outputs()["h5ad"])
+    return checks
+
+
+def corpus_exclude_cell_types():
+    """corpus.exclude_cell_types and the held-out types of corpus.heldout (never in pretraining)."""
+    extra = HELDOUT_CFG["cell_types"] if HELDOUT_CFG else []
+    return list(dict.fromkeys(CORPUS_CFG.get("exclude_cell_types", []) + extra))
+
+
+# ---- helpers of transfer.smk (issue 15: evaluation on the data sets outside pretraining) ----
+TRANSFER_CFG = config.get("transfer", {"datasets": {}, "n_splits": 5, "n_boot": 1000})
+
+
+TRANSFER_SETS = TRANSFER_CFG["datasets"]
+
+
+def transfer_inputs(wildcards):
+    """The reference (and, for reference_query, the query) h5ad of transfer data set `name`."""
+    entry = TRANSFER_SETS[wildcards.name]
+    return {"adata": data_file(entry["adata"]), "query": [data_file(entry["query"])] if "query" in entry else []}
+
+
+def transfer_flags(wildcards):
+    """The data set's options of `cellgraph transfer --task tokens` (shell-quoted; absent keys: defaults)."""
+    entry = TRANSFER_SETS[wildcards.name]
+    out = []
+    for key in ("label_key", "protocol", "counts_layer", "log_layer", "top_shift", "control"):
+        if key in entry:
+            out.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+    return " ".join(out)
+
+
+def transfer_qc_flags(wildcards):
+    """The expression section's cell QC and target_sum, with the data set's own min_counts, max_counts and
+    min_genes where its entry sets them (a panel of a few hundred genes needs a lower min_genes)."""
+    entry = TRANSFER_SETS[wildcards.name]
+    keys = ["min_counts", "max_counts", "min_genes", "target_sum"]
+    return flags("expression", keys, overrides={k: entry[k] for k in keys if k in entry})
+
+
+def transfer_outputs():
+    """The transfer table (CSV in the report, Markdown twin) when transfer data sets are configured."""
+    return [res(f"tables/table_transfer.{ext}") for ext in ("csv", "md")] if TRANSFER_SETS else []
 
 
 def corpus_in(wildcards, input):

@@ -20,7 +20,7 @@ rule corpus:
         tissues=CORPUS_CFG.get("tissues", []),
         assays=CORPUS_CFG.get("assays", []),
         cell_types=CORPUS_CFG.get("cell_types", []),
-        exclude_cell_types=CORPUS_CFG.get("exclude_cell_types", []),
+        exclude_cell_types=corpus_exclude_cell_types(),
         exclude_dataset_ids=CORPUS_CFG.get("exclude_dataset_ids", []),
         primary=flags("corpus", ["primary_only"]),
         cap=CORPUS_CFG.get("cap_per_type"),
@@ -37,3 +37,29 @@ rule corpus:
         " --exclude-cell-types {params.exclude_cell_types:q} --exclude-dataset-ids {params.exclude_dataset_ids:q}"
         " {params.primary} --cap-per-type {params.cap:q} --shard-cells {params.shard_cells:q} --seed {params.seed:q}"
         " --check-against {input.check:q} --out {output.h5ad:q} --manifest {output.manifest:q} > {log:q} 2>&1"
+
+
+if HELDOUT_CFG:
+
+    use rule corpus as heldout_cells with:
+        input:
+            source=corpus_source_input(),
+            check=[],
+        output:
+            **heldout_outputs(),
+        params:
+            source="census" if CORPUS_CFG["source"] == "census" else "h5ad",
+            source_path=corpus_in,
+            census_version=CORPUS_CFG.get("census_version"),
+            organism=CORPUS_CFG.get("organism"),
+            tissues=HELDOUT_CFG["tissues"],
+            assays=CORPUS_CFG.get("assays", []),
+            cell_types=HELDOUT_CFG["cell_types"],
+            exclude_cell_types=[],
+            exclude_dataset_ids=CORPUS_CFG.get("exclude_dataset_ids", []),
+            primary=flags("corpus", ["primary_only"]),
+            cap=HELDOUT_CFG["cap_per_type"],
+            shard_cells=CORPUS_CFG.get("shard_cells"),
+            seed=CORPUS_CFG.get("seed"),
+        log:
+            res("logs/heldout_cells.log"),

@@ -10,7 +10,7 @@ rule download_dataset:
     output:
         f"{DATASETS_CFG['folder']}/downloads/{{dataset}}/{{filename}}",
     wildcard_constraints:
-        dataset="|".join(DATASET_FILES) or "__none__",
+        dataset="|".join(DIRECT_DATASETS),
     params:
         name=lambda w: w.dataset,
         url=dataset_param("url"),
@@ -24,6 +24,24 @@ rule download_dataset:
         "../../envs/cellgraph.yaml"
     shell:
         DOWNLOAD_SHELL
+
+
+rule manual_dataset:
+    """A dataset with no direct download link (url null): fails, naming the page to fetch it from by hand and
+    the path to put it at. A file put there by hand exists, so this rule does not run and the file is used."""
+    output:
+        f"{DATASETS_CFG['folder']}/downloads/{{dataset}}/{{filename}}",
+    wildcard_constraints:
+        dataset="|".join(MANUAL_DATASETS),
+    params:
+        page=dataset_param("manual"),
+    log:
+        res("logs/datasets/{dataset}/{filename}.manual.log"),
+    conda:
+        "../../envs/cellgraph.yaml"
+    shell:
+        "echo 'dataset {wildcards.dataset}: no direct download link; fetch {wildcards.filename} by hand from'"
+        " {params.page:q} 'and put it at' {output:q} | tee {log:q} >&2; exit 1"
 
 
 rule convert_dataset:
