@@ -203,6 +203,7 @@ def _fake_census(open_error=None, read_error=None, obs=None, adata=None):
 
     def get_anndata(census, organism, X_name, obs_coords, obs_column_names):
         calls["coords"] = np.asarray(obs_coords)
+        calls.setdefault("chunks", []).append(len(obs_coords))
         rows = np.flatnonzero(np.isin(adata.obs["soma_joinid"], obs_coords))[::-1]  # any order comes back
         out = adata[rows].copy()
         out.obs_names = [str(i) for i in range(out.n_obs)]
@@ -266,3 +267,28 @@ def test_snakemake_rule_corpus_on_the_stand_in(stand_in, tmp_path):
     assert manifest["disjoint_from"] == {str(evaluation): 0}
     out = ad.read_h5ad(tmp_path / "out corpus/corpus.h5ad", backed="r")
     assert out.n_obs == 600 and ODD not in set(out.obs["cell_type"].astype(str))
+
+
+def test_census_corpus_is_read_one_shard_at_a_time(monkeypatch, stand_in, obs, tmp_path):
+    """The census build reads counts one shard of cells per call (memory bounded by a shard), after the
+    disjointness check; the corpus equals the local stand-in's, whose cells and counts are the same."""
+    full = ad.read_h5ad(stand_in)
+    full.var["feature_name"] = full.var_names
+    mod, calls = _fake_census(obs=obs.reset_index(drop=True), adata=full)
+    monkeypatch.setitem(sys.modules, "cellxgene_census", mod)
+    job = CorpusJob(source="census", out=tmp_path / "c" / "corpus.h5ad", manifest=tmp_path / "c" / "m.json",
+                    spec=SPEC, cap_per_type=50, seed=2, shard_cells=60)
+    manifest = build_corpus(job)
+    assert calls["chunks"] == [60, 60, 60, 60, 10] == manifest["cells_per_shard"] and manifest["chunks"] == 5
+    want, _ = query_h5ad(stand_in, SPEC, 50, 2)
+    got = ad.read_h5ad(job.out)
+    assert list(got.obs_names) == list(want.obs_names) and (got.X != want.X).nnz == 0
+    # an overlap with an evaluation set stops the build before any count is read, and writes nothing
+    overlap = tmp_path / "eval.h5ad"
+    ad.AnnData(obs=pd.DataFrame(index=[want.obs_names[7]])).write_h5ad(overlap)
+    calls.clear()
+    job2 = CorpusJob(source="census", out=tmp_path / "d" / "corpus.h5ad", manifest=tmp_path / "d" / "m.json",
+                     spec=SPEC, cap_per_type=50, seed=2, shard_cells=60, check_against=(str(overlap),))
+    with pytest.raises(InputError, match="not disjoint"):
+        build_corpus(job2)
+    assert "chunks" not in calls and not job2.out.exists() and not job2.manifest.exists()

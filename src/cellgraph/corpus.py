@@ -38,7 +38,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -244,7 +244,7 @@ def _offline(census_version: str, stage: str, err: BaseException) -> InputError:
 
 
 def query_census(census_version: str, organism: str, value_filter: "str | CorpusFilter", cap: int, seed: int):
-    """Query one census release: obs first, then the raw counts of the capped cells only.
+    """Query one census release: obs first, then the raw counts of the capped cells only, in one AnnData.
 
     Parameters
     ----------
@@ -265,9 +265,32 @@ def query_census(census_version: str, organism: str, value_filter: "str | Corpus
     Raises
     ------
     InputError
+        As :func:`stream_census`.
+    """
+    parts = []
+    report = stream_census(census_version, organism, value_filter, cap, seed, 0, parts.append)
+    return parts[0], report
+
+
+def stream_census(census_version: str, organism: str, value_filter: "str | CorpusFilter", cap: int, seed: int,
+                  chunk_cells: int, write_chunk: Callable[[Any], None],
+                  check_ids: Callable[[list[str]], Any] | None = None) -> dict[str, Any]:
+    """Query one census release chunk by chunk, so memory is bounded by ``chunk_cells``, not the corpus.
+
+    The obs table is read and filtered first (:func:`select_cells`); ``check_ids`` then sees every selected
+    ``census:<soma_joinid>`` before any count is read (it raises to stop, e.g. :func:`check_disjoint`);
+    then the raw counts are read with one ``get_anndata`` call per ``chunk_cells`` selected ids, in
+    ``soma_joinid`` order, and each chunk (the AnnData contract of :func:`query_census`) goes to
+    ``write_chunk``. ``chunk_cells`` 0 = one chunk.
+
+    Returns :func:`select_cells`' report plus ``census_version``, ``organism`` and ``chunks``.
+
+    Raises
+    ------
+    InputError
         cellxgene-census not installed (says ``pip install 'cellgraph[census]'``); the census not reachable
         (no internet: the message names the version and the cause); an unknown ``census_version``; no cell
-        matches the filter.
+        matches the filter; whatever ``check_ids`` raises.
     """
     census_mod = _import_census()
     spec = value_filter if isinstance(value_filter, CorpusFilter) else None
@@ -286,14 +309,20 @@ def query_census(census_version: str, organism: str, value_filter: "str | Corpus
             if picked.size == 0:
                 raise InputError(f"census_version {census_version!r}: no cell matches {report['value_filter']!r}")
             ids = np.sort(obs["soma_joinid"].to_numpy()[picked])
-            adata = census_mod.get_anndata(census, organism, X_name="raw", obs_coords=ids,
-                                           obs_column_names=list(OBS_COLUMNS))
+            if check_ids is not None:
+                check_ids([f"{ID_PREFIX}{i}" for i in ids])
+            step = chunk_cells if chunk_cells > 0 else ids.size
+            for lo in range(0, ids.size, step):
+                chunk = ids[lo:lo + step]
+                adata = census_mod.get_anndata(census, organism, X_name="raw", obs_coords=chunk,
+                                               obs_column_names=list(OBS_COLUMNS))
+                write_chunk(_census_contract(adata, chunk))
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - a failed read mid-query: the same network message, with its cause
         raise _offline(census_version, "read from", err) from err
-    report.update(census_version=census_version, organism=organism)
-    return _census_contract(adata, ids), report
+    report.update(census_version=census_version, organism=organism, chunks=-(-ids.size // step))
+    return report
 
 
 def _census_contract(adata, ids: np.ndarray):
@@ -458,31 +487,62 @@ def build_corpus(job: CorpusJob) -> dict[str, Any]:
 
     The disjointness check runs on the selected ids before anything is written, so a corpus that overlaps
     an evaluation set leaves no output. Shards live in a temporary folder next to ``job.out`` and are
-    removed after the concat.
+    removed after the concat. The census is read one shard of ``shard_cells`` cells at a time
+    (:func:`stream_census`), so memory is bounded by a shard; a local census-like h5ad is read whole.
     """
     if job.source == "census":
-        adata, report = query_census(job.census_version, job.organism, job.spec, job.cap_per_type, job.seed)
-    elif job.source == "h5ad":
-        if job.input is None:
-            raise InputError("--source h5ad needs --in (the census-like h5ad)")
-        adata, report = query_h5ad(job.input, job.spec, job.cap_per_type, job.seed)
-    else:
+        return _build_streamed(job)
+    if job.source != "h5ad":
         raise InputError(f"--source must be one of {', '.join(SOURCES)}, got {job.source!r}")
+    if job.input is None:
+        raise InputError("--source h5ad needs --in (the census-like h5ad)")
+    adata, report = query_h5ad(job.input, job.spec, job.cap_per_type, job.seed)
     disjoint = check_disjoint(adata.obs_names, _eval_obs_names(job.check_against))
     Path(job.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".corpus-shards-", dir=Path(job.out).parent) as tmp:
         shards = write_shards(adata, tmp, job.shard_cells)
         sizes = [min(job.shard_cells, adata.n_obs - k * job.shard_cells) for k in range(len(shards))]
         concat_shards(shards, job.out)
+    return _write_manifest(job, report, int(adata.n_vars), sizes, disjoint)
+
+
+def _write_manifest(job: CorpusJob, report: dict, n_genes: int, sizes: list[int], disjoint: dict) -> dict[str, Any]:
+    """The manifest JSON of a built corpus (written to ``job.manifest``, returned)."""
     manifest = {"source": job.source, "input": str(job.input) if job.input else None,
                 "census_version": job.census_version if job.source == "census" else None,
                 "organism": job.organism, "filter": asdict(job.spec), **report,
                 "excluded_cell_types": list(job.spec.exclude_cell_types),
                 "excluded_dataset_ids": list(job.spec.exclude_dataset_ids),
-                "genes": int(adata.n_vars), "shard_cells": job.shard_cells, "cells_per_shard": sizes,
+                "genes": n_genes, "shard_cells": job.shard_cells, "cells_per_shard": sizes,
                 "disjoint_from": disjoint, "output": str(job.out)}
     write_json(job.manifest, manifest)
     return manifest
+
+
+def _build_streamed(job: CorpusJob) -> dict[str, Any]:
+    """:func:`build_corpus` for the census: :func:`stream_census` writes one shard per ``shard_cells`` cells
+    (memory bounded by a shard), after the disjointness check on the selected ids."""
+    Path(job.out).parent.mkdir(parents=True, exist_ok=True)
+    checked: dict[str, Any] = {}
+    sizes: list[int] = []
+    genes: list[int] = []
+    with tempfile.TemporaryDirectory(prefix=".corpus-shards-", dir=Path(job.out).parent) as tmp:
+        shards: list[Path] = []
+
+        def write(chunk) -> None:
+            """Write one census chunk as the next shard."""
+            shards.append(write_shards(chunk, Path(tmp) / f"part-{len(shards):05d}", job.shard_cells)[0])
+            sizes.append(int(chunk.n_obs))
+            genes.append(int(chunk.n_vars))
+
+        def check(names: list[str]) -> None:
+            """The disjointness check, before any count is read."""
+            checked.update(check_disjoint(names, _eval_obs_names(job.check_against)))
+
+        report = stream_census(job.census_version, job.organism, job.spec, job.cap_per_type, job.seed,
+                               job.shard_cells, write, check)
+        concat_shards(shards, job.out)
+    return _write_manifest(job, report, genes[0], sizes, checked)
 
 
 def _parser() -> argparse.ArgumentParser:
