@@ -537,7 +537,8 @@ def _load_model(path):
 def run_evaluate(args: argparse.Namespace) -> None:
     """``--task evaluate``: ``annotation.tsv`` (:func:`bootstrap_macro_f1` plus data set and model columns),
     ``predictions.tsv``, ``embeddings.h5ad`` (``obsm["X_<attention>"]`` mean-pool, ``["X_<attention>_cls"]``;
-    ``obs``: label, role, fold) and ``report.json`` in ``--out-dir``."""
+    ``obs``: label, role, fold, where fold -1 marks a cell no probe scored: the reference cells of
+    ``reference_query``) and ``report.json`` in ``--out-dir``."""
     import anndata as ad
 
     from .data import TokenDataset
