@@ -1,4 +1,4 @@
-"""Benchmark of the ARACNe engine and the grn stage (issues 3 and 11): speed, error control, precision / recall.
+"""Benchmark of the ARACNe engine and the grn stage: speed, error control, precision / recall.
 
     python bench/aracne.py [--threads 2] [--cases planted planted-sc null real genome] [--seeds 0 1 2]
 

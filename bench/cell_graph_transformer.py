@@ -1,4 +1,4 @@
-"""Benchmark of one training step of the equivariant cell graph transformer at yeast scale (issue 5).
+"""Benchmark of one training step of the equivariant cell graph transformer at yeast scale.
 
     python bench/cell_graph_transformer.py [--genes 6607] [--d-model 96] [--layers 8] [--heads 12]
                                            [--batch 64] [--graphs 4] [--variants sdpa materialize]

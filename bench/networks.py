@@ -12,7 +12,7 @@ Then, each in a fresh process (peak RSS = that process's ``ru_maxrss``):
 2. ``build``: :func:`cellgraph.multigraph.build_multigraph` for human from that file alone: ENSP ->
    HGNC symbols, thresholds, the six STRING channel graphs.
 
-Target (issue 4): ``parse`` <= 60 s and <= 4 GB on 2 cores. Not part of the test suite.
+Target: ``parse`` <= 60 s and <= 4 GB on 2 cores. Not part of the test suite.
 
     python bench/networks.py [--rows 13700000] [--dir /tmp/cellgraph_bench] [--seed 0]
 """

@@ -1,4 +1,4 @@
-"""Benchmark (issue 17): a demo training epoch alone and beside competing CPU-bound processes.
+"""Benchmark: a demo training epoch alone and beside competing CPU-bound processes.
 
     python bench/threads.py [--threads 2] [--competitors 4] [--steps 40] [--repeats 3]
 

@@ -137,7 +137,7 @@ def report(rows: list[dict], chunk: int) -> None:
           f"{'RSS over imports MB':>19} {'time x':>7} {'RSS x':>6} {'bytes = baseline':>16}")
     for r in rows:
         f = first[r["mode"]]
-        grow, grow1 = r["rss_kb"] - r["rss0_kb"], f["rss_kb"] - f["rss0_kb"]
+        grow = r["rss_kb"] - r["rss0_kb"]
         ident = "" if "identical" not in r else ("yes" if r["identical"] else "NO")
         print(f"{names[r['mode']]:<36} {r['scale']:>4}x {r['cells']:>7} {r['wall_s']:>8.1f} "
               f"{r['cells'] / r['wall_s']:>8.0f} {r['rss_kb'] / 1024:>11.0f} {grow / 1024:>19.0f} "

@@ -1,4 +1,4 @@
-r"""A pretraining corpus from the CELLxGENE Census (issue 15): query, cap per cell type, shard, assemble on disk.
+r"""A pretraining corpus from the CELLxGENE Census: query, cap per cell type, shard, assemble on disk.
 
 The GREmLN paper pretrains on CELLxGENE cells and evaluates on separate data sets. This module builds such a
 corpus reproducibly: one census release (``census_version``, a dated LTS build), one obs filter, a seeded cap

@@ -1,4 +1,4 @@
-r"""Converters for the GREmLN paper's evaluation datasets (issue 15): published file -> the project's h5ad.
+r"""Converters for the GREmLN paper's evaluation datasets: published file -> the project's h5ad.
 
 Two published formats are read; each converter checks the file, reports what it found where, and returns an
 :class:`anndata.AnnData` in the project's h5ad contract (what :func:`cellgraph.expression.read_counts`

@@ -1,4 +1,4 @@
-r"""Latent-token diffusion transformer (issues 7, 14): data, training, sampling, evaluation and figures.
+r"""Latent-token diffusion transformer: data, training, sampling, evaluation and figures.
 
 The model core (encoder to T latent tokens, DiT denoiser with adaLN-Zero, condition embedders, DDPM/DDIM
 with classifier-free guidance) is :mod:`cellgraph.models.diffusion`; this stage uses only its agreed
@@ -20,7 +20,7 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     on every cell whose perturbation is not held out (control cells included; a seeded ``--val-fraction`` of
     them is kept aside for the validation loss). Set genes (``--set-features rwr``, the default) are
     embedded from fixed random-walk features on the human gene multigraph through one learned projection
-    plus a shared "perturbed" vector (issue 14), so a held-out target has no untrained row; with
+    plus a shared "perturbed" vector, so a held-out target has no untrained row; with
     ``--set-features none`` every target has its own row (a held-out one keeps its random initialisation, or
     its GREmLN gene embedding with ``--gremln-init``).
     Observation model (``--likelihood``, default ``nb``): the autoencoder is variational (``--kl-weight``,
@@ -73,7 +73,7 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
     as its decoder covariate and library sizes drawn as for the diffusion model; ``--scvi-epochs`` 0 = off),
     ``train_cells`` (real train cells of the type, as many as test cells: the sampling-noise floor) and
     ``all_types`` (train cells of all types: what an unconditional model would score). ``criteria.tsv``
-    checks issue 14's bar per type. UMAP of real test + generated cells.
+    checks the acceptance bar per type (pbmc_criteria). UMAP of real test + generated cells.
     Papalexi, per perturbation of each fold: Pearson (``pearson_delta``), Spearman, top-20-DE Pearson and MSE
     between the generated mean change (generated S={p} minus generated control) and the observed mean change
     (all cells of p minus all control cells) over the measured genes, with the perturbation's split-half
@@ -1103,7 +1103,7 @@ def pbmc_table(args, data: Data, references: dict[str, tuple[np.ndarray, np.ndar
 
 
 def pbmc_criteria(table: pd.DataFrame) -> pd.DataFrame:
-    """Issue 14's bar per cell type for the diffusion model: zero fraction within 2 points of real, per-gene
+    """The acceptance bar per cell type for the diffusion model: zero fraction within 2 points of real, per-gene
     zero-fraction Pearson >= 0.95, C2ST AUROC <= 0.65, MMD <= 2x the train-cells floor, MMD below scVI's."""
     d = table[table.method == "diffusion"].set_index("cell_type")
     rows = pd.DataFrame({"zero_fraction_gap": (d.zero_fraction - d.zero_fraction_real).abs(),

@@ -1,7 +1,7 @@
 r"""Fixed gene features for perturbation models: one row per gene, the same for seen and unseen targets.
 
-A model that learns one free embedding row per gene has nothing to say about a gene it never saw perturbed
-(issue 13). These features are computed from data that exist for every gene of the universe:
+A model that learns one free embedding row per gene has nothing to say about a gene it never saw perturbed.
+These features are computed from data that exist for every gene of the universe:
 
 - :func:`random_walk_features`: random walk with restart (RWR) profiles on the *full* multigraph (all nodes,
   all edges, not only the edges inside the universe), one block per graph type, reduced by a truncated SVD

@@ -913,7 +913,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Full-release formats (issue 4): STRING links with channel scores, STRING aliases and actions, Pathway
+# Full-release formats: STRING links with channel scores, STRING aliases and actions, Pathway
 # Commons SIF, BioGRID TAB3, TFLink, HINT; yeast ids -> SGD systematic ORF names.
 # --------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-r"""Perturbation prediction with the cell graph transformers (issues 5, 13): forward, yeast, reverse, figures.
+r"""Perturbation prediction with the cell graph transformers: forward, yeast, reverse, figures.
 
 ``cellgraph perturb --task forward`` (Papalexi et al. 2021 ECCITE-seq, THP-1 CRISPR knockouts)
     Leave-perturbation-out prediction of mean expression changes with independent evaluation controls, noise

@@ -1,4 +1,4 @@
-r"""Evaluation of perturbation-effect predictions as the field does it (issue 13), and its simple baselines.
+r"""Evaluation of perturbation-effect predictions as the field does it, and its simple baselines.
 
 - Held-out deltas are measured against control cells that never made a training label
   (:func:`split_controls`): with one shared control mean, the error of that mean is in every training delta

@@ -1,4 +1,4 @@
-r"""Papalexi forward prediction for unseen perturbations (``cellgraph perturb --task forward``; issue 13).
+r"""Papalexi forward prediction for unseen perturbations (``cellgraph perturb --task forward``).
 
 Data: cells with ``obs.top_grna_frac >= --min-grna-frac`` (:func:`cellgraph.perturb.load_papalexi`); the
 universe is the measured genes plus the targets not measured; S = {target}, type ``deletion``.

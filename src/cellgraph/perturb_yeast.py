@@ -1,4 +1,4 @@
-r"""Yeast double-mutant fitness and epsilon (``cellgraph perturb --task yeast``; issue 13).
+r"""Yeast double-mutant fitness and epsilon (``cellgraph perturb --task yeast``).
 
 Data: the Costanzo et al. 2016 pair fragment (:func:`cellgraph.perturb.load_costanzo`; DMF and epsilon =
 DMF - SMF_q SMF_a) and the full single-mutant fitness table (Data File S1, ``--smf``; :func:`load_smf`).

@@ -630,7 +630,7 @@ def _shard_n_bins(path: Path) -> int:
         with np.load(path, allow_pickle=False) as z:
             n_bins = int(z["n_bins"])
             bins = z["bins"]
-            gene_ids = z["gene_ids"]
+            z["gene_ids"]  # read only to fail (KeyError) when a shard lacks it
     except Exception as err:  # noqa: BLE001
         raise InputError(f"{path}: not a token shard with keys n_bins, bins, gene_ids ({err})") from err
     if bins.size and (bins.min() < 0 or bins.max() > n_bins):

@@ -1,4 +1,4 @@
-r"""Transfer evaluation (issue 15): frozen embeddings of a pretrained model on a data set that took no part in
+r"""Transfer evaluation: frozen embeddings of a pretrained model on a data set that took no part in
 pretraining, beside the simple baselines, on the same splits, with the same probe and metric code.
 
 The GREmLN paper (Zhang et al. 2025, sections 4.2-4.5) evaluates its pretrained encoders on data sets

@@ -1,4 +1,4 @@
-# ---- issue 12: GREmLN against vanilla over pretraining seeds; `snakemake ablation` (not part of `rule all`) ----
+# ---- GREmLN against vanilla over pretraining seeds; `snakemake ablation` (not part of `rule all`) ----
 # Every seed trains both models on the main run's token shards (same vocabulary, cell graphs and hidden edges);
 # the main run's own seed reuses results/train and results/evaluate.
 use rule train as ablation_train with:

@@ -297,7 +297,7 @@ DOWNLOAD_SHELL = (
 )
 
 
-# ---- helpers of datasets.smk (issue 15: the paper's evaluation datasets) ----
+# ---- helpers of datasets.smk (the paper's evaluation datasets) ----
 DATASETS_CFG = config.get("datasets", {"folder": "resources/datasets", "retries": 3, "timeout": 600, "files": {}})
 
 
@@ -329,7 +329,7 @@ def dataset_param(name):
     return param
 
 
-# ---- helpers of corpus.smk (issue 15: the pretraining corpus from the CELLxGENE Census) ----
+# ---- helpers of corpus.smk (the pretraining corpus from the CELLxGENE Census) ----
 CORPUS_CFG = config.get("corpus", {"source": "census", "folder": "resources/corpus", "check_against": []})
 
 
@@ -378,7 +378,7 @@ def corpus_exclude_cell_types():
     return list(dict.fromkeys(CORPUS_CFG.get("exclude_cell_types", []) + extra))
 
 
-# ---- helpers of transfer.smk (issue 15: evaluation on the data sets outside pretraining) ----
+# ---- helpers of transfer.smk (evaluation on the data sets outside pretraining) ----
 TRANSFER_CFG = config.get("transfer", {"datasets": {}, "n_splits": 5, "n_boot": 1000})
 
 

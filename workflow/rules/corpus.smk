@@ -1,4 +1,4 @@
-# The pretraining corpus of the GREmLN paper's setup (issue 15): cells of one pinned CELLxGENE Census release,
+# The pretraining corpus of the GREmLN paper's setup: cells of one pinned CELLxGENE Census release,
 # filtered (tissues, assays, cell types; primary data only), held-out cell types and data sets removed, capped
 # per cell type with a seed, written as h5ad shards and assembled on disk (anndata concat_on_disk), with a
 # manifest JSON. cellgraph.corpus does the work. corpus.source "census" needs the internet and the optional

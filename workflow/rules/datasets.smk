@@ -1,4 +1,4 @@
-# Download and conversion rules for the evaluation datasets of the GREmLN paper (issue 15): Human Immune
+# Download and conversion rules for the evaluation datasets of the GREmLN paper: Human Immune
 # (scIB, scGPT's figshare copy) and Adamson 2016 Perturb-seq (GEARS' dataverse zip). Every entry of
 # config["datasets"]["files"] has its URL, release and sha256; the transfer is cellgraph.sources' (pooch:
 # retries with back-off, atomic write, checksum verified; an unpinned sha256 fails printing the digest to pin).

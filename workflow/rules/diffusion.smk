@@ -1,4 +1,4 @@
-# ---- issue 7: latent-token diffusion transformer (cellgraph diffusion); not part of `rule all` ----
+# ---- latent-token diffusion transformer (cellgraph diffusion); not part of `rule all` ----
 # `snakemake diffusion` trains, samples and evaluates it on PBMC (conditioned on cell type) and on
 # Papalexi 2021 (conditioned on the perturbation set, leave-perturbation-out). Outputs: results/diffusion/{dataset}/.
 rule diffusion_train:

@@ -1,4 +1,4 @@
-# The nine-graph gene multigraph (issue 4). `snakemake multigraph` builds config multigraph.organisms from
+# The nine-graph gene multigraph. `snakemake multigraph` builds config multigraph.organisms from
 # the vendored files of multigraph.inputs; `snakemake multigraph_full` from multigraph.full, whose values
 # that are keys of sources.files come from the download rules (workflow/rules/sources.smk; needs the
 # internet). Neither is part of `rule all`.

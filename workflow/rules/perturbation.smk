@@ -1,4 +1,4 @@
-# ---- Cell graph transformers and perturbation prediction (issues 5, 13; cellgraph perturb). Not part of
+# ---- Cell graph transformers and perturbation prediction (cellgraph perturb). Not part of
 # `rule all`: `snakemake perturbation` runs forward prediction (Papalexi 2021, config perturbation.seeds),
 # yeast fitness/epsilon (Costanzo 2016), reverse perturbation prediction and their figures/tables;
 # `snakemake perturbation_seeds` runs forward prediction over perturbation.study_seeds (the >= 5-seed study).
@@ -82,7 +82,7 @@ rule perturbation_yeast:
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
-# ---- issue 5: reverse perturbation prediction (GREmLN paper 4.5, Table 3); target: perturbation ----
+# ---- reverse perturbation prediction (GREmLN paper 4.5, Table 3); target: perturbation ----
 rule perturbation_reverse:
     """Predict a Papalexi cell's perturbation from expression (lasso) and frozen GREmLN / vanilla embeddings."""
     input:
@@ -114,7 +114,7 @@ rule perturbation_reverse:
         " {params.options} --threads {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
-# ---- issue 5: perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
+# ---- perturbation figures and tables; `snakemake perturbation` (not part of `rule all`) ----
 rule perturbation_figures:
     """Forward-prediction correlations vs baselines, yeast fitness/epsilon, reverse-prediction confusion matrix."""
     input:
@@ -156,6 +156,6 @@ rule perturbation_figures:
 
 
 rule perturbation:
-    """Target: forward, yeast and reverse perturbation prediction with their figures and tables (issues 5, 13)."""
+    """Target: forward, yeast and reverse perturbation prediction with their figures and tables."""
     input:
         rules.perturbation_figures.output,

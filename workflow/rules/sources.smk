@@ -1,4 +1,4 @@
-# Download rules for the full public network releases (issue 4): STRING v12, BioGRID TAB3, TFLink, HINT,
+# Download rules for the full public network releases: STRING v12, BioGRID TAB3, TFLink, HINT,
 # CollecTRI. Every file of config["sources"]["files"] has its URL, release and sha256; the transfer is
 # pooch's (retries with back-off, atomic write, checksum verified; a mismatch deletes the file and fails
 # naming the source and both digests). No rule of the default target depends on these: they run only

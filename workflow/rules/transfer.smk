@@ -1,4 +1,4 @@
-# Transfer evaluation (issue 15): the pretrained models' frozen embeddings on each data set of
+# Transfer evaluation: the pretrained models' frozen embeddings on each data set of
 # config transfer.datasets (data sets outside pretraining: the paper's myeloid reference/query, held-out
 # CELLxGENE types, Adamson reverse perturbation), beside PCA, bag-of-genes and untrained-encoder baselines on
 # the same splits (cellgraph.transfer). Nothing here runs unless transfer.datasets names a data set.

@@ -352,7 +352,7 @@ class SharedEncoder(nn.Module):
 
 def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128), max_rows: int = 256,
                           seed: int = 0) -> tuple[list[dict], list[dict]]:
-    r"""How each attention head of ``encoder`` follows each gene graph (issue 5 diagnostics).
+    r"""How each attention head of ``encoder`` follows each gene graph (diagnostics).
 
     graphs: name -> (edge_index Long [2, E], edge_weight or None, directed) over genes 0..N-1, all graphs,
     regularised or not. Per graph, up to ``max_rows`` rows of positive degree are drawn (seeded); for every

@@ -8,7 +8,7 @@ The model has three parts. All sizes come from one :class:`DiffusionConfig`.
   :meth:`LatentDiffusion.decode` does the reverse: it flattens, then an MLP gives [B, G]. With
   ``kl_weight`` > 0 the encoder is variational (mean and log-variance; KL to N(0, I), beta-VAE).
 - **Observation model** (``likelihood``). ``gaussian``: the decoder regresses x (MSE), so it returns
-  E[x | z] and never a zero. ``nb`` / ``zinb`` (issue 14): the decoder gives rho = softmax over genes and
+  E[x | z] and never a zero. ``nb`` / ``zinb``: the decoder gives rho = softmax over genes and
   the counts follow NB(mean = library x rho, gene-wise inverse dispersion theta), optionally with
   zero-inflation logits, as in scVI (Lopez et al. 2018, *Nat. Methods* 15:1053, Methods); the library size
   (total counts) is observed when training and given at generation. Generated cells are sampled counts
