@@ -471,26 +471,22 @@ def integration_pvalues(class_probs: np.ndarray, absent_prob: np.ndarray) -> np.
 def _leave_one_out_proba(knn, x_pca: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """kNN class probabilities [C, T] of the classifier's own training cells, each without itself.
 
-    ``x_pca`` [C, p] and ``labels`` [C] must be the rows ``knn`` was fitted on, in order; the nearest
-    ``k + 1`` neighbours are queried and the cell itself dropped (uniform weights, as ``predict_proba``);
-    with only ``k`` cells, each votes with its ``k - 1`` others.
+    ``x_pca`` [C, p] and ``labels`` [C] must be the rows ``knn`` was fitted on, in order (checked by shape);
+    scikit-learn's ``kneighbors(X=None)`` returns each fitted cell's ``k`` nearest other cells (uniform
+    weights, as ``predict_proba``); with only ``k`` cells, each votes with its ``k - 1`` others.
+    Raises ValueError if ``x_pca`` is not the classifier's training data shape.
     """
     if x_pca.shape[0] == 0:
         return np.zeros((0, len(classes)))
     if x_pca.shape[0] == 1:  # a lone train cell has no other cell: it keeps its own label
         return (np.asarray(classes) == labels[0]).astype(float)[None, :]
+    if x_pca.shape[0] != knn.n_samples_fit_:
+        raise ValueError(f"{x_pca.shape[0]} cells, but the classifier was fitted on {knn.n_samples_fit_}")
     k = min(knn.n_neighbors, x_pca.shape[0] - 1)
-    neighbours = knn.kneighbors(x_pca, n_neighbors=k + 1, return_distance=False)
-    own = np.arange(x_pca.shape[0])
-    rows = []
-    for i in range(x_pca.shape[0]):  # drop the cell itself wherever ties placed it
-        nb = neighbours[i]
-        nb = nb[nb != own[i]][:k]
-        rows.append(nb)
-    nb = np.stack(rows)
+    nb = knn.kneighbors(n_neighbors=k, return_distance=False)  # X=None: the fitted cells, self excluded
     cls = np.searchsorted(np.asarray(classes), labels)
     probs = np.zeros((x_pca.shape[0], len(classes)))
-    np.add.at(probs, (np.repeat(own, k), cls[nb].ravel()), 1.0 / k)
+    np.add.at(probs, (np.repeat(np.arange(x_pca.shape[0]), k), cls[nb].ravel()), 1.0 / k)
     return probs
 
 
