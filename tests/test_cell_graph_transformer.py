@@ -346,3 +346,15 @@ def test_saved_model_loads_with_weights_only_and_predicts_the_same(tmp_path):
         want, got = model(batch), loaded(batch)
     torch.testing.assert_close(got[0], want[0])  # the predictions ([1] is the sampled-row graph loss)
     assert loaded.gene_set_mask.sum() == 4  # the buffers travel with the state dict
+
+
+def test_segment_mean_is_the_per_sample_mean_and_zero_for_empty_sets():
+    from cellgraph.models.cell_graph_transformer import _segment_mean, segment_ids
+
+    torch.manual_seed(0)
+    ptr = torch.tensor([0, 3, 3, 7, 8])  # sample 1 has an empty set
+    x = torch.randn(8, 5)
+    got = _segment_mean(x, segment_ids(ptr), 4)
+    want = torch.stack([x[a:b].mean(0) if b > a else torch.zeros(5) for a, b in zip(ptr[:-1], ptr[1:])])
+    torch.testing.assert_close(got, want)
+    assert torch.equal(got[1], torch.zeros(5))

@@ -77,7 +77,6 @@ __all__ = [
     "null_model",
     "mi_threshold",
     "dpi_keep",
-    "poisson_right_tail",
     "aracne",
     "planted_network",
     "planted_counts",
@@ -573,15 +572,6 @@ def bh_threshold(null: np.ndarray, mi: np.ndarray, alpha: float, n_tests: int, t
 # --------------------------------------------------------------------------------------------------
 # Consolidation
 # --------------------------------------------------------------------------------------------------
-
-
-def poisson_right_tail(k: np.ndarray, lam: float) -> np.ndarray:
-    """``P(X >= k)`` for ``X ~ Poisson(lam)`` (the correct tail; ARACNe-AP computes ``P(X > k)``)."""
-    from scipy.special import gammainc
-
-    k = np.asarray(k, dtype=np.float64)
-    # P(X >= k) = P(Gamma(k, 1) <= lam) = regularized lower incomplete gamma(k, lam), k >= 1
-    return np.where(k <= 0, 1.0, gammainc(np.maximum(k, 1e-300), lam))
 
 
 def adjust_pvalues(p: np.ndarray, m: int, method: str) -> np.ndarray:

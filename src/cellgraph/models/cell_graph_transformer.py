@@ -172,10 +172,11 @@ def segment_ids(ptr: torch.Tensor) -> torch.Tensor:
 
 
 def _segment_mean(x: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:
-    """Mean of rows x [P, d] per segment id seg [P] -> [n_seg, d]; empty segments give exactly 0."""
-    total = torch.zeros(n_seg, x.shape[-1], dtype=x.dtype, device=x.device).index_add(0, seg, x)  # [B, d]
-    count = torch.zeros(n_seg, dtype=x.dtype, device=x.device).index_add(0, seg, torch.ones_like(seg, dtype=x.dtype))
-    return total / count.clamp_min(1)[:, None]  # [B, d]
+    """Mean of rows x [P, d] per segment id seg [P] -> [n_seg, d]; empty segments give exactly 0
+    (``torch_geometric.utils.scatter(..., reduce="mean")``)."""
+    from torch_geometric.utils import scatter
+
+    return scatter(x, seg, dim=0, dim_size=n_seg, reduce="mean")  # [B, d]
 
 
 def _dense_sets(x: torch.Tensor, ptr: torch.Tensor):
