@@ -204,7 +204,8 @@ def test_snakemake_lint_is_clean():
 
 
 @pytest.mark.workflow
-@pytest.mark.parametrize("configs", [["config/config.yaml"], ["config/config.yaml", "config/paper.yaml"]])
+@pytest.mark.parametrize("configs", [["config/config.yaml"], ["config/config.yaml", "config/paper.yaml"],
+                                     ["config/config.yaml", "config/transfer_papalexi.yaml"]])
 def test_dry_run_plans_every_branch(configs):
     """A dry run of each target plans its stage's rules, with the default config and with the paper overlay."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -217,6 +218,8 @@ def test_dry_run_plans_every_branch(configs):
                if line.startswith(("rule ", "localrule "))}
     expected = {"grn", "train", "evaluate", "figures", "perturbation_forward", "perturbation_yeast",
                 "diffusion_train", "diffusion_sample", "multigraph_build", *targets}
+    if configs[-1] != "config/config.yaml":  # both overlays add transfer data sets to `rule all`
+        expected |= {"transfer_tokens", "transfer_evaluate", "transfer_table"}
     assert expected <= planned, sorted(expected - planned)
 
 
