@@ -191,7 +191,10 @@ def test_random_walk_features_separate_two_modules_and_keep_the_sign():
     assert {n.split("_")[1] for n in names} == {"physical", "regulatory+:out", "regulatory+:in", "regulatory-:out",
                                                  "regulatory-:in"}
     assert rep["genes_not_in_multigraph"] == 1 and not x[-1].any()
-    phys = x[:, :3]
+    # the two leading components carry the modules; the third lies in the degenerate within-clique
+    # eigenspace, where the direction an SVD returns is arbitrary (it changed with a fresh install of the
+    # dependencies, scikit-learn 1.9.1 and SciPy 1.17.1)
+    phys = x[:, :2]
     within = np.linalg.norm(phys[1] - phys[2])
     across = np.linalg.norm(phys[1] - phys[7])
     assert within < 0.5 * across

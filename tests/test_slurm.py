@@ -373,9 +373,11 @@ def test_profile_slurm_by_name_plans_the_paper_workflow(tmp_path):
         assert "config/paper.yaml" in out or "results/paper" in out
     counts, train = plans["--profile"]
     # the paper's data: Human Immune downloaded and converted, the Census corpus built
-    assert counts == {"download_dataset": "1", "convert_dataset": "1", "corpus": "1", "expression": "1",
-                      "networks": "1", "grn": "1", "spectral": "1", "tokenize": "1", "train": "2", "evaluate": "2",
-                      "figures": "1", "all": "1"}
+    # Human Immune downloaded (Adamson too), myeloid by hand, all four converted; three transfer sets
+    assert counts == {"download_dataset": "2", "manual_dataset": "2", "convert_dataset": "4", "corpus": "1",
+                      "heldout_cells": "1", "expression": "1", "networks": "1", "grn": "1", "spectral": "1",
+                      "tokenize": "1", "train": "2", "evaluate": "2", "transfer_tokens": "3",
+                      "transfer_evaluate": "6", "transfer_table": "1", "figures": "1", "all": "1"}
     assert len(train) == 1 and {"gpu=4", "tasks=4", "tasks_per_gpu=1", "mpi=srun", "cpus_per_gpu=8", "runtime=120",
                                 "slurm_partition=CHANGE_ME_gpu_partition"} <= next(iter(train))
     assert plans["--profile"] == plans["--workflow-profile"]
