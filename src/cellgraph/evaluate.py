@@ -1233,7 +1233,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-alpha", type=float, default=1.0, help="ridge penalty of the linear probe (default 1.0)")
 
 
-def _load_model(path: Path):
+def load_model(path: Path):
+    """A ``cellgraph train`` model.pt (:func:`cellgraph.models.gremln.load`, eval mode, ``model.vocab``).
+
+    Raises InputError naming the file when it cannot be read as one (missing keys, not a torch file).
+    """
     from .models.gremln import load
 
     try:
@@ -1277,7 +1281,7 @@ def _load_inputs(args: argparse.Namespace) -> dict[str, Any]:
     adata_path = require_file(args.adata, "adata")
     edges_path = require_file(args.graph_edges, "graph edges")
     require_file(args.coefficients, "coefficients")
-    model = _load_model(model_path)
+    model = load_model(model_path)
     vocab = read_vocab(vocab_path)
     if list(getattr(model, "vocab", [])) != vocab:
         raise InputError(f"{model_path}: the model's vocabulary differs from {vocab_path}")

@@ -321,11 +321,10 @@ def bootstrap_macro_f1(y: np.ndarray, preds: dict[str, np.ndarray], n_boot: int 
     """
     y = np.asarray(y).astype(str)
     labels = np.unique(y)
-    code = {lab: i for i, lab in enumerate(labels)}
     k = len(labels)
-    t = np.array([code[v] for v in y])
+    t = np.searchsorted(labels, y)
     # a predicted label that no scored cell has gets the extra code k (macro_f1_codes)
-    p = {m: np.array([code.get(v, k) for v in np.asarray(pr).astype(str)]) for m, pr in preds.items()}
+    p = {m: _codes_or_extra(labels, np.asarray(pr).astype(str)) for m, pr in preds.items()}
     rng = np.random.default_rng(seed)
     w = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=n_boot)
     boot = {m: np.array([macro_f1_codes(t, pm, k, wi) for wi in w]) for m, pm in p.items()}
@@ -341,6 +340,13 @@ def bootstrap_macro_f1(y: np.ndarray, preds: dict[str, np.ndarray], n_boot: int 
                        diff_ci_low=np.quantile(d, 0.025), diff_ci_high=np.quantile(d, 0.975))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _codes_or_extra(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Positions of ``values`` in the sorted ``labels``; ``len(labels)`` for a value not among them."""
+    pos = np.searchsorted(labels, values)
+    known = (pos < len(labels)) & (labels[np.minimum(pos, len(labels) - 1)] == values)
+    return np.where(known, pos, len(labels))
 
 
 def _feature_blocks(emb: dict, rand: dict, x_all, x_vocab, bag: np.ndarray) -> dict[str, Any]:
@@ -523,17 +529,6 @@ def run_tokens(args: argparse.Namespace) -> None:
              report["tokens"]["vocab_genes_measured"], report["tokens"]["vocab_genes"])
 
 
-def _load_model(path):
-    """:func:`cellgraph.models.gremln.load` with one InputError naming the file."""
-    from .models.gremln import load
-
-    path = require_file(path, "--model-path")
-    try:
-        return load(path)
-    except Exception as err:  # noqa: BLE001 - any failure here means the file is not a model.pt
-        raise InputError(f"{path}: not a cellgraph model file ({type(err).__name__}: {err})") from err
-
-
 def run_evaluate(args: argparse.Namespace) -> None:
     """``--task evaluate``: ``annotation.tsv`` (:func:`bootstrap_macro_f1` plus data set and model columns),
     ``predictions.tsv``, ``embeddings.h5ad`` (``obsm["X_<attention>"]`` mean-pool, ``["X_<attention>_cls"]``;
@@ -542,11 +537,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     import anndata as ad
 
     from .data import TokenDataset
+    from .evaluate import load_model
 
     t0 = time.time()
     if not (args.model_path and args.tokens_dir and args.out_dir):
         raise InputError("--task evaluate needs --model-path, --tokens-dir and --out-dir")
-    model = _load_model(args.model_path)
+    model = load_model(require_file(args.model_path, "--model-path"))
     tokens = Path(args.tokens_dir)
     ds = TokenDataset(require_file(tokens / "tokens.npz", "transfer tokens"))
     if ds.n_bins != model.config.n_bins:
