@@ -6,7 +6,7 @@ Cases:
   planted     200 genes x 500 samples, 20 regulators, 100 bootstraps, Gaussian data from a known regulator graph
               (linear, sigmoid, quadratic, exponential effects), engine defaults. Target <= 4 s wall on 2 cores
               including the null model; ARACNe3 on this machine: 44 s, ARACNe-AP ~300 s.
-  planted-sc  the same kind of graph observed as single-cell UMI counts (cellgraph.aracne.planted_counts): 350 cells,
+  planted-sc  the same kind of graph observed as single-cell UMI counts (cellgraph.grn.aracne.planted_counts): 350 cells,
               library sizes resampled from the PBMC cells, 60-75% zeros per gene, latent log-sd 0.45 (the median
               within-type value of PBMC genes with 60-75% zeros, method of moments) and 1.0, latent noise 0.5 and 1.0,
               monotone effects; through the grn stage's path (grn.type_network: log-CPM, depth blocks, defaults),
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cellgraph import aracne as A
-from cellgraph import grn
+from cellgraph.grn import aracne as A
+from cellgraph.grn import celltypes as grn
 
 REPO = Path(__file__).resolve().parents[1]
 ARACNE3_S, ARACNE_AP_S = 44.0, 300.0

@@ -8,8 +8,8 @@ id mapping is realistic); the scores are random (seeded), not STRING's.
 
 Then, each in a fresh process (peak RSS = that process's ``ru_maxrss``):
 
-1. ``parse``: :func:`cellgraph.networks.read_string_links` (pyarrow.csv, columnar, no Python row loop);
-2. ``build``: :func:`cellgraph.multigraph.build_multigraph` for human from that file alone: ENSP ->
+1. ``parse``: :func:`cellgraph.graphs.networks.read_string_links` (pyarrow.csv, columnar, no Python row loop);
+2. ``build``: :func:`cellgraph.graphs.multigraph.build_multigraph` for human from that file alone: ENSP ->
    HGNC symbols, thresholds, the six STRING channel graphs.
 
 Target: ``parse`` <= 60 s and <= 4 GB on 2 cores. Not part of the test suite.
@@ -85,12 +85,12 @@ def _measure(phase: str, path: str) -> None:
     sys.path.insert(0, str(REPO / "src"))
     t0 = time.perf_counter()
     if phase == "parse":
-        from cellgraph.networks import read_string_links
+        from cellgraph.graphs.networks import read_string_links
 
         links = read_string_links(path)
         info = {"rows": int(len(links.a)), "proteins": int(len(links.ids))}
     else:
-        from cellgraph.multigraph import build_multigraph
+        from cellgraph.graphs.multigraph import build_multigraph
 
         graphs, rejects, report = build_multigraph("human", {
             "string_links": path, "string_info": str(INFO), "alias_map": str(IDMAP / "hs_alias_symbol.tsv"),

@@ -33,8 +33,8 @@ import json, resource, sys, time
 import numpy as np, torch
 from cellgraph.runtime import limit_thread_pools
 from cellgraph.models.gremln import GREmLN, GREmLNConfig
-from cellgraph.spectral import heat_kernel_coefficients
-from cellgraph.train import mask_positions, masked_step
+from cellgraph.graphs.spectral import heat_kernel_coefficients
+from cellgraph.training.pretrain import mask_positions, masked_step
 
 threads, steps = int(sys.argv[1]), int(sys.argv[2])
 limit_thread_pools(threads)

@@ -41,7 +41,7 @@ CHILD = r"""
 import argparse, json, resource, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd
-from cellgraph import tokenize as tk
+from cellgraph.pp import tokenize as tk
 
 mode, corpus, genes_file, out, chunk = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

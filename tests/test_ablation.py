@@ -1,4 +1,4 @@
-"""cellgraph.ablation: paired GREmLN - vanilla differences over pretraining seeds, with t intervals."""
+"""cellgraph.pl.ablation: paired GREmLN - vanilla differences over pretraining seeds, with t intervals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cellgraph import ablation as ab
+from cellgraph.pl import ablation as ab
 
 
 def _result(f1: float, ce: float, edge_scores: pd.DataFrame) -> dict:

@@ -1,4 +1,4 @@
-"""Tests of the ARACNe engine (cellgraph.aracne): APMI, null threshold, DPI, consolidation, recovery."""
+"""Tests of the ARACNe engine (cellgraph.grn.aracne): APMI, null threshold, DPI, consolidation, recovery."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import poisson
 
-from cellgraph import aracne as A
+from cellgraph.grn import aracne as A
 
 
 def _pairs(df):

@@ -1,4 +1,4 @@
-"""Tests of the ARACNe file formats and the standalone `cellgraph aracne` command (cellgraph.aracne_io)."""
+"""Tests of the ARACNe file formats and the standalone `cellgraph aracne` command (cellgraph.grn.aracne_io)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellgraph import aracne as A
-from cellgraph import aracne_io as io
+from cellgraph.grn import aracne as A
+from cellgraph.grn import aracne_io as io
 from cellgraph.cli import main as cli_main
 from cellgraph.errors import InputError
 

@@ -63,7 +63,7 @@ def cells_src(tmp_path_factory) -> dict:
     of its genes as regulators."""
     import anndata as ad
 
-    from cellgraph.aracne_io import write_expression_tsv
+    from cellgraph.grn.aracne_io import write_expression_tsv
 
     d = tmp_path_factory.mktemp("cells_src")
     raw = ad.read_h5ad(COUNTS)

@@ -1,4 +1,4 @@
-"""The pretraining corpus (cellgraph.corpus, rule corpus): real vendored PBMC cells stand in for a census result."""
+"""The pretraining corpus (cellgraph.pp.corpus, rule corpus): real vendored PBMC cells stand in for a census result."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from cellgraph import corpus
-from cellgraph.corpus import (CorpusFilter, CorpusJob, build_corpus, cap_per_type, check_disjoint, concat_shards,
+from cellgraph.pp import corpus
+from cellgraph.pp.corpus import (CorpusFilter, CorpusJob, build_corpus, cap_per_type, check_disjoint, concat_shards,
                               obs_value_filter, query_census, query_h5ad, select_cells, write_shards)
 from cellgraph.errors import InputError
 

@@ -1,4 +1,4 @@
-"""Evaluation datasets (issue 15): download (cellgraph.sources) and conversion (cellgraph.datasets) against a
+"""Evaluation datasets (issue 15): download (cellgraph.io.sources) and conversion (cellgraph.io.datasets) against a
 local HTTP server on 127.0.0.1 serving small files in each published format, built here from vendored real
 cells (resources/demo/expression/pbmc3p5k_sorted_counts.h5ad, obs trueLabel):
 
@@ -31,10 +31,10 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from cellgraph import datasets, sources
+from cellgraph.io import datasets, sources
 from cellgraph.errors import InputError
-from cellgraph.expression import read_counts
-from cellgraph.sources import DownloadError, fetch
+from cellgraph.pp.expression import read_counts
+from cellgraph.io.sources import DownloadError, fetch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "resources" / "demo" / "expression" / "pbmc3p5k_sorted_counts.h5ad"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cellgraph import diffusion as dfn
+from cellgraph.tl import diffusion as dfn
 from cellgraph.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_c2st_on_real_cells():
 
 def toy_multigraph(path, genes: list[str]) -> Path:
     """A multigraph.npz whose physical graph is a chain over ``genes`` plus two extra nodes (others empty)."""
-    from cellgraph.multigraph import GRAPH_TYPES, save_multigraph
+    from cellgraph.graphs.multigraph import GRAPH_TYPES, save_multigraph
 
     nodes = np.array(list(genes) + ["EXTRA1", "EXTRA2"])
     graphs = {"nodes": nodes}
@@ -281,7 +281,7 @@ def test_cli_main_reports_input_error(capsys, monkeypatch):
     """Through `cellgraph diffusion` (when registered): exit status 2 and one message."""
     from cellgraph import cli
 
-    monkeypatch.setitem(cli.STAGES, "diffusion", ("cellgraph.diffusion", "latent diffusion"))
+    monkeypatch.setitem(cli.STAGES, "diffusion", ("cellgraph.tl.diffusion", "latent diffusion"))
     assert cli.main(["diffusion", "--task", "train", "--dataset", "nope", "--out-dir", "x"]) == 2
     assert "cellgraph diffusion: error: --dataset 'nope'" in capsys.readouterr().err
 

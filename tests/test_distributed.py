@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cellgraph.spectral import heat_kernel_coefficients
-from cellgraph.train import ShardedBatchSampler
+from cellgraph.graphs.spectral import heat_kernel_coefficients
+from cellgraph.training.pretrain import ShardedBatchSampler
 
 from test_gremln import huri_shard
 from test_train import write_split_shard

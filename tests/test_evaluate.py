@@ -1,4 +1,4 @@
-"""Tests of cellgraph.evaluate: metrics on real PBMC embeddings and real DoRothEA graphs, split bookkeeping,
+"""Tests of cellgraph.tl.evaluate: metrics on real PBMC embeddings and real DoRothEA graphs, split bookkeeping,
 masked-token baselines, graph removal and hidden-edge recovery on synthetic data with a known answer, and the
 stage end to end on a small real-data pipeline."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellgraph import evaluate as ev
+from cellgraph.tl import evaluate as ev
 from cellgraph.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_edge_metrics_match_hand_computation():
 
 def _shard(cells, n_bins, cell_type=None, split="test", max_seq_len=64):
     """Shard arrays (docs/design.md section 5) from a list of cells ``{"gene_ids", "bins", "edges" [2, e]}``."""
-    from cellgraph.data import TokenDataset
+    from cellgraph.io.shards import TokenDataset
 
     gl = [len(c["gene_ids"]) for c in cells]
     edges = [np.asarray(c.get("edges", np.zeros((2, 0))), dtype=np.int32).reshape(2, -1) for c in cells]
@@ -247,7 +247,7 @@ def _model(kind="vanilla", vocab_size=40, n_bins=10, beta=0.1, d=16, seed=0, wei
     import torch
 
     from cellgraph.models.gremln import GREmLN, GREmLNConfig
-    from cellgraph.spectral import heat_kernel_coefficients
+    from cellgraph.graphs.spectral import heat_kernel_coefficients
 
     c = heat_kernel_coefficients(beta, 1e-8) if kind == "gremln" else np.array([1.0])
     torch.manual_seed(seed)
@@ -311,8 +311,8 @@ def test_masked_per_cell_baseline_matches_hand_computed_mode(tiny_masked):
 def test_masked_positions_are_identical_for_model_and_baselines(tiny_masked):
     import torch
 
-    from cellgraph.data import bin_special_ids, collate
-    from cellgraph.train import mask_positions
+    from cellgraph.io.shards import bin_special_ids, collate
+    from cellgraph.training.pretrain import mask_positions
 
     test, train, model, summary, tok, _ = tiny_masked
     batch = collate([test[i] for i in range(len(test))])
@@ -596,7 +596,7 @@ def mini(tmp_path_factory):
 
     from cellgraph.io import write_json
     from cellgraph.models.gremln import GREmLN, GREmLNConfig
-    from cellgraph.spectral import heat_kernel_coefficients
+    from cellgraph.graphs.spectral import heat_kernel_coefficients
 
     if "mini" in _SHARED:  # built once per session, shared with test_figures.py
         return _SHARED["mini"]
@@ -657,7 +657,7 @@ def mini(tmp_path_factory):
 def test_encode_dataset_pools_the_model_output(mini):
     import torch
 
-    from cellgraph.data import TokenDataset, collate
+    from cellgraph.io.shards import TokenDataset, collate
     from cellgraph.models.gremln import load
 
     model = load(mini / "train" / "gremln" / "model.pt")
@@ -807,7 +807,7 @@ def test_evaluate_bad_input_names_the_file(mini, tmp_path, capsys):
 def test_rank_bin_complement_knows_the_masked_bins_without_cell_state():
     """With rank bins of all m expressed tokens, the visible bins determine the masked bins' multiset: the
     complement baseline puts (up to its pseudocount) all its mass on them; with a shared-tie cell it cannot."""
-    from cellgraph.evaluate import rank_bin_complement
+    from cellgraph.tl.evaluate import rank_bin_complement
 
     n_bins, m = 10, 20
     bins = (n_bins * np.arange(1, m + 1) + m - 1) // m

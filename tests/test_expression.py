@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from cellgraph import cli
 from cellgraph.errors import InputError
-from cellgraph.expression import SPLITS, choose_heldout_types, preprocess
+from cellgraph.pp.expression import SPLITS, choose_heldout_types, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = REPO / "resources/demo/expression/pbmc3p5k_sorted_counts.h5ad"
@@ -232,7 +232,7 @@ def test_bad_input(case, subset_path, tmp_path, capsys):
 
     parser = cli.build_parser(argv)
     args = parser.parse_args(argv)
-    from cellgraph.expression import run
+    from cellgraph.pp.expression import run
 
     with pytest.raises(InputError) as err:
         run(args)
@@ -390,7 +390,7 @@ def small_type_path(raw, subset_path, tmp_path_factory):
 
 
 def test_small_type_dropped_and_reported(small_type_path, caplog):
-    with caplog.at_level("WARNING", logger="cellgraph.expression"):
+    with caplog.at_level("WARNING", logger="cellgraph.pp.expression"):
         a, r = preprocess(small_type_path, **ID_KW)
     assert r["qc"]["small_types_dropped"] == {"B": 5}
     assert r["qc"]["cells_dropped_min_cells_per_type"] == 5
@@ -421,7 +421,7 @@ def test_type_removed_by_cell_qc_is_reported(subset_path, tmp_path, caplog):
     a.X = x
     path = tmp_path / "deep_b.h5ad"
     a.write_h5ad(path)
-    with caplog.at_level("WARNING", logger="cellgraph.expression"):
+    with caplog.at_level("WARNING", logger="cellgraph.pp.expression"):
         out, r = preprocess(path, min_cells_per_type=0, **ID_KW)
     assert r["qc"]["types_removed_by_qc"] == {"B": int(is_b.sum())}
     assert r["qc"]["cells_dropped_by_type"]["max_counts"]["B"] == int(is_b.sum())

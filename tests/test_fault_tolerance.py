@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cellgraph.train import select_checkpoint
+from cellgraph.training.pretrain import select_checkpoint
 
 from test_distributed import clean_env, train_cmd, write_token_dir
 
@@ -19,7 +19,7 @@ from test_distributed import clean_env, train_cmd, write_token_dir
 STALL = '''
 import pathlib, sys, time
 import lightning.pytorch as pl
-import cellgraph.train as train
+import cellgraph.training.pretrain as train
 from cellgraph import cli
 
 marker, at = pathlib.Path(sys.argv[1]), int(sys.argv[2])

@@ -1,4 +1,4 @@
-"""Tests of cellgraph.figures on evaluation results made by cellgraph.evaluate on a small real-data pipeline
+"""Tests of cellgraph.pl.figures on evaluation results made by cellgraph.tl.evaluate on a small real-data pipeline
 (the `mini` and `evaluated` fixtures of test_evaluate.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellgraph import figures as fg
+from cellgraph.pl import figures as fg
 from cellgraph.errors import InputError
 from test_evaluate import evaluated, mini  # noqa: F401 - pytest fixtures
 
@@ -128,7 +128,7 @@ def test_no_network_edges_give_na_not_a_crash(results):
 
     import matplotlib.pyplot as plt
 
-    from cellgraph import evaluate as ev
+    from cellgraph.tl import evaluate as ev
 
     summary, curves = ev._no_edge_recovery(0.15, {}, {"B": "no hidden edges"})
     assert summary["pooled"]["auroc"] is None and "not computed" in summary["status"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.linalg import expm
 
-from cellgraph.data import TokenDataset, collate
+from cellgraph.io.shards import TokenDataset, collate
 from cellgraph.models.gremln import GREmLN, GREmLNConfig, load
-from cellgraph.spectral import heat_kernel_coefficients, normalized_laplacian
+from cellgraph.graphs.spectral import heat_kernel_coefficients, normalized_laplacian
 
 REPO = Path(__file__).resolve().parents[1]
 HURI = REPO / "resources/demo/networks/human/HuRI_binaryPPI.tsv"

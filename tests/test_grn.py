@@ -1,4 +1,4 @@
-"""Tests of the grn stage (cellgraph.grn) on real PBMC counts and real DoRothEA/TRRUST regulators, and on planted
+"""Tests of the grn stage (cellgraph.grn.celltypes) on real PBMC counts and real DoRothEA/TRRUST regulators, and on planted
 single-cell networks."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binom, spearmanr
 
-from cellgraph import aracne as A
-from cellgraph import grn
+from cellgraph.grn import aracne as A
+from cellgraph.grn import celltypes as grn
 from cellgraph.cli import main as cli_main
 from cellgraph.errors import InputError
 
@@ -341,7 +341,7 @@ def test_no_edge_is_a_result_not_an_error(inputs, tmp_path):
 
 def test_regulators_file_with_byte_order_mark(tmp_path):
     """A spreadsheet export's leading UTF-8 byte-order mark is not part of the first regulator's name."""
-    from cellgraph.grn import read_regulators
+    from cellgraph.grn.celltypes import read_regulators
 
     path = tmp_path / "regulators.txt"
     path.write_bytes(b"\xef\xbb\xbfSTAT1\nIRF1\n# comment\n\nSTAT1\n")
@@ -355,7 +355,7 @@ def test_bootstrap_progress_logs_first_last_and_rate_limited(caplog, monkeypatch
 
     clock = iter([0.0, 1.0, 2.0, 40.0, 41.0, 90.0, 91.0])  # perf_counter at creation, then one per bootstrap
     monkeypatch.setattr(grn.time, "perf_counter", lambda: next(clock))
-    with caplog.at_level(logging.INFO, logger="cellgraph.grn"):
+    with caplog.at_level(logging.INFO, logger="cellgraph.grn.celltypes"):
         cb = grn.bootstrap_progress(6, "CD4TN", every_s=30.0)
         for b in range(6):
             cb(b)

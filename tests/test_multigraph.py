@@ -1,4 +1,4 @@
-"""The nine-graph multigraph (cellgraph.multigraph) and the full-release parsers of cellgraph.networks.
+"""The nine-graph multigraph (cellgraph.graphs.multigraph) and the full-release parsers of cellgraph.graphs.networks.
 
 Real files: STRING v12 yeast physical links / info / aliases, STRING v11 yeast actions, Pathway Commons
 SIF (resources/networks/) and the human DoRothEA, TRRUST, HuRI and id maps (resources/demo/networks/).
@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from cellgraph import cli
-from cellgraph import networks as nw
+from cellgraph.graphs import networks as nw
 from cellgraph.errors import InputError
-from cellgraph.multigraph import GRAPH_TYPES, build_multigraph, load_multigraph
+from cellgraph.graphs.multigraph import GRAPH_TYPES, build_multigraph, load_multigraph
 
 REPO = Path(__file__).resolve().parents[1]
 YEAST = REPO / "resources" / "networks" / "yeast"

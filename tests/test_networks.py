@@ -12,7 +12,7 @@ import pytest
 
 from cellgraph import cli
 from cellgraph.errors import InputError
-from cellgraph.networks import (
+from cellgraph.graphs.networks import (
     EDGE_COLUMNS,
     build_networks,
     load_symbol_maps,

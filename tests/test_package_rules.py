@@ -2,11 +2,14 @@
 
 1. No module uses another cellgraph module's private (``_name``) functions or names: neither
    ``from .x import _y`` / ``from cellgraph.x import _y`` nor ``alias._y`` where ``alias`` is bound to a
-   cellgraph module (``import cellgraph.networks as nw``, ``from . import networks as nw``).
+   cellgraph module (``import cellgraph.graphs.networks as nw``, ``from . import networks as nw``).
 2. No function is over :data:`MAX_LINES` lines (``def`` line to last line, docstring included), except
    numba kernels (:data:`NUMBA_KERNELS`, decorated with numba ``njit``/``jit``) and the functions of
    :data:`NOT_YET_SPLIT`, a list that can only shrink.
 3. ``src/cellgraph`` never imports snakemake (the package runs without the workflow engine).
+4. Imports run one way between the layer folders (:data:`LAYERS`, docs/design.md "Package layout"): a module
+   imports only from its own folder or from a folder of a lower layer (``io`` -> ``graphs`` -> ``grn``,
+   ``pp`` -> ``models`` -> ``training`` -> ``tl`` -> ``pl`` -> ``cli``), imports inside functions included.
 
 The checks read the tree next to this file (``../src/cellgraph``), so a copy of the repository with a
 deliberately broken module makes them fail. The ``test_checker_*`` tests run the checkers on small
@@ -27,7 +30,7 @@ MAX_LINES = 80
 #: Numba kernels allowed over MAX_LINES lines ("module:qualified name" -> lines). Each must really be
 #: decorated with numba ``njit``/``jit`` (checked), so this list cannot hide an ordinary function.
 NUMBA_KERNELS = {
-    "cellgraph.aracne:_apmi_core": 84,
+    "cellgraph.grn.aracne:_apmi_core": 84,
 }
 
 #: Functions over MAX_LINES lines not split yet ("module:qualified name" -> lines when listed). They lie
@@ -35,6 +38,13 @@ NUMBA_KERNELS = {
 #: can only shrink: a listed function that grows, disappears or gets to MAX_LINES lines or fewer fails the
 #: test, so its entry must then be lowered or removed.
 NOT_YET_SPLIT: dict[str, int] = {}  # every function is split now; a new entry needs a reason
+
+#: Layer of each top-level name of the package (a folder or a module): a module may import from its own
+#: top-level name or from one of a lower layer. ``grn`` and ``pp`` share a layer and do not import each other.
+LAYERS = {
+    "errors": 0, "runtime": 0, "io": 1, "graphs": 2, "grn": 3, "pp": 3, "models": 4, "training": 5, "tl": 6,
+    "pl": 7, "cli": 8,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +113,7 @@ def resolve_from(module: str, is_init: bool, node: ast.ImportFrom) -> str:
 def module_aliases(module: str, is_init: bool, tree: ast.Module, modules: set[str]) -> dict[str, str]:
     """Names bound to a package module anywhere in ``tree`` -> that module's dotted name.
 
-    ``import cellgraph.networks as nw`` binds ``nw``; ``import cellgraph.networks`` binds ``cellgraph``;
+    ``import cellgraph.graphs.networks as nw`` binds ``nw``; ``import cellgraph.graphs.networks`` binds ``cellgraph``;
     ``from . import networks as nw`` and ``from cellgraph import networks`` bind a module when the imported
     name is a module of the package.
     """
@@ -256,6 +266,48 @@ def snakemake_imports(parsed: dict[str, tuple[Path, ast.Module, bool]]) -> list[
     return found
 
 
+def imported_modules(module: str, is_init: bool, tree: ast.Module, modules: set[str]) -> list[tuple[int, str]]:
+    """(line, package module) of every import in ``tree`` of a module of the package, inside functions too.
+
+    ``from a import b`` names ``a.b`` when that is a module of the package, else ``a``.
+    """
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend((node.lineno, a.name) for a in node.names if a.name.split(".")[0] in {m.split(".")[0] for m in modules})
+        elif isinstance(node, ast.ImportFrom):
+            src = resolve_from(module, is_init, node)
+            for a in node.names:
+                full = f"{src}.{a.name}"
+                out.append((node.lineno, full if full in modules else src))
+    return [(line, m) for line, m in out if m in modules]
+
+
+def layer_violations(parsed: dict[str, tuple[Path, ast.Module, bool]], layers: dict[str, int]) -> list[str]:
+    """Imports that go up or sideways between layers, as ``path:line: module (layer) imports other (layer)``.
+
+    The layer of ``pkg.x.y`` is ``layers["x"]``; the package's own ``__init__`` may import anything. A
+    top-level name missing from ``layers`` is reported, so a new folder must be given a layer.
+    """
+    modules = set(parsed)
+    found = []
+    for module, (path, tree, is_init) in parsed.items():
+        parts = module.split(".")
+        if len(parts) == 1:
+            continue
+        if parts[1] not in layers:
+            found.append(f"{path}: {module} is in no layer (add {parts[1]!r} to LAYERS)")
+            continue
+        for line, other in imported_modules(module, is_init, tree, modules):
+            o = other.split(".")
+            if len(o) == 1 or o[1] == parts[1]:
+                continue
+            if o[1] not in layers or layers[o[1]] >= layers[parts[1]]:
+                found.append(f"{path}:{line}: {module} ({parts[1]}, layer {layers[parts[1]]}) imports {other} "
+                             f"({o[1]}, layer {layers.get(o[1])})")
+    return found
+
+
 # --------------------------------------------------------------------------------------------------
 # The rules on src/cellgraph
 # --------------------------------------------------------------------------------------------------
@@ -297,6 +349,11 @@ def test_every_public_function_has_a_docstring(parsed, tmp_path):
                                              'class C:\n    """A class."""\n\n    def forward(self):\n'
                                              '        return 3\n'})
     assert undocumented(fake) == ["pkg.m:f:1", "pkg.m:forward:12"]
+
+
+def test_imports_run_one_way_between_layers(parsed):
+    found = layer_violations(parsed, LAYERS)
+    assert not found, "imports against the layer order (docs/design.md, Package layout):\n" + "\n".join(found)
 
 
 def test_package_never_imports_snakemake(parsed):
@@ -367,3 +424,22 @@ def test_checker_finds_snakemake_imports(tmp_path):
     found = snakemake_imports(parsed)
     assert [f.split(": ")[1] for f in found] == ["pkg.a imports snakemake", "pkg.b imports snakemake.api",
                                                  "pkg.c imports snakemake.io"]
+
+
+def test_checker_finds_imports_against_the_layers(tmp_path):
+    parsed = _write_package(tmp_path, {
+        "errors.py": "",
+        "io/__init__.py": "from ..errors import X\n",
+        "graphs/__init__.py": "", "graphs/net.py": "from ..io import read\nfrom . import spec\n", "graphs/spec.py": "",
+        "grn/__init__.py": "", "grn/ara.py": "from ..graphs import net\n\n\ndef f():\n    from ..pp import tok\n",
+        "pp/__init__.py": "", "pp/tok.py": "import pkg.tl.ev\n",
+        "tl/__init__.py": "", "tl/ev.py": "from pkg.graphs.net import read\nfrom pkg import pl\n",
+        "pl/__init__.py": "", "extra/__init__.py": "",
+    })
+    layers = {"errors": 0, "io": 1, "graphs": 2, "grn": 3, "pp": 3, "tl": 6, "pl": 7}
+    found = layer_violations(parsed, layers)
+    assert len(found) == 4, found
+    assert any("pkg.grn.ara (grn, layer 3) imports pkg.pp.tok" in f for f in found)  # sideways, inside a function
+    assert any("pkg.pp.tok (pp, layer 3) imports pkg.tl.ev" in f for f in found)  # up, plain import
+    assert any("pkg.tl.ev (tl, layer 6) imports pkg.pl" in f for f in found)  # up, a package
+    assert any("pkg.extra is in no layer" in f for f in found)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cellgraph import cli, perturb, perturb_eval
+from cellgraph import cli
+from cellgraph.tl import perturb, perturb_eval
 from cellgraph.models import cell_graph_transformer as cgt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,7 +171,7 @@ def test_fit_records_attention_diagnostics_every_epoch_and_regularisation_pulls_
 
 def test_forward_yeast_reverse_and_figures_end_to_end(tmp_path, papalexi):
     """The three tasks on the real data with tiny settings, then the figures task on their outputs."""
-    from cellgraph.multigraph import build_multigraph, save_multigraph
+    from cellgraph.graphs.multigraph import build_multigraph, save_multigraph
 
     mgs = {}
     for org, inputs in (("human", {"huri": REPO / "resources/demo/networks/human/HuRI_binaryPPI.tsv",

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cellgraph import perturb, perturb_eval, perturb_forward, perturb_yeast
+from cellgraph.tl import perturb, perturb_eval, perturb_forward, perturb_yeast
 from cellgraph.errors import InputError
-from cellgraph.gene_features import expression_loadings, random_walk_features, rwr_profiles
+from cellgraph.graphs.gene_features import expression_loadings, random_walk_features, rwr_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 PAPALEXI = REPO / "resources/perturbation/papalexi2021_thp1_eccite_lowmoi.h5ad"
@@ -286,7 +286,7 @@ def test_lasso_logistic_regression_is_l1(monkeypatch, version):
 
 
 def test_gremln_features_cover_the_vocabulary_genes_only(tmp_path):
-    from cellgraph.gene_features import embedding_features, gremln_vectors
+    from cellgraph.graphs.gene_features import embedding_features, gremln_vectors
 
     weight = torch.randn(5, 4)
     torch.save({"state_dict": {"gene_emb.weight": weight}, "vocab": ["<pad>", "<cls>", "STAT1", "JAK2", "IRF1"]},

@@ -1,4 +1,4 @@
-"""scVI baseline generator (cellgraph.scvi_baseline): planted condition effect recovered from prior samples."""
+"""scVI baseline generator (cellgraph.tl.scvi_baseline): planted condition effect recovered from prior samples."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import scipy.sparse as sp
 pytest.importorskip("scvi")
 
 from cellgraph.errors import InputError  # noqa: E402
-from cellgraph.scvi_baseline import scvi_generate  # noqa: E402
+from cellgraph.tl.scvi_baseline import scvi_generate  # noqa: E402
 
 N_PER, N_GENES, BLOCK, FOLD = 300, 50, 10, 8.0
 

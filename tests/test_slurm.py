@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from cellgraph import cli
-from cellgraph.profile import install_profile
+from cellgraph.cli.profile import install_profile
 
 from test_distributed import max_weight_difference
 from test_workflow import tiny_config
@@ -339,7 +339,7 @@ def test_install_profile_makes_profile_slurm_resolvable(tmp_path, monkeypatch, c
 def test_install_profile_outside_an_editable_install(tmp_path, monkeypatch):
     """A non-editable install has no repository next to the package: the clone in the current folder is used,
     else one clear error asks for --source."""
-    import cellgraph.profile as prof
+    import cellgraph.cli.profile as prof
 
     monkeypatch.setattr(prof, "REPO", tmp_path / "site-packages")  # as installed from a wheel
     with pytest.raises(Exception, match="--source") as err:

@@ -1,4 +1,4 @@
-"""Downloads (cellgraph.sources) against a local HTTP server on 127.0.0.1 serving vendored real files."""
+"""Downloads (cellgraph.io.sources) against a local HTTP server on 127.0.0.1 serving vendored real files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cellgraph import sources
-from cellgraph.sources import DownloadError, fetch
+from cellgraph.io import sources
+from cellgraph.io.sources import DownloadError, fetch
 
 REPO = Path(__file__).resolve().parents[1]
 # Real STRING v12 yeast files, vendored in resources/networks/yeast.

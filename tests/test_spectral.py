@@ -1,4 +1,4 @@
-"""Tests of cellgraph.spectral on real networks: HuRI protein interactions and DoRothEA regulons.
+"""Tests of cellgraph.graphs.spectral on real networks: HuRI protein interactions and DoRothEA regulons.
 
 The grn stage's ARACNe networks are not available to these tests, so the "real networks" are subgraphs
 of the vendored HuRI binary PPI map (Ensembl gene ids used as node names) and of the DoRothEA A-C
@@ -20,7 +20,7 @@ from scipy.linalg import expm
 from scipy.sparse import csgraph
 from scipy.special import iv
 
-from cellgraph import spectral as spc
+from cellgraph.graphs import spectral as spc
 
 REPO = Path(__file__).resolve().parents[1]
 HURI = REPO / "resources/demo/networks/human/HuRI_binaryPPI.tsv"

@@ -1,4 +1,4 @@
-"""Tests of the tokenize stage (cellgraph.tokenize) and the token batches (cellgraph.data).
+"""Tests of the tokenize stage (cellgraph.pp.tokenize) and the token batches (cellgraph.io.shards).
 
 Inputs are built here from real data, because the upstream stages are written in parallel:
 
@@ -26,10 +26,10 @@ import scipy.sparse as sp
 import torch
 
 from cellgraph import cli
-from cellgraph import tokenize as tk
-from cellgraph.data import TokenDataset, bin_special_ids, collate, read_vocab
+from cellgraph.pp import tokenize as tk
+from cellgraph.io.shards import TokenDataset, bin_special_ids, collate, read_vocab
 from cellgraph.errors import InputError
-from cellgraph.spectral import normalized_laplacian
+from cellgraph.graphs.spectral import normalized_laplacian
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = REPO / "resources/demo/expression/pbmc3p5k_sorted_counts.h5ad"
@@ -588,7 +588,7 @@ def test_leave_one_out_knn_probabilities_exclude_the_cell_itself():
     """Train cells tokenized as unseen ones: each cell's kNN vote comes from its k nearest OTHER cells."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from cellgraph.tokenize import _leave_one_out_proba
+    from cellgraph.pp.tokenize import _leave_one_out_proba
 
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.normal(0, 1, (30, 4)), rng.normal(4, 1, (30, 4))])

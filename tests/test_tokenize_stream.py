@@ -1,4 +1,4 @@
-"""Streaming tokenization of the pretraining corpus (cellgraph.tokenize.tokenize_corpus_streamed).
+"""Streaming tokenization of the pretraining corpus (cellgraph.pp.tokenize.tokenize_corpus_streamed).
 
 The corpus is read ``--chunk-cells`` cells at a time; ``pretrain.npz`` must be byte-identical to the
 whole-corpus path (``_read_corpus`` + ``_tokenize_corpus`` + ``write_shard``) for any chunk size, with the
@@ -19,7 +19,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellgraph import cli
-from cellgraph import tokenize as tk
+from cellgraph.pp import tokenize as tk
 
 from test_tokenize import make_adata
 

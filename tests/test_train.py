@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from cellgraph import cli
-from cellgraph.data import TokenDataset, bin_special_ids, collate
+from cellgraph.io.shards import TokenDataset, bin_special_ids, collate
 from cellgraph.models.gremln import GREmLN, GREmLNConfig, load
-from cellgraph.spectral import heat_kernel_coefficients
-from cellgraph.train import fit, mask_positions, masked_step
+from cellgraph.graphs.spectral import heat_kernel_coefficients
+from cellgraph.training.pretrain import fit, mask_positions, masked_step
 
 from test_gremln import huri_shard
 
@@ -200,7 +200,7 @@ def test_cli_rejects_bad_coefficients_and_writes_nothing(cells, tmp_path, capsys
 @pytest.mark.parametrize("pretrain_on", ["train+corpus", "corpus"])
 def test_pretrain_on_corpus_keeps_evaluation_cells_out(cells, tmp_path, monkeypatch, pretrain_on):
     """--pretrain-on corpus trains on pretrain.npz alone: no labelled train cell reaches fit()."""
-    import cellgraph.train as tr
+    import cellgraph.training.pretrain as tr
 
     arrays, vocab, _ = cells
     write_tokens(tmp_path / "tokens", arrays, vocab)

@@ -1,4 +1,4 @@
-"""Transfer evaluation (issue 15, cellgraph.transfer): cells prepared from real vendored counts, tokens with
+"""Transfer evaluation (issue 15, cellgraph.tl.transfer): cells prepared from real vendored counts, tokens with
 the pretraining vocabulary and only visible graph edges, out-of-fold probes that never fit a scored cell,
 macro-F1 equal to scikit-learn's, bootstrap intervals, the top-shift label choice on planted shifts, and the
 three CLI steps end to end on real PBMC cells with a small saved model (test_evaluate's ``mini`` fixture).
@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellgraph import transfer as tr
+from cellgraph.tl import transfer as tr
 from cellgraph.cli import main as cli_main
 from cellgraph.errors import InputError
 from test_evaluate import mini  # noqa: F401 - pytest fixture: real PBMC tokens, vocab, saved models
@@ -104,7 +104,7 @@ def test_probe_splits_score_every_cell_once_and_never_fit_it():
 
 def test_out_of_fold_probe_never_sees_a_scored_cell(monkeypatch):
     """Each fit gets only its split's fit rows: features carry the cell index, the recorded fits are checked."""
-    import cellgraph.evaluate as ev
+    import cellgraph.tl.evaluate as ev
 
     fitted = []
 
@@ -160,7 +160,7 @@ def _tokens_argv(mini, adata, out, *extra):
 
 
 def test_cli_tokens_evaluate_table_end_to_end(mini, pbmc_file, tmp_path):  # noqa: F811
-    from cellgraph.data import TokenDataset, read_vocab
+    from cellgraph.io.shards import TokenDataset, read_vocab
 
     assert cli_main(_tokens_argv(mini, pbmc_file, tmp_path / "tok")) == 0
     ds = TokenDataset(tmp_path / "tok/tokens.npz")

@@ -1,7 +1,7 @@
 # Transfer evaluation: the pretrained models' frozen embeddings on each data set of
 # config transfer.datasets (data sets outside pretraining: the paper's myeloid reference/query, held-out
 # CELLxGENE types, Adamson reverse perturbation), beside PCA, bag-of-genes and untrained-encoder baselines on
-# the same splits (cellgraph.transfer). Nothing here runs unless transfer.datasets names a data set.
+# the same splits (cellgraph.tl.transfer). Nothing here runs unless transfer.datasets names a data set.
 rule transfer_tokens:
     """One data set's cells (QC, log-normalised) tokenised with the pretraining vocabulary and the visible
     edges of the gene graph."""

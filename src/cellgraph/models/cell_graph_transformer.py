@@ -124,7 +124,7 @@ def row_normalized_csr(edge_index: torch.Tensor, edge_weight: torch.Tensor | Non
 
     ei = edge_index.long()  # [2, E]
     # |w|: a repressive (negative) regulatory edge is an edge all the same; its sign reaches the models through
-    # the gene features (cellgraph.gene_features), not through the attention target
+    # the gene features (cellgraph.graphs.gene_features), not through the attention target
     w = torch.ones(ei.shape[1], device=ei.device) if edge_weight is None else edge_weight.float().abs()  # [E]
     ei, w = remove_self_loops(ei, w)
     if not directed:
@@ -279,7 +279,7 @@ class SharedEncoder(nn.Module):
 
     def set_features(self, features: torch.Tensor) -> None:
         """Fixed gene features Float [N, F] (F = ``cfg.n_features``), e.g.
-        :func:`cellgraph.gene_features.random_walk_features`. Raises ValueError on a shape mismatch."""
+        :func:`cellgraph.graphs.gene_features.random_walk_features`. Raises ValueError on a shape mismatch."""
         want = (self.cfg.n_genes, self.cfg.n_features)
         if tuple(features.shape) != want:
             raise ValueError(f"gene features must be {list(want)}, got {list(features.shape)}")
@@ -640,7 +640,7 @@ def build_model(kind: str, cfg: CGTConfig, graphs: dict | None = None, gene_set=
 
 
 def load(path, map_location="cpu") -> nn.Module:
-    """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.perturb`."""
+    """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.tl.perturb`."""
     ck = torch.load(path, map_location=map_location, weights_only=True)
     cfg = CGTConfig(**ck["config"])
     model = build_model(ck["kind"], cfg, ck.get("graphs"))

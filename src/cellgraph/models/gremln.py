@@ -15,7 +15,7 @@ diffused with the heat kernel of the cell's subgraph, the keys and values are le
           \operatorname{Attn} = \operatorname{softmax}\!\big(Q' K^\top / \sqrt{d_h}\big) V,
 
 with ``L`` the symmetric normalised Laplacian [B, n, n] and :math:`\exp(-\beta L)` its Chebyshev expansion
-(:func:`cellgraph.spectral.chebyshev_apply_dense`, appendix A.3) applied to ``Q`` reshaped to
+(:func:`cellgraph.graphs.spectral.chebyshev_apply_dense`, appendix A.3) applied to ``Q`` reshaped to
 [B, n, heads * d_h] (the same kernel for all heads). The CLS query is not diffused. Padded positions are
 masked as keys. ``attention="vanilla"`` is the identical model with plain attention (the ablation).
 
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import bin_special_ids
-from ..spectral import chebyshev_apply_dense
+from ..io.shards import bin_special_ids
+from ..graphs.spectral import chebyshev_apply_dense
 
 __all__ = ["GREmLNConfig", "PRESETS", "preset", "GREmLN", "load", "bin_tokens"]
 

@@ -1,0 +1,412 @@
+"""ARACNe file formats and the standalone ``cellgraph aracne`` command (a drop-in for ARACNe-AP / ARACNe3).
+
+Inputs
+------
+- ARACNe-AP expression matrix: tab-separated text, one header line (first field a label such as
+  ``gene``, then sample names), then one line per gene: its name and one value per sample.
+- h5ad: cells x genes (``X`` or ``--layer``), genes from ``var_names``; transposed to genes x cells.
+- Regulator list: one name per line (ARACNe-AP ``--tfs``); blank lines and ``#`` comments ignored.
+
+Outputs
+-------
+- ARACNe-AP ``network.txt``: ``Regulator  Target  MI  pvalue`` (tab-separated, header; MI in nats,
+  pvalue the corrected consolidation p-value).
+- ARACNe3 consolidated network: ``regulator.values  target.values  mi.values  scc.values  count.values
+  log.p.values`` (scc = Spearman correlation over all samples, count = bootstraps where the edge survived,
+  log.p = natural log of the uncorrected consolidation p-value).
+- decoupler ``net``: ``source  target  weight  mi  pvalue  count`` (source = regulator, weight = Spearman
+  correlation over all samples, the signed mode of regulation), readable by ``decoupler`` as is.
+
+Floats are written with 17 significant digits and read with round-trip precision, so a network read
+back equals the one written. These files load into VIPER / pyviper like the peers' outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import aracne as engine
+from ..errors import InputError
+from ..io import atomic_path, require_file, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "read_expression_tsv",
+    "read_expression_h5ad",
+    "read_expression",
+    "write_expression_tsv",
+    "write_network_ap",
+    "read_network_ap",
+    "write_network_aracne3",
+    "read_network_aracne3",
+    "write_network_decoupler",
+    "configure_parser",
+    "run",
+]
+
+AP_COLUMNS = ["Regulator", "Target", "MI", "pvalue"]
+AP_MAP = dict(zip(AP_COLUMNS, ["regulator", "target", "mi", "pvalue"]))
+A3_COLUMNS = ["regulator.values", "target.values", "mi.values", "scc.values", "count.values", "log.p.values"]
+A3_MAP = dict(zip(A3_COLUMNS, ["regulator", "target", "mi", "scc", "count", "log_p"]))
+
+
+def _names(xs, limit: int = 20) -> str:
+    xs = [str(x) for x in xs]
+    return ", ".join(xs[:limit]) + (f", ... ({len(xs) - limit} more)" if len(xs) > limit else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Expression
+# --------------------------------------------------------------------------------------------------
+
+
+def _field_counts(path: Path) -> np.ndarray:
+    """Tab-separated field count of every line of ``path`` (gzip detected from its magic bytes), read one
+    line (one gene) at a time; a blank line counts 0 fields. Trailing blank lines are left out."""
+    import gzip
+    import zlib
+
+    counts = []
+    try:
+        with open(path, "rb") as fh:
+            gz = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rb") as fh:
+            for line in fh:
+                line = line.rstrip(b"\r\n")
+                counts.append(line.count(b"\t") + 1 if line else 0)
+    except (EOFError, zlib.error, OSError) as err:
+        raise InputError(f"{path}: cannot be read ({err}); expected a tab-separated genes x samples matrix") from err
+    while counts and counts[-1] == 0:
+        counts.pop()
+    return np.asarray(counts, dtype=np.int64)
+
+
+def _check_matrix_lines(path: Path) -> None:
+    """Raise :class:`InputError` naming the first line whose field count differs from the header's.
+
+    The header is ``label, samples...``; every gene line has as many fields (or every one has one more,
+    as R's ``write.table`` writes a header without the row-name label). A blank line inside the matrix
+    is an error (line numbers after it would be wrong); blank lines at the end are ignored.
+    """
+    counts = _field_counts(path)
+    if counts.size == 0:
+        raise InputError(f"{path}: empty expression matrix; expected a header 'gene<TAB>sample1<TAB>...'")
+    if counts[0] < 2:
+        raise InputError(f"{path}: line 1: header has no tab; expected a tab-separated header "
+                         "'gene<TAB>sample1<TAB>...' (is the file comma-separated?)")
+    expected = int(counts[0]) + 1 if counts.size > 1 and (counts[1:] == counts[0] + 1).all() else int(counts[0])
+    bad = np.flatnonzero(counts[1:] != expected)
+    if bad.size:
+        i = int(bad[0]) + 1
+        found = "a blank line" if counts[i] == 0 else f"{counts[i]} fields"
+        raise InputError(
+            f"{path}: line {i + 1}: expected {expected} tab-separated fields (a gene name and {expected - 1} "
+            f"sample values), found {found}; not a tab-separated genes x samples matrix"
+            + (f" ({bad.size} such lines)" if bad.size > 1 else "")
+        )
+
+
+def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
+    """Read an ARACNe-AP expression matrix.
+
+    Returns
+    -------
+    (expr float64 [G, n], gene names [G], sample names [n]). Missing values (empty, NA, NaN) are NaN; they
+    are not dropped here (the caller reports them, see :func:`cellgraph.grn.aracne.check_input`).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or empty, a line (a blank one included) has another number of fields than
+        the header (naming the line), or a value is not a number (naming the line, the sample column and
+        the value).
+    """
+    path = require_file(path, "expression matrix")
+    _check_matrix_lines(path)
+    try:
+        df = pd.read_csv(path, sep="\t", header=0, index_col=0, dtype={0: str}, low_memory=False,
+                         float_precision="round_trip")
+    except pd.errors.EmptyDataError as err:
+        raise InputError(f"{path}: empty expression matrix") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: not a tab-separated genes x samples matrix ({err})") from err
+    if df.shape[1] == 0:
+        raise InputError(f"{path}: no sample columns (expected a header 'gene<TAB>sample1<TAB>...')")
+    if df.shape[0] == 0:
+        raise InputError(f"{path}: no gene rows below the header")
+    for j, col in enumerate(df.columns):
+        if df[col].dtype.kind in "fiub":
+            continue
+        num = pd.to_numeric(df[col], errors="coerce")
+        bad = np.flatnonzero(num.isna().to_numpy() & df[col].notna().to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"{path}: line {i + 2}, sample {col!r} (column {j + 2}): {df[col].iloc[i]!r} is not a number "
+                f"({bad.size} such values in this column)"
+            )
+        df[col] = num
+    genes = [str(g) for g in df.index]
+    return df.to_numpy(dtype=np.float64), genes, [str(c) for c in df.columns]
+
+
+def read_expression_h5ad(path, layer: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Read an h5ad (cells x genes) as (expr float64 [G, n], var_names [G], obs_names [n]).
+
+    Raises
+    ------
+    InputError
+        If the file is not an h5ad or has no layer ``layer``.
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    path = require_file(path, "expression h5ad")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
+        raise InputError(f"{path}: cannot be read as h5ad ({err})") from err
+    if layer is not None and layer not in adata.layers:
+        raise InputError(f"{path}: no layer {layer!r} (layers: {list(adata.layers)})")
+    x = adata.X if layer is None else adata.layers[layer]
+    x = x.toarray() if sp.issparse(x) else np.asarray(x)
+    return np.asarray(x, dtype=np.float64).T.copy(), [str(g) for g in adata.var_names], [str(c) for c in adata.obs_names]
+
+
+def read_expression(path, layer: str | None = None):
+    """:func:`read_expression_h5ad` for ``*.h5ad``, else :func:`read_expression_tsv`."""
+    if str(path).endswith(".h5ad"):
+        return read_expression_h5ad(path, layer)
+    return read_expression_tsv(path)
+
+
+def write_expression_tsv(path, expr: np.ndarray, genes, samples, label: str = "gene") -> None:
+    """Write an ARACNe-AP expression matrix (header ``label, samples...``; one line per gene)."""
+    df = pd.DataFrame(np.asarray(expr), index=pd.Index([str(g) for g in genes], name=label),
+                      columns=[str(s) for s in samples])
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", float_format="%.17g")
+
+
+# --------------------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------------------
+
+
+def write_network_ap(df: pd.DataFrame, path) -> None:
+    """ARACNe-AP ``network.txt`` from an engine network (``regulator, target, mi, pvalue``)."""
+    out = df[["regulator", "target", "mi", "pvalue"]].rename(columns={v: k for k, v in AP_MAP.items()})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+def write_network_aracne3(df: pd.DataFrame, path) -> None:
+    """ARACNe3 consolidated network from an engine network (``regulator, target, mi, scc, count, log_p``)."""
+    out = df[list(A3_MAP.values())].rename(columns={v: k for k, v in A3_MAP.items()})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+def write_network_decoupler(df: pd.DataFrame, path) -> None:
+    """decoupler-style network (``source, target, weight, mi, pvalue, count``; weight = ``scc``) from an
+    engine network."""
+    out = pd.DataFrame({"source": df["regulator"], "target": df["target"], "weight": df["scc"], "mi": df["mi"],
+                        "pvalue": df["pvalue"], "count": df["count"]})
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
+
+
+FORMATS = {"aracne-ap": ("network.txt", write_network_ap), "aracne3": ("network.tsv", write_network_aracne3),
+           "decoupler": ("network.tsv", write_network_decoupler)}
+
+
+def _read_network(path, columns: list[str], mapping: dict, what: str) -> pd.DataFrame:
+    path = require_file(path, what)
+    try:
+        df = pd.read_csv(path, sep="\t", dtype={columns[0]: str, columns[1]: str}, keep_default_na=False,
+                         na_values={c: ["NA", "NaN", "nan", ""] for c in columns[2:]},
+                         float_precision="round_trip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(f"{path}: cannot be read as a tab-separated {what} ({err})") from err
+    if list(df.columns) != columns:
+        raise InputError(f"{path}: header {list(df.columns)}; expected {columns} ({what})")
+    for c in columns[2:]:
+        if df[c].dtype.kind not in "fi":
+            bad = np.flatnonzero((pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()).to_numpy())
+            if bad.size:
+                i = int(bad[0])
+                raise InputError(f"{path}: line {i + 2}, column {c!r}: {df[c].iloc[i]!r} is not a number")
+            df[c] = pd.to_numeric(df[c])
+    return df.rename(columns=mapping)
+
+
+def read_network_ap(path) -> pd.DataFrame:
+    """Read an ARACNe-AP ``network.txt`` as ``regulator, target, mi, pvalue``.
+
+    Raises
+    ------
+    InputError
+        On a wrong header or a non-numeric MI / p-value (naming the line).
+    """
+    return _read_network(path, AP_COLUMNS, AP_MAP, "ARACNe-AP network")
+
+
+def read_network_aracne3(path) -> pd.DataFrame:
+    """Read an ARACNe3 consolidated network as ``regulator, target, mi, scc, count, log_p``.
+
+    Raises
+    ------
+    InputError
+        On a wrong header or a non-numeric value (naming the line).
+    """
+    return _read_network(path, A3_COLUMNS, A3_MAP, "ARACNe3 network")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command
+# --------------------------------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``aracne`` stage's command-line options (with the shared ARACNe engine options) to ``p``."""
+    from .celltypes import add_engine_arguments
+
+    p.add_argument("--expression", required=True,
+                   help="ARACNe-AP expression matrix (tab-separated genes x samples, header line) or an .h5ad")
+    p.add_argument("--layer", default=None, help="h5ad layer to use instead of X")
+    p.add_argument("--regulators", required=True, help="regulator list, one name per line")
+    p.add_argument("--out-dir", required=True, help="folder for the network file and report.json")
+    p.add_argument("--format", choices=list(FORMATS), default="aracne-ap",
+                   help="aracne-ap: network.txt (Regulator Target MI pvalue); aracne3: network.tsv with "
+                        "regulator.values ... log.p.values; decoupler: network.tsv with source target weight mi "
+                        "pvalue count (default %(default)s)")
+    add_engine_arguments(p)
+    p.add_argument("--n-null", type=int, default=100_000, help="null-model pairs (default %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/.cache)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="per-bootstrap networks for resuming an interrupted run (default <out-dir>/bootstraps)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep the per-bootstrap files after success")
+
+
+def _check(args) -> None:
+    from .celltypes import check_engine_args
+
+    check_engine_args(args)
+    if args.threads < 1 or args.n_null < 1000:
+        raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
+
+
+def _usable_regulators(expr, genes, regulators, expression_path, regulators_path):
+    """(``engine.check_input`` result, regulators that are non-constant genes of the matrix, in input order).
+
+    InputError for repeated gene names, non-finite values or no usable regulator; warnings name the missing
+    regulators and constant genes that are skipped.
+    """
+    chk = engine.check_input(expr, genes, regulators)
+    if chk["duplicated_genes"]:
+        d = chk["duplicated_genes"]
+        raise InputError(f"{expression_path}: {len(d)} gene names occur more than once: {_names(d)}")
+    if chk["nonfinite_genes"]:
+        d = chk["nonfinite_genes"]
+        raise InputError(f"{expression_path}: {chk['nonfinite_values']} missing or non-finite values (NA/NaN/inf) "
+                         f"in {len(d)} genes: {_names(d)}")
+    missing = chk["missing_regulators"]
+    present = [r for r in regulators if r not in set(missing) and r not in set(chk["constant_regulators"])]
+    if not present:
+        raise InputError(f"{regulators_path}: none of the {len(regulators)} regulators is a non-constant gene of "
+                         f"{expression_path} ({len(missing)} missing: {_names(missing, 5)}; "
+                         f"{len(chk['constant_regulators'])} constant)")
+    if missing:
+        log.warning("%d of %d regulators are not in %s and are skipped: %s", len(missing), len(regulators),
+                    expression_path, _names(missing, 10))
+    if chk["constant_genes"]:
+        log.warning("%d constant genes are skipped: %s", len(chk["constant_genes"]), _names(chk["constant_genes"], 10))
+    return chk, present
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cellgraph aracne``: standalone ARACNe on an ARACNe-AP expression matrix or an h5ad.
+
+    Reads ``--expression`` (:func:`read_expression`: a genes x samples text matrix, or an h5ad transposed to
+    genes x cells) and ``--regulators`` (one name per line), runs :func:`cellgraph.grn.aracne.aracne` on the
+    regulators that are non-constant genes of the matrix, and writes to ``--out-dir`` the network in
+    ``--format`` (``network.txt`` for ``aracne-ap``, ``network.tsv`` for ``aracne3`` and ``decoupler``) and
+    ``report.json`` (inputs, parameters, skipped genes and regulators, MI thresholds, edges per bootstrap).
+    Null-model cache in ``--cache-dir`` (default ``<out-dir>/.cache``); per-bootstrap checkpoints in
+    ``--checkpoint-dir`` (default ``<out-dir>/bootstraps``, removed after success unless
+    ``--keep-checkpoints``). Regulators missing from the matrix and constant genes are skipped with a warning.
+
+    Raises
+    ------
+    InputError
+        On bad engine options, ``--threads`` < 1 or ``--n-null`` < 1000, an unreadable input, gene names
+        that occur more than once, missing or non-finite values, no regulator that is a non-constant gene of
+        the matrix, or input the engine rejects.
+    """
+    from .celltypes import bootstrap_progress, read_regulators
+
+    _check(args)
+    t0 = time.perf_counter()
+    regulators = read_regulators(args.regulators)
+    expr, genes, samples = read_expression(args.expression, args.layer)
+    chk, present = _usable_regulators(expr, genes, regulators, args.expression, args.regulators)
+    out = Path(args.out_dir)
+    cache = Path(args.cache_dir) if args.cache_dir else out / ".cache"
+    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "bootstraps"
+    try:
+        df = engine.aracne(
+            expr, genes, present, **{k: getattr(args, k) for k in engine.DEFAULTS},
+            seed=args.seed, threads=args.threads, cache_dir=cache,
+            n_null=args.n_null, checkpoint_dir=ckpt,
+            on_bootstrap=bootstrap_progress(args.n_bootstraps, str(args.expression)),
+        )
+    except ValueError as err:
+        raise InputError(f"{args.expression}: {err}") from err
+    report = _report(args, df, genes, samples, regulators, present, chk)
+    name, writer = FORMATS[args.format]
+    writer(df, out / name)
+    write_json(out / "report.json", report)
+    if not args.keep_checkpoints and not args.checkpoint_dir:
+        for f in ckpt.glob("*.npz"):
+            f.unlink()
+        try:
+            ckpt.rmdir()
+        except OSError:
+            pass
+    log.info("aracne: %d genes x %d samples, %d regulators -> %d edges (%.1f s)", len(genes), len(samples),
+             len(present), len(df), time.perf_counter() - t0)
+
+
+def _report(args, df, genes, samples, regulators, present, chk) -> dict:
+    """``report.json`` of ``cellgraph aracne``: inputs, parameters, what was skipped, the engine's attrs."""
+    a, missing = df.attrs, chk["missing_regulators"]
+    return dict(
+        inputs=dict(expression=str(args.expression), regulators=str(args.regulators), layer=args.layer),
+        params={k: getattr(args, k) for k in ("format", "seed", *engine.DEFAULTS, "n_null", "threads")},
+        genes=len(genes),
+        samples=len(samples),
+        regulators_read=len(regulators),
+        regulators_used=len(present),
+        regulators_missing=dict(count=len(missing), names=missing),
+        constant_genes=dict(count=len(chk["constant_genes"]), names=chk["constant_genes"]),
+        constant_regulators=dict(count=len(chk["constant_regulators"]), names=chk["constant_regulators"]),
+        genes_used=len(genes) - len(chk["constant_genes"]),
+        samples_per_bootstrap=a["n_per_bootstrap"],
+        mi_threshold_nats=a["mi_threshold"],
+        mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
+        pairs_tested=a["n_tested"],
+        edges_above_threshold_per_bootstrap=a["edges_above_threshold"],
+        edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"],
+        count_rate=a["count_rate"],
+        min_count=a["min_count"],
+        consolidation_rule=a["consolidation_rule"],
+        bootstraps_resumed=a["bootstraps_resumed"],
+        edges=int(len(df)),
+    )

@@ -1,0 +1,871 @@
+r"""Perturbation prediction with the cell graph transformers: forward, yeast, reverse, figures.
+
+``cellgraph perturb --task forward`` (Papalexi et al. 2021 ECCITE-seq, THP-1 CRISPR knockouts)
+    Leave-perturbation-out prediction of mean expression changes with independent evaluation controls, noise
+    ceilings, reliable/unreliable subsets, seven baselines and paired tests: :mod:`cellgraph.tl.perturb_forward`.
+
+``cellgraph perturb --task yeast`` (Costanzo et al. 2016 pairs and single-mutant fitness table)
+    Double-mutant fitness and epsilon on pair folds and gene-disjoint folds against mean, multiplicative and
+    additive baselines: :mod:`cellgraph.tl.perturb_yeast`.
+
+``cellgraph perturb --task reverse`` (GREmLN paper section 4.5, Table 3)
+    The ``--n-top-perturbations`` targets with the largest centroid distance from the control centroid in PCA
+    space (``scanpy.pp.pca``, 20 components of the log-normalised expression); cells of those targets; 3
+    stratified 80/20 splits; classifiers: lasso logistic regression (L1: :func:`l1_logistic_regression`) on
+    expression, and a logistic-regression probe on frozen GREmLN / vanilla CLS embeddings (``--gremln-model``,
+    ``--vanilla-model``, when given: cells are tokenised with the model's PBMC vocabulary, so only the genes
+    present in that vocabulary are tokens; the cells' graph is the ``--grn-cell-type`` ARACNe network of
+    ``--grn-networks``), and each model fine-tuned with a linear classification head on its CLS state
+    (``--finetune-epochs`` of cross-entropy, all weights trained; 0 skips it). Accuracy and macro-F1, mean and
+    sd over splits.
+
+Attention diagnostics (forward and yeast): after every ``--diagnostics-every``-th epoch and the last, per
+(graph, layer, head) of the shared encoder, recall@degree, precision@{8, 32, 128} and the attention mass on
+true edges, and per head the attention entropy and effective rank
+(:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`), written to
+``attention_diagnostics.tsv`` and ``attention_heads.tsv``.
+
+``cellgraph perturb --task figures`` reads the three results folders and writes figures and tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..io import atomic_path, require_file, save_figure, write_json, write_tsv
+from ..models import cell_graph_transformer as cgt
+from ..training.pretrain import quiet_lightning
+
+log = logging.getLogger(__name__)
+
+TASKS = ("forward", "yeast", "reverse", "figures")
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples with pointer arrays
+# --------------------------------------------------------------------------------------------------
+
+
+class Samples(torch.utils.data.Dataset):
+    """Perturbation samples: sets S as pointer arrays plus labels.
+
+    sets: list of int arrays (gene indices); labels: task -> (y ndarray [n, ...], m bool ndarray [n, ...]);
+    weights: optional float [n] loss weight per sample (``sample_weight`` of the batch); offsets: optional
+    task -> float [n], added to that task's prediction of each sample (``o_<task>``; :func:`per_sample`), e.g.
+    a baseline the model then corrects.
+    Items are sample indices; :meth:`collate` builds the batch dict of
+    :mod:`cellgraph.models.cell_graph_transformer` (``pert_ptr``, ``pert_idx``, ``pert_type`` all deletion,
+    ``y_<task>``, ``m_<task>``).
+    """
+
+    def __init__(self, sets: list, labels: dict, weights: np.ndarray | None = None, offsets: dict | None = None):
+        self.sets = [np.asarray(s, dtype=np.int64) for s in sets]
+        self.labels = labels
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)  # [n] loss weights
+        self.offsets = {t: np.asarray(o, dtype=np.float32) for t, o in (offsets or {}).items()}  # task -> [n]
+
+    def __len__(self):
+        return len(self.sets)
+
+    def __getitem__(self, i):
+        return i
+
+    def collate(self, idx) -> dict:
+        """Batch of samples ``idx``: identical sets are encoded once (``pert_ptr`` over the U distinct sets,
+        ``set_of_sample`` Long [B] maps each sample to its set); labels stay per sample. Since f(G, S) depends
+        on S only, the loss on ``pred[set_of_sample]`` equals the per-sample loss exactly."""
+        idx = np.asarray(idx)
+        keys = [self.sets[i].tobytes() for i in idx]
+        uniq: dict[bytes, int] = {}
+        set_of = np.array([uniq.setdefault(k, len(uniq)) for k in keys], dtype=np.int64)
+        first = {}
+        for j, k in enumerate(keys):
+            first.setdefault(k, idx[j])
+        usets = [self.sets[first[k]] for k in uniq]
+        sizes = np.array([len(s) for s in usets], dtype=np.int64)
+        ptr = np.concatenate([[0], np.cumsum(sizes)])
+        flat = np.concatenate(usets) if sizes.sum() else np.zeros(0, np.int64)
+        batch = {"pert_ptr": torch.from_numpy(ptr), "pert_idx": torch.from_numpy(flat.astype(np.int64)),
+                 "pert_type": torch.zeros(len(flat), dtype=torch.long), "set_of_sample": torch.from_numpy(set_of)}
+        if self.weights is not None:
+            batch["sample_weight"] = torch.from_numpy(self.weights[idx])
+        for t, o in self.offsets.items():
+            batch[f"o_{t}"] = torch.from_numpy(np.ascontiguousarray(o[idx]))
+        for t, (y, m) in self.labels.items():
+            batch[f"y_{t}"] = torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.float32))
+            batch[f"m_{t}"] = torch.from_numpy(np.ascontiguousarray(m[idx], dtype=bool))
+        return batch
+
+
+def per_sample(out: dict, batch: dict) -> dict:
+    """Predictions of the distinct sets -> predictions per sample (``out[t][set_of_sample]``, plus the sample's
+    offset ``o_<t>`` where the batch has one)."""
+    s = batch["set_of_sample"]
+    return {k: v[s] + batch[f"o_{k}"] if f"o_{k}" in batch else v[s] for k, v in out.items() if k != "h_pert"}
+
+
+def _fit_on_cpu(module, loader, max_epochs: int) -> None:
+    """Lightning fit on the CPU, deterministic, no logger, checkpoints or progress bar (small models)."""
+    import lightning.pytorch as pl
+
+    with quiet_lightning():
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             deterministic=True)
+        trainer.fit(module, loader)
+
+
+def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int,
+        diagnostics: dict | None = None, on_epoch_end=None, weight_decay: float = 0.01):
+    """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
+    per-epoch mean training loss list.
+
+    diagnostics: optional ``{"graphs": graphs (as for SharedEncoder.set_graphs), "graph_rows": list,
+    "head_rows": list, "every": E, **columns}``; after every E-th epoch (default 1) and the last one, the
+    attention diagnostics of the encoder
+    (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`, eval mode) are appended to the two
+    lists with ``epoch`` and the extra columns. The encoder has no per-cell input, so its attention maps are
+    the same for any validation data: the end of each epoch is the validation point.
+    on_epoch_end: optional callable(epoch (1-based), model) run after every epoch with the model in eval mode
+    (early stopping on an inner split reads its validation score here)."""
+    import lightning.pytorch as pl
+
+    class Module(pl.LightningModule):
+        """Lightning wrapper of ``model`` for :func:`fit`: multi-task loss plus graph regularisation, per-epoch
+        mean loss, attention diagnostics and the ``on_epoch_end`` callback.
+        """
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.epoch_losses: list[float] = []
+            self._acc: list[float] = []
+
+        def training_step(self, batch, _):
+            """Loss of one :class:`Samples` batch: :func:`cellgraph.models.cell_graph_transformer.multitask_loss`
+            of the per-sample predictions (:func:`per_sample`) with the task ``weights``, plus the model's graph
+            regularisation (sum over graphs of lambda_k x mean KL). Returns the scalar total and records it.
+            """
+            out, reg, _ = self.model(batch)
+            loss, _ = cgt.multitask_loss(per_sample(out, batch), batch, weights)
+            total = loss + reg
+            self._acc.append(float(total.detach()))
+            return total
+
+        def on_train_epoch_end(self):
+            """Record the epoch's mean training loss; after every ``every``-th epoch and the last, append the
+            encoder's attention diagnostics (eval mode) to ``diagnostics``; then run ``on_epoch_end(epoch, model)``
+            (1-based epoch, eval mode) if given.
+            """
+            self.epoch_losses.append(float(np.mean(self._acc)))
+            self._acc = []
+            every = int(diagnostics.get("every", 1)) if diagnostics else 0
+            last = self.current_epoch + 1 == max_epochs
+            if diagnostics and ((self.current_epoch + 1) % every == 0 or last):
+                self.model.eval()
+                g_rows, h_rows = cgt.attention_diagnostics(self.model.encoder, diagnostics["graphs"], seed=seed)
+                self.model.train()
+                extra = {k: v for k, v in diagnostics.items() if k not in ("graphs", "graph_rows", "head_rows", "every")}
+                tag = {**extra, "epoch": self.current_epoch + 1}
+                diagnostics["graph_rows"].extend({**tag, **r} for r in g_rows)
+                diagnostics["head_rows"].extend({**tag, **r} for r in h_rows)
+            if on_epoch_end is not None:
+                self.model.eval()
+                on_epoch_end(self.current_epoch + 1, self.model)
+                self.model.train()
+
+        def configure_optimizers(self):
+            """AdamW over all parameters with learning rate ``lr`` and ``weight_decay``."""
+            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model.train()  # a model that has been used for prediction is in eval mode; Lightning keeps modes as found
+    module = Module()
+    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=True, collate_fn=samples.collate,
+                                         generator=torch.Generator().manual_seed(seed))
+    _fit_on_cpu(module, loader, max_epochs)
+    model.eval()
+    return module.epoch_losses
+
+
+@torch.no_grad()
+def predict(model, sets: list, offsets: dict | None = None) -> dict:
+    """Model outputs (numpy) for the given sets (plus per-sample ``offsets`` as in :class:`Samples`), one
+    batch, eval mode; ``h_pert`` dropped."""
+    model.eval()
+    batch = Samples(sets, {}, offsets=offsets).collate(np.arange(len(sets)))
+    out, _, _ = model(batch)
+    return {k: v.numpy() for k, v in per_sample(out, batch).items()}
+
+
+def graph_reg_from_flags(items: list[str]) -> dict:
+    """``["physical:0:0:0.1", ...]`` -> {graph: [layer, head, lambda]}."""
+    out = {}
+    for it in items:
+        parts = it.split(":")
+        try:
+            out[parts[0]] = [int(parts[1]), int(parts[2]), float(parts[3])]
+        except (IndexError, ValueError):
+            raise InputError(f"--graph-reg {it!r}: expected GRAPH:LAYER:HEAD:LAMBDA, e.g. physical:0:0:0.1") from None
+    return out
+
+
+def restrict_graphs(mg: dict, genes: list[str], flip_directed: bool = False) -> tuple[dict, dict]:
+    """Multigraph (``load_multigraph`` dict) restricted to ``genes`` -> ({graph: (edge_index [2, E] over
+    positions in genes, weight [E], directed)}, {graph: edges kept}). Graphs with no edge are left out.
+
+    Row i of an attention target attends to column j for an edge (i, j): as stored, a regulator attends to
+    its targets. ``flip_directed`` reverses directed graphs, so that targets attend to their regulators."""
+    pos = {g: i for i, g in enumerate(genes)}
+    remap = torch.tensor([pos.get(n, -1) for n in mg["nodes"]], dtype=torch.long)
+    out, kept = {}, {}
+    for g, ei in mg["edge_index"].items():
+        if ei.numel() == 0:
+            continue
+        e = remap[ei]  # [2, E]
+        ok = (e >= 0).all(0)
+        kept[g] = int(ok.sum())
+        if kept[g]:
+            e = e[:, ok].flip(0) if flip_directed and mg["directed"][g] else e[:, ok]
+            out[g] = (e, mg["edge_weight"][g][ok], mg["directed"][g])
+    return out, kept
+
+
+def make_model(kind, args, n_genes, graphs, report_key, report, **overrides):
+    """Cell graph transformer of ``kind`` from the CLI options (preset, head, graph_reg) and ``overrides``
+    of :class:`~cellgraph.models.cell_graph_transformer.CGTConfig`; graph_reg entries naming a graph absent
+    from ``graphs`` are dropped and listed in ``report['graph_reg_dropped'][report_key]``."""
+    reg = {g: v for g, v in graph_reg_from_flags(args.graph_reg).items() if g in graphs}
+    report.setdefault("graph_reg_dropped", {})[report_key] = sorted(set(graph_reg_from_flags(args.graph_reg)) - set(reg))
+    cfg = cgt.preset(args.preset, n_genes, head=args.head, graph_reg=reg, **overrides)
+    return cgt.build_model(kind, cfg, graphs), cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Papalexi forward prediction
+# --------------------------------------------------------------------------------------------------
+
+
+def load_papalexi(path, min_grna_frac: float, control: str):
+    """Read and filter the ECCITE-seq h5ad -> (adata with log-normalised X, report dict).
+
+    Raises InputError for missing obs columns, no control cells, non-count X."""
+    import anndata as ad
+    import scanpy as sc
+
+    path = require_file(path, "--adata")
+    adata = ad.read_h5ad(path)
+    for col in ("perturbation", "top_grna_frac"):
+        if col not in adata.obs:
+            raise InputError(f"--adata {path}: obs has no column {col!r}")
+    keep = adata.obs["top_grna_frac"].to_numpy(float) >= min_grna_frac
+    rep = {"cells_read": int(adata.n_obs), "genes": int(adata.n_vars),
+           "cells_dropped_top_grna_frac": int((~keep).sum()), "min_grna_frac": min_grna_frac}
+    adata = adata[keep].copy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    if (adata.obs["perturbation"] == control).sum() == 0:
+        raise InputError(f"--adata {path}: no cell with obs.perturbation == {control!r} after the top_grna_frac filter")
+    x = adata.X
+    vals = x.data if hasattr(x, "data") else np.asarray(x).ravel()
+    if vals.size and (vals.min() < 0 or not np.allclose(vals, np.round(vals))):
+        raise InputError(f"--adata {path}: X must hold raw counts (non-negative whole numbers)")
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    rep["cells_kept"] = int(adata.n_obs)
+    rep["cells_per_perturbation"] = adata.obs["perturbation"].value_counts().sort_index().to_dict()
+    return adata, rep
+
+
+def leave_perturbation_out_folds(perturbation: np.ndarray, control: str, n_folds: int, seed: int):
+    """Split the non-control labels into ``n_folds`` groups -> list of (train cell positions, held-out labels).
+
+    Control cells are always in training; no cell whose label is held out is in that fold's training set."""
+    targets = np.array(sorted(set(perturbation) - {control}))
+    if len(targets) < n_folds:
+        raise InputError(f"{len(targets)} perturbations cannot be split into {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    groups = np.array_split(rng.permutation(targets), n_folds)
+    out = []
+    for held in groups:
+        held = sorted(str(h) for h in held)
+        out.append((np.flatnonzero(~np.isin(perturbation, held)), held))
+    return out
+
+
+def papalexi_arrays(adata, control: str, graph_genes: set):
+    """Universe, expression matrix and sets: -> dict with ``genes`` [N] (measured genes, then targets not
+    measured, sorted), ``measured`` bool [N], ``expr`` float32 [C, N] (0 for unmeasured), ``sets`` list
+    (one per cell), ``perturbation`` str [C]."""
+    measured_genes = list(adata.var_names)
+    pert = adata.obs["perturbation"].to_numpy(str)
+    extra = sorted(set(pert) - {control} - set(measured_genes))
+    genes = measured_genes + extra
+    pos = {g: i for i, g in enumerate(genes)}
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    expr = np.zeros((adata.n_obs, len(genes)), np.float32)
+    expr[:, : len(measured_genes)] = x
+    measured = np.zeros(len(genes), bool)
+    measured[: len(measured_genes)] = True
+    sets = [np.array([], np.int64) if p == control else np.array([pos[p]]) for p in pert]
+    return {"genes": genes, "measured": measured, "expr": expr, "sets": sets, "perturbation": pert,
+            "targets_unmeasured": extra, "genes_not_in_multigraph": sorted(set(genes) - graph_genes)}
+
+
+def write_diagnostics(out: Path, diag_rows: dict) -> None:
+    """``attention_diagnostics.tsv`` (per epoch, fold, model, graph, layer, head) and ``attention_heads.tsv``
+    (per epoch, fold, model, layer, head) in ``out``."""
+    for key, name in (("graph_rows", "attention_diagnostics.tsv"), ("head_rows", "attention_heads.tsv")):
+        write_tsv(pd.DataFrame(diag_rows[key]), out / name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Yeast fitness / epsilon
+# --------------------------------------------------------------------------------------------------
+
+COSTANZO_COLUMNS = ("genepairs", "Query_single_mutant_fitness_(SMF)", "Array_SMF", "Double_mutant_fitness")
+
+
+def load_costanzo(path, info_path):
+    """Costanzo fragment -> DataFrame (query, array ORFs; smf_q, smf_a, dmf, epsilon) and report.
+
+    Names map through STRING ``protein.info`` ``preferred_name`` (case-insensitive) or, failing that, when the
+    name is itself an ORF id. Rows with an unmapped name are dropped and counted."""
+    path = require_file(path, "--pairs")
+    df = pd.read_csv(path)
+    missing = [c for c in COSTANZO_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"--pairs {path}: missing column(s) {missing}")
+    info = pd.read_csv(require_file(info_path, "--string-info"), sep="\t")
+    if "preferred_name" not in info or "#string_protein_id" not in info:
+        raise InputError(f"--string-info {info_path}: expected columns #string_protein_id, preferred_name")
+    orf = info["#string_protein_id"].str.split(".", n=1).str[1]
+    name2orf = dict(zip(info["preferred_name"].str.upper(), orf))
+    name2orf.update({o.upper(): o for o in orf})
+    parts = df["genepairs"].astype(str).str.split("_", n=1, expand=True)
+    if parts.shape[1] != 2 or parts[1].isna().any():
+        bad = int(np.flatnonzero(parts[1].isna().to_numpy())[0]) + 2 if parts.shape[1] == 2 else 2
+        raise InputError(f"--pairs {path}: line {bad}: genepairs must be QUERY_ARRAY")
+    q = parts[0].str.upper().map(name2orf)
+    a = parts[1].str.upper().map(name2orf)
+    ok = q.notna() & a.notna()
+    out = pd.DataFrame({"query": q, "array": a, "query_name": parts[0], "array_name": parts[1],
+                        "smf_q": df[COSTANZO_COLUMNS[1]].astype(float), "smf_a": df[COSTANZO_COLUMNS[2]].astype(float),
+                        "dmf": df[COSTANZO_COLUMNS[3]].astype(float)})[ok].reset_index(drop=True)
+    out["epsilon"] = out["dmf"] - out["smf_q"] * out["smf_a"]
+    rep = {"pairs_read": int(len(df)), "pairs_unmapped": int((~ok).sum()), "pairs_kept": int(len(out)),
+           "unmapped_names": sorted(set(parts[0][q.isna()]) | set(parts[1][a.isna()]))}
+    return out, rep
+
+
+def yeast_universe(mg: dict, seeds: list[str], hops: int) -> list[str]:
+    """``seeds`` plus their ``hops``-hop neighbours over all graphs (hops < 0: every node), sorted."""
+    if hops < 0:
+        return list(mg["nodes"])
+    idx = {n: i for i, n in enumerate(mg["nodes"])}
+    cur = {idx[s] for s in seeds if s in idx}
+    allowed = set(cur)
+    ei = torch.cat([e for e in mg["edge_index"].values() if e.numel()], 1).numpy() if mg["edge_index"] else np.zeros((2, 0))
+    for _ in range(hops):
+        hit = np.isin(ei[0], list(cur)) | np.isin(ei[1], list(cur))
+        new = set(ei[0][hit]) | set(ei[1][hit])
+        cur = new - allowed
+        allowed |= new
+    return sorted({mg["nodes"][i] for i in allowed} | set(seeds))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reverse perturbation prediction (GREmLN paper 4.5, Table 3)
+# --------------------------------------------------------------------------------------------------
+
+
+def top_shift_perturbations(adata, control: str, n_top: int, n_comps: int, seed: int) -> pd.DataFrame:
+    """Distance of each perturbation's centroid from the control centroid in PCA space (``scanpy.pp.pca`` of
+    the log-normalised X, ``n_comps`` components) -> DataFrame (perturbation, n_cells, shift, top) sorted by
+    shift, ``top`` True for the ``n_top`` largest (the paper's rule)."""
+    import scanpy as sc
+
+    x = sc.pp.pca(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, dtype=np.float32),
+                  n_comps=min(n_comps, adata.n_vars - 1), random_state=seed)
+    pert = adata.obs["perturbation"].to_numpy(str)
+    c0 = x[pert == control].mean(0)
+    rows = [{"perturbation": p, "n_cells": int((pert == p).sum()), "shift": float(np.linalg.norm(x[pert == p].mean(0) - c0))}
+            for p in sorted(set(pert) - {control})]
+    df = pd.DataFrame(rows).sort_values("shift", ascending=False, kind="stable").reset_index(drop=True)
+    if n_top > len(df):
+        raise InputError(f"--n-top-perturbations {n_top}: only {len(df)} perturbations in --adata")
+    df["top"] = np.arange(len(df)) < n_top
+    return df
+
+
+def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, report: dict, key: str):
+    """A main-job model (``cellgraph.models.gremln.load``) and the Papalexi cells ``cells`` tokenised for it
+    -> (model, :class:`cellgraph.io.shards.TokenDataset`).
+
+    The cells are tokenised with the model's PBMC vocabulary (``cellgraph.pp.tokenize.tokenize_cells``): genes
+    of the vocabulary not measured here are zero (not expressed) and only the measured vocabulary genes become
+    tokens. X for tokenisation is log1p(CPM) over the 299 genes (design.md section 2). The graph of every cell
+    is the ARACNe network of ``cell_type`` in ``networks_path`` or, when that type has no network (held out),
+    the union over types (maximum MI), which is reported under ``report[f"{key}_embedding"]``."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from ..io import shards as cg_data
+    from ..models import gremln
+    from ..pp.tokenize import tokenize_cells
+
+    model = gremln.load(require_file(model_path, f"--{key}-model"))
+    vocab = list(model.vocab)
+    genes = vocab[2:]
+    present = set(adata.var_names)
+    measured = [g for g in genes if g in present]
+    counts = adata.layers["counts"][cells]
+    counts = sp.csr_matrix(counts)
+    lib = np.asarray(counts.sum(1)).ravel()
+    col = adata.var_names.get_indexer(measured)
+    x = sp.csr_matrix(np.log1p(counts[:, col].toarray() / np.maximum(lib, 1)[:, None] * 1e6).astype(np.float32))
+    full = sp.hstack([x, sp.csr_matrix((len(cells), len(genes) - len(measured)), dtype=np.float32)]).tocsr()
+    names = measured + [g for g in genes if g not in present]
+    tok = ad.AnnData(full, obs=pd.DataFrame({"split": "test", "perturbation": adata.obs["perturbation"].to_numpy()[cells]},
+                                             index=[f"c{i}" for i in range(len(cells))]),
+                     var=pd.DataFrame(index=names))
+    tok.uns["cellgraph"] = {"label_key": "perturbation"}
+    nets = pd.read_csv(require_file(networks_path, "--grn-networks"), sep="\t")
+    if not {"cell_type", "source", "target", "mi"} <= set(nets.columns):
+        raise InputError(f"--grn-networks {networks_path}: expected columns cell_type, source, target, mi")
+    sub = nets[nets["cell_type"] == cell_type]
+    used = cell_type
+    if sub.empty:
+        sub = nets.groupby(["source", "target"], as_index=False)["mi"].max()
+        used = f"union of {sorted(nets['cell_type'].unique())} ({cell_type} has no network)"
+    graph = sub.rename(columns={"mi": "weight"})[["source", "target", "weight"]]
+    max_len = int(getattr(model.config, "max_seq_len", 0) or 128)
+    stats: dict = {}
+    arrays = tokenize_cells(tok, np.arange(len(cells)), graph, vocab, model.config.n_bins, max_len, seed, stats)
+    report[f"{key}_embedding"] = {"vocab_genes": len(genes), "vocab_genes_measured": len(measured),
+                                  "graph": used, "graph_edges": int(len(graph)),
+                                  "graph_edges_outside_vocab": int(stats.get("graph_edges_outside_vocab", 0))}
+    return model, cg_data.TokenDataset.from_arrays(arrays)
+
+
+@torch.no_grad()
+def cls_embeddings(model, ds) -> np.ndarray:
+    """CLS hidden states [C, d] of every cell of the token dataset ``ds`` (eval mode, batches of 64)."""
+    from ..io import shards as cg_data
+
+    model.eval()
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False, collate_fn=cg_data.collate)
+    return torch.cat([model.encode(batch)[:, 0] for batch in loader]).numpy()
+
+
+def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int, *,
+                        epochs: int, lr: float, seed: int) -> np.ndarray:
+    """Fine-tune a copy of a GREmLN encoder with a linear classification head on its CLS state.
+
+    ``y`` int [C] class of every cell of ``ds``; ``train``/``test`` cell positions. Loss: cross-entropy;
+    AdamW, learning rate ``lr`` for the encoder and 10 ``lr`` for the new head, ``epochs`` passes over the
+    training cells in batches of 64 (Lightning, CPU fp32). Returns the predicted classes of ``test`` [T].
+    (GREmLN paper section 4.5: the pretrained encoder, all weights trained, with a classification head.)"""
+    import copy
+
+    import lightning.pytorch as pl
+
+    from ..io import shards as cg_data
+
+    class Classifier(pl.LightningModule):
+        """The copied GREmLN encoder with a linear head [d_model] -> [n_classes] on its CLS state, trained with
+        cross-entropy (AdamW: ``lr`` for the encoder, 10 ``lr`` for the head, weight decay 0.01).
+        """
+        def __init__(self):
+            super().__init__()
+            self.encoder = copy.deepcopy(model).train()
+            self.head = torch.nn.Linear(model.config.d_model, n_classes)  # [d] -> [n_classes]
+
+        def forward(self, batch):
+            """Class logits [B, n_classes] of a token batch (design.md section 5) from the encoder's CLS state
+            [B, d_model].
+            """
+            return self.head(self.encoder.encode(batch)[:, 0])  # [B, n_classes]
+
+        def training_step(self, batch, _):
+            """Cross-entropy of the batch's logits against ``batch["label"]`` Long [B]."""
+            return torch.nn.functional.cross_entropy(self(batch), batch["label"])
+
+        def configure_optimizers(self):
+            """AdamW with learning rate ``lr`` for the encoder and ``10 * lr`` for the head, weight decay 0.01."""
+            return torch.optim.AdamW([{"params": self.encoder.parameters(), "lr": lr},
+                                      {"params": self.head.parameters(), "lr": 10 * lr}], weight_decay=0.01)
+
+    labels = torch.as_tensor(y, dtype=torch.long)
+
+    def collate(items):
+        """:func:`cellgraph.io.shards.collate` of the items plus ``label`` Long [B], the class ``y`` of each item's
+        ``cell_index``.
+        """
+        batch = cg_data.collate(items)
+        batch["label"] = labels[batch["cell_index"]]
+        return batch
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    clf = Classifier()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, train), batch_size=64, shuffle=True,
+                                         collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    _fit_on_cpu(clf, loader, epochs)
+    clf.eval()
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, test), batch_size=64, shuffle=False,
+                                              collate_fn=collate)
+    with torch.no_grad():
+        return torch.cat([clf(b).argmax(-1) for b in test_loader]).numpy()
+
+
+def l1_logistic_regression(**kwargs):
+    """L1-penalised (lasso) ``LogisticRegression`` with the saga solver on every scikit-learn the project allows.
+
+    scikit-learn < 1.8 reads the penalty from ``penalty`` (``l1_ratio`` alone is ignored there, leaving L2);
+    1.8 deprecates ``penalty`` in favour of ``l1_ratio=1``. kwargs go to ``LogisticRegression``."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
+    if (major, minor) < (1, 8):
+        return LogisticRegression(penalty="l1", solver="saga", **kwargs)
+    return LogisticRegression(l1_ratio=1.0, solver="saga", **kwargs)
+
+
+def run_reverse(args, out: Path) -> None:
+    """``--task reverse``: predict which perturbation a cell received (GREmLN paper section 4.5, Table 3).
+
+    Reads ``--adata`` (:func:`load_papalexi`), takes the cells of the ``--n-top-perturbations`` targets with the
+    largest PCA centroid shift (:func:`top_shift_perturbations`) and, on ``--n-splits`` stratified 80/20 splits,
+    scores lasso logistic regression on expression and, when ``--gremln-model`` / ``--vanilla-model`` are
+    given (with ``--grn-networks``, graph ``--grn-cell-type``), a logistic probe on frozen CLS embeddings and
+    the encoder fine-tuned with a classification head (``--finetune-epochs`` > 0). Writes to ``out``:
+    ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean and sd over splits),
+    ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]) and
+    ``report.json``.
+
+    Raises
+    ------
+    InputError
+        If the h5ad is unusable (:func:`load_papalexi`), a model is given without ``--grn-networks``, or the
+        networks table lacks its columns.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.time()
+    adata, report = load_papalexi(args.adata, args.min_grna_frac, args.control)
+    shifts = top_shift_perturbations(adata, args.control, args.n_top_perturbations, 20, args.seed)
+    classes = shifts.loc[shifts["top"], "perturbation"].tolist()
+    pert = adata.obs["perturbation"].to_numpy(str)
+    cells = np.flatnonzero(np.isin(pert, classes))
+    y = pert[cells]
+    x = adata.X[cells].toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X[cells])
+    features = {"lasso_expression": x}
+    encoders = {}
+    for key, path in (("gremln", args.gremln_model), ("vanilla", args.vanilla_model)):
+        if path:
+            if not args.grn_networks:
+                raise InputError("--task reverse with a model needs --grn-networks")
+            enc, ds = tokenized_cells(path, adata, cells, args.grn_networks, args.grn_cell_type, args.seed, report, key)
+            features[f"{key}_frozen_probe"] = cls_embeddings(enc, ds)
+            if args.finetune_epochs > 0:
+                encoders[f"{key}_finetuned"] = (enc, ds)
+    class_of = {c: i for i, c in enumerate(classes)}
+    y_int = np.array([class_of[v] for v in y])
+    sss = StratifiedShuffleSplit(n_splits=args.n_splits, test_size=0.2, random_state=args.seed)
+    rows, conf = [], {}
+    for k, (tr, te) in enumerate(sss.split(cells, y)):
+        predictions = {}
+        for method, f in features.items():
+            if method.startswith("lasso"):
+                clf = l1_logistic_regression(C=0.1, max_iter=300, tol=1e-3)
+            else:
+                clf = LogisticRegression(C=1.0, max_iter=1000)
+            predictions[method] = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr]).predict(f[te])
+        for method, (enc, ds) in encoders.items():
+            tf = time.time()
+            pred_int = finetune_classifier(enc, ds, y_int, tr, te, len(classes), epochs=args.finetune_epochs,
+                                           lr=args.finetune_lr, seed=args.seed + k)
+            predictions[method] = np.asarray(classes)[pred_int]
+            report.setdefault("finetune_seconds", []).append({"split": k, "method": method,
+                                                              "seconds": round(time.time() - tf, 1)})
+        for method, pred in predictions.items():
+            rows.append({"split": k, "method": method, "accuracy": accuracy_score(y[te], pred),
+                         "macro_f1": f1_score(y[te], pred, average="macro"), "n_train": len(tr), "n_test": len(te)})
+            cm = confusion_matrix(y[te], pred, labels=classes)
+            conf[method] = conf.get(method, 0) + cm
+    metrics = pd.DataFrame(rows)
+    g = metrics.groupby("method", sort=False)
+    summary = g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
+                    macro_f1_mean=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std")).reset_index()
+    report.update(classes=classes, cells=int(len(cells)), shifts=shifts.to_dict("records"),
+                  chance_accuracy=float(pd.Series(y).value_counts(normalize=True).max()),
+                  seconds=round(time.time() - t0, 1))
+    write_tsv(metrics, out / "metrics.tsv")
+    write_tsv(summary, out / "summary.tsv", "%.4g")
+    with atomic_path(out / "confusion.npz") as tmp:
+        np.savez_compressed(tmp, classes=np.array(classes), methods=np.array(list(conf)),
+                            confusion=np.stack([conf[m] for m in conf]))
+    write_json(out / "report.json", report)
+    log.info("reverse perturbation prediction:\n%s", summary.to_string(index=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures and tables
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_table(df: pd.DataFrame, tables_dir: Path, name: str) -> None:
+    with atomic_path(tables_dir / f"{name}.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4g")
+    with atomic_path(tables_dir / f"{name}.md") as tmp:
+        tmp.write_text(df.to_markdown(index=False, floatfmt=".3f") + "\n")
+
+
+def _read(folder, name, what):
+    return pd.read_csv(require_file(Path(folder) / name, what), sep="\t")
+
+
+def run_figures(args) -> None:
+    """Tables (csv + md) and figures of the forward, yeast and reverse results (module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs, tabs = Path(args.figures_dir), Path(args.tables_dir)
+    fwd = _read(args.forward_dir, "metrics.tsv", "forward metrics")
+    rev = _read(args.reverse_dir, "metrics.tsv", "reverse metrics")
+    cz = np.load(require_file(Path(args.reverse_dir) / "confusion.npz", "reverse confusion"))
+    _write_table(_read(args.forward_dir, "summary.tsv", "forward summary"), tabs, "table_perturbation_forward")
+    _write_table(_read(args.forward_dir, "comparisons.tsv", "forward comparisons"), tabs,
+                 "table_perturbation_comparisons")
+    own = _read(args.forward_dir, "own_gene.tsv", "forward own-gene changes")
+    _write_table(own.groupby("method", sort=False).agg(n=("sign_correct", "size"), sign_correct=("sign_correct", "mean"),
+                                                       predicted_mean=("own_gene_predicted", "mean"),
+                                                       observed_mean=("own_gene_observed", "mean")).reset_index(),
+                 tabs, "table_perturbation_own_gene")
+    _write_table(_read(args.forward_dir, "score_summary.tsv", "forward score summary"), tabs, "table_perturbation_score")
+    yst = _read(args.yeast_dir, "summary.tsv", "yeast summary")
+    _write_table(yst, tabs, "table_perturbation_yeast")
+    _write_table(_read(args.yeast_dir, "comparisons.tsv", "yeast comparisons"), tabs,
+                 "table_perturbation_yeast_comparisons")
+    g = rev.groupby("method", sort=False)
+    _write_table(g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
+                       macro_f1_mean=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std")).reset_index(),
+                 tabs, "table3_reverse_perturbation")
+    _forward_figure(plt, fwd, figs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, target in zip(axes, ("dmf", "epsilon")):
+        sub = yst[(yst["target"] == target) & yst["pearson"].notna()]
+        for i, (scheme, grp) in enumerate(sub.groupby("scheme", sort=False)):
+            x = np.arange(len(grp)) + 0.4 * i
+            ax.bar(x, grp["pearson"], 0.4, yerr=[grp["pearson"] - grp["ci_low"], grp["ci_high"] - grp["pearson"]],
+                   label=f"{scheme} folds", capsize=2)
+            ax.set_xticks(x, grp["method"], rotation=60, ha="right", fontsize=7)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_title(f"{target}: Pearson over pooled held-out pairs (95% bootstrap CI)", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, figs / "perturbation_yeast.png")
+
+    _attention_figure(plt, {"papalexi": Path(args.forward_dir), "yeast": Path(args.yeast_dir)}, figs, tabs)
+
+    methods, classes, conf = list(cz["methods"]), list(cz["classes"]), cz["confusion"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 5), squeeze=False)
+    for ax, m, cm in zip(axes[0], methods, conf):
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes, fontsize=6)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    fig.tight_layout()
+    save_figure(fig, figs / "perturbation_reverse_confusion.png")
+
+
+def _forward_figure(plt, fwd: pd.DataFrame, figs: Path) -> None:
+    """Per held-out perturbation (seeds averaged; sorted by split-half reliability): Pearson-delta of every
+    method beside the noise ceiling."""
+    per = fwd.groupby(["perturbation", "method"])[["pearson_delta", "noise_ceiling", "split_half_r"]].mean().reset_index()
+    order = per.groupby("perturbation")["split_half_r"].first().sort_values().index
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    x = np.arange(len(order))
+    ceiling = per.groupby("perturbation")["noise_ceiling"].first().loc[order]
+    ax.fill_between(x, 0, ceiling, color="0.9", label="noise ceiling", step="mid")
+    for method, grp in per.groupby("method", sort=False):
+        if grp["pearson_delta"].notna().any():
+            ax.plot(x, grp.set_index("perturbation").loc[order, "pearson_delta"], "o-", ms=3, lw=1, label=method)
+    ax.set_xticks(x, order, rotation=90, fontsize=7)
+    ax.set_ylabel("Pearson-delta (held-out, all measured genes)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title("Papalexi 2021 leave-perturbation-out; perturbations by split-half reliability (left: least)", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, figs / "perturbation_forward.png")
+
+
+def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
+    """Tables of the last epoch's attention diagnostics (each fold's last epoch; mean over folds) and a heatmap
+    per dataset and model: attention mass on true edges per graph (rows) and (layer, head) (columns), regularised heads boxed."""
+    g_parts, h_parts = [], []
+    for dataset, d in dirs.items():
+        g = pd.read_csv(require_file(d / "attention_diagnostics.tsv", f"{dataset} attention diagnostics"), sep="\t")
+        h = pd.read_csv(require_file(d / "attention_heads.tsv", f"{dataset} attention heads"), sep="\t")
+        # the last epoch of each (model, fold): early stopping may end folds at different epochs
+        g_parts.append(g[g["epoch"] == g.groupby(["model", "fold"])["epoch"].transform("max")].assign(dataset=dataset))
+        h_parts.append(h[h["epoch"] == h.groupby(["model", "fold"])["epoch"].transform("max")].assign(dataset=dataset))
+    keys = ["dataset", "model", "graph", "layer", "head", "regularised"]
+    metrics = [c for c in g_parts[0].columns if c.startswith(("recall", "precision", "edge_mass", "uniform"))]
+    gt = pd.concat(g_parts).groupby(keys, sort=False)[metrics].mean().reset_index()
+    ht = pd.concat(h_parts).groupby(["dataset", "model", "layer", "head"], sort=False)[
+        ["entropy", "uniform_entropy", "effective_rank"]].mean().reset_index()
+    _write_table(gt, tabs, "table_attention_diagnostics")
+    _write_table(ht, tabs, "table_attention_heads")
+    panels = list(gt.groupby(["dataset", "model"], sort=False))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 + 0.9 * len(panels) * 2), squeeze=False)
+    for ax, ((dataset, model), sub) in zip(axes[:, 0], panels):
+        sub = sub.assign(col="L" + sub["layer"].astype(str) + "H" + sub["head"].astype(str))
+        wide = sub.pivot(index="graph", columns="col", values="edge_mass")
+        base = sub.pivot(index="graph", columns="col", values="uniform_mass")
+        im = ax.imshow(wide.to_numpy(), aspect="auto", cmap="viridis", vmin=0)
+        for i, gname in enumerate(wide.index):
+            for j, cname in enumerate(wide.columns):
+                bright = wide.iat[i, j] > 0.6 * np.nanmax(wide.to_numpy())
+                ax.text(j, i, f"{wide.iat[i, j]:.2f}", ha="center", va="center", fontsize=6, color="k" if bright else "w")
+                reg = sub[(sub["graph"] == gname) & (sub["col"] == cname)]["regularised"]
+                if len(reg) and bool(reg.iloc[0]):
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_xticks(range(wide.shape[1]), wide.columns, fontsize=7)
+        ax.set_yticks(range(wide.shape[0]), [f"{g} (uniform {base.loc[g].mean():.3f})" for g in wide.index], fontsize=7)
+        ax.set_title(f"{dataset}, {model}: attention mass on true edges (red: regularised head)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.tight_layout()
+    save_figure(fig, figs / "perturbation_attention.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``perturb`` stage's command-line options (all tasks: forward, yeast, reverse, figures) to ``p``."""
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--adata", default=None, metavar="H5AD", help="Papalexi ECCITE-seq h5ad (forward, reverse)")
+    p.add_argument("--multigraph", default=None, metavar="NPZ", help="multigraph.npz of the organism (forward, yeast)")
+    p.add_argument("--pairs", default=None, metavar="CSV", help="Costanzo 2016 pairs (yeast)")
+    p.add_argument("--smf", default=None, metavar="TSV",
+                   help="Costanzo 2016 single-mutant fitness table, Data File S1 (yeast)")
+    p.add_argument("--string-info", default=None, metavar="FILE", help="STRING protein.info of yeast (name -> ORF)")
+    p.add_argument("--min-grna-frac", type=float, default=0.8, help="keep cells with top_grna_frac >= this")
+    p.add_argument("--control", default="non-targeting", help="obs.perturbation label of control cells")
+    p.add_argument("--preset", default="demo", choices=sorted(cgt.PRESETS))
+    p.add_argument("--head", default="cross_attention", choices=["mean", "cross_attention", "hypersagnn"])
+    p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
+                   metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--max-epochs", type=int, default=300,
+                   help="forward: most full-batch steps over the training targets (early stopping picks fewer)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="forward: seeds (control halves, folds, initialisation), one whole CV per seed")
+    p.add_argument("--eval-every", type=int, default=10, help="forward: inner validation every N epochs")
+    p.add_argument("--inner-fraction", type=float, default=0.25,
+                   help="forward: share of training targets held out for early stopping")
+    p.add_argument("--reliable-threshold", type=float, default=0.6,
+                   help="forward: split-half Pearson from which a perturbation counts as reliable")
+    p.add_argument("--attend", default="targets_to_regulators", choices=["targets_to_regulators", "regulators_to_targets"],
+                   help="forward: direction of directed graphs in the attention targets")
+    p.add_argument("--rwr-dim", type=int, default=16, help="forward: SVD columns per random-walk feature block")
+    p.add_argument("--n-pca", type=int, default=10, help="forward: PCA gene loadings (model features, linear baseline)")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="forward: AdamW weight decay")
+    p.add_argument("--dropout", type=float, default=0.0, help="forward: dropout of the cell graph transformer")
+    p.add_argument("--label-scale", default="gene", choices=["gene", "global"],
+                   help="forward: labels divided by each gene's sd over training targets, or by one overall sd")
+    p.add_argument("--ridge", type=float, default=0.1, help="forward: ridge lambda of the linear baselines")
+    p.add_argument("--diagnostics-every", type=int, default=10,
+                   help="attention diagnostics after every N-th epoch and the last one")
+    p.add_argument("--yeast-max-epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--score-weight", type=float, default=0.1, help="task weight of the perturbation score")
+    p.add_argument("--yeast-hops", type=int, default=1, help="neighbourhood of the phenotype genes (-1 = all)")
+    p.add_argument("--n-top-perturbations", type=int, default=20)
+    p.add_argument("--n-splits", type=int, default=3)
+    p.add_argument("--gremln-model", default=None, metavar="PT")
+    p.add_argument("--vanilla-model", default=None, metavar="PT")
+    p.add_argument("--grn-networks", default=None, metavar="TSV.GZ", help="ARACNe networks.tsv.gz (reverse)")
+    p.add_argument("--grn-cell-type", default="Monocyte", help="ARACNe network used as the cells' graph (reverse)")
+    p.add_argument("--finetune-epochs", type=int, default=5,
+                   help="reverse: epochs of fine-tuning GREmLN/vanilla with a classification head (0 = skip)")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="reverse: encoder learning rate (head: 10x)")
+    p.add_argument("--forward-dir", default=None, help="figures: results of --task forward")
+    p.add_argument("--yeast-dir", default=None, help="figures: results of --task yeast")
+    p.add_argument("--reverse-dir", default=None, help="figures: results of --task reverse")
+    p.add_argument("--figures-dir", default=None)
+    p.add_argument("--tables-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default=None, help="results folder (forward, yeast, reverse)")
+
+
+def _need(args, *names):
+    for n in names:
+        if getattr(args, n) in (None, ""):
+            raise InputError(f"--task {args.task} needs --{n.replace('_', '-')}")
+
+
+def run(args: argparse.Namespace) -> None:
+    """``cellgraph perturb``: run the ``--task`` (module docstring), writing to ``--out-dir``.
+
+    ``forward`` (:func:`cellgraph.tl.perturb_forward.run_forward`) reads ``--adata`` and ``--multigraph``;
+    ``yeast`` (:func:`cellgraph.tl.perturb_yeast.run_yeast`) reads ``--pairs``, ``--smf``, ``--string-info`` and
+    ``--multigraph``; ``reverse`` (:func:`run_reverse`) reads ``--adata`` (and optionally the models and
+    ``--grn-networks``); these write ``metrics.tsv``, ``summary.tsv`` and the task's other tables and
+    ``report.json`` to ``--out-dir``. ``figures`` (:func:`run_figures`) reads ``--forward-dir``,
+    ``--yeast-dir`` and ``--reverse-dir`` and writes PNGs to ``--figures-dir`` and tables (csv + md) to
+    ``--tables-dir``. Sets the torch thread count to ``--threads``.
+
+    Raises
+    ------
+    InputError
+        If a count option is < 1, a ``--graph-reg`` entry is not GRAPH:LAYER:HEAD:LAMBDA,
+        ``--inner-fraction`` is outside (0, 1) (forward), a file the task needs is not given, or an input is
+        missing or malformed.
+    """
+    torch.set_num_threads(args.threads)
+    for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations",
+              "diagnostics_every", "eval_every", "rwr_dim", "n_pca"):
+        if getattr(args, n) < 1:
+            raise InputError(f"--{n.replace('_', '-')} must be >= 1, not {getattr(args, n)}")
+    graph_reg_from_flags(args.graph_reg)
+    if args.task == "forward":
+        from .perturb_forward import run_forward
+
+        _need(args, "adata", "multigraph", "out_dir")
+        if not 0 < args.inner_fraction < 1:
+            raise InputError(f"--inner-fraction must be in (0, 1), not {args.inner_fraction}")
+        run_forward(args, Path(args.out_dir))
+    elif args.task == "yeast":
+        from .perturb_yeast import run_yeast
+
+        _need(args, "pairs", "smf", "string_info", "multigraph", "out_dir")
+        run_yeast(args, Path(args.out_dir))
+    elif args.task == "reverse":
+        _need(args, "adata", "out_dir")
+        run_reverse(args, Path(args.out_dir))
+    else:
+        _need(args, "forward_dir", "yeast_dir", "reverse_dir", "figures_dir", "tables_dir")
+        run_figures(args)
