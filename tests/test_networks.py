@@ -260,3 +260,60 @@ def test_read_edges_validates(real, tmp_path):
         read_edges(p)
     with pytest.raises(InputError, match="file not found"):
         read_edges(tmp_path / "none.parquet")
+
+
+# ------------------------------------------------------------------ Pathway Commons (optional source)
+
+PC_REAL = REPO / "resources" / "networks" / "human" / "PathwayCommons9.All.hgnc.sif.gz"
+SIF = [
+    "STAT1\tcontrols-expression-of\tIRF1",  # line 1: regulatory, directed STAT1 -> IRF1
+    "STAT1\tinteracts-with\tIRF1",  # 2: physical, stored once as IRF1 - STAT1
+    "IRF1\tin-complex-with\tSTAT1",  # 3: the same undirected pair again: duplicate
+    "CHEBI:15377\tchemical-affects\tSTAT1",  # 4: a relation of neither graph: counted, not rejected
+    "NOTAGENE1\tinteracts-with\tSTAT1",  # 5: unmapped source
+    "JAK2\tcatalysis-precedes\tSTAT1",  # 6: neither graph
+    "JAK2\tinteracts-with\tJAK2",  # 7: self-loop
+    "IRF1\tcontrols-expression-of\tSTAT1",  # 8: regulatory, the other direction: kept (directed)
+]
+
+
+def test_pathway_commons_graphs_from_a_written_sif(maps, tmp_path):
+    from cellgraph.graphs.networks import read_pathway_commons
+
+    path = tmp_path / "pc.sif"
+    path.write_text("\n".join(SIF) + "\n")
+    edges, rejects, rep = read_pathway_commons(path, maps)
+    got = {(g, s, t, d) for g, s, t, d in edges[["graph", "source", "target", "directed"]].itertuples(index=False)}
+    assert got == {("pathway_commons_physical", "IRF1", "STAT1", False),
+                   ("pathway_commons_regulatory", "STAT1", "IRF1", True),
+                   ("pathway_commons_regulatory", "IRF1", "STAT1", True)}
+    assert sorted(zip(rejects["line"].astype(int), rejects["reason"])) == [(3, "duplicate"), (5, "unmapped"),
+                                                                          (7, "self_loop")]
+    phys, reg = rep["pathway_commons_physical"], rep["pathway_commons_regulatory"]
+    assert (phys["rows_read"], phys["edges_kept"], phys["dropped_total"]) == (4, 1, 3)
+    assert (reg["rows_read"], reg["edges_kept"], reg["dropped_total"]) == (2, 2, 0)
+    assert phys["relations_not_used"] == {"chemical-affects": 1, "catalysis-precedes": 1}
+    with pytest.raises(InputError, match="both physical and regulatory"):
+        read_pathway_commons(path, maps, physical=["interacts-with"], regulatory=["interacts-with"])
+
+
+def test_networks_stage_adds_pathway_commons_only_when_given(mini, tmp_path):
+    from cellgraph.pp.tokenize import prior_graph
+
+    out = tmp_path / "with_pc"
+    assert cli.main(_argv(mini, out, ["--pathway-commons", str(PC_REAL)])) == 0
+    edges, regulators, rejects, report = _outputs(out)
+    base = _outputs(tmp_path / "base") if cli.main(_argv(mini, tmp_path / "base")) == 0 else None
+    assert base is not None and regulators == base[1]  # Pathway Commons adds no regulator
+    for g in ("pathway_commons_physical", "pathway_commons_regulatory"):
+        src = report["sources"][g]
+        assert src["edges_kept"] == (edges["graph"] == g).sum() > 100_000
+        assert src["rows_read"] == sum(src["relations"].values())
+        assert src["edges_kept"] + src["dropped_total"] == src["rows_read"]
+        assert (rejects["graph"] == g).sum() == src["dropped_total"]
+    assert report["totals"]["rows_read"] == report["totals"]["edges_kept"] + sum(report["totals"]["dropped"].values())
+    same = edges[~edges["graph"].str.startswith("pathway_commons")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, base[0])  # the other graphs are untouched
+    genes = ["IRF1", "JAK2", "STAT1", "STAT2"]
+    (u, v, _), counts = prior_graph(edges, ["pathway_commons_regulatory"], {g: i for i, g in enumerate(genes)})
+    assert counts["rows"]["pathway_commons_regulatory"] > 0 and (0, 2) in set(zip(u.tolist(), v.tolist()))

@@ -24,7 +24,7 @@ def tiny_config(tmp_path: Path, **overrides) -> Path:
     def absolute(node):
         if isinstance(node, dict):
             return {k: absolute(v) for k, v in node.items()}
-        return str(REPO / node)
+        return None if node is None else str(REPO / node)
 
     config["data"] = {**config["data"], "expression": str(REPO / config["data"]["expression"]),
                       "pretrain": str(REPO / config["data"]["pretrain"]),

@@ -80,10 +80,16 @@ __all__ = [
     "read_dorothea",
     "read_trrust",
     "read_huri",
+    "read_pathway_commons",
+    "PC_PHYSICAL",
+    "PC_REGULATORY",
 ]
 
 EDGE_COLUMNS = ["source", "target", "weight", "graph", "directed"]
-GRAPHS = ["dorothea", "trrust", "huri", "string"]
+GRAPHS = ["dorothea", "trrust", "huri", "string", "pathway_commons_physical", "pathway_commons_regulatory"]
+#: Pathway Commons SIF relations read as each of the two Pathway Commons graphs (defaults of ``cellgraph networks``).
+PC_PHYSICAL = ("in-complex-with", "interacts-with")
+PC_REGULATORY = ("controls-expression-of",)
 CONFIDENCE_LEVELS = ("A", "B", "C", "D", "E")
 REASONS = ["below_confidence", "unmapped", "ambiguous", "self_loop", "duplicate"]
 REJECT_COLUMNS = ["graph", "file", "line", "field", "value", "reason"]
@@ -708,6 +714,64 @@ def read_huri(path, maps: SymbolMaps):
     return edges, rejects, rep
 
 
+def read_pathway_commons(path, maps: SymbolMaps, physical: Iterable[str] = PC_PHYSICAL,
+                         regulatory: Iterable[str] = PC_REGULATORY):
+    """Read a Pathway Commons SIF and map it to HGNC symbols (Rodchenkov et al., *Nucleic Acids Research* 2020).
+
+    Rows whose relation is in ``physical`` become the undirected graph ``pathway_commons_physical``; rows
+    in ``regulatory`` the directed graph ``pathway_commons_regulatory`` (source controls the target's
+    expression). Rows of the other relations (for example ``chemical-affects``, ``catalysis-precedes``)
+    belong to neither graph: they are counted per relation in the report (``relations_not_used``), not
+    rejected.
+
+    Parameters
+    ----------
+    path : str or Path
+        Tab-separated ``source relation target`` without header (``PathwayCommons*.hgnc.sif[.gz]``).
+    maps : SymbolMaps
+        From :func:`load_symbol_maps` (names are HGNC symbols or aliases; CHEBI ids do not map).
+    physical, regulatory : iterables of str
+        Relations of each graph (disjoint).
+
+    Returns
+    -------
+    edges : DataFrame [E, 5]
+        :data:`EDGE_COLUMNS`, the physical graph's rows (``source < target``) then the regulatory graph's,
+        weight 1.0.
+    rejects : DataFrame [R, 6]
+        :data:`REJECT_COLUMNS`, one row per dropped row of either graph (unmapped, ambiguous, self-loop,
+        duplicate).
+    report : dict
+        ``{"pathway_commons_physical": ..., "pathway_commons_regulatory": ...}`` source entries, each with
+        ``relations`` and ``relations_not_used`` (relation -> rows of the file).
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file (see :func:`read_table`); a relation in both lists.
+    """
+    physical, regulatory = sorted(set(physical)), sorted(set(regulatory))
+    both = sorted(set(physical) & set(regulatory))
+    if both:
+        raise InputError(f"Pathway Commons relations {both} are both physical and regulatory; expected disjoint lists")
+    rows = read_sif(path)
+    counts = rows["relation"].value_counts()
+    edges, rejects, report = [], [], {}
+    for graph, relations, directed in (("pathway_commons_physical", physical, False),
+                                       ("pathway_commons_regulatory", regulatory, True)):
+        sub = rows[rows["relation"].isin(relations)].reset_index(drop=True)
+        mapped = {f: map_symbols(sub[f], maps) for f in ("source", "target")}
+        e, r, dropped = _filter_edges(graph, Path(path), sub, ("source", "target"), mapped, np.ones(len(sub)),
+                                      directed)
+        rep = _source_report(Path(path), sub, e, dropped, _stack_ids(sub, ("source", "target"), mapped))
+        rep["relations"] = {k: int(counts.get(k, 0)) for k in relations}
+        rep["relations_not_used"] = {k: int(v) for k, v in counts.items() if k not in physical + regulatory}
+        edges.append(e)
+        rejects.append(r)
+        report[graph] = rep
+    return pd.concat(edges, ignore_index=True), pd.concat(rejects, ignore_index=True), report
+
+
 def _string(path, info_path, maps: SymbolMaps):
     rows = read_table(path, "STRING", ["protein1", "protein2"])
     _check_id_format(rows, ["protein1", "protein2"], "string_ensp", path, "STRING")
@@ -747,14 +811,19 @@ def _string(path, info_path, maps: SymbolMaps):
 
 def build_networks(
     dorothea, trrust, huri, string, string_info, alias_map, ensg_map, ensp_map,
-    dorothea_confidence: Iterable[str] = ("A", "B", "C"),
+    dorothea_confidence: Iterable[str] = ("A", "B", "C"), pathway_commons=None,
+    pc_physical: Iterable[str] = PC_PHYSICAL, pc_regulatory: Iterable[str] = PC_REGULATORY,
 ) -> tuple[pd.DataFrame, list[str], pd.DataFrame, dict]:
     """Parse and map all sources in memory (nothing is written).
+
+    ``pathway_commons`` (optional, a SIF path) adds the graphs of :func:`read_pathway_commons` with the
+    relations ``pc_physical`` and ``pc_regulatory``; its TFs do not join the regulators.
 
     Returns
     -------
     edges : DataFrame [E, 5] with :data:`EDGE_COLUMNS` (str, str, float64, str, bool), graphs in the order
-        dorothea, trrust, huri, string and rows in file order.
+        dorothea, trrust, huri, string (then pathway_commons_physical, pathway_commons_regulatory) and rows
+        in file order.
     regulators : sorted list of HGNC symbols (TFs of DoRothEA at any confidence, and of TRRUST).
     rejects : DataFrame [R, 6] with :data:`REJECT_COLUMNS`, one row per dropped input row.
     report : dict, the content of ``report.json``.
@@ -779,11 +848,18 @@ def build_networks(
     t_edges, t_rej, t_rep, (t_tfs, t_tf_unmapped) = read_trrust(trrust, maps)
     h_edges, h_rej, h_rep = read_huri(huri, maps)
     s_edges, s_rej, s_rep = _string(string, string_info, maps)
-    edges = pd.concat([d_edges, t_edges, h_edges, s_edges], ignore_index=True)
-    edges = edges.astype({"source": str, "target": str, "weight": "float64", "graph": str, "directed": bool})
-    rejects = pd.concat([d_rej, t_rej, h_rej, s_rej], ignore_index=True)[REJECT_COLUMNS]
-    regulators = sorted(d_tfs | t_tfs)
+    parts, rej_parts = [d_edges, t_edges, h_edges, s_edges], [d_rej, t_rej, h_rej, s_rej]
     sources = {"dorothea": d_rep, "trrust": t_rep, "huri": h_rep, "string": s_rep}
+    if pathway_commons is not None:
+        p_edges, p_rej, p_rep = read_pathway_commons(require_file(pathway_commons, "Pathway Commons SIF"), maps,
+                                                     pc_physical, pc_regulatory)
+        parts.append(p_edges)
+        rej_parts.append(p_rej)
+        sources.update(p_rep)
+    edges = pd.concat(parts, ignore_index=True)
+    edges = edges.astype({"source": str, "target": str, "weight": "float64", "graph": str, "directed": bool})
+    rejects = pd.concat(rej_parts, ignore_index=True)[REJECT_COLUMNS]
+    regulators = sorted(d_tfs | t_tfs)
     dropped_total = {r: int(sum(s["dropped"].get(r, 0) for s in sources.values())) for r in REASONS}
     report = {
         "stage": "networks",
@@ -874,6 +950,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--dorothea-confidence", nargs="+", default=["A", "B", "C"], metavar="LETTER",
         help="DoRothEA confidence levels kept as the prior graph (default A B C)",
     )
+    p.add_argument("--pathway-commons", default=None,
+                   help="optional Pathway Commons SIF (source relation target, HGNC symbols): adds the graphs "
+                        "pathway_commons_physical and pathway_commons_regulatory (default: none)")
+    p.add_argument("--pc-physical", nargs="+", default=list(PC_PHYSICAL), metavar="RELATION",
+                   help="SIF relations of pathway_commons_physical (default %(default)s)")
+    p.add_argument("--pc-regulatory", nargs="+", default=list(PC_REGULATORY), metavar="RELATION",
+                   help="SIF relations of pathway_commons_regulatory (default %(default)s)")
     p.add_argument("--out-dir", required=True, help="folder for edges.parquet, regulators.txt, rejects.tsv.gz, report.json")
 
 
@@ -897,6 +980,7 @@ def run(args: argparse.Namespace) -> None:
     edges, regulators, rejects, report = build_networks(
         args.dorothea, args.trrust, args.huri, args.string, args.string_info,
         args.alias_map, args.ensg_map, args.ensp_map, args.dorothea_confidence,
+        args.pathway_commons, args.pc_physical, args.pc_regulatory,
     )
     out = Path(args.out_dir)
     with atomic_path(out / "edges.parquet") as tmp:

@@ -20,7 +20,8 @@ For every cell:
    directions of every undirected edge, sorted).
 
 **Graph of a cell** (``--graph``). ``prior``: one shared, unweighted graph for every cell, the union of the
-networks stage's prior graphs (``--prior-graphs``: DoRothEA A-C, TRRUST, HuRI, STRING) over the vocabulary.
+networks stage's prior graphs (``--prior-graphs``: by default DoRothEA A-C, TRRUST, HuRI, STRING; with a
+Pathway Commons input also ``pathway_commons_physical`` / ``_regulatory``) over the vocabulary.
 ``aracne``: ``train`` cells use the ARACNe network of their own cell type (edge weight = mutual
 information); ``val``, ``test`` and ``heldout`` cells use the Bayesian graph integration of GREmLN
 (eqs. 1-3): a k-nearest-neighbour classifier (scikit-learn ``KNeighborsClassifier``) fitted on the train
@@ -712,7 +713,8 @@ def prior_graph(edges: pd.DataFrame, graphs: Sequence[str], gene_index: Mapping[
     Parameters
     ----------
     edges : DataFrame
-        Columns ``source, target, graph`` (``results/networks/edges.parquet``: DoRothEA, TRRUST, HuRI, STRING).
+        Columns ``source, target, graph`` (``results/networks/edges.parquet``: DoRothEA, TRRUST, HuRI, STRING,
+        optionally the two Pathway Commons graphs).
     graphs : list of str
         Values of ``graph`` to keep (their union).
     gene_index : mapping gene symbol -> vocabulary gene index (0-based, no specials).
