@@ -291,3 +291,25 @@ def test_targets_in_all_switches_optional_branches_into_rule_all(tmp_path):
                            "--configfile", str(REPO / "config/config.yaml"), str(bad)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert proc.returncode != 0 and "everything" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_pathway_commons_overlay_reaches_the_networks_and_tokenize_commands():
+    """config/prior_pathway_commons.yaml: rule networks reads the SIF with the multigraph's relation lists and
+    tokenize names both Pathway Commons graphs; the default config passes neither."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    shells = {}
+    for name, configs in (("default", ["config/config.yaml"]),
+                          ("pc", ["config/config.yaml", "config/prior_pathway_commons.yaml"])):
+        cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n", "--forceall", "--cores", "2", "-p",
+               "--configfile", *[str(REPO / c) for c in configs], "--", "all"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        shells[name] = [line for line in proc.stdout.splitlines()
+                        if "cellgraph networks " in line or "cellgraph tokenize " in line]
+    net, tok = shells["pc"]
+    assert "--pathway-commons resources/networks/human/PathwayCommons9.All.hgnc.sif.gz" in net
+    assert "--pc-physical in-complex-with interacts-with --pc-regulatory controls-expression-of" in net
+    assert "--prior-graphs dorothea trrust huri string pathway_commons_physical pathway_commons_regulatory" in tok
+    assert "results_pc/" in tok
+    assert not any("pathway" in line for line in shells["default"])
