@@ -300,11 +300,11 @@ def test_pathway_commons_graphs_from_a_written_sif(maps, tmp_path):
 def test_networks_stage_adds_pathway_commons_only_when_given(mini, tmp_path):
     from cellgraph.pp.tokenize import prior_graph
 
-    out = tmp_path / "with_pc"
-    assert cli.main(_argv(mini, out, ["--pathway-commons", str(PC_REAL)])) == 0
-    edges, regulators, rejects, report = _outputs(out)
-    base = _outputs(tmp_path / "base") if cli.main(_argv(mini, tmp_path / "base")) == 0 else None
-    assert base is not None and regulators == base[1]  # Pathway Commons adds no regulator
+    assert cli.main(_argv(mini, tmp_path / "base")) == 0
+    assert cli.main(_argv(mini, tmp_path / "with_pc", ["--pathway-commons", str(PC_REAL)])) == 0
+    base = _outputs(tmp_path / "base")
+    edges, regulators, rejects, report = _outputs(tmp_path / "with_pc")
+    assert regulators == base[1]  # Pathway Commons adds no regulator
     for g in ("pathway_commons_physical", "pathway_commons_regulatory"):
         src = report["sources"][g]
         assert src["edges_kept"] == (edges["graph"] == g).sum() > 100_000
