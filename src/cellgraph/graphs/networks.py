@@ -1,4 +1,5 @@
-"""Prior gene networks: parse DoRothEA, TRRUST, HuRI and STRING and map their ids to HGNC symbols.
+"""Prior gene networks: parse DoRothEA, TRRUST, HuRI and STRING (optionally Pathway Commons) and map their ids
+to HGNC symbols.
 
 Sources (all vendored in ``resources/demo/networks``):
 
@@ -11,6 +12,9 @@ Sources (all vendored in ``resources/demo/networks``):
   Ensembl gene ids (ENSG); weight 1.0, undirected.
 - **STRING** v12 human (Szklarczyk et al., *Nucleic Acids Research* 2023) edges ``protein1, protein2
   [, symbol1, symbol2]`` with ``9606.ENSP`` ids, plus STRING ``protein.info``; weight 1.0, undirected.
+- Optionally **Pathway Commons** (Rodchenkov et al., *Nucleic Acids Research* 2020) SIF ``source relation
+  target`` (``resources/networks/human``): two graphs, ``pathway_commons_physical`` (undirected) and
+  ``pathway_commons_regulatory`` (directed), by relation (:func:`read_pathway_commons`); weight 1.0.
 
 Identifier mapping (Bioconductor ``org.Hs.eg.db`` tables in ``resources/demo/networks/idmap``):
 
