@@ -432,8 +432,7 @@ def _check_request(organism: str, inputs: dict, thresholds: dict | None, pc_rela
         raise InputError(f"no network source given for {organism}")
     for k, p in inputs.items():
         require_file(p, k)
-    pc_relations = pc_relations or {"physical": ["in-complex-with", "interacts-with"],
-                                    "regulatory": ["controls-expression-of"]}
+    pc_relations = pc_relations or {"physical": list(nw.PC_PHYSICAL), "regulatory": list(nw.PC_REGULATORY)}
     return thresholds, inputs, sources, pc_relations
 
 
@@ -752,8 +751,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dorothea-confidence", nargs="+", default=["A", "B", "C"], metavar="LETTER")
     p.add_argument("--string-actions-modes", nargs="+", default=["expression"], metavar="MODE",
                    help="STRING actions modes kept as regulatory edges (default expression)")
-    p.add_argument("--pc-physical", nargs="+", default=["in-complex-with", "interacts-with"], metavar="RELATION")
-    p.add_argument("--pc-regulatory", nargs="+", default=["controls-expression-of"], metavar="RELATION")
+    p.add_argument("--pc-physical", nargs="+", default=list(nw.PC_PHYSICAL), metavar="RELATION")
+    p.add_argument("--pc-regulatory", nargs="+", default=list(nw.PC_REGULATORY), metavar="RELATION")
     p.add_argument("--out-dir", required=True,
                    help="folder for multigraph.npz, summary.tsv, degrees.png, rejects.tsv.gz, report.json")
 
