@@ -15,21 +15,24 @@ from ..errors import InputError
 from ..runtime import limit_thread_pools, threads_from_environment
 
 STAGES: dict[str, tuple[str, str]] = {
-    "networks": ("cellgraph.graphs.networks", "parse the gene networks and map ids to HGNC symbols"),
-    "multigraph": ("cellgraph.graphs.multigraph", "nine-graph gene multigraph (human or yeast) from full network releases"),
-    "expression": ("cellgraph.pp.expression", "QC, normalise, cluster and split single-cell counts"),
-    "grn": ("cellgraph.grn.celltypes", "ARACNe gene regulatory networks per cell type, beside a permutation control"),
-    "aracne": ("cellgraph.grn.aracne_io", "standalone ARACNe on an ARACNe-AP matrix or h5ad; ARACNe-AP/ARACNe3 network files"),
-    "spectral": ("cellgraph.graphs.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),
-    "tokenize": ("cellgraph.pp.tokenize", "per-cell rank tokens and subgraphs in shard files"),
-    "train": ("cellgraph.training.pretrain", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),
-    "evaluate": ("cellgraph.tl.evaluate", "cell-type annotation and baselines, masked tokens, hidden-edge recovery, linear probe"),
-    "transfer": ("cellgraph.tl.transfer", "frozen-embedding annotation on a data set outside pretraining, beside its baselines"),
-    "figures": ("cellgraph.pl.figures", "paper figures and tables from the evaluation results"),
-    "ablation": ("cellgraph.pl.ablation", "GREmLN minus vanilla over pretraining seeds, paired, with 95%% intervals"),
+    "sources": ("cellgraph.cli.sources", "download one public source file with its pinned SHA-256, or extract a zip member"),
+    "datasets": ("cellgraph.cli.datasets", "convert a published evaluation data set to the project's h5ad"),
+    "corpus": ("cellgraph.cli.corpus", "pretraining corpus from the CELLxGENE Census (or a census-like h5ad)"),
+    "networks": ("cellgraph.cli.networks", "parse the gene networks and map ids to HGNC symbols"),
+    "multigraph": ("cellgraph.cli.multigraph", "nine-graph gene multigraph (human or yeast) from full network releases"),
+    "expression": ("cellgraph.cli.expression", "QC, normalise, cluster and split single-cell counts"),
+    "grn": ("cellgraph.cli.grn", "ARACNe gene regulatory networks per cell type, beside a permutation control"),
+    "aracne": ("cellgraph.cli.aracne", "standalone ARACNe on an ARACNe-AP matrix or h5ad; ARACNe-AP/ARACNe3 network files"),
+    "spectral": ("cellgraph.cli.spectral", "normalised Laplacians and Chebyshev heat-kernel coefficients"),
+    "tokenize": ("cellgraph.cli.tokenize", "per-cell rank tokens and subgraphs in shard files"),
+    "train": ("cellgraph.cli.train", "train a GREmLN (graph-diffusion attention) or vanilla transformer"),
+    "evaluate": ("cellgraph.cli.evaluate", "cell-type annotation and baselines, masked tokens, hidden-edge recovery, linear probe"),
+    "transfer": ("cellgraph.cli.transfer", "frozen-embedding annotation on a data set outside pretraining, beside its baselines"),
+    "figures": ("cellgraph.cli.figures", "paper figures and tables from the evaluation results"),
+    "ablation": ("cellgraph.cli.ablation", "GREmLN minus vanilla over pretraining seeds, paired, with 95%% intervals"),
     "install-profile": ("cellgraph.cli.profile", "copy profiles/slurm to ~/.config/snakemake so `snakemake --profile slurm` works"),
-    "perturb": ("cellgraph.tl.perturb", "cell graph transformers: forward/reverse perturbation prediction, yeast fitness"),
-    "diffusion": ("cellgraph.tl.diffusion", "latent-token diffusion transformer: train, sample, evaluate"),
+    "perturb": ("cellgraph.cli.perturb", "cell graph transformers: forward/reverse perturbation prediction, yeast fitness"),
+    "diffusion": ("cellgraph.cli.diffusion", "latent-token diffusion transformer: train, sample, evaluate"),
 }
 
 

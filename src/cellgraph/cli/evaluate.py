@@ -1,0 +1,3 @@
+"""``cellgraph evaluate`` (temporary: re-exports the stage module's command-line functions)."""
+
+from ..tl.evaluate import configure_parser, run  # noqa: F401
