@@ -20,6 +20,7 @@ from scipy.linalg import expm
 from scipy.sparse import csgraph
 from scipy.special import iv
 
+from cellgraph.cli import spectral as spectral_cli
 from cellgraph.graphs import spectral as spc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,8 +201,8 @@ def test_spectral_stage_on_regulon_networks(dorothea, tmp_path):
     path = tmp_path / "networks.tsv.gz"
     pd.concat(rows).to_csv(path, sep="\t", index=False)
     p = argparse.ArgumentParser()
-    spc.configure_parser(p)
-    spc.run(p.parse_args(["--networks", str(path), "--out-dir", str(tmp_path / "out")]))
+    spectral_cli.configure_parser(p)
+    spectral_cli.run(p.parse_args(["--networks", str(path), "--out-dir", str(tmp_path / "out")]))
     coef = json.loads((tmp_path / "out/coefficients.json").read_text())
     assert coef["K"] == len(coef["coefficients"]) - 1
     np.testing.assert_allclose(coef["coefficients"], spc.heat_kernel_coefficients(0.1, 1e-6))

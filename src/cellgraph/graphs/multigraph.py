@@ -39,8 +39,6 @@ PyG ``HeteroData``.
 
 from __future__ import annotations
 
-import argparse
-import gzip
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,12 +49,12 @@ import pandas as pd
 
 from . import networks as nw
 from ..errors import InputError
-from ..io import atomic_path, require_file, save_figure, write_json, write_tsv
+from ..io import atomic_path, require_file, save_figure
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GRAPH_TYPES", "ORGANISMS", "DEFAULT_THRESHOLDS", "build_multigraph", "load_multigraph",
-           "to_hetero_data", "summarize"]
+           "to_hetero_data", "summarize", "save_multigraph", "plot_degree_distributions"]
 
 GRAPH_TYPES = ("physical", "regulatory", "tflink") + nw.STRING_CHANNELS
 DIRECTED = {"physical": False, "regulatory": True, "tflink": True, **{c: False for c in nw.STRING_CHANNELS}}
@@ -370,6 +368,10 @@ def build_multigraph(organism: str, inputs: dict, thresholds: dict | None = None
     inputs : dict source key -> path, keys among :data:`SOURCES` and ``string_info``, ``string_aliases``
         (yeast: required), ``alias_map``, ``ensg_map``, ``ensp_map`` (human: required).
     thresholds : ``"source.column" -> minimum score`` (defaults :data:`DEFAULT_THRESHOLDS`).
+    dorothea_confidence : DoRothEA confidence letters kept (human; default A, B, C).
+    string_actions_modes : STRING ``protein.actions`` modes kept as regulatory edges (default ``expression``).
+    pc_relations : dict with keys ``physical`` and ``regulatory``: Pathway Commons SIF relations of each graph
+        type (default :data:`cellgraph.graphs.networks.PC_PHYSICAL` and ``PC_REGULATORY``).
     genes : optional node list (an expression dataset's genes); default: the organism's universe.
 
     Returns
@@ -619,7 +621,24 @@ def summarize(graphs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _degree_figure(graphs: dict, path: Path, title: str) -> None:
+def plot_degree_distributions(graphs: dict, path: str | Path, title: str) -> None:
+    """Log-log plot of each graph type's degree distribution (complementary CDF), saved as PNG and PDF.
+
+    Parameters
+    ----------
+    graphs : dict
+        As returned by :func:`build_multigraph`: ``nodes`` (str [N]) and per graph type of
+        :data:`GRAPH_TYPES` ``(edge_index int [2, E_g], weight [E_g])``.
+    path : str or Path
+        The PNG file (``degrees.png``); :func:`cellgraph.io.save_figure` writes a PDF beside it.
+    title : str
+        Axes title.
+
+    Notes
+    -----
+    One step line per graph type with at least one edge: the fraction of nodes with total degree (in + out)
+    at least x, over the nodes with an edge. Graph types without edges are left out of the plot.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -644,7 +663,18 @@ def _degree_figure(graphs: dict, path: Path, title: str) -> None:
 
 
 def save_multigraph(path: str | Path, organism: str, graphs: dict) -> None:
-    """Write ``multigraph.npz`` (see the module docstring for its keys), atomically."""
+    """Write ``multigraph.npz`` (see the module docstring for its keys), atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` file.
+    organism : str
+        ``human`` or ``yeast`` (stored as the key ``organism``).
+    graphs : dict
+        As returned by :func:`build_multigraph`: ``nodes`` (str [N]) and per graph type of :data:`GRAPH_TYPES`
+        ``(edge_index int64 [2, E_g], weight float32 [E_g])``.
+    """
     arrays = {"organism": np.array(organism), "nodes": graphs["nodes"].astype(str),
               "graph_types": np.array(GRAPH_TYPES), "directed": np.array([DIRECTED[g] for g in GRAPH_TYPES])}
     for g in GRAPH_TYPES:
@@ -710,100 +740,3 @@ def to_hetero_data(mg: dict, both_directions: bool = True):
         data["gene", g, "gene"].edge_index = ei
         data["gene", g, "gene"].edge_weight = w
     return data
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-_FILE_FLAGS = {
-    "string_links": "STRING protein.links.detailed (space-separated, channel scores)",
-    "string_physical": "STRING protein.physical.links (protein1 protein2 combined_score)",
-    "string_info": "STRING protein.info of the organism",
-    "string_aliases": "STRING protein.aliases (yeast: ids -> SGD ORF names)",
-    "string_actions": "STRING v11 protein.actions (yeast regulatory)",
-    "dorothea": "DoRothEA regulons (human)", "collectri": "CollecTRI regulons, OmniPath TSV (human)",
-    "trrust": "TRRUST raw data (human)", "huri": "HuRI binary PPI (human)",
-    "pathway_commons": "Pathway Commons SIF, HGNC symbols (human)",
-    "biogrid": "BioGRID TAB3 (.tab3.txt)", "tflink": "TFLink simple format", "hint_binary": "HINT binary hq",
-    "hint_cocomp": "HINT co-complex hq",
-    "alias_map": "hs_alias_symbol.tsv", "ensg_map": "hs_ensg_entrez_symbol.tsv", "ensp_map": "hs_ensp_entrez_symbol.tsv",
-}
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the options of ``cellgraph multigraph`` to ``p``.
-
-    Parameters
-    ----------
-    p : argparse.ArgumentParser
-        The sub-command's parser: ``--organism`` and ``--out-dir`` (required), one optional ``--<source>``
-        file per key of the source table, ``--genes``, ``--threshold SOURCE.COLUMN=MIN ...`` (STRING scores
-        0..1000), ``--dorothea-confidence``, ``--string-actions-modes``, ``--pc-physical``, ``--pc-regulatory``.
-    """
-    p.add_argument("--organism", required=True, choices=ORGANISMS)
-    for key, help_text in _FILE_FLAGS.items():
-        p.add_argument(f"--{key.replace('_', '-')}", default=None, metavar="FILE", help=help_text)
-    p.add_argument("--genes", default=None, metavar="FILE",
-                   help="optional node list, one gene per line (default: the organism's gene universe)")
-    p.add_argument("--threshold", nargs="*", default=[], metavar="SOURCE.COLUMN=MIN",
-                   help=f"minimum scores (defaults {DEFAULT_THRESHOLDS})")
-    p.add_argument("--dorothea-confidence", nargs="+", default=["A", "B", "C"], metavar="LETTER")
-    p.add_argument("--string-actions-modes", nargs="+", default=["expression"], metavar="MODE",
-                   help="STRING actions modes kept as regulatory edges (default expression)")
-    p.add_argument("--pc-physical", nargs="+", default=list(nw.PC_PHYSICAL), metavar="RELATION")
-    p.add_argument("--pc-regulatory", nargs="+", default=list(nw.PC_REGULATORY), metavar="RELATION")
-    p.add_argument("--out-dir", required=True,
-                   help="folder for multigraph.npz, summary.tsv, degrees.png, rejects.tsv.gz, report.json")
-
-
-def _parse_thresholds(items: list[str]) -> dict:
-    out = {}
-    for it in items:
-        key, sep, val = it.partition("=")
-        try:
-            out[key.strip()] = int(val)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise InputError(f"--threshold {it!r}: expected SOURCE.COLUMN=INTEGER, for example string_links.combined_score=400")
-    return out
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph multigraph``: :func:`build_multigraph`, then write its outputs to ``--out-dir``.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Options of :func:`configure_parser`.
-
-    Outputs: ``multigraph.npz`` (:func:`save_multigraph`), ``summary.tsv`` (:func:`summarize`),
-    ``degrees.png``, ``rejects.tsv.gz`` (:data:`REJECT_COLUMNS`; gzip without name or time) and
-    ``report.json`` (module docstring).
-
-    Raises
-    ------
-    InputError
-        A ``--genes`` file without names, a malformed ``--threshold``, or as :func:`build_multigraph`.
-    """
-    inputs = {k: getattr(args, k) for k in _FILE_FLAGS}
-    genes = None
-    if args.genes:
-        genes = [g.strip() for g in require_file(args.genes, "--genes").read_text().splitlines() if g.strip()]
-        if not genes:
-            raise InputError(f"--genes {args.genes}: no gene names")
-    graphs, rejects, report = build_multigraph(
-        args.organism, inputs, _parse_thresholds(args.threshold), dorothea_confidence=args.dorothea_confidence,
-        string_actions_modes=args.string_actions_modes,
-        pc_relations={"physical": args.pc_physical, "regulatory": args.pc_regulatory}, genes=genes,
-    )
-    out = Path(args.out_dir)
-    save_multigraph(out / "multigraph.npz", args.organism, graphs)
-    summary = summarize(graphs)
-    write_tsv(summary, out / "summary.tsv")
-    _degree_figure(graphs, out / "degrees.png", f"{args.organism} multigraph: degree distributions")
-    with atomic_path(out / "rejects.tsv.gz") as tmp:
-        tmp.write_bytes(gzip.compress(rejects.to_csv(sep="\t", index=False).encode(), compresslevel=6, mtime=0))
-    write_json(out / "report.json", report)
-    log.info("%s multigraph: %d nodes\n%s", args.organism, len(graphs["nodes"]), summary.to_string(index=False))

@@ -40,7 +40,6 @@ mapped ``SOURCE|TARGET``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import logging
 import time
@@ -53,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json
+from ..io import require_file
 
 log = logging.getLogger(__name__)
 
@@ -823,6 +822,21 @@ def build_networks(
     ``pathway_commons`` (optional, a SIF path) adds the graphs of :func:`read_pathway_commons` with the
     relations ``pc_physical`` and ``pc_regulatory``; its TFs do not join the regulators.
 
+    Parameters
+    ----------
+    dorothea, trrust, huri, string, string_info : str or Path
+        DoRothEA regulons, TRRUST raw data, HuRI binary PPI, STRING human edges and STRING protein.info
+        (formats in the module docstring; gzip detected from the magic bytes).
+    alias_map, ensg_map, ensp_map : str or Path
+        The org.Hs.eg.db id maps ``hs_alias_symbol.tsv``, ``hs_ensg_entrez_symbol.tsv``,
+        ``hs_ensp_entrez_symbol.tsv``.
+    dorothea_confidence : iterable of str
+        DoRothEA confidence letters kept (among :data:`CONFIDENCE_LEVELS`; case and spaces ignored).
+    pathway_commons : str or Path, optional
+        Pathway Commons SIF with HGNC symbols; None adds no Pathway Commons graph.
+    pc_physical, pc_regulatory : iterable of str
+        SIF relations of ``pathway_commons_physical`` and ``pathway_commons_regulatory``.
+
     Returns
     -------
     edges : DataFrame [E, 5] with :data:`EDGE_COLUMNS` (str, str, float64, str, bool), graphs in the order
@@ -864,8 +878,22 @@ def build_networks(
     edges = edges.astype({"source": str, "target": str, "weight": "float64", "graph": str, "directed": bool})
     rejects = pd.concat(rej_parts, ignore_index=True)[REJECT_COLUMNS]
     regulators = sorted(d_tfs | t_tfs)
+    report = _networks_report(maps, (alias_map, ensg_map, ensp_map), sources, edges, rejects, regulators,
+                              (d_tfs, t_tfs), {"dorothea": d_tf_unmapped, "trrust": t_tf_unmapped})
+    log.info("networks parsed and mapped in %.1f s", time.perf_counter() - t0)
+    return edges, regulators, rejects, report
+
+
+def _networks_report(maps: SymbolMaps, map_paths: tuple, sources: dict, edges: pd.DataFrame,
+                     rejects: pd.DataFrame, regulators: list[str], tfs: tuple[set, set], tf_unmapped: dict) -> dict:
+    """The ``report.json`` dict of :func:`build_networks`: id-map sizes, per-source reports, totals, regulators.
+
+    ``map_paths`` are the (alias, ENSG, ENSP) map paths, ``tfs`` the (DoRothEA, TRRUST) TF symbol sets and
+    ``tf_unmapped`` the unmapped TF names per source."""
+    alias_map, ensg_map, ensp_map = map_paths
+    d_tfs, t_tfs = tfs
     dropped_total = {r: int(sum(s["dropped"].get(r, 0) for s in sources.values())) for r in REASONS}
-    report = {
+    return {
         "stage": "networks",
         "id_maps": {
             "alias": str(alias_map), "ensg": str(ensg_map), "ensp": str(ensp_map),
@@ -885,12 +913,10 @@ def build_networks(
             "count": len(regulators),
             "dorothea": len(d_tfs), "trrust": len(t_tfs), "both": len(d_tfs & t_tfs),
             "dorothea_only": len(d_tfs - t_tfs), "trrust_only": len(t_tfs - d_tfs),
-            "unmapped_tf_names": {"dorothea": d_tf_unmapped, "trrust": t_tf_unmapped},
+            "unmapped_tf_names": tf_unmapped,
         },
         "rejects_note": "one rejects.tsv.gz row per dropped input row, self-loops and duplicates included",
     }
-    log.info("networks parsed and mapped in %.1f s", time.perf_counter() - t0)
-    return edges, regulators, rejects, report
 
 
 def read_edges(path: str | Path) -> pd.DataFrame:
@@ -926,78 +952,6 @@ def read_edges(path: str | Path) -> pd.DataFrame:
     if unknown:
         raise InputError(f"network edges {path}: unknown graph name(s) {unknown}; expected {GRAPHS}")
     return df.astype({"source": str, "target": str, "graph": str, "weight": "float64"})
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the options of ``cellgraph networks`` to ``p``.
-
-    Parameters
-    ----------
-    p : argparse.ArgumentParser
-        The sub-command's parser; the input files (``--dorothea`` ... ``--ensp-map``) and ``--out-dir`` are
-        required.
-    """
-    p.add_argument("--dorothea", required=True, help="DoRothEA regulons (tf, confidence, target, mor; .tsv[.gz])")
-    p.add_argument("--trrust", required=True, help="TRRUST raw data (TF, target, mode, PMIDs; no header)")
-    p.add_argument("--huri", required=True, help="HuRI binary PPI (protein1, protein2 as ENSG ids)")
-    p.add_argument("--string", required=True, help="STRING human edges (protein1, protein2[, symbol1, symbol2])")
-    p.add_argument("--string-info", required=True, help="STRING protein.info (#string_protein_id, preferred_name, ...)")
-    p.add_argument("--alias-map", required=True, help="hs_alias_symbol.tsv (alias_symbol, symbol)")
-    p.add_argument("--ensg-map", required=True, help="hs_ensg_entrez_symbol.tsv (ensg, entrez, symbol)")
-    p.add_argument("--ensp-map", required=True, help="hs_ensp_entrez_symbol.tsv (ensp, entrez, symbol)")
-    p.add_argument(
-        "--dorothea-confidence", nargs="+", default=["A", "B", "C"], metavar="LETTER",
-        help="DoRothEA confidence levels kept as the prior graph (default A B C)",
-    )
-    p.add_argument("--pathway-commons", default=None,
-                   help="optional Pathway Commons SIF (source relation target, HGNC symbols): adds the graphs "
-                        "pathway_commons_physical and pathway_commons_regulatory (default: none)")
-    p.add_argument("--pc-physical", nargs="+", default=list(PC_PHYSICAL), metavar="RELATION",
-                   help="SIF relations of pathway_commons_physical (default %(default)s)")
-    p.add_argument("--pc-regulatory", nargs="+", default=list(PC_REGULATORY), metavar="RELATION",
-                   help="SIF relations of pathway_commons_regulatory (default %(default)s)")
-    p.add_argument("--out-dir", required=True, help="folder for edges.parquet, regulators.txt, rejects.tsv.gz, report.json")
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph networks``: :func:`build_networks`, then write its outputs atomically to ``--out-dir``.
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Options of :func:`configure_parser`.
-
-    Outputs: ``edges.parquet`` (:data:`EDGE_COLUMNS`), ``regulators.txt`` (one symbol a line),
-    ``rejects.tsv.gz`` (:data:`REJECT_COLUMNS`; gzip without name or time, so byte-reproducible) and
-    ``report.json``.
-
-    Raises
-    ------
-    InputError
-        As :func:`build_networks`.
-    """
-    edges, regulators, rejects, report = build_networks(
-        args.dorothea, args.trrust, args.huri, args.string, args.string_info,
-        args.alias_map, args.ensg_map, args.ensp_map, args.dorothea_confidence,
-        args.pathway_commons, args.pc_physical, args.pc_regulatory,
-    )
-    out = Path(args.out_dir)
-    with atomic_path(out / "edges.parquet") as tmp:
-        edges.to_parquet(tmp, index=False)
-    with atomic_path(out / "regulators.txt") as tmp:
-        tmp.write_text("".join(f"{g}\n" for g in regulators))
-    with atomic_path(out / "rejects.tsv.gz") as tmp:
-        # gzip.compress with mtime=0 stores no file name or time: same input, same bytes
-        tmp.write_bytes(gzip.compress(rejects.to_csv(sep="\t", index=False).encode(), compresslevel=6, mtime=0))
-    write_json(out / "report.json", report)
-    for g, s in report["sources"].items():
-        log.info("%s: %d rows read, %d edges kept, dropped %s", g, s["rows_read"], s["edges_kept"], s["dropped"])
-    log.info("%d regulators; outputs in %s", len(regulators), out)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,9 +26,8 @@ Laplacian behave the same way.
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +35,9 @@ from scipy.sparse import csgraph
 from scipy.special import ive
 
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,14 @@ __all__ = [
     "chebyshev_apply",
     "chebyshev_apply_dense",
     "heat_kernel_dense",
+    "network_laplacians",
+    "cell_laplacians",
+    "smallest_nonzero_eigenvalue",
+    "auto_beta",
+    "choose_beta",
+    "heat_kernel_record",
+    "kernel_error_table",
+    "check_heat_kernel",
 ]
 
 
@@ -232,23 +241,27 @@ def heat_kernel_dense(laplacian, coefficients):
 # --------------------------------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``spectral`` stage's command-line options to ``p``."""
-    p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
-    p.add_argument("--out-dir", required=True, help="folder for coefficients.json and report.tsv")
-    p.add_argument("--beta", default="0.1",
-                   help="diffusion time of exp(-beta L): a number, or 'auto' = 1 / median over train cells of the "
-                        "smallest non-zero eigenvalue of the cell subgraph's normalized Laplacian (default 0.1)")
-    p.add_argument("--tokens", default=None,
-                   help="train token shard (train.npz): cell subgraphs for --beta auto and the kernel check")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled cells (default 0)")
-    p.add_argument("--tol", type=float, default=1e-6, help="Chebyshev tail tolerance (default 1e-6)")
-    p.add_argument("--mi-weighted", action=argparse.BooleanOptionalAction, default=False,
-                   help="weight edges by mutual information (default %(default)s)")
-
-
 def network_laplacians(networks, mi_weighted: bool = False):
-    """Yield ``(cell_type, genes, L)`` for each cell type of a grn networks table (pandas DataFrame)."""
+    """Yield ``(cell_type, genes, L)`` for each cell type of a grn networks table, in sorted cell-type order.
+
+    Parameters
+    ----------
+    networks : pandas.DataFrame
+        grn ``networks.tsv.gz`` rows with columns ``cell_type, source, target, mi`` (more are ignored).
+    mi_weighted : bool
+        Weight each edge by its mutual information ``mi`` (nats) instead of 1.
+
+    Yields
+    ------
+    cell_type : str
+    genes : numpy.ndarray [n] of str, the sorted genes of the cell type's network (node order of ``L``).
+    L : scipy.sparse.csr_matrix [n, n], :func:`normalized_laplacian` of the network (symmetrised).
+
+    Raises
+    ------
+    ValueError
+        As :func:`normalized_laplacian` (a negative or non-finite ``mi`` with ``mi_weighted``).
+    """
     for cell_type, df in networks.groupby("cell_type", sort=True, observed=True):
         genes = np.unique(np.concatenate([df["source"].to_numpy(str), df["target"].to_numpy(str)]))
         pos = {g: i for i, g in enumerate(genes)}
@@ -292,7 +305,24 @@ def smallest_nonzero_eigenvalue(lap: np.ndarray, tol: float = 1e-6) -> float:
 
 
 def auto_beta(laplacians) -> tuple[float, dict]:
-    """``beta = 1 / median(lambda_min)`` over cell Laplacians; (beta, summary). Raises ValueError if none."""
+    """``beta = 1 / median(lambda_min)`` over cell Laplacians (GREmLN appendix A.3).
+
+    Parameters
+    ----------
+    laplacians : iterable of ``(name, L)``
+        Dense normalized Laplacians [n, n], as yielded by :func:`cell_laplacians`.
+
+    Returns
+    -------
+    beta : float, the diffusion time.
+    summary : dict with ``cells`` (Laplacians with a non-zero eigenvalue), ``lambda_min_median``,
+        ``lambda_min_q10`` and ``lambda_min_q90`` (:func:`smallest_nonzero_eigenvalue` quantiles).
+
+    Raises
+    ------
+    ValueError
+        If no Laplacian has a non-zero eigenvalue (no cell subgraph with an edge, or none given).
+    """
     lam = np.array([smallest_nonzero_eigenvalue(lap) for _, lap in laplacians])
     lam = lam[np.isfinite(lam)]
     if lam.size == 0:
@@ -302,9 +332,85 @@ def auto_beta(laplacians) -> tuple[float, dict]:
                                          "lambda_min_q90": float(np.quantile(lam, 0.9))}
 
 
+def choose_beta(beta: float | str, cells: list | None) -> tuple[float, dict | None]:
+    """The diffusion time of the ``spectral`` stage: a given number, or ``"auto"`` (:func:`auto_beta`).
+
+    Parameters
+    ----------
+    beta : float or str
+        A number (or its text), or ``"auto"``: ``1 / median`` over ``cells`` of the smallest non-zero eigenvalue
+        of the cell subgraph's normalized Laplacian (GREmLN appendix A.3).
+    cells : list of ``(obs_name, L)`` or None
+        Dense cell-subgraph Laplacians [n, n] (:func:`cell_laplacians`); None when no token shard was given.
+
+    Returns
+    -------
+    beta : float
+    beta_rule : dict or None, the :func:`auto_beta` summary for ``"auto"``; None for a given number.
+
+    Raises
+    ------
+    InputError
+        If ``beta`` is neither a number nor ``"auto"``, or ``"auto"`` finds no cell subgraph with an edge
+        (the message says ``--beta auto needs --tokens`` when ``cells`` is None).
+    """
+    if str(beta) == "auto":
+        try:
+            return auto_beta(cells or [])
+        except ValueError as err:
+            raise InputError(f"spectral: --beta auto{'' if cells is not None else ' needs --tokens'}: {err}") from err
+    try:
+        return float(beta), None
+    except ValueError as err:
+        raise InputError(f"spectral: --beta: expected a number or 'auto', got {beta!r}") from err
+
+
 def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     m = max(a.size, b.size)
     return float(np.abs(np.pad(a, (0, m - a.size)) - np.pad(b, (0, m - b.size))).max())
+
+
+def heat_kernel_record(beta: float, tol: float = 1e-6, beta_rule: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Chebyshev heat-kernel coefficients for ``beta`` and the record written as ``coefficients.json``.
+
+    Parameters
+    ----------
+    beta : float
+        Diffusion time (> 0).
+    tol : float
+        Chebyshev tail tolerance in (0, 1) (:func:`heat_kernel_coefficients`).
+    beta_rule : dict, optional
+        The :func:`auto_beta` summary when ``beta`` was chosen automatically; recorded with the rule's text.
+
+    Returns
+    -------
+    coefficients : numpy.ndarray [K + 1], float64, the ``"bessel"`` coefficients (module docstring).
+    record : dict with ``beta``, ``beta_rule`` (None or the rule's text and summary), ``tol``, ``K``,
+        ``coefficients`` (list), ``quadrature_max_abs_difference`` (largest difference to the Gauss-Chebyshev
+        quadrature coefficients) and ``tail_bound`` (``sum_{K < k < K + 201} 2 e^-beta I_k(beta)``, the bound
+        on the truncation error).
+
+    Raises
+    ------
+    InputError
+        If the coefficients cannot be computed for ``beta`` and ``tol`` (:func:`heat_kernel_coefficients`).
+    """
+    try:
+        coeffs = heat_kernel_coefficients(beta, tol)
+        quad = heat_kernel_coefficients(beta, tol, method="quadrature")
+    except ValueError as err:
+        raise InputError(f"spectral: --beta {beta} --tol {tol}: {err}") from err
+    record = {
+        "beta": beta,
+        "beta_rule": beta_rule and {"rule": "beta = 1 / median over train cells of the smallest non-zero "
+                                            "eigenvalue of the cell subgraph's normalized Laplacian", **beta_rule},
+        "tol": tol,
+        "K": int(coeffs.size - 1),
+        "coefficients": coeffs.tolist(),
+        "quadrature_max_abs_difference": _max_abs_difference(coeffs, quad),
+        "tail_bound": float(2.0 * ive(np.arange(coeffs.size, coeffs.size + 200), beta).sum()),
+    }
+    return coeffs, record
 
 
 def _kernel_error(name: str, lap: sp.csr_matrix, coeffs: np.ndarray, beta: float) -> dict:
@@ -322,73 +428,79 @@ def _kernel_error(name: str, lap: sp.csr_matrix, coeffs: np.ndarray, beta: float
                 relative_error=rel, max_abs_diag_error=diag_excess)
 
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph spectral``: Chebyshev heat-kernel coefficients and a check on each network.
+def kernel_error_table(networks, cells: list | None, coefficients: np.ndarray, beta: float,
+                       mi_weighted: bool = False, max_cells: int = 20) -> pd.DataFrame:
+    """Compare the Chebyshev heat kernel with ``scipy.linalg.expm(-beta L)`` on every graph (``report.tsv``).
 
-    Reads ``--networks`` (grn ``networks.tsv.gz``: ``cell_type, source, target, mi``) and, if given,
-    ``--tokens`` (train shard; up to 200 cell subgraphs sampled with ``--seed``). Chooses ``beta``
-    (``--beta`` or ``auto`` = 1 / median smallest non-zero Laplacian eigenvalue, :func:`auto_beta`), computes
-    the coefficients (:func:`heat_kernel_coefficients`), and compares the Chebyshev kernel with
-    ``scipy.linalg.expm`` on every cell-type network and up to 20 cell subgraphs. Writes to ``--out-dir``:
-    ``coefficients.json`` (beta, its rule, tol, K, coefficients, quadrature difference, tail bound) and
-    ``report.tsv`` (nodes, edges, relative and max diagonal error per graph).
+    Parameters
+    ----------
+    networks : pandas.DataFrame
+        grn networks table (``cell_type, source, target, mi``): one graph per cell type
+        (:func:`network_laplacians`).
+    cells : list of ``(obs_name, L)`` or None
+        Dense cell-subgraph Laplacians [n, n] (:func:`cell_laplacians`); the first ``max_cells`` are checked
+        too, named ``cell <obs_name>``.
+    coefficients : numpy.ndarray [K + 1]
+        From :func:`heat_kernel_coefficients` for ``beta``.
+    beta : float
+        Diffusion time of the exact kernel.
+    mi_weighted : bool
+        Weight network edges by mutual information.
+    max_cells : int
+        Number of cell subgraphs checked.
+
+    Returns
+    -------
+    pandas.DataFrame [G, 5] with columns ``cell_type, nodes, edges, relative_error, max_abs_diag_error``
+    (relative Frobenius error of the kernel matrix, largest absolute error on its diagonal), cell types in
+    sorted order, then the cells.
+
+    Raises
+    ------
+    ValueError
+        As :func:`normalized_laplacian` (a negative or non-finite ``mi`` with ``mi_weighted``).
+    """
+    import pandas as pd
+
+    graphs = list(network_laplacians(networks, mi_weighted)) + [
+        (f"cell {name}", None, sp.csr_matrix(lap)) for name, lap in (cells or [])[:max_cells]]
+    rows = [_kernel_error(name, lap, coefficients, beta) for name, _, lap in graphs]
+    return pd.DataFrame(rows, columns=["cell_type", "nodes", "edges", "relative_error", "max_abs_diag_error"])
+
+
+def check_heat_kernel(networks, cells: list | None = None, beta: float | str = 0.1, tol: float = 1e-6,
+                      mi_weighted: bool = False) -> tuple[dict, pd.DataFrame]:
+    """The ``spectral`` stage in memory: choose beta, compute the coefficients, check the kernel on each graph.
+
+    Chebyshev expansion of ``exp(-beta L)`` with modified Bessel coefficients (Mason & Handscomb 2003,
+    eq. 5.12; GREmLN, Zhang et al. 2025, appendix A.3); beta ``"auto"`` = 1 / median smallest non-zero
+    Laplacian eigenvalue of the cell subgraphs (GREmLN appendix A.3).
+
+    Parameters
+    ----------
+    networks : pandas.DataFrame
+        grn networks table with columns ``cell_type, source, target, mi``.
+    cells : list of ``(obs_name, L)`` or None
+        Dense cell-subgraph Laplacians [n, n] (:func:`cell_laplacians`; the stage samples 200); None when no
+        token shard was given.
+    beta : float or str
+        Diffusion time, or ``"auto"`` (:func:`choose_beta`).
+    tol : float
+        Chebyshev tail tolerance in (0, 1).
+    mi_weighted : bool
+        Weight network edges by mutual information.
+
+    Returns
+    -------
+    record : dict, the content of ``coefficients.json`` (:func:`heat_kernel_record`).
+    report : pandas.DataFrame, the content of ``report.tsv`` (:func:`kernel_error_table`, up to 20 cells).
 
     Raises
     ------
     InputError
-        If the networks table is unreadable or lacks a column, ``--beta`` is neither a number nor ``auto``,
-        ``--beta auto`` has no cell subgraph with an edge (or no ``--tokens``), or the coefficients cannot be
-        computed for ``--beta`` / ``--tol``.
+        A bad ``beta`` or ``tol`` (:func:`choose_beta`, :func:`heat_kernel_record`).
     """
-    import pandas as pd
-
-    path = require_file(args.networks, "grn networks")
-    try:
-        networks = pd.read_csv(path, sep="\t")
-    except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
-        raise InputError(f"{path}: cannot be read as a tab-separated table ({err})") from err
-    missing = {"cell_type", "source", "target", "mi"} - set(networks.columns)
-    if missing:
-        raise InputError(f"{path}: missing columns {sorted(missing)}")
-    cells = []
-    if args.tokens:
-        from ..io.shards import TokenDataset
-
-        cells = list(cell_laplacians(TokenDataset(require_file(args.tokens, "train token shard")), 200, args.seed))
-    rule = None
-    if str(args.beta) == "auto":
-        try:
-            args.beta, rule = auto_beta(cells)
-        except ValueError as err:
-            raise InputError(f"spectral: --beta auto{'' if args.tokens else ' needs --tokens'}: {err}") from err
-    else:
-        try:
-            args.beta = float(args.beta)
-        except ValueError as err:
-            raise InputError(f"spectral: --beta: expected a number or 'auto', got {args.beta!r}") from err
-    try:
-        coeffs = heat_kernel_coefficients(args.beta, args.tol)
-        quad = heat_kernel_coefficients(args.beta, args.tol, method="quadrature")
-    except ValueError as err:
-        raise InputError(f"spectral: --beta {args.beta} --tol {args.tol}: {err}") from err
-    graphs = list(network_laplacians(networks, args.mi_weighted)) + [
-        (f"cell {name}", None, sp.csr_matrix(lap)) for name, lap in cells[:20]]
-    rows = [_kernel_error(name, lap, coeffs, args.beta) for name, _, lap in graphs]
-    out = Path(args.out_dir)
-    write_json(
-        out / "coefficients.json",
-        {
-            "beta": args.beta,
-            "beta_rule": rule and {"rule": "beta = 1 / median over train cells of the smallest non-zero "
-                                           "eigenvalue of the cell subgraph's normalized Laplacian", **rule},
-            "tol": args.tol,
-            "K": int(coeffs.size - 1),
-            "coefficients": coeffs.tolist(),
-            "quadrature_max_abs_difference": _max_abs_difference(coeffs, quad),
-            "tail_bound": float(2.0 * ive(np.arange(coeffs.size, coeffs.size + 200), args.beta).sum()),
-        },
-    )
-    with atomic_path(out / "report.tsv") as tmp:
-        pd.DataFrame(rows, columns=["cell_type", "nodes", "edges", "relative_error", "max_abs_diag_error"]).to_csv(
-            tmp, sep="\t", index=False
-        )
+    beta, rule = choose_beta(beta, cells)
+    coeffs, record = heat_kernel_record(beta, tol, beta_rule=rule)
+    report = kernel_error_table(networks, cells, coeffs, beta, mi_weighted=mi_weighted)
+    return record, report
