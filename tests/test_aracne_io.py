@@ -1,4 +1,5 @@
-"""Tests of the ARACNe file formats and the standalone `cellgraph aracne` command (cellgraph.grn.aracne_io)."""
+"""Tests of the ARACNe file formats and the standalone `cellgraph aracne` command (cellgraph.grn.aracne_io,
+command line cellgraph.cli.aracne)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,20 @@ def test_command_rejects_no_regulator(planted, tmp_path, capsys):
     reg.write_text("X1\nX2\n")
     assert _run(["--expression", planted["tsv"], "--regulators", reg, "--out-dir", tmp_path / "o"]) == 2
     assert "none of the 2 regulators" in capsys.readouterr().err
+
+
+def test_usable_regulators_skips_missing_and_constant_and_refuses_none(planted):
+    """The check behind the command: missing regulators and constant genes are skipped (regulators kept in
+    input order); repeated gene names or no usable regulator are InputErrors naming the file."""
+    expr, genes = planted["expr"], planted["genes"]
+    regs = ["NOT_IN_MATRIX", *reversed(planted["regs"]), genes[40]]  # genes[40] is constant
+    chk, present = io.usable_regulators(expr, genes, regs, "expr.tsv", "tfs.txt")
+    assert present == list(reversed(planted["regs"]))
+    assert chk["missing_regulators"] == ["NOT_IN_MATRIX"] and chk["constant_regulators"] == [genes[40]]
+    with pytest.raises(InputError, match=r"tfs.txt: none of the 2 regulators"):
+        io.usable_regulators(expr, genes, ["X1", genes[40]], "expr.tsv", "tfs.txt")
+    with pytest.raises(InputError, match=r"expr.tsv: 1 gene names occur more than once"):
+        io.usable_regulators(expr, [genes[1], *genes[1:]], planted["regs"], "expr.tsv", "tfs.txt")
 
 
 def test_command_on_real_h5ad_aracne3_format(tmp_path):

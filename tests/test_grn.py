@@ -1,4 +1,4 @@
-"""Tests of the grn stage (cellgraph.grn.celltypes) on real PBMC counts and real DoRothEA/TRRUST regulators, and on planted
+"""Tests of the grn stage (cellgraph.grn.celltypes, command line cellgraph.cli.grn) on real PBMC counts and real DoRothEA/TRRUST regulators, and on planted
 single-cell networks."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from scipy.stats import binom, spearmanr
 
 from cellgraph.grn import aracne as A
 from cellgraph.grn import celltypes as grn
+from cellgraph.cli import grn as cli_grn
 from cellgraph.cli import main as cli_main
 from cellgraph.errors import InputError
+from cellgraph.io import write_json, write_tsv
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "resources" / "demo"
@@ -58,7 +60,7 @@ def inputs(tmp_path_factory):
 
 def _args(adata, regulators, out_dir, *flags, **kw):
     p = argparse.ArgumentParser()
-    grn.configure_parser(p)
+    cli_grn.configure_parser(p)
     argv = ["--adata", str(adata), "--regulators", str(regulators), "--out-dir", str(out_dir), *flags]
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
@@ -90,7 +92,7 @@ def stage_run(inputs, tmp_path_factory):
     the depth-conditional ranks, so that the real data give edges (and the control shows how many are false)."""
     out = tmp_path_factory.mktemp("grn_run") / "grn"
     args = _args(inputs["adata"], inputs["regulators"], out, *LOOSE, threads=2, seed=0)
-    grn.run(args)
+    cli_grn.run(args)
     return out, args
 
 
@@ -99,11 +101,13 @@ def test_defaults_match_config_and_engine():
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["grn"]
     p = argparse.ArgumentParser()
-    grn.configure_parser(p)
+    cli_grn.configure_parser(p)
     a = p.parse_args(["--adata", "x", "--regulators", "y", "--out-dir", "z"])
+    params = grn.GrnParameters()
     assert set(cfg) == set(grn.DEFAULTS)
     for k, v in cfg.items():
-        assert getattr(a, k) == v == grn.DEFAULTS[k], k
+        assert getattr(a, k) == v == grn.DEFAULTS[k] == getattr(params, k), k
+    assert params.seed == a.seed == 0 and params.cache_dir is None and params.checkpoint_dir is None
     assert {k: grn.DEFAULTS[k] for k in A.DEFAULTS} == A.DEFAULTS
 
 
@@ -156,6 +160,24 @@ def test_report_and_control_table_add_up(inputs, stage_run):
     assert rep["network_rows"] == len(net)
     assert total["control_edges_mean"] == pytest.approx(sum(rep["cell_types"][t]["permutation_control"]["mean"] for t in TYPES),
                                                         rel=1e-5)
+
+
+def test_library_call_matches_the_command(inputs, stage_run, tmp_path):
+    """networks_per_cell_type with the GrnParameters of the command's options returns what the command wrote:
+    the same networks.tsv.gz bytes, control table and report."""
+    out, args = stage_run
+    adata, label_key = grn.read_adata(inputs["adata"])
+    assert label_key == "trueLabel"
+    params = grn.GrnParameters(n_bootstraps=20, control_permutations=3, depth_stratum_cells=0, mi_method="pvalue",
+                               mi_pvalue=1e-3, threads=2, seed=0, cache_dir=out.parent / ".cache" / "aracne_null")
+    result = grn.networks_per_cell_type(adata, label_key, grn.read_regulators(inputs["regulators"]), params,
+                                        adata_path=args.adata, regulators_path=args.regulators)
+    assert list(result.networks.columns) == grn.NETWORK_COLUMNS and list(result.control.columns) == grn.CONTROL_COLUMNS
+    grn.write_networks(result.networks, tmp_path / "networks.tsv.gz")
+    write_tsv(result.control, tmp_path / "control.tsv")
+    write_json(tmp_path / "report.json", result.report)
+    for name in ("networks.tsv.gz", "control.tsv", "report.json"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_control_can_fail_depth_confounding_on_real_cells(stage_run):
@@ -269,7 +291,7 @@ def test_recurrence_consolidation_follows_binomial():
 
 def test_subclusters_run_and_report(inputs, tmp_path):
     out = tmp_path / "grn"
-    grn.run(_args(inputs["adata"], inputs["regulators"], out, "--subclusters", n_bootstraps=5, control_permutations=1,
+    cli_grn.run(_args(inputs["adata"], inputs["regulators"], out, "--subclusters", n_bootstraps=5, control_permutations=1,
                   subcluster_min_cells=40, depth_stratum_cells=0, subcluster_resolution=0.5))
     rep = json.loads((out / "report.json").read_text())
     for ct in TYPES:
@@ -282,21 +304,21 @@ def test_subclusters_run_and_report(inputs, tmp_path):
 def test_stage_is_deterministic(inputs, stage_run, tmp_path):
     out, _ = stage_run
     again = tmp_path / "grn"
-    grn.run(_args(inputs["adata"], inputs["regulators"], again, *LOOSE, threads=1, seed=0))
+    cli_grn.run(_args(inputs["adata"], inputs["regulators"], again, *LOOSE, threads=1, seed=0))
     for name in ("networks.tsv.gz", "control.tsv"):
         assert (out / name).read_bytes() == (again / name).read_bytes(), name
 
 
 def test_missing_regulators_file(inputs, tmp_path):
     with pytest.raises(InputError, match="regulators"):
-        grn.run(_args(inputs["adata"], tmp_path / "nope.txt", tmp_path / "o"))
+        cli_grn.run(_args(inputs["adata"], tmp_path / "nope.txt", tmp_path / "o"))
 
 
 def test_no_regulator_present(inputs, tmp_path):
     regs = tmp_path / "r.txt"
     regs.write_text("NOT_A_GENE\nALSO_NOT\n")
     with pytest.raises(InputError, match="none of the 2 regulators"):
-        grn.run(_args(inputs["adata"], regs, tmp_path / "o"))
+        cli_grn.run(_args(inputs["adata"], regs, tmp_path / "o"))
 
 
 def test_bad_inputs_exit_2_and_write_nothing(inputs, tmp_path, capsys):
@@ -330,7 +352,7 @@ def test_no_edge_is_a_result_not_an_error(inputs, tmp_path):
     """At the defaults the real types here give no edge: the outputs still exist (header only) and the report
     says so, so the later stages run on empty graphs."""
     out = tmp_path / "grn"
-    grn.run(_args(inputs["adata"], inputs["regulators"], out, n_bootstraps=10, control_permutations=1))
+    cli_grn.run(_args(inputs["adata"], inputs["regulators"], out, n_bootstraps=10, control_permutations=1))
     with gzip.open(out / "networks.tsv.gz", "rt") as fh:
         net = pd.read_csv(fh, sep="\t")
     assert list(net.columns) == grn.NETWORK_COLUMNS

@@ -1,4 +1,5 @@
-"""ARACNe file formats and the standalone ``cellgraph aracne`` command (a drop-in for ARACNe-AP / ARACNe3).
+"""ARACNe file formats and the checks and report of the standalone ``cellgraph aracne`` command (a drop-in
+for ARACNe-AP / ARACNe3; the command line is :mod:`cellgraph.cli.aracne`).
 
 Inputs
 ------
@@ -23,9 +24,8 @@ back equals the one written. These files load into VIPER / pyviper like the peer
 
 from __future__ import annotations
 
-import argparse
 import logging
-import time
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import aracne as engine
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json
+from ..io import atomic_path, require_file
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ __all__ = [
     "write_network_aracne3",
     "read_network_aracne3",
     "write_network_decoupler",
-    "configure_parser",
-    "run",
+    "usable_regulators",
+    "network_report",
+    "FORMATS",
 ]
 
 AP_COLUMNS = ["Regulator", "Target", "MI", "pvalue"]
@@ -223,6 +224,7 @@ def write_network_decoupler(df: pd.DataFrame, path) -> None:
         out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
 
 
+#: Network formats of ``cellgraph aracne --format``: name -> (file name, writer of an engine network).
 FORMATS = {"aracne-ap": ("network.txt", write_network_ap), "aracne3": ("network.tsv", write_network_aracne3),
            "decoupler": ("network.tsv", write_network_decoupler)}
 
@@ -270,44 +272,30 @@ def read_network_aracne3(path) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------
-# Command
+# Checks and report of ``cellgraph aracne``
 # --------------------------------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``aracne`` stage's command-line options (with the shared ARACNe engine options) to ``p``."""
-    from .celltypes import add_engine_arguments
+def usable_regulators(expr: np.ndarray, genes: list[str], regulators: list[str], expression_path: str | os.PathLike,
+                      regulators_path: str | os.PathLike) -> tuple[dict, list[str]]:
+    """Check an expression matrix and keep the regulators that ARACNe can use.
 
-    p.add_argument("--expression", required=True,
-                   help="ARACNe-AP expression matrix (tab-separated genes x samples, header line) or an .h5ad")
-    p.add_argument("--layer", default=None, help="h5ad layer to use instead of X")
-    p.add_argument("--regulators", required=True, help="regulator list, one name per line")
-    p.add_argument("--out-dir", required=True, help="folder for the network file and report.json")
-    p.add_argument("--format", choices=list(FORMATS), default="aracne-ap",
-                   help="aracne-ap: network.txt (Regulator Target MI pvalue); aracne3: network.tsv with "
-                        "regulator.values ... log.p.values; decoupler: network.tsv with source target weight mi "
-                        "pvalue count (default %(default)s)")
-    add_engine_arguments(p)
-    p.add_argument("--n-null", type=int, default=100_000, help="null-model pairs (default %(default)s)")
-    p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/.cache)")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="per-bootstrap networks for resuming an interrupted run (default <out-dir>/bootstraps)")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep the per-bootstrap files after success")
+    Parameters
+    ----------
+    expr : float array [G, n], genes x samples (:func:`read_expression`).
+    genes : the G gene names; regulators : regulator names as read (:func:`cellgraph.grn.celltypes.read_regulators`).
+    expression_path, regulators_path : the input files, named in messages.
 
+    Returns
+    -------
+    (check, present): the :func:`cellgraph.grn.aracne.check_input` dict (missing regulators, constant genes
+    and regulators, ...) and the regulators that are non-constant genes of the matrix, in input order.
+    Missing regulators and constant genes are skipped with a warning.
 
-def _check(args) -> None:
-    from .celltypes import check_engine_args
-
-    check_engine_args(args)
-    if args.threads < 1 or args.n_null < 1000:
-        raise InputError(f"--threads must be >= 1 and --n-null >= 1000, got {args.threads} and {args.n_null}")
-
-
-def _usable_regulators(expr, genes, regulators, expression_path, regulators_path):
-    """(``engine.check_input`` result, regulators that are non-constant genes of the matrix, in input order).
-
-    InputError for repeated gene names, non-finite values or no usable regulator; warnings name the missing
-    regulators and constant genes that are skipped.
+    Raises
+    ------
+    InputError
+        For repeated gene names, missing or non-finite values, or no usable regulator.
     """
     chk = engine.check_input(expr, genes, regulators)
     if chk["duplicated_genes"]:
@@ -331,65 +319,26 @@ def _usable_regulators(expr, genes, regulators, expression_path, regulators_path
     return chk, present
 
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph aracne``: standalone ARACNe on an ARACNe-AP expression matrix or an h5ad.
+def network_report(df: pd.DataFrame, genes: list[str], samples: list[str], regulators: list[str],
+                   present: list[str], check: dict) -> dict:
+    """The data part of ``cellgraph aracne``'s ``report.json``: sizes, what was skipped, the engine's attrs.
 
-    Reads ``--expression`` (:func:`read_expression`: a genes x samples text matrix, or an h5ad transposed to
-    genes x cells) and ``--regulators`` (one name per line), runs :func:`cellgraph.grn.aracne.aracne` on the
-    regulators that are non-constant genes of the matrix, and writes to ``--out-dir`` the network in
-    ``--format`` (``network.txt`` for ``aracne-ap``, ``network.tsv`` for ``aracne3`` and ``decoupler``) and
-    ``report.json`` (inputs, parameters, skipped genes and regulators, MI thresholds, edges per bootstrap).
-    Null-model cache in ``--cache-dir`` (default ``<out-dir>/.cache``); per-bootstrap checkpoints in
-    ``--checkpoint-dir`` (default ``<out-dir>/bootstraps``, removed after success unless
-    ``--keep-checkpoints``). Regulators missing from the matrix and constant genes are skipped with a warning.
+    Parameters
+    ----------
+    df : network of :func:`cellgraph.grn.aracne.aracne` (its ``attrs`` hold the run's thresholds and counts).
+    genes : [G] and samples : [n], the names of the matrix; regulators : as read; present : those used.
+    check : the :func:`usable_regulators` check dict.
 
-    Raises
-    ------
-    InputError
-        On bad engine options, ``--threads`` < 1 or ``--n-null`` < 1000, an unreadable input, gene names
-        that occur more than once, missing or non-finite values, no regulator that is a non-constant gene of
-        the matrix, or input the engine rejects.
+    Returns
+    -------
+    dict: ``genes``, ``samples``, regulators read / used / missing, constant genes and regulators, genes used,
+    samples per bootstrap, MI threshold (nats) overall and per bootstrap, pairs tested, edges above the
+    threshold and after DPI per bootstrap, count rate, minimum count, consolidation rule, bootstraps
+    resumed and ``edges``.
     """
-    from .celltypes import bootstrap_progress, read_regulators
-
-    _check(args)
-    t0 = time.perf_counter()
-    regulators = read_regulators(args.regulators)
-    expr, genes, samples = read_expression(args.expression, args.layer)
-    chk, present = _usable_regulators(expr, genes, regulators, args.expression, args.regulators)
-    out = Path(args.out_dir)
-    cache = Path(args.cache_dir) if args.cache_dir else out / ".cache"
-    ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out / "bootstraps"
-    try:
-        df = engine.aracne(
-            expr, genes, present, **{k: getattr(args, k) for k in engine.DEFAULTS},
-            seed=args.seed, threads=args.threads, cache_dir=cache,
-            n_null=args.n_null, checkpoint_dir=ckpt,
-            on_bootstrap=bootstrap_progress(args.n_bootstraps, str(args.expression)),
-        )
-    except ValueError as err:
-        raise InputError(f"{args.expression}: {err}") from err
-    report = _report(args, df, genes, samples, regulators, present, chk)
-    name, writer = FORMATS[args.format]
-    writer(df, out / name)
-    write_json(out / "report.json", report)
-    if not args.keep_checkpoints and not args.checkpoint_dir:
-        for f in ckpt.glob("*.npz"):
-            f.unlink()
-        try:
-            ckpt.rmdir()
-        except OSError:
-            pass
-    log.info("aracne: %d genes x %d samples, %d regulators -> %d edges (%.1f s)", len(genes), len(samples),
-             len(present), len(df), time.perf_counter() - t0)
-
-
-def _report(args, df, genes, samples, regulators, present, chk) -> dict:
-    """``report.json`` of ``cellgraph aracne``: inputs, parameters, what was skipped, the engine's attrs."""
-    a, missing = df.attrs, chk["missing_regulators"]
+    a, chk = df.attrs, check
+    missing = chk["missing_regulators"]
     return dict(
-        inputs=dict(expression=str(args.expression), regulators=str(args.regulators), layer=args.layer),
-        params={k: getattr(args, k) for k in ("format", "seed", *engine.DEFAULTS, "n_null", "threads")},
         genes=len(genes),
         samples=len(samples),
         regulators_read=len(regulators),

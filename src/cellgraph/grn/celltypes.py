@@ -46,14 +46,20 @@ Outputs: ``networks.tsv.gz`` (decoupler-style: ``cell_type, source, target, weig
 mode of regulation; a type's rows pass to ``decoupler`` as ``net`` unchanged), ``control.tsv`` (one row per
 type and a total) and ``report.json``. Null-model cache: ``--cache-dir``, default
 ``<out-dir>/../.cache/aracne_null``.
+
+Entry point: :func:`networks_per_cell_type` runs all of the above for every seen cell type of an AnnData
+with the settings of one :class:`GrnParameters`, and returns the three outputs (:class:`GrnResult`);
+:func:`read_adata` and :func:`read_regulators` read the inputs and :func:`write_networks` writes
+``networks.tsv.gz``. The command line (``cellgraph grn``) is :mod:`cellgraph.cli.grn`.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import logging
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +67,19 @@ import pandas as pd
 
 from . import aracne as engine
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json, write_tsv
+from ..io import atomic_path, require_file
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULTS",
-    "configure_parser",
-    "add_engine_arguments",
-    "check_engine_args",
-    "run",
+    "GrnParameters",
+    "GrnResult",
+    "networks_per_cell_type",
+    "cell_type_network",
+    "read_adata",
     "read_regulators",
+    "write_networks",
     "type_inputs",
     "detected_genes",
     "depth_blocks",
@@ -115,70 +123,114 @@ CONTROL_COLUMNS = ["cell_type", "cells", "samples", "genes", "regulators", "real
                    "null_valid"]
 
 
-def _bootstrap_arg(value: str) -> str:
-    if value == "replacement":
-        raise argparse.ArgumentTypeError(engine.REPLACEMENT_UNSUPPORTED)
-    if value not in engine.BOOTSTRAPS:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(engine.BOOTSTRAPS)}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class GrnParameters:
+    """Settings of one run of the grn stage over all seen cell types (:func:`networks_per_cell_type`).
+
+    The defaults are :data:`DEFAULTS` (config/config.yaml section ``grn`` repeats them); the command line
+    checks the ranges (:mod:`cellgraph.cli.grn`), this class does not.
+
+    Fields
+    ------
+    n_bootstraps : int, default 50
+        ARACNe bootstraps per network (engine, :data:`cellgraph.grn.aracne.DEFAULTS`).
+    bootstrap : {"subsample", "none"}, default "subsample"
+        Samples of a bootstrap: 1 - 1/e of them drawn without replacement (ARACNe3), or all.
+    mi_method : {"fdr", "pvalue", "fwer"}, default "fdr"
+        MI threshold per bootstrap: Benjamini-Hochberg over null p-values (ARACNe3 ``--alpha``), a fixed
+        null p-value (ARACNe-AP) or Bonferroni.
+    mi_alpha : float, default 0.05
+        Level of ``mi_method`` "fdr" / "fwer", in (0, 1).
+    mi_pvalue : float, default 1e-4
+        Null p-value of ``mi_method`` "pvalue".
+    dpi_tolerance : float, default 0.0
+        Data processing inequality tolerance, in [0, 1).
+    consolidation : {"poisson", "binomial"}, default "poisson"
+        Count test of the recurrence cut (ARACNe-AP lambda or ARACNe3 theta).
+    correction : str, default "bonferroni"
+        Multiple-testing adjustment of the count test (:data:`cellgraph.grn.aracne.CORRECTIONS`).
+    consolidation_alpha : float, default 0.05
+        Recurrence cut: the smallest count with adjusted p below this; also the level of the sub-cluster
+        consolidation (:func:`recurrence_consolidation`).
+    min_detected_fraction : float, default 0.1
+        A gene is kept for a type if detected (count > 0) in at least this fraction of its train cells.
+    depth_stratum_cells : int, default 25
+        Samples per depth block of the depth-conditional ranks (samples, not UMIs); 0 = off.
+    metacells : {"none", "disjoint", "knn"}, default "none"
+        ARACNe samples: single cells, disjoint metacells or overlapping kNN metacells (:func:`sample_matrix`).
+    metacell_umis : int, default 10000
+        UMIs per disjoint metacell.
+    metacell_k : int, default 10
+        Cells per kNN metacell.
+    subclusters : bool, default False
+        ARACNe within Leiden sub-clusters of each type, consolidated (GREmLN appendix A.1).
+    subcluster_resolution : float, default 1.0
+        Leiden resolution of the sub-clusters.
+    subcluster_min_cells : int, default 100
+        Sub-clusters with fewer cells are skipped and counted.
+    control_permutations : int, default 5
+        Runs of the permutation control per type; 0 = off.
+    threads : int, default 2
+        numba threads (results do not depend on it).
+    seed : int, default 0
+        Seeds the per-type seeds (bootstraps, metacells, sub-clusters), the control's permutations and the
+        null model.
+    cache_dir : path or None, default None
+        Null-model cache folder; None = no cache (the command line's default is
+        ``<out-dir>/../.cache/aracne_null``).
+    checkpoint_dir : path or None, default None
+        Per-bootstrap networks of the real runs, one subfolder ``typeNNN`` per cell type, so an
+        interrupted run resumes; None = none.
+    """
+
+    n_bootstraps: int = DEFAULTS["n_bootstraps"]
+    bootstrap: str = DEFAULTS["bootstrap"]
+    mi_method: str = DEFAULTS["mi_method"]
+    mi_alpha: float = DEFAULTS["mi_alpha"]
+    mi_pvalue: float = DEFAULTS["mi_pvalue"]
+    dpi_tolerance: float = DEFAULTS["dpi_tolerance"]
+    consolidation: str = DEFAULTS["consolidation"]
+    correction: str = DEFAULTS["correction"]
+    consolidation_alpha: float = DEFAULTS["consolidation_alpha"]
+    min_detected_fraction: float = DEFAULTS["min_detected_fraction"]
+    depth_stratum_cells: int = DEFAULTS["depth_stratum_cells"]
+    metacells: str = DEFAULTS["metacells"]
+    metacell_umis: int = DEFAULTS["metacell_umis"]
+    metacell_k: int = DEFAULTS["metacell_k"]
+    subclusters: bool = DEFAULTS["subclusters"]
+    subcluster_resolution: float = DEFAULTS["subcluster_resolution"]
+    subcluster_min_cells: int = DEFAULTS["subcluster_min_cells"]
+    control_permutations: int = DEFAULTS["control_permutations"]
+    threads: int = DEFAULTS["threads"]
+    seed: int = 0
+    cache_dir: Path | None = None
+    checkpoint_dir: Path | None = None
+
+    def settings(self) -> dict:
+        """The settings dict of :func:`type_network`, :func:`permutation_control` and
+        :func:`leiden_subclusters` before the per-type keys are set: the :data:`DEFAULTS` keys,
+        ``null_seed`` (= ``seed``, the null model's seed for every type) and ``cache_dir``."""
+        return {k: getattr(self, k) for k in DEFAULTS} | dict(null_seed=self.seed, cache_dir=self.cache_dir)
 
 
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """The ARACNe engine's options (seed, bootstraps, MI threshold, DPI, recurrence cut, threads), shared by
-    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`cellgraph.grn.aracne.DEFAULTS`."""
-    d = engine.DEFAULTS
-    p.add_argument("--seed", type=int, default=0, help="seeds bootstraps, their tie-breaking and the null model (default 0)")
-    p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
-    p.add_argument("--bootstrap", type=_bootstrap_arg, default=d["bootstrap"],
-                   help="subsample: 1-1/e of the samples without replacement (ARACNe3); none: all samples "
-                        "(draws with replacement are refused: they break the null model) (default %(default)s)")
-    p.add_argument("--mi-method", choices=list(engine.MI_METHODS), default=d["mi_method"],
-                   help="MI threshold per bootstrap: fdr (Benjamini-Hochberg over null p-values, ARACNe3 --alpha), "
-                        "pvalue (fixed null p-value, ARACNe-AP) or fwer (Bonferroni) (default %(default)s)")
-    p.add_argument("--mi-alpha", type=float, default=d["mi_alpha"], help="level of --mi-method fdr/fwer (default %(default)s)")
-    p.add_argument("--mi-pvalue", type=float, default=d["mi_pvalue"], help="null p-value of --mi-method pvalue (default %(default)s)")
-    p.add_argument("--dpi-tolerance", type=float, default=d["dpi_tolerance"], help="DPI tolerance in [0, 1) (default %(default)s)")
-    p.add_argument("--consolidation", choices=list(engine.CONSOLIDATIONS), default=d["consolidation"],
-                   help="count test of the recurrence cut: poisson (ARACNe-AP lambda) or binomial (ARACNe3 theta, "
-                        "the mean per-bootstrap FPR estimate) (default %(default)s)")
-    p.add_argument("--correction", choices=list(engine.CORRECTIONS), default=d["correction"],
-                   help="multiple-testing adjustment of the count test (default %(default)s)")
-    p.add_argument("--consolidation-alpha", type=float, default=d["consolidation_alpha"],
-                   help="recurrence cut: the smallest count with adjusted p below this (default %(default)s)")
-    p.add_argument("--threads", type=int, default=DEFAULTS["threads"],
-                   help="numba threads (results do not depend on it) (default %(default)s)")
+@dataclass(frozen=True, eq=False)
+class GrnResult:
+    """Outputs of :func:`networks_per_cell_type`.
 
+    Fields
+    ------
+    networks : DataFrame, columns :data:`NETWORK_COLUMNS`
+        One row per edge and cell type (``networks.tsv.gz``, :func:`write_networks`).
+    control : DataFrame, columns :data:`CONTROL_COLUMNS`
+        Real and false (permutation control) edges per type and a ``total`` row (``control.tsv``); empty
+        (no rows) when no type ran.
+    report : dict
+        ``report.json``: inputs, parameters, regulators, genes, one entry per cell type, totals.
+    """
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``grn`` stage's command-line options (with the shared ARACNe engine options) to ``p``."""
-    d = DEFAULTS
-    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, raw counts in layers['counts'])")
-    p.add_argument("--regulators", required=True, help="regulators.txt, one HGNC symbol per line")
-    p.add_argument("--out-dir", required=True, help="folder for networks.tsv.gz, control.tsv, report.json")
-    add_engine_arguments(p)
-    p.add_argument("--min-detected-fraction", type=float, default=d["min_detected_fraction"],
-                   help="skip (and report) genes detected in fewer than this fraction of a type's train cells "
-                        "(default %(default)s)")
-    p.add_argument("--depth-stratum-cells", type=int, default=d["depth_stratum_cells"],
-                   help="samples per depth block of the depth-conditional ranks; 0 = off (default %(default)s)")
-    p.add_argument("--metacells", choices=list(METACELLS), default=d["metacells"],
-                   help="none: single cells; disjoint: metacells of about --metacell-umis UMIs, every cell used once; "
-                        "knn: overlapping kNN metacells of --metacell-k cells (invalid null, flagged) (default %(default)s)")
-    p.add_argument("--metacell-umis", type=int, default=d["metacell_umis"], help="UMIs per disjoint metacell (default %(default)s)")
-    p.add_argument("--metacell-k", type=int, default=d["metacell_k"], help="cells per kNN metacell (default %(default)s)")
-    p.add_argument("--subclusters", action=argparse.BooleanOptionalAction, default=d["subclusters"],
-                   help="ARACNe within Leiden sub-clusters of each type, consolidated into the type's network "
-                        "(GREmLN appendix A.1) (default %(default)s)")
-    p.add_argument("--subcluster-resolution", type=float, default=d["subcluster_resolution"],
-                   help="Leiden resolution of the sub-clusters (default %(default)s)")
-    p.add_argument("--subcluster-min-cells", type=int, default=d["subcluster_min_cells"],
-                   help="smaller sub-clusters are skipped and counted (default %(default)s)")
-    p.add_argument("--control-permutations", type=int, default=d["control_permutations"],
-                   help="runs of the permutation control per type (0 = off) (default %(default)s)")
-    p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/../.cache/aracne_null)")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="per-bootstrap networks of the real runs (one subfolder per cell type) so an interrupted run "
-                        "resumes; default: none")
+    networks: pd.DataFrame
+    control: pd.DataFrame
+    report: dict
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,7 +265,24 @@ def read_regulators(path) -> list[str]:
     return sorted(set(regs))
 
 
-def _read_adata(path):
+def read_adata(path: str | os.PathLike):
+    """Read the expression stage's h5ad and check what the grn stage needs of it.
+
+    Parameters
+    ----------
+    path : h5ad file with raw UMI counts in ``layers["counts"]``, ``obs["split"]`` (train/val/test/heldout),
+        the label column named by ``uns["cellgraph"]["label_key"]`` and ``var["highly_variable"]``.
+
+    Returns
+    -------
+    (adata, label_key): the AnnData [cells x genes] and the name of its cell-type column in ``obs``.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not an h5ad, lacks one of the parts above, has repeated var_names, or
+        ``obs["split"]`` holds other values.
+    """
     import anndata as ad
 
     path = require_file(path, "adata")
@@ -520,7 +589,8 @@ def type_network(counts, depth, genes, regs, st, parts=None, fixed=None):
     ----------
     counts : float array [cells x G], raw UMI counts of the type's selected genes; depth : float [cells],
         total UMIs per cell; genes : [G] names; regs : regulator names among ``genes``.
-    st : dict, the stage settings (:data:`DEFAULTS` keys plus ``seed``, ``null_seed``, ``cache_dir``).
+    st : dict, the stage settings (:data:`DEFAULTS` keys plus ``seed``, ``null_seed``, ``cache_dir``; optional
+        ``checkpoint_dir`` and ``label``): :meth:`GrnParameters.settings` with the type's ``seed``.
     parts : list of position arrays, optional
         Sub-clusters (from :func:`leiden_subclusters`); ``None`` = all cells as one group.
     fixed : dict, optional
@@ -593,35 +663,6 @@ def control_summary(control_edges: list[int], real_edges: int) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_engine_args(args: argparse.Namespace) -> None:
-    """:func:`cellgraph.grn.aracne.check_options` on the parsed engine flags of :func:`add_engine_arguments`.
-
-    Raises
-    ------
-    InputError
-        Naming the flag (``--mi-alpha ...``) and what was expected.
-    """
-    try:
-        engine.check_options(**{k: getattr(args, k) for k in ENGINE_KEYS})
-    except ValueError as err:
-        key = str(err).split()[0]
-        raise InputError(f"--{key.replace('_', '-')}{str(err)[len(key):]}" if key in ENGINE_KEYS else str(err)) from err
-
-
-def _check_args(args) -> None:
-    check_engine_args(args)
-    for ok, msg in ((0 <= args.min_detected_fraction <= 1, "--min-detected-fraction must be in [0, 1]"),
-                    (args.depth_stratum_cells >= 0, "--depth-stratum-cells must be >= 0"),
-                    (args.metacell_umis >= 1, "--metacell-umis must be >= 1"),
-                    (args.metacell_k >= 2, "--metacell-k must be >= 2"),
-                    (args.subcluster_resolution > 0, "--subcluster-resolution must be > 0"),
-                    (args.subcluster_min_cells >= 8, "--subcluster-min-cells must be >= 8"),
-                    (args.control_permutations >= 0, "--control-permutations must be >= 0"),
-                    (args.threads >= 1, "--threads must be >= 1")):
-        if not ok:
-            raise InputError(msg)
-
-
 def _names(xs, limit=50):
     xs = sorted(xs)
     return xs if len(xs) <= limit else xs[:limit] + [f"... ({len(xs) - limit} more)"]
@@ -638,42 +679,86 @@ def _cell_types(adata, label_key, path):
     return types, labels, split, sorted(heldout)
 
 
-def _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st):
-    """Genes, sub-clusters, real network and control of one type: (frame or None, report entry, control row)."""
+def _genes_entry(var_names, gene_pos, is_reg, cells, depth, ok, regs) -> dict:
+    """Report entry of one type before ARACNe: cells, genes kept and skipped, depth quantiles."""
+    return dict(train_cells=int(cells.size), genes=int(ok.sum()), regulators=len(regs),
+                depth_umis=dict(zip(("p10", "median", "p90"), np.quantile(depth, [0.1, 0.5, 0.9]).round(1).tolist())),
+                skipped_not_detected=dict(
+                    genes=dict(count=int((~ok & ~is_reg).sum()), names=_names(var_names[gene_pos[~ok & ~is_reg]].tolist())),
+                    regulators=dict(count=int((~ok & is_reg).sum()), names=_names(var_names[gene_pos[~ok & is_reg]].tolist()))))
+
+
+def _control_row(ct, cells, genes, regs, df, info, summary) -> dict:
+    """``control.tsv`` row of one type (:data:`CONTROL_COLUMNS`)."""
+    return dict(cell_type=ct, cells=int(cells.size), samples=info["samples"], genes=len(genes), regulators=len(regs),
+                real_edges=n_pairs(df), permutations=summary["permutations"],
+                control_edges_mean=summary.get("mean"), control_edges_lo=summary.get("lo"),
+                control_edges_hi=summary.get("hi"), fdr=summary.get("fdr"), fdr_lo=summary.get("fdr_lo"),
+                fdr_hi=summary.get("fdr_hi"), null_valid=info["null_valid"])
+
+
+def cell_type_network(adata, cells: np.ndarray, gene_pos: np.ndarray, is_reg: np.ndarray, cell_type: str,
+                      type_index: int, params: GrnParameters, source: str | os.PathLike = "adata"):
+    """Network and permutation control of one cell type (module docstring, steps 1-4 and the control).
+
+    Keeps the candidate genes detected in ``params.min_detected_fraction`` of the type's cells
+    (:func:`type_inputs`), splits the cells into Leiden sub-clusters if ``params.subclusters``
+    (:func:`leiden_subclusters`), runs ARACNe (:func:`type_network`; with sub-clusters, consolidated by
+    binomial recurrence, GREmLN appendix A.1) and the permutation control with the real run's cut
+    (:func:`permutation_control`, :func:`control_summary`). The type's seed is drawn from
+    ``SeedSequence([params.seed, type_index])``; its checkpoints go to ``params.checkpoint_dir /
+    "typeNNN"`` (NNN = ``type_index``).
+
+    Parameters
+    ----------
+    adata : AnnData [cells x genes] with raw UMI counts in ``layers["counts"]``.
+    cells : int array [C], obs positions of the type's train cells.
+    gene_pos : int array [G], var positions of the candidate genes (HVGs and regulators).
+    is_reg : bool array [G], which candidates are regulators.
+    cell_type : the type's label; type_index : its position among the seen types (seeds the type).
+    params : the stage settings.
+    source : the h5ad's path, named in error messages.
+
+    Returns
+    -------
+    (edges, entry, row): the engine's edge DataFrame (``regulator, target, mi, pvalue, count, scc``) or None
+    when the type is skipped (no detected regulator, or no large enough sub-cluster); the type's
+    ``report.json`` entry (dict, with ``status``); its ``control.tsv`` row (dict of
+    :data:`CONTROL_COLUMNS`) or None when skipped.
+
+    Raises
+    ------
+    InputError
+        ``"<source>: cell type '<t>': ..."`` when the engine rejects the type's samples (for example too
+        few UMIs for one metacell).
+    """
     var_names = np.asarray(adata.var_names, dtype=str)
-    counts, depth, genes, regs, ok = type_inputs(adata, cells, gene_pos, is_reg, args.min_detected_fraction)
-    entry = dict(train_cells=int(cells.size), genes=int(ok.sum()), regulators=len(regs),
-                 depth_umis=dict(zip(("p10", "median", "p90"), np.quantile(depth, [0.1, 0.5, 0.9]).round(1).tolist())),
-                 skipped_not_detected=dict(
-                     genes=dict(count=int((~ok & ~is_reg).sum()), names=_names(var_names[gene_pos[~ok & ~is_reg]].tolist())),
-                     regulators=dict(count=int((~ok & is_reg).sum()), names=_names(var_names[gene_pos[~ok & is_reg]].tolist()))))
+    counts, depth, genes, regs, ok = type_inputs(adata, cells, gene_pos, is_reg, params.min_detected_fraction)
+    entry = _genes_entry(var_names, gene_pos, is_reg, cells, depth, ok, regs)
     if not regs or ok.sum() < 2:
-        entry["status"] = f"skipped: no regulator detected in >= {args.min_detected_fraction:g} of the train cells"
-        log.warning("%s: %s", ct, entry["status"])
+        entry["status"] = f"skipped: no regulator detected in >= {params.min_detected_fraction:g} of the train cells"
+        log.warning("%s: %s", cell_type, entry["status"])
         return None, entry, None
-    st = dict(st, seed=int(np.random.SeedSequence([args.seed, ti]).generate_state(1)[0]), label=str(ct),
-              checkpoint_dir=Path(args.checkpoint_dir) / f"type{ti:03d}" if args.checkpoint_dir else None)
+    ti = type_index
+    st = dict(params.settings(), seed=int(np.random.SeedSequence([params.seed, ti]).generate_state(1)[0]),
+              label=str(cell_type),
+              checkpoint_dir=Path(params.checkpoint_dir) / f"type{ti:03d}" if params.checkpoint_dir else None)
     parts = None
-    if args.subclusters:
+    if params.subclusters:
         parts, small = leiden_subclusters(counts, depth, st)
         entry["subclusters_skipped"] = dict(count=len(small), cells=int(sum(small)), sizes=small)
         if not parts:
-            entry["status"] = f"skipped: no Leiden sub-cluster has >= {args.subcluster_min_cells} cells"
-            log.warning("%s: %s", ct, entry["status"])
+            entry["status"] = f"skipped: no Leiden sub-cluster has >= {params.subcluster_min_cells} cells"
+            log.warning("%s: %s", cell_type, entry["status"])
             return None, entry, None
     try:
         df, cut, info = type_network(counts, depth, genes, regs, st, parts)
-        control = permutation_control(counts, depth, genes, regs, st, cut, parts, rng_key=(args.seed, ti))
+        control = permutation_control(counts, depth, genes, regs, st, cut, parts, rng_key=(params.seed, ti))
     except ValueError as err:
-        raise InputError(f"{args.adata}: cell type {ct!r}: {err}") from err
+        raise InputError(f"{source}: cell type {cell_type!r}: {err}") from err
     summary = control_summary(control, n_pairs(df))
     entry.update(status="ok", seed=st["seed"], **info, permutation_control=summary)
-    row = dict(cell_type=ct, cells=int(cells.size), samples=info["samples"], genes=len(genes), regulators=len(regs),
-               real_edges=n_pairs(df), permutations=summary["permutations"],
-               control_edges_mean=summary.get("mean"), control_edges_lo=summary.get("lo"),
-               control_edges_hi=summary.get("hi"), fdr=summary.get("fdr"), fdr_lo=summary.get("fdr_lo"),
-               fdr_hi=summary.get("fdr_hi"), null_valid=info["null_valid"])
-    return df, entry, row
+    return df, entry, _control_row(cell_type, cells, genes, regs, df, info, summary)
 
 
 def _control_table(rows: list[dict], control_edges: list[list[int]]) -> pd.DataFrame:
@@ -698,48 +783,22 @@ def _decoupler_frame(df: pd.DataFrame, ct: str) -> pd.DataFrame:
                          "pvalue": df["pvalue"].astype(float), "count": df["count"].astype(np.int64)})
 
 
-def _write_networks(networks: pd.DataFrame, path: Path) -> None:
+def write_networks(networks: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``networks.tsv.gz``: ``networks`` (:data:`NETWORK_COLUMNS`) as tab-separated text, floats with
+    6 significant digits, gzip-compressed without file name and with mtime 0 (same rows, same bytes),
+    atomically."""
     with atomic_path(path) as tmp:
         # no file name and mtime 0 in the gzip header: same seed, same bytes
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
             gz.write(networks.to_csv(sep="\t", index=False, float_format="%.6g").encode())
 
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph grn``: ARACNe networks per seen cell type, with the permutation control.
-
-    Reads ``--adata`` (expression stage output, raw counts in ``layers["counts"]``) and ``--regulators``; for
-    every cell type that is not held out, runs ARACNe on its train cells (module docstring, steps 1-4) and the
-    permutation control. Writes to ``--out-dir``: ``networks.tsv.gz`` (decoupler-style rows, columns
-    ``cell_type, source, target, weight, mi, pvalue, count``), ``control.tsv`` (real and false edges per type
-    and a total) and ``report.json``. Null-model cache in ``--cache-dir`` (default
-    ``<out-dir>/../.cache/aracne_null``).
-
-    Raises
-    ------
-    InputError
-        On out-of-range options, an unreadable h5ad or regulator file, missing label or split columns, no
-        regulator among the genes of the data, or no cell type with a regulator detected in at least
-        ``--min-detected-fraction`` of its train cells.
-    """
-    _check_args(args)
-    regulators = read_regulators(args.regulators)
-    adata, label_key = _read_adata(args.adata)
-    out = Path(args.out_dir)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else out.parent / ".cache" / "aracne_null"
-    var_names = np.asarray(adata.var_names, dtype=str)
-    present = sorted(set(regulators) & set(var_names))
-    if not present:
-        raise InputError(f"{args.regulators}: none of the {len(regulators)} regulators is a gene of {args.adata} "
-                         f"(first: {regulators[:5]}; var_names look like {list(var_names[:3])})")
-    hvg = adata.var["highly_variable"].to_numpy().astype(bool)
-    gene_pos = np.flatnonzero(hvg | np.isin(var_names, present))
-    is_reg = np.isin(var_names[gene_pos], present)
-    types, labels, split, heldout = _cell_types(adata, label_key, args.adata)
-    st = {k: getattr(args, k) for k in DEFAULTS} | dict(null_seed=args.seed, cache_dir=cache_dir)
-    report = dict(
-        inputs=dict(adata=str(args.adata), regulators=str(args.regulators)),
-        params={k: getattr(args, k) for k in DEFAULTS} | dict(seed=args.seed, cache_dir=str(cache_dir)),
+def _stage_report(adata_path, regulators_path, params: GrnParameters, regulators, present, hvg, gene_pos,
+                  heldout) -> dict:
+    """``report.json`` before the cell types: inputs, parameters, regulators and genes considered."""
+    return dict(
+        inputs=dict(adata=str(adata_path), regulators=str(regulators_path)),
+        params={k: getattr(params, k) for k in DEFAULTS} | dict(seed=params.seed, cache_dir=str(params.cache_dir)),
         regulators_read=len(regulators), regulators_present=len(present),
         regulators_absent_from_data=dict(count=len(regulators) - len(present), names=_names(set(regulators) - set(present))),
         highly_variable_genes=int(hvg.sum()), genes_considered=int(gene_pos.size), heldout_types=heldout,
@@ -747,23 +806,10 @@ def run(args: argparse.Namespace) -> None:
                "then the recurrence cut (see each type's consolidation_rule)",
         cell_types={},
     )
-    frames, rows, control_edges = [], [], []
-    t_all = time.perf_counter()
-    for ti, ct in enumerate(types):
-        t0 = time.perf_counter()
-        cells = np.flatnonzero((labels == ct) & (split == "train"))
-        df, entry, row = _one_type(adata, cells, gene_pos, is_reg, ct, ti, args, st)
-        report["cell_types"][ct] = entry
-        if df is None:
-            continue
-        frames.append(_decoupler_frame(df, ct))
-        rows.append(row)
-        control_edges.append(entry["permutation_control"].get("edges", []))
-        log.info("%s: %d cells, %d genes, %d regulators -> %d edges; control %s (%.1f s)", ct, cells.size, row["genes"],
-                 row["regulators"], row["real_edges"], entry["permutation_control"].get("edges"), time.perf_counter() - t0)
-    if not frames:
-        raise InputError(f"{args.adata}: no cell type had a regulator detected in >= {args.min_detected_fraction:g} "
-                         f"of its train cells")
+
+
+def _finish(report: dict, frames: list, rows: list[dict], control_edges: list, t_all: float) -> GrnResult:
+    """All types' edges in one frame, the control table with its total, and the report's totals."""
     networks = pd.concat(frames, ignore_index=True)[NETWORK_COLUMNS]
     table = _control_table(rows, control_edges)
     report["cell_types_without_edges"] = sorted(r["cell_type"] for r in rows if r["real_edges"] == 0)
@@ -774,6 +820,67 @@ def run(args: argparse.Namespace) -> None:
         log.warning("grn: no edge survived in any of the %d cell types: at these settings the data support no "
                     "regulator-target dependence beyond what depth and chance give (see control.tsv)", len(rows))
     log.info("grn: %d edges over %d cell types (%.1f s)", report["edges_total"], len(rows), time.perf_counter() - t_all)
-    _write_networks(networks, out / "networks.tsv.gz")
-    write_tsv(table, out / "control.tsv")
-    write_json(out / "report.json", report)
+    return GrnResult(networks=networks, control=table, report=report)
+
+
+def networks_per_cell_type(adata, label_key: str, regulators: list[str], params: GrnParameters,
+                           adata_path: str | os.PathLike = "adata",
+                           regulators_path: str | os.PathLike = "regulators") -> GrnResult:
+    """ARACNe networks with their permutation control for every seen cell type (the grn stage).
+
+    The candidate genes are the highly variable genes (``var["highly_variable"]``) and the ``regulators``
+    present in ``adata``. The seen types are those with train cells (``obs["split"] == "train"``) that are
+    not held out (``uns["cellgraph"]["heldout_types"]`` or a ``heldout`` split); for each, in sorted order,
+    :func:`cell_type_network` runs on its train cells (ARACNe3 engine, :func:`cellgraph.grn.aracne.aracne`;
+    sub-cluster consolidation of GREmLN appendix A.1 if ``params.subclusters``).
+
+    Parameters
+    ----------
+    adata : AnnData [cells x genes] as :func:`read_adata` returns it (raw UMI counts in ``layers["counts"]``).
+    label_key : the cell-type column of ``obs``.
+    regulators : regulator symbols (:func:`read_regulators`).
+    params : the stage settings.
+    adata_path, regulators_path : where ``adata`` and ``regulators`` were read, for the report and error
+        messages.
+
+    Returns
+    -------
+    GrnResult: ``networks`` (:data:`NETWORK_COLUMNS`), ``control`` (:data:`CONTROL_COLUMNS`, one row per type
+    and a total) and ``report`` (the ``report.json`` dict). A run where no edge survives is a result, not an
+    error.
+
+    Raises
+    ------
+    InputError
+        If no regulator is a gene of ``adata``, no type has train cells outside the held-out types, no type
+        has a regulator detected in ``params.min_detected_fraction`` of its train cells, or the engine
+        rejects a type's samples.
+    """
+    var_names = np.asarray(adata.var_names, dtype=str)
+    present = sorted(set(regulators) & set(var_names))
+    if not present:
+        raise InputError(f"{regulators_path}: none of the {len(regulators)} regulators is a gene of {adata_path} "
+                         f"(first: {regulators[:5]}; var_names look like {list(var_names[:3])})")
+    hvg = adata.var["highly_variable"].to_numpy().astype(bool)
+    gene_pos = np.flatnonzero(hvg | np.isin(var_names, present))
+    is_reg = np.isin(var_names[gene_pos], present)
+    types, labels, split, heldout = _cell_types(adata, label_key, adata_path)
+    report = _stage_report(adata_path, regulators_path, params, regulators, present, hvg, gene_pos, heldout)
+    frames, rows, control_edges = [], [], []
+    t_all = time.perf_counter()
+    for ti, ct in enumerate(types):
+        t0 = time.perf_counter()
+        cells = np.flatnonzero((labels == ct) & (split == "train"))
+        df, entry, row = cell_type_network(adata, cells, gene_pos, is_reg, ct, ti, params, adata_path)
+        report["cell_types"][ct] = entry
+        if df is None:
+            continue
+        frames.append(_decoupler_frame(df, ct))
+        rows.append(row)
+        control_edges.append(entry["permutation_control"].get("edges", []))
+        log.info("%s: %d cells, %d genes, %d regulators -> %d edges; control %s (%.1f s)", ct, cells.size, row["genes"],
+                 row["regulators"], row["real_edges"], entry["permutation_control"].get("edges"), time.perf_counter() - t0)
+    if not frames:
+        raise InputError(f"{adata_path}: no cell type had a regulator detected in >= {params.min_detected_fraction:g} "
+                         f"of its train cells")
+    return _finish(report, frames, rows, control_edges, t_all)
