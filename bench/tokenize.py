@@ -8,8 +8,11 @@ raw UMI counts) is replicated 1x, 4x, 16x into corpus h5ad files in a temporary 
 
   streamed   ``scan_corpus`` (backed, QC chunk by chunk) + ``tokenize_corpus_streamed`` (--chunk-cells at a
              time, spooled to disk, zip assembled by streaming): what ``cellgraph tokenize`` now runs
-  baseline   "whole-corpus tokenization, before": ``_read_corpus`` (whole corpus in memory) +
-             ``_tokenize_corpus`` + ``write_shard``
+  baseline   "whole-corpus tokenization, before": ``read_corpus`` (whole corpus in memory) +
+             ``tokenize_corpus`` + ``write_shard``
+
+Both take the stage's options as ``cellgraph.pp.tokenize.TokenizeParams`` (the command line's defaults, with
+``chunk_cells`` from --chunk-cells).
 
 Both tokenize with the same vocabulary (the 2,000 genes detected in most cells of the 1x corpus) and
 the shared DoRothEA A-C prior graph over it, max_seq_len 128, 100 bins, QC as the stage's defaults. The
@@ -38,15 +41,14 @@ CORPUS = REPO / "resources/demo/expression/zheng2017_frozen_donorA_counts.h5ad"
 DOROTHEA = REPO / "resources/demo/networks/human/dorothea_hs_regulons.tsv.gz"
 
 CHILD = r"""
-import argparse, json, resource, sys, time
+import json, resource, sys, time
 from pathlib import Path
 import numpy as np, pandas as pd
 from cellgraph.pp import tokenize as tk
 
 mode, corpus, genes_file, out, chunk = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), int(sys.argv[5])
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-p = argparse.ArgumentParser(); tk.configure_parser(p)
-args = p.parse_args(["--adata", "x", "--networks", "x", "--out-dir", str(out.parent), "--chunk-cells", str(chunk)])
+params = tk.TokenizeParams(chunk_cells=chunk)  # the command line's defaults
 genes = Path(genes_file).read_text().split()
 d = pd.read_csv(sys.argv[6], sep="\t")
 d = d[d["confidence"].isin(["A", "B", "C"])]
@@ -54,12 +56,12 @@ edges = pd.DataFrame({"source": d["tf"].to_numpy(), "target": d["target"].to_num
 prior, _ = tk.prior_graph(edges, ["dorothea"], {g: i for i, g in enumerate(genes)})
 t0 = time.perf_counter()
 if mode == "streamed":
-    scan = tk.scan_corpus(corpus, args)
-    rep = tk.tokenize_corpus_streamed(args, scan, genes, prior, out)
+    scan = tk.scan_corpus(corpus, params)
+    rep = tk.tokenize_corpus_streamed(scan, genes, prior, out, params)
     scan.close()
 else:
-    c, _ = tk._read_corpus(corpus, args)
-    arrays, rep = tk._tokenize_corpus(args, c, genes, prior)
+    c, _ = tk.read_corpus(corpus, params)
+    arrays, rep = tk.tokenize_corpus(c, genes, prior, params)
     tk.write_shard(out, arrays)
 wall = time.perf_counter() - t0
 print(json.dumps({"cells": rep["cells"], "wall_s": wall, "rss0_kb": rss0,

@@ -232,7 +232,7 @@ def test_bad_input(case, subset_path, tmp_path, capsys):
 
     parser = cli.build_parser(argv)
     args = parser.parse_args(argv)
-    from cellgraph.pp.expression import run
+    from cellgraph.cli.expression import run
 
     with pytest.raises(InputError) as err:
         run(args)

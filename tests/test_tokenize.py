@@ -1,4 +1,4 @@
-"""Tests of the tokenize stage (cellgraph.pp.tokenize) and the token batches (cellgraph.io.shards).
+"""Tests of the tokenize stage (cellgraph.pp.tokenize, its command line cellgraph.cli.tokenize) and the token batches (cellgraph.io.shards).
 
 Inputs are built here from real data, because the upstream stages are written in parallel:
 
@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from cellgraph import cli
+from cellgraph.cli import tokenize as tk_cli
 from cellgraph.pp import tokenize as tk
 from cellgraph.io.shards import TokenDataset, bin_special_ids, collate, read_vocab
 from cellgraph.errors import InputError
@@ -104,7 +105,7 @@ ARACNE_MODE = {"graph": "aracne", "tie_break": "shared", "neighbours": True, "ed
 
 def tokenize_args(adata_path, networks_path, out_dir, **kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    tk.configure_parser(p)
+    tk_cli.configure_parser(p)
     argv = ["--adata", str(adata_path), "--networks", str(networks_path), "--out-dir", str(out_dir)]
     for k, v in {**ARACNE_MODE, **kw}.items():
         if isinstance(v, bool):
@@ -125,7 +126,7 @@ def full(tmp_path_factory):
     a.write_h5ad(d / "adata.h5ad")
     net.to_csv(d / "networks.tsv.gz", sep="\t", index=False)
     t0 = time.perf_counter()
-    tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", d / "tokens", seed=0))
+    tk_cli.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", d / "tokens", seed=0))
     return a, net, d / "tokens", time.perf_counter() - t0
 
 
@@ -242,7 +243,7 @@ def test_selection_capped_by_expression_with_neighbours(full):
 
 def test_all_expressed_and_neighbours_when_short(small, tmp_path):
     a, net, d = small
-    tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", tmp_path, max_seq_len=5000))
+    tk_cli.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", tmp_path, max_seq_len=5000))
     genes = vocab_genes(tmp_path)
     ds = load(tmp_path, "train")
     report = json.loads((tmp_path / "report.json").read_text())
@@ -332,7 +333,7 @@ def _edges_by_gene(ds, i, genes):
 def test_integration_end_to_end_tiny(tmp_path, alpha):
     adata_path, net_path = _tiny(tmp_path)
     out = tmp_path / "tok"
-    tk.run(tokenize_args(adata_path, net_path, out, knn_k=4, n_bins=5, max_seq_len=10, integration_alpha=alpha,
+    tk_cli.run(tokenize_args(adata_path, net_path, out, knn_k=4, n_bins=5, max_seq_len=10, integration_alpha=alpha,
                          n_bootstraps=18))
     genes = vocab_genes(out)
     assert genes.tolist() == ["<pad>", "<cls>", "G1", "G2", "G3", "G4", "G5", "G6"]
@@ -486,7 +487,7 @@ def test_same_seed_same_bytes(small, tmp_path):
     _, _, d = small
     outs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 7)):
-        tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", tmp_path / name, seed=seed, max_seq_len=64))
+        tk_cli.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", tmp_path / name, seed=seed, max_seq_len=64))
         outs[name] = {f.name: f.read_bytes() for f in sorted((tmp_path / name).iterdir())}
     assert set(outs["a"]) == {"vocab.tsv", "train.npz", "val.npz", "test.npz", "heldout.npz",
                              "train_integrated.npz", "report.json", "graph_edges.tsv.gz"}
@@ -663,7 +664,7 @@ def prior_run(small, tmp_path_factory):
                          prior_edges=root / "edges.parquet", prior_graphs=["dorothea"], tie_break="random",
                          neighbours=False, edge_holdout_fraction=0.3, n_top_genes=800,
                          pretrain_adata=root / "corpus.h5ad", max_seq_len=64)
-    tk.run(args)
+    tk_cli.run(args)
     return a, root / "tokens", corpus
 
 
@@ -713,7 +714,7 @@ def test_pretraining_corpus_shard(prior_run, small, tmp_path):
     stale.mkdir()
     (stale / f"{tk.PRETRAIN_SHARD}.npz").write_bytes((out / f"{tk.PRETRAIN_SHARD}.npz").read_bytes())
     _, _, d = small
-    tk.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", stale, max_seq_len=64))
+    tk_cli.run(tokenize_args(d / "adata.h5ad", d / "networks.tsv.gz", stale, max_seq_len=64))
     assert not (stale / f"{tk.PRETRAIN_SHARD}.npz").exists()
 
 
@@ -752,3 +753,21 @@ def test_concat_keeps_every_cell_of_both_shards(prior_run):
         assert x["cell_index"] == k  # distinct per-cell seeds for the masks
         for key in ("gene_ids", "bins", "expr", "edge_index", "edge_weight"):
             assert np.array_equal(x[key], y[key]), key
+
+
+def test_params_defaults_are_the_command_line_defaults_and_checked():
+    """TokenizeParams() equals the parsed defaults; it is frozen and rejects bad values naming the option."""
+    import dataclasses
+
+    p = argparse.ArgumentParser()
+    tk_cli.configure_parser(p)
+    params = tk_cli.params_from_args(p.parse_args(["--adata", "a", "--networks", "n", "--out-dir", "o"]))
+    assert params == tk.TokenizeParams()
+    assert params.report()["prior_graphs"] == ["dorothea", "trrust", "huri", "string"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1
+    for kw, flag in (({"n_bins": 1}, "--n-bins"), ({"max_seq_len": 0}, "--max-seq-len"),
+                     ({"edge_holdout_fraction": 1.0}, "--edge-holdout-fraction"), ({"chunk_cells": 0}, "--chunk-cells"),
+                     ({"tie_break": "x"}, "--tie-break"), ({"graph": "x"}, "--graph")):
+        with pytest.raises(InputError, match=flag):
+            tk.TokenizeParams(**kw)

@@ -1,7 +1,7 @@
 """Streaming tokenization of the pretraining corpus (cellgraph.pp.tokenize.tokenize_corpus_streamed).
 
 The corpus is read ``--chunk-cells`` cells at a time; ``pretrain.npz`` must be byte-identical to the
-whole-corpus path (``_read_corpus`` + ``_tokenize_corpus`` + ``write_shard``) for any chunk size, with the
+whole-corpus path (``read_corpus`` + ``tokenize_corpus`` + ``write_shard``) for any chunk size, with the
 same report, and no temporary may be left behind. Inputs are the vendored real data (resources/demo):
 PBMC counts for the labelled adata, the Zheng 2017 donor A counts as the corpus.
 """
@@ -19,6 +19,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellgraph import cli
+from cellgraph.cli import tokenize as tk_cli
 from cellgraph.pp import tokenize as tk
 
 from test_tokenize import make_adata
@@ -57,24 +58,25 @@ def _argv(d: Path, out: Path, chunk_cells: int | str, **kw) -> list[str]:
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    tk.configure_parser(p)
+    tk_cli.configure_parser(p)
     return p.parse_args(argv)
 
 
 def _reference(d: Path, out: Path, args: argparse.Namespace, dest: Path) -> tuple[list[str], dict, dict]:
     """pretrain.npz by the whole-corpus path, for the vocabulary and visible prior graph of the run in ``out``."""
-    corpus, corpus_report = tk._read_corpus(d / "corpus.h5ad", args)
+    params = tk_cli.params_from_args(args)
+    corpus, corpus_report = tk.read_corpus(d / "corpus.h5ad", params)
     a = ad.read_h5ad(d / "adata.h5ad")
     train = np.flatnonzero(a.obs["split"].astype(str).to_numpy() == "train")
     counts = ad.AnnData(sp.csr_matrix(a.layers["counts"][train]), var=pd.DataFrame(index=a.var_names))
-    hvg = tk.choose_vocabulary([counts, corpus], args.n_top_genes)
+    hvg = tk.choose_vocabulary([counts, corpus], params.n_top_genes)
     genes = list(tk.read_vocab(out / "vocab.tsv")[2:])
     edges = pd.read_csv(out / "graph_edges.tsv.gz", sep="\t")
     edges = edges[~edges["hidden"]]
     index = {g: i for i, g in enumerate(genes)}
     prior = (edges["source"].map(index).to_numpy(np.int64), edges["target"].map(index).to_numpy(np.int64),
              edges["weight"].to_numpy(np.float64))
-    arrays, rep = tk._tokenize_corpus(args, corpus, genes, prior)
+    arrays, rep = tk.tokenize_corpus(corpus, genes, prior, params)
     tk.write_shard(dest, arrays)
     return hvg, rep, corpus_report
 
@@ -86,7 +88,7 @@ def runs(inputs, tmp_path_factory):
     outs = {}
     for chunk in (7, 100, 10**6):
         outs[chunk] = root / f"chunk{chunk}"
-        tk.run(_args(_argv(inputs, outs[chunk], chunk)))
+        tk_cli.run(_args(_argv(inputs, outs[chunk], chunk)))
     ref = root / "reference_pretrain.npz"
     hvg, rep, corpus_report = _reference(inputs, outs[10**6], _args(_argv(inputs, root / "x", 7)), ref)
     return outs, ref, hvg, rep, corpus_report
@@ -181,6 +183,6 @@ def test_no_temporary_left_after_success_or_error(inputs, tmp_path, monkeypatch,
 
         monkeypatch.setattr(tk, "_shard_entries", failing)
     with pytest.raises((RuntimeError, ValueError)):
-        tk.run(_args(_argv(inputs, out, 7)))
+        tk_cli.run(_args(_argv(inputs, out, 7)))
     assert calls and out.exists()
     assert _leftovers(out) == [] and not (out / "pretrain.npz").exists()

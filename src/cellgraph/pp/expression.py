@@ -28,17 +28,17 @@ functions (Wolf, Angerer & Theis 2018):
    unseen-graph set (``split == "heldout"``); the cells of the other types are split into
    ``train``/``val``/``test`` stratified by type (``sklearn.model_selection.train_test_split``).
 
-Every random choice is seeded from ``--seed``.
+Every random choice is seeded from ``seed`` (``--seed``).
 
-Output (docs/design.md section 2): ``<out-dir>/adata.h5ad`` and ``<out-dir>/report.json``.
+:func:`preprocess` runs the whole stage in memory and returns the AnnData and the report; the command line
+(:mod:`cellgraph.cli.expression`) writes them (docs/design.md section 2): ``<out-dir>/adata.h5ad`` and
+``<out-dir>/report.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,14 +47,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io import atomic_path, read_h5ad, require_file, write_json
+from ..io import read_h5ad, require_file
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS",
-    "configure_parser",
-    "run",
+    "DEFAULTS",
     "read_counts",
     "quality_control",
     "normalize_and_cluster",
@@ -96,61 +95,6 @@ GENE_ID_TYPES = ("auto", "symbol", "ensembl", "entrez")
 ID_PATTERNS = {"ensembl": re.compile(r"^ENS[A-Z]*G\d{11}(\.\d+)?$"), "entrez": re.compile(r"^\d+$")}
 # the id map shipped with the repository (config data.idmap.ensg); the workflow passes it with --idmap
 DEFAULT_IDMAP = Path(__file__).resolve().parents[3] / "resources/demo/networks/idmap/hs_ensg_entrez_symbol.tsv"
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``expression`` stage's command-line options (inputs, QC thresholds, clustering, splits) to ``p``."""
-    d = DEFAULTS
-    p.add_argument("--input", required=True, help="h5ad with raw UMI counts (X or --counts-layer) and the cell-type labels")
-    p.add_argument("--idmap", default=str(DEFAULT_IDMAP), help="id map TSV with columns ensg, entrez, symbol (default: the shipped hs_ensg_entrez_symbol.tsv)")
-    p.add_argument("--counts-layer", default=d["counts_layer"], help="read the raw counts from layers[NAME] instead of X (default: X)")
-    p.add_argument("--gene-id-type", choices=GENE_ID_TYPES, default=d["gene_id_type"], help="type of var_names; auto = detect by pattern (default %(default)s)")
-    p.add_argument("--min-mapped-fraction", type=float, default=d["min_mapped_fraction"], help="min fraction of var_names mapped to (or known as) HGNC symbols (default %(default)s)")
-    p.add_argument("--min-cells-per-type", type=int, default=d["min_cells_per_type"], help="cell types with fewer cells after cell QC are dropped (default %(default)s)")
-    p.add_argument("--label-key", default="trueLabel", help="obs column with cell-type labels (default trueLabel)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out draw, splits, PCA and Leiden (default 0)")
-    p.add_argument("--out-dir", required=True, help="folder for adata.h5ad and report.json")
-    p.add_argument("--min-counts", type=int, default=d["min_counts"], help="min total UMI per cell (default %(default)s)")
-    p.add_argument("--max-counts", type=int, default=d["max_counts"], help="max total UMI per cell (default %(default)s)")
-    p.add_argument("--min-genes", type=int, default=d["min_genes"], help="min detected genes per cell (default %(default)s)")
-    p.add_argument("--min-cells", type=int, default=d["min_cells"], help="min cells in which a gene is detected (default %(default)s)")
-    p.add_argument("--target-sum", type=float, default=d["target_sum"], help="counts per cell after normalisation, before log1p (default %(default)s)")
-    p.add_argument("--n-top-genes", type=int, default=d["n_top_genes"], help="number of highly variable genes (default %(default)s)")
-    p.add_argument("--leiden-resolution", type=float, default=d["leiden_resolution"], help="Leiden resolution (default %(default)s)")
-    p.add_argument("--n-neighbors", type=int, default=d["n_neighbors"], help="neighbours of the kNN graph (default %(default)s)")
-    p.add_argument("--n-pcs", type=int, default=d["n_pcs"], help="principal components of the HVGs (default %(default)s)")
-    p.add_argument("--heldout-fraction", type=float, default=d["heldout_fraction"], help="fraction of cell types held out, at least one (default %(default)s)")
-    p.add_argument("--heldout-types", nargs="*", default=list(d["heldout_types"]), metavar="TYPE", help="explicit held-out cell types (default: draw with the seed)")
-    p.add_argument("--val-fraction", type=float, default=d["val_fraction"], help="fraction of seen cells in val (default %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=d["test_fraction"], help="fraction of seen cells in test (default %(default)s)")
-
-
-def run(args: argparse.Namespace) -> None:
-    """Run the stage from parsed CLI arguments; writes ``adata.h5ad`` and ``report.json`` in ``--out-dir``.
-
-    Raises
-    ------
-    InputError
-        On any bad input (see :func:`preprocess`); nothing is written then.
-    """
-    t0 = time.perf_counter()
-    params = {k: getattr(args, k) for k in DEFAULTS}
-    adata, report = preprocess(args.input, label_key=args.label_key, seed=args.seed, idmap=args.idmap, **params)
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    out = Path(args.out_dir)
-    with atomic_path(out / "adata.h5ad") as tmp:
-        adata.write_h5ad(tmp)
-    write_json(out / "report.json", report)
-    log.info(
-        "expression: %d cells x %d genes kept, %d HVGs, %d Leiden clusters, held out %s -> %s",
-        adata.n_obs, adata.n_vars, report["hvg"]["n_hvg"], report["leiden"]["n_clusters"],
-        report["splits"]["heldout_types"], out,
-    )
 
 
 # --------------------------------------------------------------------------------------------------

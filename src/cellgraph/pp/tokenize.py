@@ -49,16 +49,23 @@ Outputs (docs/design.md section 5): ``vocab.tsv``, ``{train,val,test,heldout}.np
 own-type graph would be a label leak that test cells do not have), ``pretrain.npz`` (the unlabelled corpus of
 ``--pretrain-adata``, QC'd as the expression stage, with the shared prior graph; training only),
 ``graph_edges.tsv.gz`` and ``report.json``.
+
+The stage in steps (each a public function; :mod:`cellgraph.cli.tokenize` runs them in this order from the
+command line and writes the outputs): the options as one :class:`TokenizeParams`; :func:`read_adata`,
+:func:`read_networks`, :func:`read_prior_edges`; the corpus opened backed by :func:`scan_corpus`;
+:func:`stage_vocabulary`; :func:`build_stage_graphs` (graphs and hidden edges); :func:`tokenize_splits`
+(labelled shards); :func:`tokenize_corpus_streamed` (``pretrain.npz``, written chunk by chunk, byte-identical
+to the whole-corpus reference :func:`read_corpus` + :func:`tokenize_corpus` + :func:`write_shard`);
+:func:`write_shard`, :func:`write_graph_edges`, :func:`write_vocab`.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import logging
-import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -68,12 +75,15 @@ import scipy.sparse as sp
 
 from ..io.shards import CLS_TOKEN, PAD_TOKEN, SHARD_KEYS, bin_special_ids, read_vocab
 from ..errors import InputError
-from ..io import atomic_path, read_h5ad, require_file, write_json
+from ..io import atomic_path, read_h5ad
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "SPLITS",
+    "TokenizeParams",
+    "Vocabulary",
+    "StageGraphs",
     "expression_bins",
     "select_genes",
     "integration_pvalues",
@@ -81,6 +91,19 @@ __all__ = [
     "write_shard",
     "read_vocab",
     "bin_special_ids",
+    "read_adata",
+    "read_networks",
+    "read_prior_edges",
+    "read_corpus",
+    "scan_corpus",
+    "adata_label_key",
+    "stage_vocabulary",
+    "build_stage_graphs",
+    "tokenize_splits",
+    "tokenize_corpus",
+    "tokenize_corpus_streamed",
+    "write_vocab",
+    "write_graph_edges",
 ]
 
 SPLITS = ("train", "val", "test", "heldout")
@@ -277,7 +300,23 @@ def _canonical_edges(
     return (a[last].astype(np.int64), b[last].astype(np.int64), w[last]), counts
 
 
-def _label_key(adata) -> str:
+def adata_label_key(adata) -> str:
+    """The obs column of the cell-type labels: ``adata.uns["cellgraph"]["label_key"]`` (the expression stage's).
+
+    Parameters
+    ----------
+    adata : AnnData
+        The expression stage's output.
+
+    Returns
+    -------
+    str, a column of ``adata.obs``.
+
+    Raises
+    ------
+    InputError
+        If ``uns["cellgraph"]["label_key"]`` is missing or not an obs column.
+    """
     try:
         key = str(adata.uns["cellgraph"]["label_key"])
     except (KeyError, TypeError) as err:
@@ -355,7 +394,7 @@ def tokenize_cells(
     cols = _vocab_columns(adata, vocab)
     gene_index = {g: i for i, g in enumerate(vocab[2:])}
     n_genes = len(gene_index)
-    label_key = _label_key(adata)
+    label_key = adata_label_key(adata)
     if "split" not in adata.obs.columns:
         raise InputError("adata: obs['split'] is missing")
     graph_of, outside = _cell_graph_lookup(cell_graphs, cells, gene_index, n_genes)
@@ -512,76 +551,149 @@ def write_shard(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the options of ``cellgraph tokenize`` to ``p``.
+@dataclass(frozen=True)
+class TokenizeParams:
+    """Options of the tokenize stage: every ``cellgraph tokenize`` option except the file paths.
+
+    Built by :mod:`cellgraph.cli.tokenize` from the command line and passed to :func:`scan_corpus`,
+    :func:`stage_vocabulary`, :func:`build_stage_graphs`, :func:`tokenize_splits` and the corpus tokenizers
+    (:func:`tokenize_corpus_streamed`, :func:`tokenize_corpus`). Values are kept as given (``report.json``
+    writes them) and checked on construction.
+
+    Attributes
+    ----------
+    seed : int, default 0
+        Seed of the per-cell tie-breaking keys (``default_rng([seed, obs position])``), of the hidden edges
+        and of the integration's PCA (``--seed``).
+    n_bins : int, default 100
+        Expression rank bins per cell, in ``[2, 32764]`` (``--n-bins``).
+    max_seq_len : int, default 128
+        Gene tokens per cell at most, >= 1 (``--max-seq-len``).
+    n_top_genes : int, default 3000
+        Highly variable genes of the vocabulary (scanpy ``seurat_v3`` on raw counts), >= 2 (``--n-top-genes``).
+    tie_break : {"random", "shared"}, default "random"
+        ``random``: every expressed gene of a cell its own rank bin, ties broken by the seeded keys;
+        ``shared``: tied values share a bin (``--tie-break``, :func:`expression_bins`).
+    neighbours : bool, default False
+        Also add the unexpressed graph neighbours of expressed genes as bin-0 tokens (``--neighbours``).
+    graph : {"prior", "aracne", "union"}, default "prior"
+        Graph of a cell (``--graph``, module docstring).
+    prior_graphs : tuple of str, default ("dorothea", "trrust", "huri", "string")
+        Values of the prior edge table's ``graph`` column whose union is the prior graph (``--prior-graphs``).
+    edge_holdout_fraction : float, default 0.15
+        Fraction of all graph edges hidden from every shard, in [0, 1) (``--edge-holdout-fraction``).
+    n_bootstraps : int, default 50
+        ARACNe bootstraps B behind the networks' ``count`` column, >= 1 (``--n-bootstraps``;
+        ``Pr(e not in G_c) = 1 - (count + 1) / (B + 2)``, :func:`absent_probability`).
+    integration_alpha : float, default 0.05
+        Bayesian graph integration keeps an edge iff ``p(e) <= alpha`` (GREmLN eq. 3), in [0, 1]
+        (``--integration-alpha``).
+    knn_k : int, default 15
+        Neighbours of the kNN cell-type classifier of the integration (GREmLN eq. 1), >= 1 (``--knn-k``).
+    min_counts, max_counts : float, default 500 and 20000
+        Pretraining-corpus cell QC: total UMI per cell at least / at most, inclusive (``--min-counts``,
+        ``--max-counts``).
+    min_genes : int, default 200
+        Pretraining-corpus cell QC: detected genes per cell at least (``--min-genes``).
+    target_sum : float, default 1e6
+        Pretraining-corpus normalisation: counts per cell before log1p, i.e. log1p CPM (``--target-sum``).
+    chunk_cells : int, default 10000
+        Corpus cells read and tokenized at a time; bounds the memory, >= 1 (``--chunk-cells``).
+
+    Raises
+    ------
+    InputError
+        On construction, for a value outside the ranges above (the message names the option).
+    """
+
+    seed: int = 0
+    n_bins: int = 100
+    max_seq_len: int = 128
+    n_top_genes: int = 3000
+    tie_break: str = "random"
+    neighbours: bool = False
+    graph: str = "prior"
+    prior_graphs: tuple[str, ...] = ("dorothea", "trrust", "huri", "string")
+    edge_holdout_fraction: float = 0.15
+    n_bootstraps: int = 50
+    integration_alpha: float = 0.05
+    knn_k: int = 15
+    min_counts: float = 500
+    max_counts: float = 20000
+    min_genes: int = 200
+    target_sum: float = 1e6
+    chunk_cells: int = 10000
+
+    def __post_init__(self) -> None:
+        """Check the values, in the order and with the messages of the command line.
+
+        Raises
+        ------
+        InputError
+            The first value out of range.
+        """
+        if self.n_bins < 2 or self.n_bins + 3 > np.iinfo(np.int16).max:
+            raise InputError(f"--n-bins: expected an integer in [2, {np.iinfo(np.int16).max - 3}], got {self.n_bins}")
+        if self.max_seq_len < 1:
+            raise InputError(f"--max-seq-len: expected an integer >= 1, got {self.max_seq_len}")
+        if not 0.0 <= self.integration_alpha <= 1.0:
+            raise InputError(f"--integration-alpha: expected a number in [0, 1], got {self.integration_alpha}")
+        if self.knn_k < 1:
+            raise InputError(f"--knn-k: expected an integer >= 1, got {self.knn_k}")
+        if self.n_top_genes < 2:
+            raise InputError(f"--n-top-genes: expected an integer >= 2, got {self.n_top_genes}")
+        if not 0.0 <= self.edge_holdout_fraction < 1.0:
+            raise InputError(f"--edge-holdout-fraction: expected a number in [0, 1), got {self.edge_holdout_fraction}")
+        if self.n_bootstraps < 1:
+            raise InputError(f"--n-bootstraps: expected an integer >= 1, got {self.n_bootstraps}")
+        if self.chunk_cells < 1:
+            raise InputError(f"--chunk-cells: expected an integer >= 1 (cells per chunk of the pretraining corpus), "
+                             f"got {self.chunk_cells}")
+        if self.tie_break not in TIE_BREAKS:
+            raise InputError(f"--tie-break: expected one of {list(TIE_BREAKS)}, got {self.tie_break!r}")
+        if self.graph not in GRAPHS:
+            raise InputError(f"--graph: expected one of {list(GRAPHS)}, got {self.graph!r}")
+
+    def report(self) -> dict[str, Any]:
+        """``report.json["parameters"]``: the tokenization and graph options (not the corpus QC).
+
+        Returns
+        -------
+        dict option name -> value, in a fixed order (``prior_graphs`` as a list).
+        """
+        keys = ("seed", "n_bins", "max_seq_len", "n_top_genes", "tie_break", "neighbours", "graph", "prior_graphs",
+                "edge_holdout_fraction", "n_bootstraps", "integration_alpha", "knn_k")
+        return {k: list(self.prior_graphs) if k == "prior_graphs" else getattr(self, k) for k in keys}
+
+    def corpus_qc(self) -> dict[str, Any]:
+        """The pretraining-corpus cell QC thresholds, as the corpus report's ``qc`` entry.
+
+        Returns
+        -------
+        dict with ``min_counts``, ``max_counts`` (total UMI) and ``min_genes``.
+        """
+        return {"min_counts": self.min_counts, "max_counts": self.max_counts, "min_genes": self.min_genes}
+
+
+def read_adata(path: Path):
+    """Read the expression stage's ``adata.h5ad`` and check what the tokenize stage needs of it.
 
     Parameters
     ----------
-    p : argparse.ArgumentParser
-        The sub-command's parser: inputs (``--adata``, ``--networks``, ``--prior-edges``, ``--pretrain-adata``),
-        ``--out-dir``, tokenization (``--n-bins``, ``--max-seq-len``, ``--n-top-genes``, ``--tie-break``,
-        ``--neighbours``), graphs (``--graph``, ``--prior-graphs``, ``--edge-holdout-fraction``, ``--n-bootstraps``,
-        ``--integration-alpha``, ``--knn-k``), pretraining-cell QC (``--min-counts``, ``--max-counts`` in total
-        UMI, ``--min-genes``, ``--target-sum``) and ``--chunk-cells``; values are checked when the stage runs.
+    path : Path
+        h5ad with log-normalised expression in ``X`` [cells, genes], raw counts in ``layers["counts"]``,
+        ``obs["split"]`` (values of :data:`SPLITS`) and the label column ``obs[uns["cellgraph"]["label_key"]]``.
+
+    Returns
+    -------
+    anndata.AnnData, as read.
+
+    Raises
+    ------
+    InputError
+        Unreadable file; ``obs["split"]`` missing, with other values or without ``train`` cells; label key
+        missing; repeated ``var_names``; NaN, infinite or negative ``X``. The message names the file.
     """
-    p.add_argument("--adata", required=True, help="expression stage output (adata.h5ad, counts in layers['counts'])")
-    p.add_argument("--networks", required=True, help="grn networks table (networks.tsv.gz)")
-    p.add_argument("--prior-edges", default=None,
-                   help="networks stage edge table (edges.parquet: source, target, graph); needed by --graph prior|union")
-    p.add_argument("--prior-graphs", nargs="+", default=["dorothea", "trrust", "huri", "string"],
-                   help="values of the edge table's `graph` column that form the prior graph")
-    p.add_argument("--pretrain-adata", default=None,
-                   help="unlabelled cells (raw UMI counts in X) tokenized into pretrain.npz for pretraining only")
-    p.add_argument("--out-dir", required=True, help="folder for vocab.tsv, {train,val,test,heldout}.npz, report.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking keys and hidden edges (default 0)")
-    p.add_argument("--n-bins", type=int, default=100, help="expression rank bins (default 100)")
-    p.add_argument("--max-seq-len", type=int, default=128, help="gene tokens per cell at most (default 128)")
-    p.add_argument("--n-top-genes", type=int, default=3000,
-                   help="vocabulary: highly variable genes (scanpy flavor seurat_v3 on train counts; default 3000)")
-    p.add_argument("--tie-break", choices=TIE_BREAKS, default="random",
-                   help="random: every expressed gene its own rank bin; shared: ties share a bin (default random)")
-    p.add_argument("--neighbours", action=argparse.BooleanOptionalAction, default=False,
-                   help="also add unexpressed graph neighbours of expressed genes as bin-0 tokens")
-    p.add_argument("--graph", choices=GRAPHS, default="prior",
-                   help="cell graphs: prior (one shared graph), aracne (per type + integration), union")
-    p.add_argument("--edge-holdout-fraction", type=float, default=0.15,
-                   help="fraction of graph edges hidden from every shard before pretraining (default 0.15)")
-    p.add_argument("--n-bootstraps", type=int, default=50,
-                   help="ARACNe bootstraps B of networks.tsv.gz (integration probability 1-(count+1)/(B+2))")
-    p.add_argument("--integration-alpha", type=float, default=0.05,
-                   help="Bayesian graph integration: keep an edge iff p(e) <= alpha (default 0.05)")
-    p.add_argument("--knn-k", type=int, default=15, help="neighbours of the kNN cell-type classifier (default 15)")
-    p.add_argument("--min-counts", type=float, default=500, help="pretraining cells: total UMI at least")
-    p.add_argument("--max-counts", type=float, default=20000, help="pretraining cells: total UMI at most")
-    p.add_argument("--min-genes", type=int, default=200, help="pretraining cells: detected genes at least")
-    p.add_argument("--target-sum", type=float, default=1e6, help="pretraining cells: counts per cell before log1p")
-    p.add_argument("--chunk-cells", type=int, default=10000,
-                   help="pretraining corpus: cells read and tokenized at a time; bounds memory (default 10000)")
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.n_bins < 2 or args.n_bins + 3 > np.iinfo(np.int16).max:
-        raise InputError(f"--n-bins: expected an integer in [2, {np.iinfo(np.int16).max - 3}], got {args.n_bins}")
-    if args.max_seq_len < 1:
-        raise InputError(f"--max-seq-len: expected an integer >= 1, got {args.max_seq_len}")
-    if not 0.0 <= args.integration_alpha <= 1.0:
-        raise InputError(f"--integration-alpha: expected a number in [0, 1], got {args.integration_alpha}")
-    if args.knn_k < 1:
-        raise InputError(f"--knn-k: expected an integer >= 1, got {args.knn_k}")
-    if args.n_top_genes < 2:
-        raise InputError(f"--n-top-genes: expected an integer >= 2, got {args.n_top_genes}")
-    if not 0.0 <= args.edge_holdout_fraction < 1.0:
-        raise InputError(f"--edge-holdout-fraction: expected a number in [0, 1), got {args.edge_holdout_fraction}")
-    if args.n_bootstraps < 1:
-        raise InputError(f"--n-bootstraps: expected an integer >= 1, got {args.n_bootstraps}")
-    if args.chunk_cells < 1:
-        raise InputError(f"--chunk-cells: expected an integer >= 1 (cells per chunk of the pretraining corpus), "
-                         f"got {args.chunk_cells}")
-    if args.graph in ("prior", "union") and not args.prior_edges:
-        raise InputError(f"--graph {args.graph} needs --prior-edges (the networks stage edges.parquet)")
-
-
-def _read_adata(path: Path):
     import anndata as ad
 
     try:
@@ -594,7 +706,7 @@ def _read_adata(path: Path):
     if bad:
         raise InputError(f"{path}: obs['split'] has values {bad[:5]}; expected only {list(SPLITS)}")
     try:
-        _label_key(adata)
+        adata_label_key(adata)
     except InputError as err:
         raise InputError(f"{path}: {err}") from err
     if not adata.var_names.is_unique:
@@ -607,7 +719,26 @@ def _read_adata(path: Path):
     return adata
 
 
-def _read_networks(path: Path) -> pd.DataFrame:
+def read_networks(path: Path) -> pd.DataFrame:
+    """Read the grn stage's ``networks.tsv.gz`` (ARACNe networks of the cell types) and check its fields.
+
+    Parameters
+    ----------
+    path : Path
+        Tab-separated table with columns :data:`NETWORK_COLUMNS` (``cell_type, source, target, mi, pvalue,
+        count``): one row per edge of a cell type's network; ``mi`` in nats, ``count`` the edge's bootstrap
+        count.
+
+    Returns
+    -------
+    DataFrame [E, >= 6] with ``mi``, ``pvalue`` and ``count`` as float.
+
+    Raises
+    ------
+    InputError
+        Unreadable table, a missing column, an empty gene or type field, or ``mi`` < 0, ``pvalue`` outside
+        [0, 1], ``count`` not an integer >= 0 (the message names the file, line and field).
+    """
     try:
         df = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "source": str, "target": str})
     except Exception as err:  # noqa: BLE001
@@ -634,7 +765,16 @@ def _read_networks(path: Path) -> pd.DataFrame:
     return df
 
 
-def _write_vocab(path: Path, vocab: Sequence[str]) -> None:
+def write_vocab(path: Path, vocab: Sequence[str]) -> None:
+    """Write ``vocab.tsv`` atomically: a ``token_id, gene`` header, then one row per token (id = position).
+
+    Parameters
+    ----------
+    path : Path
+        Output file.
+    vocab : list of str
+        ``["<pad>", "<cls>", genes...]`` (as :func:`cellgraph.io.shards.read_vocab` reads it back).
+    """
     with atomic_path(path) as tmp:
         tmp.write_text("token_id\tgene\n" + "".join(f"{i}\t{g}\n" for i, g in enumerate(vocab)))
 
@@ -778,7 +918,23 @@ def _drop_keys(graph: Graph, hidden_keys: np.ndarray, n_genes: int) -> Graph:
 EMPTY: Graph = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 
 
-def _read_prior_edges(path: Path) -> pd.DataFrame:
+def read_prior_edges(path: Path) -> pd.DataFrame:
+    """Read the networks stage's edge table (``edges.parquet``, or a tab-separated file).
+
+    Parameters
+    ----------
+    path : Path
+        Table with columns ``source, target, graph`` (gene symbols and the name of the source graph).
+
+    Returns
+    -------
+    DataFrame [E, >= 3], as read.
+
+    Raises
+    ------
+    InputError
+        Unreadable table or a missing column.
+    """
     try:
         df = pd.read_parquet(path) if str(path).endswith(".parquet") else pd.read_csv(path, sep="\t")
     except Exception as err:  # noqa: BLE001 - any read failure is the user's file
@@ -789,8 +945,30 @@ def _read_prior_edges(path: Path) -> pd.DataFrame:
     return df
 
 
-def _read_corpus(path: Path, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """Pretraining cells: raw counts in X, QC as the expression stage, then ``layers["log1p"]`` (log1p CPM)."""
+def read_corpus(path: Path, params: TokenizeParams) -> tuple[Any, dict[str, Any]]:
+    """Whole pretraining corpus in memory: raw counts in X, cell QC, then ``layers["log1p"]`` (log1p CPM).
+
+    The reference of the streamed path (:func:`scan_corpus`, :func:`tokenize_corpus_streamed`), which gives
+    the same cells, report and tokens without loading the corpus.
+
+    Parameters
+    ----------
+    path : Path
+        h5ad with raw UMI counts in ``X`` [cells, genes].
+    params : TokenizeParams
+        ``min_counts``, ``max_counts`` (total UMI per cell, inclusive), ``min_genes`` (detected genes per
+        cell) and ``target_sum`` (counts per cell before log1p) are used.
+
+    Returns
+    -------
+    (AnnData [kept cells, genes] with float32 counts in ``X`` and ``layers["log1p"]``, report dict:
+    ``path, cells, cells_kept, cells_dropped_qc, genes, qc``).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, ``X`` not raw counts, repeated ``var_names``, or no cell passing the QC.
+    """
     import anndata as ad
     import scanpy as sc
 
@@ -806,15 +984,14 @@ def _read_corpus(path: Path, args: argparse.Namespace) -> tuple[Any, dict[str, A
     a.X = x.astype(np.float32)
     total = np.asarray(a.X.sum(1)).ravel()
     n_genes = np.diff(a.X.indptr)
-    keep = (total >= args.min_counts) & (total <= args.max_counts) & (n_genes >= args.min_genes)
+    keep = (total >= params.min_counts) & (total <= params.max_counts) & (n_genes >= params.min_genes)
     report = {"path": str(path), "cells": int(a.n_obs), "cells_kept": int(keep.sum()),
-              "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars),
-              "qc": {"min_counts": args.min_counts, "max_counts": args.max_counts, "min_genes": args.min_genes}}
+              "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars), "qc": params.corpus_qc()}
     if not keep.any():
         raise InputError(f"{path}: no cell passes QC ({report['qc']})")
     a = a[keep].copy()
     a.layers["log1p"] = a.X.copy()
-    sc.pp.normalize_total(a, target_sum=args.target_sum, layer="log1p")
+    sc.pp.normalize_total(a, target_sum=params.target_sum, layer="log1p")
     sc.pp.log1p(a, layer="log1p")
     return a, report
 
@@ -921,106 +1098,253 @@ class _Integration:
         return self.cand_u[keep], self.cand_v[keep], probs @ self.mi[:, keep]
 
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph tokenize``: vocabulary, graphs with hidden edges, token shards, report (module docstring)."""
-    t_start = time.perf_counter()
-    _check_args(args)
-    adata_path = require_file(args.adata, "adata")
-    net_path = require_file(args.networks, "grn networks")
-    adata = _read_adata(adata_path)
-    networks = _read_networks(net_path)
-    label_key = _label_key(adata)
-    split = adata.obs["split"].astype(str).to_numpy()
-    labels = adata.obs[label_key].astype(str).to_numpy()
-    train = np.flatnonzero(split == "train")
-    corpus, corpus_report = (None, None)
-    if args.pretrain_adata:  # opened backed and read --chunk-cells cells at a time: memory bounded by the chunk
-        corpus = scan_corpus(require_file(args.pretrain_adata, "pretraining adata"), args)
-        corpus_report = corpus.report
-    try:
-        _run_open_corpus(args, t_start, adata_path, net_path, adata, networks, label_key, split, labels, train,
-                         corpus, corpus_report)
-    finally:
-        if corpus is not None:
-            corpus.close()
+@dataclass(frozen=True)
+class Vocabulary:
+    """Vocabulary of the stage (:func:`stage_vocabulary`); token id of ``genes[i]`` is ``i + 2``.
+
+    Attributes
+    ----------
+    genes : list of str
+        The vocabulary genes [G], sorted by symbol (no special tokens).
+    hvgs : list of str
+        The highly variable genes among them (:func:`choose_vocabulary`, sorted).
+    network_genes : list of str
+        Genes of the ARACNe networks that are in the adata, sorted (empty with ``graph = "prior"``).
+    with_corpus : bool
+        Whether the HVGs were chosen on the train cells and a pretraining corpus together.
+    """
+
+    genes: list[str]
+    hvgs: list[str]
+    network_genes: list[str]
+    with_corpus: bool
+
+    def report(self, n_adata_genes: int) -> dict[str, Any]:
+        """``report.json["vocab"]``.
+
+        Parameters
+        ----------
+        n_adata_genes : int
+            Genes of the adata (``n_vars``).
+
+        Returns
+        -------
+        dict: ``genes, hvgs, hvg_method, aracne_genes_added, adata_genes_not_in_vocab``.
+        """
+        return {"genes": len(self.genes), "hvgs": len(self.hvgs),
+                "hvg_method": "scanpy seurat_v3 on raw counts of train cells"
+                + (" and the pretraining corpus (batch_key = data set)" if self.with_corpus else ""),
+                "aracne_genes_added": len(set(self.network_genes) - set(self.hvgs)),
+                "adata_genes_not_in_vocab": int(n_adata_genes - len(self.genes))}
 
 
-def _run_open_corpus(args, t_start, adata_path, net_path, adata, networks, label_key, split, labels, train,
-                     corpus, corpus_report) -> None:
-    """The rest of :func:`run` once the inputs are read (``corpus``: the open :func:`scan_corpus`, or None)."""
-    # ---- vocabulary: HVGs of the training counts (train cells and the corpus), plus ARACNe genes if used
-    counts = _train_counts(adata, train, adata_path)
-    hvg = (choose_vocabulary([counts], args.n_top_genes) if corpus is None else
-           choose_vocabulary_streamed(counts, corpus, args.n_top_genes, args.chunk_cells))
-    net_genes = set(networks["source"]) | set(networks["target"]) if args.graph != "prior" else set()
+def stage_vocabulary(adata, networks: pd.DataFrame, params: TokenizeParams, corpus: _CorpusScan | None = None,
+                     adata_path: str | Path = "adata", networks_path: str | Path = "networks") -> Vocabulary:
+    """The vocabulary: HVGs of the training counts, plus the ARACNe network genes when the graphs use them.
+
+    The HVGs (:func:`choose_vocabulary`, scanpy ``seurat_v3``, Stuart et al. 2019) are those of the raw
+    counts (``layers["counts"]``) of the *train* cells, with the pretraining corpus as a second batch when
+    one is given (:func:`choose_vocabulary_streamed`, read ``params.chunk_cells`` cells at a time).
+    Validation, test and held-out cells never influence the vocabulary.
+
+    Parameters
+    ----------
+    adata : AnnData
+        The expression stage's output (:func:`read_adata`) [cells, genes].
+    networks : DataFrame
+        The grn networks table (:func:`read_networks`).
+    params : TokenizeParams
+        ``n_top_genes``, ``graph`` (``prior``: no network genes) and ``chunk_cells`` are used.
+    corpus : the open pretraining corpus (:func:`scan_corpus`), or None.
+    adata_path, networks_path : the input files, for messages.
+
+    Returns
+    -------
+    Vocabulary
+
+    Raises
+    ------
+    InputError
+        ``layers["counts"]`` missing, the data sets sharing fewer than 2 genes, or (``graph`` aracne/union)
+        no network gene among the adata's ``var_names``.
+    """
+    train = np.flatnonzero(adata.obs["split"].astype(str).to_numpy() == "train")
+    counts = _train_counts(adata, train, Path(adata_path))
+    hvg = (choose_vocabulary([counts], params.n_top_genes) if corpus is None else
+           choose_vocabulary_streamed(counts, corpus, params.n_top_genes, params.chunk_cells))
+    net_genes = set(networks["source"]) | set(networks["target"]) if params.graph != "prior" else set()
     net_in = sorted(g for g in net_genes if g in adata.var_names)
     if net_genes and not net_in:
-        raise InputError(f"{net_path}: no gene of the networks is in {adata_path} var_names (networks genes "
+        raise InputError(f"{networks_path}: no gene of the networks is in {adata_path} var_names (networks genes "
                          f"e.g. {sorted(net_genes)[:5]}, adata genes e.g. {list(adata.var_names[:5])})")
-    genes = sorted(set(hvg) | set(net_in))
+    return Vocabulary(genes=sorted(set(hvg) | set(net_in)), hvgs=hvg, network_genes=net_in,
+                      with_corpus=corpus is not None)
+
+
+@dataclass(frozen=True)
+class StageGraphs:
+    """The stage's graphs over the vocabulary (:func:`build_stage_graphs`), hidden edges already removed.
+
+    Attributes
+    ----------
+    genes : list of str
+        The vocabulary genes [G]; graph nodes are their indices.
+    source : str
+        ``params.graph``: ``prior``, ``aracne`` or ``union``.
+    prior : Graph
+        The shared prior graph without its hidden edges, ``(u, v, w=1)`` (empty for ``aracne``).
+    prior_counts : dict or None
+        Counts of :func:`prior_graph` (None for ``aracne``).
+    per_type : dict
+        Cell type -> ``{"key": int64 [E_t] edge keys u * G + v, "absent": float64 [E_t] Pr(e not in G_t),
+        "mi": float64 [E_t] mutual information (nats)}``, without the hidden edges (empty for ``prior``).
+    aracne_counts : dict
+        Rows of the networks table dropped (gene outside the vocabulary), self-loops and duplicates.
+    edges : Graph
+        Every edge of the prior and type graphs before hiding, ``(u, v, w)``, u < v unique.
+    hidden : bool array [E]
+        Which of ``edges`` are hidden from every shard (:func:`hidden_edge_mask`).
+    """
+
+    genes: list[str]
+    source: str
+    prior: Graph
+    prior_counts: dict | None
+    per_type: dict[str, dict[str, np.ndarray]]
+    aracne_counts: dict
+    edges: Graph
+    hidden: np.ndarray
+
+    def edge_table(self) -> pd.DataFrame:
+        """``graph_edges.tsv.gz``: every edge with its weight and whether it is hidden.
+
+        Returns
+        -------
+        DataFrame [E, 4]: ``source, target`` (gene symbols), ``weight``, ``hidden`` (bool).
+        """
+        genes = np.asarray(self.genes)
+        return pd.DataFrame({"source": genes[self.edges[0]], "target": genes[self.edges[1]],
+                             "weight": self.edges[2], "hidden": self.hidden})
+
+    def report(self) -> dict[str, Any]:
+        """``report.json["graph"]``: sources, counts, edges per type, hidden edges.
+
+        Returns
+        -------
+        dict
+        """
+        return {"source": self.source, "prior": self.prior_counts, "aracne": self.aracne_counts,
+                "edges_per_type": {t: int(d["key"].size) for t, d in self.per_type.items()},
+                "edges": int(self.edges[0].size), "hidden_edges": int(self.hidden.sum()),
+                "hidden_edges_note": "removed from every shard's cell graphs before pretraining; "
+                                     "listed in graph_edges.tsv.gz (hidden = True)"}
+
+
+def build_stage_graphs(genes: Sequence[str], networks: pd.DataFrame, prior_edges: pd.DataFrame | None,
+                       params: TokenizeParams) -> StageGraphs:
+    """The prior and per-type ARACNe graphs over the vocabulary, then hide edges from all of them.
+
+    ``params.edge_holdout_fraction`` of all edges (prior and ARACNe together, :func:`merge_graphs`) are drawn
+    with ``params.seed`` (:func:`hidden_edge_mask`) and removed before any cell is tokenized, so no model is
+    pretrained with them.
+
+    Parameters
+    ----------
+    genes : list of str
+        The vocabulary genes [G] (:attr:`Vocabulary.genes`).
+    networks : DataFrame
+        The grn networks table (:func:`read_networks`); used for ``graph`` aracne/union.
+    prior_edges : DataFrame or None
+        The networks stage's edge table (:func:`read_prior_edges`); needed for ``graph`` prior/union.
+    params : TokenizeParams
+        ``graph``, ``prior_graphs``, ``n_bootstraps``, ``edge_holdout_fraction`` and ``seed`` are used.
+
+    Returns
+    -------
+    StageGraphs
+
+    Raises
+    ------
+    InputError
+        Bootstrap counts above ``params.n_bootstraps``.
+    ValueError
+        ``prior_edges`` is None with ``graph`` prior/union.
+    """
     gene_index = {g: i for i, g in enumerate(genes)}
     n_genes = len(genes)
-
-    # ---- graphs, then hide edges from all of them before any cell is tokenized
     prior, prior_counts = EMPTY, None
-    if args.graph != "aracne":
-        prior, prior_counts = prior_graph(_read_prior_edges(require_file(args.prior_edges, "prior edges")),
-                                          args.prior_graphs, gene_index)
-    per_type, net_counts = ({}, {}) if args.graph == "prior" else _type_networks(networks, gene_index,
-                                                                                   args.n_bootstraps)
+    if params.graph != "aracne":
+        if prior_edges is None:
+            raise ValueError(f"graph {params.graph!r} needs the prior edge table")
+        prior, prior_counts = prior_graph(prior_edges, params.prior_graphs, gene_index)
+    per_type, net_counts = ({}, {}) if params.graph == "prior" else _type_networks(networks, gene_index,
+                                                                                     params.n_bootstraps)
     everything = merge_graphs(prior, *(_graph_of_key(d["key"], d["mi"], n_genes) for d in per_type.values()))
     all_keys = everything[0] * n_genes + everything[1]
-    hidden = hidden_edge_mask(all_keys.size, args.edge_holdout_fraction, args.seed)
+    hidden = hidden_edge_mask(all_keys.size, params.edge_holdout_fraction, params.seed)
     hidden_keys = all_keys[hidden]
     prior = _drop_keys(prior, hidden_keys, n_genes)
     for d in per_type.values():
         keep = ~np.isin(d["key"], hidden_keys)
         for k in ("key", "absent", "mi"):
             d[k] = d[k][keep]
-    integ = (_Integration(adata, genes, train, labels, per_type, args.knn_k, args.integration_alpha, args.seed,
-                          args.n_bootstraps) if args.graph != "prior" else None)
+    return StageGraphs(genes=list(genes), source=params.graph, prior=prior, prior_counts=prior_counts,
+                       per_type=per_type, aracne_counts=net_counts, edges=everything, hidden=hidden)
 
-    shards, split_reports = _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_type, integ)
-    out = Path(args.out_dir)
-    if corpus is not None:  # streamed straight into pretrain.npz
-        split_reports[PRETRAIN_SHARD] = tokenize_corpus_streamed(args, corpus, genes, prior,
-                                                                 out / f"{PRETRAIN_SHARD}.npz")
-    edge_table = pd.DataFrame({"source": np.asarray(genes)[everything[0]], "target": np.asarray(genes)[everything[1]],
-                               "weight": everything[2], "hidden": hidden})
-    report = {
-        "inputs": {"adata": str(adata_path), "networks": str(net_path), "prior_edges": args.prior_edges,
-                   "pretrain_adata": args.pretrain_adata},
-        "parameters": {k: getattr(args, k) for k in (
-            "seed", "n_bins", "max_seq_len", "n_top_genes", "tie_break", "neighbours", "graph", "prior_graphs",
-            "edge_holdout_fraction", "n_bootstraps", "integration_alpha", "knn_k")},
-        "label_key": label_key,
-        "cells_per_split": {**{s: int(shards[s]["obs_names"].size) for s in shards},
-                            **({PRETRAIN_SHARD: corpus.n_kept} if corpus is not None else {})},
-        "splits": split_reports,
-        "vocab": {"genes": n_genes, "hvgs": len(hvg), "hvg_method": "scanpy seurat_v3 on raw counts of train cells"
-                  + (" and the pretraining corpus (batch_key = data set)" if corpus is not None else ""),
-                  "aracne_genes_added": len(set(net_in) - set(hvg)),
-                  "adata_genes_not_in_vocab": int(adata.n_vars - n_genes)},
-        "graph": {"source": args.graph, "prior": prior_counts, "aracne": net_counts,
-                  "edges_per_type": {t: int(d["key"].size) for t, d in per_type.items()},
-                  "edges": int(all_keys.size), "hidden_edges": int(hidden.sum()),
-                  "hidden_edges_note": "removed from every shard's cell graphs before pretraining; "
-                                       "listed in graph_edges.tsv.gz (hidden = True)"},
-        "integration": _integration_report(integ, split_reports, args),
-        "pretrain": corpus_report,
-    }
-    for s, arrays in shards.items():
-        write_shard(out / f"{s}.npz", arrays)
-    if corpus is None:  # a corpus shard of an earlier run must not join this run's training
-        (out / f"{PRETRAIN_SHARD}.npz").unlink(missing_ok=True)
-    with atomic_path(out / "graph_edges.tsv.gz") as tmp:  # no name or time in the gzip header: same bytes
+
+def tokenize_splits(adata, graphs: StageGraphs, params: TokenizeParams):
+    """Token shards of the labelled cells: ``train``, ``val``, ``test``, ``heldout`` and ``train_integrated``.
+
+    Graph of a cell (module docstring): ``prior`` -> the shared prior graph; ``aracne``/``union`` -> train
+    cells the (prior merged with the) network of their own type, the other shards the Bayesian graph
+    integration of GREmLN eqs. 1-3 (kNN classifier on a PCA of the train cells' ``X``; the train cells of
+    ``train_integrated`` are classified leave-one-out). Tokens: :func:`tokenize_cells`'s procedure with
+    ``params.n_bins``, ``max_seq_len``, ``seed``, ``tie_break`` and ``neighbours``.
+
+    Parameters
+    ----------
+    adata : AnnData
+        The expression stage's output (:func:`read_adata`).
+    graphs : StageGraphs
+        The graphs without their hidden edges (:func:`build_stage_graphs`).
+    params : TokenizeParams
+
+    Returns
+    -------
+    (shards, reports, integration): shard name -> shard arrays (docs/design.md section 5); shard name ->
+    summary (tokens and edges per cell, truncation; with the integration also kept edges per cell and the
+    kNN accuracy on val/test); ``report.json["integration"]`` (None for ``graph = "prior"``).
+
+    Raises
+    ------
+    InputError
+        ``params.knn_k`` above the number of train cells.
+    """
+    label_key = adata_label_key(adata)
+    split = adata.obs["split"].astype(str).to_numpy()
+    labels = adata.obs[label_key].astype(str).to_numpy()
+    train = np.flatnonzero(split == "train")
+    integ = (_Integration(adata, graphs.genes, train, labels, graphs.per_type, params.knn_k,
+                          params.integration_alpha, params.seed, params.n_bootstraps)
+             if params.graph != "prior" else None)
+    shards, reports = _tokenize_splits(params, adata, graphs.genes, split, labels, label_key, graphs.prior,
+                                       graphs.per_type, integ)
+    return shards, reports, _integration_report(integ, reports, params.integration_alpha)
+
+
+def write_graph_edges(path: str | Path, edge_table: pd.DataFrame) -> None:
+    """Write ``graph_edges.tsv.gz`` atomically and byte-reproducibly (no name or time in the gzip header).
+
+    Parameters
+    ----------
+    path : output file.
+    edge_table : DataFrame
+        :meth:`StageGraphs.edge_table` (``source, target, weight, hidden``), written tab-separated without
+        the index.
+    """
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh, gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
             gz.write(edge_table.to_csv(sep="\t", index=False).encode())
-    _write_vocab(out / "vocab.tsv", [PAD_TOKEN, CLS_TOKEN] + genes)
-    write_json(out / "report.json", report)
-    log.info("tokenized %d cells in %.1f s; vocab %d genes; %d graph edges, %d hidden",
-             sum(report["cells_per_split"].values()), time.perf_counter() - t_start, n_genes, all_keys.size,
-             int(hidden.sum()))
 
 
 def _train_counts(adata, train: np.ndarray, path: Path):
@@ -1032,7 +1356,8 @@ def _train_counts(adata, train: np.ndarray, path: Path):
     return ad.AnnData(x, obs=pd.DataFrame(index=adata.obs_names[train]), var=pd.DataFrame(index=adata.var_names))
 
 
-def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_type, integ):
+def _tokenize_splits(params: TokenizeParams, adata, genes, split, labels, label_key, prior, per_type, integ):
+    """Shards and summaries of :func:`tokenize_splits` (``integ``: the :class:`_Integration`, or None)."""
     n_genes = len(genes)
     shards: dict[str, dict[str, np.ndarray]] = {}
     reports: dict[str, Any] = {}
@@ -1068,8 +1393,8 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
                 kept_n[j] = g[0].size
                 return merge_graphs(prior, g)
 
-        arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, args.n_bins,
-                                           args.max_seq_len, args.seed, args.tie_break, args.neighbours)
+        arrays, truncated = _tokenize_core(_rows(adata, cells, cols), cells, graph_of, params.n_bins,
+                                           params.max_seq_len, params.seed, params.tie_break, params.neighbours)
         arrays.update(_obs_arrays(adata, cells, label_key))
         shards[s] = {k: arrays[k] for k in SHARD_KEYS}
         reports[s] = _summary(arrays, truncated)
@@ -1083,18 +1408,36 @@ def _tokenize_splits(args, adata, genes, split, labels, label_key, prior, per_ty
     return shards, reports
 
 
-def _tokenize_corpus(args, corpus, genes, prior):
-    """The pretraining corpus: the shared (prior) graph only, label ``unlabelled``, split ``pretrain``.
+def tokenize_corpus(corpus, genes: Sequence[str], prior: Graph,
+                    params: TokenizeParams) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The pretraining corpus in memory: the shared (prior) graph only, label ``unlabelled``, split ``pretrain``.
 
-    Whole-corpus path (the corpus of ``_read_corpus`` in memory); ``run`` streams it with
+    Whole-corpus path (the corpus of :func:`read_corpus` in memory); the stage streams the corpus with
     :func:`tokenize_corpus_streamed`, which writes the same bytes. Kept as the reference of that equality.
+    Cell ``j``'s tie-breaking keys come from ``default_rng([seed, 1, j])`` (``j``: position among the kept
+    cells).
+
+    Parameters
+    ----------
+    corpus : AnnData
+        Kept corpus cells with log1p CPM in ``layers["log1p"]`` [cells, genes] (:func:`read_corpus`).
+    genes : list of str
+        The vocabulary genes [G]; genes the corpus lacks are unexpressed.
+    prior : Graph
+        The shared graph ``(u, v, w)`` over gene indices (hidden edges removed).
+    params : TokenizeParams
+        ``n_bins``, ``max_seq_len``, ``seed``, ``tie_break`` and ``neighbours`` are used.
+
+    Returns
+    -------
+    (shard arrays of docs/design.md section 5, report: the shard summary plus ``vocabulary_genes_absent``).
     """
     cols = corpus.var_names.get_indexer(genes)
     present = cols >= 0
     x = _vocab_rows(sp.csr_matrix(corpus.layers["log1p"]), cols)
     cells = np.arange(corpus.n_obs)
-    arrays, truncated = _tokenize_core(x, cells, lambda j: prior, args.n_bins, args.max_seq_len, args.seed,
-                                       args.tie_break, args.neighbours, stream=PRETRAIN_STREAM)
+    arrays, truncated = _tokenize_core(x, cells, lambda j: prior, params.n_bins, params.max_seq_len, params.seed,
+                                       params.tie_break, params.neighbours, stream=PRETRAIN_STREAM)
     arrays.update({"obs_names": np.array(corpus.obs_names, dtype=str),
                    "cell_type": np.full(corpus.n_obs, "unlabelled"), "split": np.full(corpus.n_obs, "pretrain")})
     rep = _summary(arrays, truncated)
@@ -1102,12 +1445,12 @@ def _tokenize_corpus(args, corpus, genes, prior):
     return {k: arrays[k] for k in SHARD_KEYS}, rep
 
 
-def _integration_report(integ, split_reports, args) -> dict[str, Any] | None:
+def _integration_report(integ, split_reports, alpha: float) -> dict[str, Any] | None:
     if integ is None:
         return None
     kept = [split_reports[s]["integration_edges_kept_per_cell"]["mean"] for s in ("val", "test", "heldout")
             if split_reports[s].get("integration_edges_kept_per_cell")]
-    return {"candidate_edges": int(integ.cand.size), "alpha": args.integration_alpha, "n_pcs": integ.n_pcs,
+    return {"candidate_edges": int(integ.cand.size), "alpha": alpha, "n_pcs": integ.n_pcs,
             "edges_kept_per_cell_mean": float(np.mean(kept)) if kept else None,
             "distinct_edges_kept_in_any_cell": int(integ.kept_any.sum()),
             "pr_edge_absent": "1 - (count + 1) / (B + 2) from the edge's bootstrap count (0 where absent)",
@@ -1148,7 +1491,7 @@ class _CorpusScan:
 
 
 def _raw_rows(adata, lo: int, hi: int, path: Path) -> sp.csr_matrix:
-    """Rows ``lo:hi`` of the backed corpus X as CSR (stored dtype), after the raw-count check of ``_read_corpus``."""
+    """Rows ``lo:hi`` of the backed corpus X as CSR (stored dtype), after the raw-count check of :func:`read_corpus`."""
     try:
         x = sp.csr_matrix(adata.X[lo:hi])
     except Exception as err:  # noqa: BLE001 - a damaged matrix is the user's file
@@ -1183,37 +1526,45 @@ def _count_stats(x: sp.csr_matrix, n_genes: int) -> dict[str, np.ndarray]:
             "positive": np.bincount(idx[val > 0], minlength=n_genes).astype(np.float64)}
 
 
-def scan_corpus(path: Path, args: argparse.Namespace) -> _CorpusScan:
-    """Open a pretraining corpus backed and check and QC it chunk by chunk, as ``_read_corpus`` does whole.
+def scan_corpus(path: Path, params: TokenizeParams) -> _CorpusScan:
+    """Open a pretraining corpus backed and check and QC it chunk by chunk, as :func:`read_corpus` does whole.
 
-    Reads ``args.chunk_cells`` rows of X at a time (raw UMI counts, any stored dtype). Returns the open
-    corpus with ``keep`` (bool [n_obs]: passes ``--min-counts``, ``--max-counts``, ``--min-genes``),
-    ``stats`` (float64 [n_vars] per gene over the kept cells: ``sum``, ``sumsq``, ``positive`` cell count)
-    and the report of ``_read_corpus``.
+    Parameters
+    ----------
+    path : Path
+        h5ad with raw UMI counts in ``X`` [cells, genes] (any stored dtype).
+    params : TokenizeParams
+        ``chunk_cells`` (rows of X read at a time), ``min_counts``, ``max_counts`` (total UMI) and
+        ``min_genes`` (the cell QC) are used.
+
+    Returns
+    -------
+    The open corpus (close it with ``.close()``) with ``keep`` (bool [n_obs]: passes the QC), ``stats``
+    (float64 [n_vars] per gene over the kept cells: ``sum``, ``sumsq``, ``positive`` cell count), ``n_kept``
+    and ``report`` (the report of :func:`read_corpus`).
 
     Raises
     ------
     InputError
         If the file is not an h5ad, X is not raw counts, var_names repeat, or no cell passes QC (the
-        messages of ``_read_corpus``, in its order).
+        messages of :func:`read_corpus`, in its order).
     """
     a = read_h5ad(path, backed="r")
     try:
         keep = np.zeros(a.n_obs, dtype=bool)
         stats = {k: np.zeros(a.n_vars) for k in ("sum", "sumsq", "positive")}
-        for lo in range(0, a.n_obs, args.chunk_cells):
-            x = _raw_rows(a, lo, min(lo + args.chunk_cells, a.n_obs), path).astype(np.float32)
+        for lo in range(0, a.n_obs, params.chunk_cells):
+            x = _raw_rows(a, lo, min(lo + params.chunk_cells, a.n_obs), path).astype(np.float32)
             total = np.asarray(x.sum(1)).ravel()
             n_genes = np.diff(x.indptr)
-            k = (total >= args.min_counts) & (total <= args.max_counts) & (n_genes >= args.min_genes)
+            k = (total >= params.min_counts) & (total <= params.max_counts) & (n_genes >= params.min_genes)
             keep[lo:lo + k.size] = k
             for key, v in _count_stats(x[k], a.n_vars).items():
                 stats[key] += v
         if not a.var_names.is_unique:
             raise InputError(f"{path}: var_names are not unique")
         report = {"path": str(path), "cells": int(a.n_obs), "cells_kept": int(keep.sum()),
-                  "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars),
-                  "qc": {"min_counts": args.min_counts, "max_counts": args.max_counts, "min_genes": args.min_genes}}
+                  "cells_dropped_qc": int((~keep).sum()), "genes": int(a.n_vars), "qc": params.corpus_qc()}
         if not keep.any():
             raise InputError(f"{path}: no cell passes QC ({report['qc']})")
     except BaseException:
@@ -1334,7 +1685,7 @@ def _rank_batches(genes: pd.Index, norm_gene_vars: np.ndarray, n_top_genes: int)
 
 
 def _log1p_rows(x: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
-    """``layers["log1p"]`` of ``_read_corpus`` for some kept cells: float32 counts -> log1p(CPM) (per cell)."""
+    """``layers["log1p"]`` of :func:`read_corpus` for some kept cells: float32 counts -> log1p(CPM) (per cell)."""
     import anndata as ad
     import scanpy as sc
 
@@ -1484,19 +1835,34 @@ def _shard_entries(spool: Path, obs_names_dtype: np.dtype, n_cells: int, n_bins:
     return entries
 
 
-def tokenize_corpus_streamed(args: argparse.Namespace, scan: _CorpusScan, genes: Sequence[str], prior: Graph,
-                             out_path: str | Path) -> dict[str, Any]:
-    """Tokenize the QC'd corpus ``args.chunk_cells`` cells at a time into ``out_path`` (``pretrain.npz``).
+def tokenize_corpus_streamed(scan: _CorpusScan, genes: Sequence[str], prior: Graph, out_path: str | Path,
+                             params: TokenizeParams) -> dict[str, Any]:
+    """Tokenize the QC'd pretraining corpus ``params.chunk_cells`` cells at a time into ``out_path``.
 
-    Each chunk's rows are read from the backed file, normalised (log1p CPM, ``--target-sum``), restricted to
-    the vocabulary ``genes`` [G] and tokenized with the shared ``prior`` graph by ``_tokenize_core`` with the
-    cells' positions among all kept cells, so no token depends on the chunk size. Chunk arrays are appended
-    to files in a temporary folder next to ``out_path`` (removed on success and on error), then streamed into
-    the zip: the file is byte-identical to ``write_shard`` of the whole-corpus arrays (``_tokenize_corpus``).
+    Each chunk's rows are read from the backed file, normalised (log1p CPM with ``params.target_sum``),
+    restricted to the vocabulary ``genes`` and tokenized with the shared ``prior`` graph (label
+    ``unlabelled``, split ``pretrain``) with the cells' positions among all kept cells, so no token depends
+    on the chunk size. Chunk arrays are appended to files in a temporary folder next to ``out_path``
+    (removed on success and on error), then streamed into the zip: the file is byte-identical to
+    :func:`write_shard` of the whole-corpus arrays of :func:`tokenize_corpus` (on :func:`read_corpus`), and
+    memory is bounded by the chunk, not by the corpus.
+
+    Parameters
+    ----------
+    scan : the open corpus of :func:`scan_corpus` (its ``keep`` mask selects the cells).
+    genes : list of str
+        The vocabulary genes [G]; genes the corpus lacks are unexpressed.
+    prior : Graph
+        The shared graph ``(u, v, w)`` over gene indices (hidden edges removed).
+    out_path : the shard file (``pretrain.npz``), written atomically; its folder is created.
+    params : TokenizeParams
+        ``chunk_cells``, ``target_sum``, ``n_bins``, ``max_seq_len``, ``seed``, ``tie_break`` and
+        ``neighbours`` are used.
 
     Returns
     -------
-    The shard's report: ``_summary`` of the arrays plus ``vocabulary_genes_absent``.
+    The shard's report: the summary of the arrays (tokens and edges per cell, truncation) plus
+    ``vocabulary_genes_absent``, equal to :func:`tokenize_corpus`'s.
 
     Raises
     ------
@@ -1517,17 +1883,19 @@ def tokenize_corpus_streamed(args: argparse.Namespace, scan: _CorpusScan, genes:
     try:
         _append(spool, "gene_ptr", np.zeros(1, np.int64))
         _append(spool, "edge_ptr", np.zeros(1, np.int64))
-        for start, rows, x in _kept_chunks(scan, args.chunk_cells):
-            x = _vocab_rows(_log1p_rows(x, args.target_sum), cols)
-            arrays, truncated = _tokenize_core(x, np.arange(start, start + x.shape[0]), lambda j: prior, args.n_bins,
-                                               args.max_seq_len, args.seed, args.tie_break, args.neighbours,
+        for start, rows, x in _kept_chunks(scan, params.chunk_cells):
+            x = _vocab_rows(_log1p_rows(x, params.target_sum), cols)
+            arrays, truncated = _tokenize_core(x, np.arange(start, start + x.shape[0]), lambda j: prior,
+                                               params.n_bins, params.max_seq_len, params.seed, params.tie_break,
+                                               params.neighbours,
                                                stream=PRETRAIN_STREAM)
             _spool_chunk(spool, arrays, offsets)
             acc.add(arrays, truncated)
             _append(spool, "obs_names", np.array(scan.adata.obs_names[rows], dtype=names_dtype))
             _append(spool, "cell_type", np.full(rows.size, "unlabelled"))
             _append(spool, "split", np.full(rows.size, "pretrain"))
-        write_npz_streamed(out_path, _shard_entries(spool, names_dtype, scan.n_kept, args.n_bins, args.max_seq_len))
+        write_npz_streamed(out_path, _shard_entries(spool, names_dtype, scan.n_kept, params.n_bins,
+                                                    params.max_seq_len))
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     rep = acc.result()
