@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from cellgraph.cli import diffusion as dfn_cli
 from cellgraph.tl import diffusion as dfn
 from cellgraph.errors import InputError
 
@@ -26,7 +27,7 @@ TINY = ["--n-tokens", "4", "--d-model", "32", "--n-layers", "1", "--n-heads", "2
 
 def parse(*argv) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    dfn.configure_parser(p)
+    dfn_cli.configure_parser(p)
     return p.parse_args([str(a) for a in argv])
 
 
@@ -167,9 +168,9 @@ def test_papalexi_end_to_end(tmp_path, papalexi):
 
     out, ck = tmp_path / "out", tmp_path / "ck"
     mg = toy_multigraph(tmp_path / "mg.npz", papalexi.vocab)
-    dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
-                  "--checkpoint-dir", ck, "--max-train-cells", 192, "--ae-steps", 1, "--max-steps", 3,
-                  "--multigraph", mg, "--rwr-dim", 3, *TINY))
+    dfn_cli.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
+                      "--checkpoint-dir", ck, "--max-train-cells", 192, "--ae-steps", 1, "--max-steps", 3,
+                      "--multigraph", mg, "--rwr-dim", 3, *TINY))
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert list(metrics.columns) == dfn.METRIC_COLUMNS
     assert metrics["phase"].tolist() == ["autoencoder", "diffusion"] and np.isfinite(metrics["train_loss"]).all()
@@ -181,8 +182,8 @@ def test_papalexi_end_to_end(tmp_path, papalexi):
     feats = obj["state_dict"]["denoiser.cond_embedder.set.gene_features"]
     assert feats.shape == (25, 3) and not any(k.endswith("set.gene.weight") for k in obj["state_dict"])
     assert obj["init"]["set_features"] == "rwr"
-    dfn.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, "--n-generate", 3,
-                  "--ddim-steps", 2, *TINY))
+    dfn_cli.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, "--n-generate", 3,
+                      "--ddim-steps", 2, *TINY))
     gen = ad.read_h5ad(out / "generated.h5ad")
     n_cond = 1 + 25
     assert gen.shape == (3 * n_cond, 299)
@@ -197,9 +198,9 @@ def test_papalexi_end_to_end(tmp_path, papalexi):
     assert (obs.loc[obs["set_genes"] != "", "set_genes"] == obs.loc[obs["set_genes"] != "", "perturbation"].astype(str)).all()
     assert set(obs.loc[obs["heldout"].astype(bool), "perturbation"]) == set(held)
     assert list(gen.var_names) == obj["genes"]
-    dfn.run(parse("--task", "evaluate", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
-                  "--guidance-scales", 1, 2, "--curve-cells", 3, "--curve-seen", 1, "--timing-cells", 2,
-                  "--ddim-steps", 2, *TINY))
+    dfn_cli.run(parse("--task", "evaluate", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
+                      "--guidance-scales", 1, 2, "--curve-cells", 3, "--curve-seen", 1, "--timing-cells", 2,
+                      "--ddim-steps", 2, *TINY))
     ev = pd.read_csv(out / "evaluation.tsv", sep="\t")
     h = ev[ev["heldout"]]
     assert sorted(h["perturbation"].unique()) == sorted(held)
@@ -221,13 +222,13 @@ def test_pbmc_train_and_sample(tmp_path, pbmc_stage_adata):
     import anndata as ad
 
     out = tmp_path / "out"
-    dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
-                  "--checkpoint-dir", tmp_path / "ck", "--ae-steps", 1, "--max-steps", 2, "--n-genes", 50, *TINY))
+    dfn_cli.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
+                      "--checkpoint-dir", tmp_path / "ck", "--ae-steps", 1, "--max-steps", 2, "--n-genes", 50, *TINY))
     obj = torch.load(out / "model.pt", weights_only=True)
     assert obj["conditions"]["vocab"] == ["B", "CD8TN", "NK"]  # Monocyte is heldout: no condition index
     assert obj["data_report"]["cells_dropped_type_without_training_cells"] == 60
     assert len(obj["genes"]) == 50
-    dfn.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out, "--ddim-steps", 2, *TINY))
+    dfn_cli.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out, "--ddim-steps", 2, *TINY))
     gen = ad.read_h5ad(out / "generated.h5ad")
     real = ad.read_h5ad(pbmc_stage_adata)
     test = real.obs[real.obs["split"] == "test"]["trueLabel"].astype(str)
@@ -239,7 +240,7 @@ def test_pbmc_train_and_sample(tmp_path, pbmc_stage_adata):
     assert (got <= expected).all() and 0 <= lost <= obj["data_report"]["cells_dropped_no_count_on_modelled_genes"]
     # sampling the PBMC model as papalexi is refused
     with pytest.raises(InputError, match="trained on 'pbmc'"):
-        dfn.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, *TINY))
+        dfn_cli.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, *TINY))
 
 
 def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
@@ -247,10 +248,10 @@ def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
 
     out = tmp_path / "out"
     with pytest.raises(InputError, match="--dataset 'mouse'"):
-        dfn.run(parse("--task", "train", "--dataset", "mouse", "--adata", PAPALEXI, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / "ck"))
+        dfn_cli.run(parse("--task", "train", "--dataset", "mouse", "--adata", PAPALEXI, "--out-dir", out,
+                          "--checkpoint-dir", tmp_path / "ck"))
     with pytest.raises(InputError, match="--task 'fit'"):
-        dfn.run(parse("--task", "fit", "--dataset", "pbmc", "--out-dir", out))
+        dfn_cli.run(parse("--task", "fit", "--dataset", "pbmc", "--out-dir", out))
     for dataset, source, column, message in (("pbmc", pbmc_stage_adata, "split", "obs has no column 'split'"),
                                              ("papalexi", PAPALEXI, "perturbation", "perturbation")):
         a = ad.read_h5ad(source)
@@ -258,22 +259,22 @@ def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
         bad = tmp_path / f"no_{column}.h5ad"
         a.write_h5ad(bad)
         with pytest.raises(InputError, match=message):
-            dfn.run(parse("--task", "train", "--dataset", dataset, "--adata", bad, "--out-dir", out,
-                          "--checkpoint-dir", tmp_path / "ck", "--set-features", "none"))
+            dfn_cli.run(parse("--task", "train", "--dataset", dataset, "--adata", bad, "--out-dir", out,
+                              "--checkpoint-dir", tmp_path / "ck", "--set-features", "none"))
     a = ad.read_h5ad(pbmc_stage_adata)
     del a.layers["counts"]
     a.write_h5ad(tmp_path / "no_counts.h5ad")
     with pytest.raises(InputError, match="layers has no 'counts'"):
-        dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", tmp_path / "no_counts.h5ad",
-                      "--out-dir", out, "--checkpoint-dir", tmp_path / "ck"))
+        dfn_cli.run(parse("--task", "train", "--dataset", "pbmc", "--adata", tmp_path / "no_counts.h5ad",
+                          "--out-dir", out, "--checkpoint-dir", tmp_path / "ck"))
     with pytest.raises(InputError, match="--set-features rwr needs --multigraph"):
-        dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / "ck"))
+        dfn_cli.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
+                          "--checkpoint-dir", tmp_path / "ck"))
     with pytest.raises(InputError, match="--likelihood 'poisson'"):
-        dfn.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / "ck", "--likelihood", "poisson"))
+        dfn_cli.run(parse("--task", "train", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
+                          "--checkpoint-dir", tmp_path / "ck", "--likelihood", "poisson"))
     with pytest.raises(InputError, match="--model-path"):
-        dfn.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out))
+        dfn_cli.run(parse("--task", "sample", "--dataset", "pbmc", "--out-dir", out))
     assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
@@ -281,7 +282,7 @@ def test_cli_main_reports_input_error(capsys, monkeypatch):
     """Through `cellgraph diffusion` (when registered): exit status 2 and one message."""
     from cellgraph import cli
 
-    monkeypatch.setitem(cli.STAGES, "diffusion", ("cellgraph.tl.diffusion", "latent diffusion"))
+    monkeypatch.setitem(cli.STAGES, "diffusion", ("cellgraph.cli.diffusion", "latent diffusion"))
     assert cli.main(["diffusion", "--task", "train", "--dataset", "nope", "--out-dir", "x"]) == 2
     assert "cellgraph diffusion: error: --dataset 'nope'" in capsys.readouterr().err
 
@@ -355,10 +356,10 @@ def test_gremln_init_of_set_gene_embeddings(tmp_path, papalexi):
     outs = {}
     for flag in ("--gremln-init", "--no-gremln-init"):
         out = tmp_path / flag
-        dfn.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
-                      "--checkpoint-dir", tmp_path / f"ck{flag}", "--max-train-cells", 64, "--ae-steps", 1,
-                      "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, "--set-features", "none",
-                      *TINY))
+        dfn_cli.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
+                          "--checkpoint-dir", tmp_path / f"ck{flag}", "--max-train-cells", 64, "--ae-steps", 1,
+                          "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, "--set-features", "none",
+                          *TINY))
         outs[flag] = torch.load(out / "model.pt", weights_only=True)
     assert outs["--gremln-init"]["init"]["set_genes_initialised"] == ["IRF1", "STAT1"]
     a, b = outs["--gremln-init"]["state_dict"], outs["--no-gremln-init"]["state_dict"]
@@ -366,3 +367,16 @@ def test_gremln_init_of_set_gene_embeddings(tmp_path, papalexi):
     assert differ and all("set" in k or "cond" in k for k in differ), differ
     with pytest.raises(InputError, match="--gremln-model"):
         dfn.gremln_vectors(tmp_path / "missing.pt", papalexi.vocab)
+
+
+def test_parameter_dataclasses_default_to_the_command_line_defaults():
+    """The dataclasses built from the default options equal their own defaults (library and CLI agree)."""
+    args = parse("--task", "train", "--dataset", "papalexi", "--out-dir", "x")
+    assert dfn_cli.model_options(args) == dfn.ModelOptions()
+    assert dfn_cli.train_params(args) == dfn.TrainParams()
+    assert dfn_cli.sample_params(args) == dfn.SampleParams()
+    assert dfn_cli.evaluate_params(args) == dfn.EvaluateParams()
+    assert dfn_cli.train_settings(args) == dfn.TrainSettings(max_steps=6000, batch_size=128)  # CLI-tuned values
+    changed = dfn_cli.evaluate_params(parse("--task", "evaluate", "--dataset", "pbmc", "--out-dir", "x",
+                                            "--guidance-scales", 1, 4, "--n-pcs", 5))
+    assert changed.guidance_scales == (1.0, 4.0) and changed.n_pcs == 5

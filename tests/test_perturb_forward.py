@@ -3,7 +3,6 @@ the yeast folds and baselines, the L1 reverse classifier."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +35,12 @@ def _toy_multigraph(nodes, edges_by_graph, directed=None):
 @pytest.fixture(scope="module")
 def forward_ctx():
     """The real Papalexi context with a planted graph (random features are enough for a leakage test)."""
-    args = argparse.Namespace(adata=PAPALEXI, multigraph=None, min_grna_frac=0.8, control="non-targeting",
-                              attend="targets_to_regulators", rwr_dim=4, preset="demo", head="cross_attention",
-                              graph_reg=[], max_epochs=3, eval_every=1, inner_fraction=0.25, score_weight=0.1,
-                              batch_size=64, lr=3e-3, weight_decay=0.01, dropout=0.0, label_scale="gene", n_pca=4,
-                              ridge=0.1, reliable_threshold=0.6, seeds=[0])
+    params = perturb_forward.ForwardParams(min_grna_frac=0.8, control="non-targeting",
+                                           attend="targets_to_regulators", rwr_dim=4, preset="demo",
+                                           head="cross_attention", graph_reg={}, max_epochs=3, eval_every=1,
+                                           inner_fraction=0.25, score_weight=0.1, batch_size=64, lr=3e-3,
+                                           weight_decay=0.01, dropout=0.0, label_scale="gene", n_pca=4, ridge=0.1,
+                                           reliable_threshold=0.6, seeds=(0,))
     adata, report = perturb.load_papalexi(PAPALEXI, 0.8, "non-targeting")
     d = perturb.papalexi_arrays(adata, "non-targeting", set())
     rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def forward_ctx():
            "targets": sorted(set(d["perturbation"]) - {"non-targeting"}),
            "ctrl_rows": np.flatnonzero(d["perturbation"] == "non-targeting"),
            "pos": {g: i for i, g in enumerate(d["genes"])}}
-    return args, ctx
+    return params, ctx
 
 
 @pytest.mark.parametrize("forced_epochs", [None, 3])
@@ -58,7 +58,7 @@ def test_forward_fold_predictions_ignore_heldout_cells_and_evaluation_controls(f
     baselines) while the observed deltas change: nothing fitted in the fold reads them. Run with the inner
     early stopping as it is, and with 3 training epochs forced (so the training path is covered whatever the
     early stopping chooses)."""
-    args, ctx = forward_ctx
+    params, ctx = forward_ctx
     if forced_epochs is not None:
         monkeypatch.setattr(perturb_forward, "choose_epochs", lambda *a, **k: (forced_epochs, []))
     train_c, eval_c = perturb_eval.split_controls(len(ctx["ctrl_rows"]), 0)
@@ -66,14 +66,14 @@ def test_forward_fold_predictions_ignore_heldout_cells_and_evaluation_controls(f
     assert not set(train_ctrl) & set(eval_ctrl)
     held = ["IFNGR2", "JAK2", "SPI1", "STAT1", "CUL3"]
     rel = perturb_forward.reliability_table(ctx, eval_ctrl, 0, 0.6)
-    first = perturb_forward.run_fold(args, ctx, 0, 0, held, train_ctrl, eval_ctrl, rel, None)
+    first = perturb_forward.run_fold(params, ctx, 0, 0, held, train_ctrl, eval_ctrl, rel, None)
     scrambled = dict(ctx)
     expr = ctx["expr"].copy()
     hidden = np.flatnonzero(np.isin(ctx["perturbation"], held))
     hidden = np.concatenate([hidden, eval_ctrl])
     expr[hidden] = np.random.default_rng(1).permutation(expr[hidden].ravel()).reshape(len(hidden), -1) * 3
     scrambled["expr"] = expr
-    second = perturb_forward.run_fold(args, scrambled, 0, 0, held, train_ctrl, eval_ctrl, rel, None)
+    second = perturb_forward.run_fold(params, scrambled, 0, 0, held, train_ctrl, eval_ctrl, rel, None)
     assert first["info"]["epochs"] == second["info"]["epochs"]
     if forced_epochs is not None:
         assert first["info"]["epochs"] == 3
@@ -302,3 +302,21 @@ def test_gremln_features_cover_the_vocabulary_genes_only(tmp_path):
     with pytest.raises(InputError, match="gene_emb.weight"):
         torch.save({"vocab": []}, tmp_path / "bad.pt")
         gremln_vectors(tmp_path / "bad.pt", ["JAK2"])
+
+
+def test_parameter_dataclasses_default_to_the_command_line_defaults():
+    """ForwardParams / YeastParams / ReverseParams built from the default options equal their own defaults, so a
+    library caller and the command line run the same method unless told otherwise."""
+    import argparse
+
+    from cellgraph.cli import perturb as perturb_cli
+
+    p = argparse.ArgumentParser()
+    perturb_cli.configure_parser(p)
+    args = p.parse_args(["--task", "forward"])
+    graph_reg = perturb.graph_reg_from_flags(args.graph_reg)
+    assert perturb_cli.forward_params(args, graph_reg) == perturb_forward.ForwardParams()
+    assert perturb_cli.yeast_params(args, graph_reg) == perturb_yeast.YeastParams()
+    assert perturb_cli.reverse_params(args) == perturb.ReverseParams()
+    changed = perturb_cli.forward_params(p.parse_args(["--task", "forward", "--seeds", "3", "4", "--n-pca", "7"]), {})
+    assert changed.seeds == (3, 4) and changed.n_pca == 7 and changed.graph_reg == {}

@@ -87,7 +87,6 @@ interface (``DiffusionConfig``, ``LatentDiffusion.loss/sample/set_latent_scale``
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import dataclasses
@@ -123,6 +122,13 @@ _THREADS: list[int] = []  # torch CPU threads of this run (scanpy/numba resets t
 def _set_threads() -> None:
     if _THREADS:
         torch.set_num_threads(_THREADS[0])
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` torch CPU threads in this run, now and again after each step that resets torch's count
+    (scanpy/numba preprocessing, scVI): training, sampling and the scVI baseline set it again."""
+    _THREADS[:] = [n]
+    _set_threads()
 
 
 def _model_core():
@@ -247,13 +253,27 @@ def load_papalexi_data(path, min_grna_frac: float, control: str) -> Data:
                 np.full(len(labels), "all"), vocab, "perturbation", control, rep, counts)
 
 
-def load_data(args) -> Data:
-    """The ``--dataset`` of ``args`` as :class:`Data`: :func:`load_pbmc` (``--adata``, ``--n-genes``) or
-    :func:`load_papalexi_data` (``--adata``, ``--min-grna-frac``, ``--control``). Raises InputError on a bad h5ad.
+def load_data(dataset: str, adata_path, *, n_genes: int = 0, min_grna_frac: float = 0.8,
+              control: str = "non-targeting") -> Data:
+    """The data set ``dataset`` as :class:`Data`.
+
+    Parameters
+    ----------
+    dataset : ``"pbmc"`` (:func:`load_pbmc` with ``n_genes``) or ``"papalexi"`` (:func:`load_papalexi_data`
+        with ``min_grna_frac`` and ``control``).
+    adata_path : the h5ad (``--adata``).
+    n_genes : PBMC: top n HVGs by normalised dispersion, 0 = all HVGs (``--n-genes``).
+    min_grna_frac : Papalexi: keep cells with ``top_grna_frac`` >= this fraction (``--min-grna-frac``).
+    control : Papalexi: obs.perturbation label of control cells (``--control``).
+
+    Raises
+    ------
+    InputError
+        On a bad h5ad.
     """
-    if args.dataset == "pbmc":
-        return load_pbmc(args.adata, args.n_genes)
-    return load_papalexi_data(args.adata, args.min_grna_frac, args.control)
+    if dataset == "pbmc":
+        return load_pbmc(adata_path, n_genes)
+    return load_papalexi_data(adata_path, min_grna_frac, control)
 
 
 def conditions(data: Data | dict, labels: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -632,9 +652,51 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
     return model, list(module.history), summary
 
 
-def build_config(args, data: Data, n_genes: int, n_set_features: int = 0) -> dict:
-    """The model configuration as a dict: ``DiffusionConfig.preset(--preset)`` with the architecture and
-    training-mode options of ``args`` and the condition sizes of ``data`` (PBMC: ``n_cell_types`` = its cell
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Architecture and training-mode options of the diffusion model (:func:`build_config`), overriding the
+    ``preset`` of :class:`cellgraph.models.diffusion.DiffusionConfig`.
+
+    Attributes
+    ----------
+    preset : ``DiffusionConfig`` preset, ``demo`` | ``paper`` (``--preset``, default ``"demo"``).
+    n_tokens : latent tokens T per cell (``--n-tokens``, default 8).
+    d_model : transformer width (``--d-model``, default 64).
+    n_layers : denoiser layers (``--n-layers``, default 2).
+    n_heads : attention heads (``--n-heads``, default 4).
+    ae_hidden : hidden width of the autoencoder (``--ae-hidden``, default 256).
+    conditioning : ``adaln`` | ``cross_attention`` (``--conditioning``, default ``adaln``).
+    training_mode : ``two_stage`` | ``end_to_end`` (``--training-mode``, default ``two_stage``).
+    prediction : ``v`` | ``eps`` (``--prediction``, default ``v``).
+    schedule : noise schedule, ``cosine`` | ``linear`` (``--schedule``, default ``cosine``).
+    cond_dropout : condition dropout probability for classifier-free guidance (``--cond-dropout``, default 0.1).
+    likelihood : autoencoder observation model, ``nb`` | ``zinb`` | ``gaussian`` (``--likelihood``, default ``nb``).
+    latent_dim : width of a latent token, 0 = ``d_model`` (``--latent-dim``, default 8).
+    kl_weight : weight of KL(q(z|x) || N(0, I)), 0 = deterministic encoder (``--kl-weight``, default 0.1).
+    feature_dropout : probability of dropping a set gene's features in training (``--feature-dropout``,
+        default 0.0).
+    """
+
+    preset: str = "demo"
+    n_tokens: int = 8
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ae_hidden: int = 256
+    conditioning: str = "adaln"
+    training_mode: str = "two_stage"
+    prediction: str = "v"
+    schedule: str = "cosine"
+    cond_dropout: float = 0.1
+    likelihood: str = "nb"
+    latent_dim: int = 8
+    kl_weight: float = 0.1
+    feature_dropout: float = 0.0
+
+
+def build_config(options: ModelOptions, data: Data, n_genes: int, n_set_features: int = 0) -> dict:
+    """The model configuration as a dict: ``DiffusionConfig.preset(options.preset)`` with the architecture and
+    training-mode ``options`` and the condition sizes of ``data`` (PBMC: ``n_cell_types`` = its cell
     types; Papalexi: ``n_set_genes`` = its targets, ``n_set_features`` from :func:`set_gene_init`).
 
     Raises
@@ -643,44 +705,54 @@ def build_config(args, data: Data, n_genes: int, n_set_features: int = 0) -> dic
         If the preset is unknown or a value is rejected by :class:`DiffusionConfig`.
     """
     core = _model_core()
-    over = dict(n_genes=n_genes, n_tokens=args.n_tokens, d_model=args.d_model, n_layers=args.n_layers,
-                n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
-                cond_dropout=args.cond_dropout, schedule=args.schedule, prediction=args.prediction,
-                training_mode=args.training_mode, likelihood=args.likelihood, latent_dim=args.latent_dim,
-                kl_weight=args.kl_weight, feature_dropout=args.feature_dropout)
+    over = dict(n_genes=n_genes, n_tokens=options.n_tokens, d_model=options.d_model, n_layers=options.n_layers,
+                n_heads=options.n_heads, ae_hidden=options.ae_hidden, conditioning=options.conditioning,
+                cond_dropout=options.cond_dropout, schedule=options.schedule, prediction=options.prediction,
+                training_mode=options.training_mode, likelihood=options.likelihood, latent_dim=options.latent_dim,
+                kl_weight=options.kl_weight, feature_dropout=options.feature_dropout)
     if data.dataset == "pbmc":
         over.update(n_cell_types=len(data.vocab), n_set_genes=0)
     else:
         over.update(n_cell_types=0, n_set_genes=len(data.vocab), n_set_features=n_set_features)
     try:
-        cfg = core.DiffusionConfig.preset(args.preset, **over)
+        cfg = core.DiffusionConfig.preset(options.preset, **over)
     except (TypeError, ValueError) as err:
-        raise InputError(f"--preset {args.preset}: {err}") from err
+        raise InputError(f"--preset {options.preset}: {err}") from err
     return cfg.to_dict()
 
 
-def set_gene_init(args, data: Data) -> tuple[Callable | None, dict, list[Path], int]:
+def set_gene_init(data: Data, *, adata_path, set_features: str = "rwr", rwr_dim: int = 16,
+                  gremln_init: bool = False, multigraph=None, gremln_model=None
+                  ) -> tuple[Callable | None, dict, list[Path], int]:
     """How the set-gene embeddings start -> (init(model) or None, report, fingerprint files, n_set_features).
 
-    ``--set-features rwr`` (Papalexi): random-walk-with-restart features of every target on the full gene
-    multigraph (:func:`cellgraph.graphs.gene_features.random_walk_features`, ``--rwr-dim`` per walk graph), projected
-    by one learned layer, so a held-out target is embedded by the same path as a trained one. ``--gremln-init``
-    (per-gene rows only): rows initialised from the GREmLN gene embeddings where they cover the target."""
-    files = [Path(args.adata)]
+    ``set_features`` ``"rwr"`` (Papalexi): random-walk-with-restart features of every target on the full gene
+    ``multigraph`` (:func:`cellgraph.graphs.gene_features.random_walk_features`, ``rwr_dim`` columns per walk
+    graph), projected by one learned layer, so a held-out target is embedded by the same path as a trained
+    one. ``gremln_init`` (``set_features`` ``"none"``, per-gene rows only): rows initialised from the GREmLN
+    gene embeddings of ``gremln_model`` where they cover the target. The fingerprint files are ``adata_path``
+    and the multigraph or GREmLN model read. PBMC has no set condition: no init.
+
+    Raises
+    ------
+    InputError
+        If the multigraph or the GREmLN model cannot be read.
+    """
+    files = [Path(adata_path)]
     if data.dataset != "papalexi":
-        return None, ({"gremln_init": "ignored: PBMC has no perturbation-set condition"} if args.gremln_init else {}), \
+        return None, ({"gremln_init": "ignored: PBMC has no perturbation-set condition"} if gremln_init else {}), \
             files, 0
-    if args.set_features == "rwr":
+    if set_features == "rwr":
         from ..graphs.multigraph import load_multigraph
 
-        feat, _, rep = random_walk_features(load_multigraph(args.multigraph), data.vocab, dim=args.rwr_dim, seed=0)
-        files.append(Path(args.multigraph))
+        feat, _, rep = random_walk_features(load_multigraph(multigraph), data.vocab, dim=rwr_dim, seed=0)
+        files.append(Path(multigraph))
         vec = torch.from_numpy(feat)
         report = {"set_features": "rwr", "n_set_features": int(feat.shape[1]), "random_walk_features": rep}
         return (lambda model: model.set_gene_features(vec)), report, files, int(feat.shape[1])
-    if args.gremln_init:
-        vec, known, report = gremln_vectors(args.gremln_model, data.vocab)
-        files.append(Path(args.gremln_model))
+    if gremln_init:
+        vec, known, report = gremln_vectors(gremln_model, data.vocab)
+        files.append(Path(gremln_model))
         return (lambda model: model.init_set_gene_embeddings(vec, known)), report, files, 0
     return None, {}, files, 0
 
@@ -694,11 +766,43 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mu, np.maximum(sd, max(floor, 1e-3))
 
 
-def run_train(args, data: Data, out: Path) -> None:
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """Folds and set-gene options of a training run (:func:`run_train`; ``cellgraph diffusion --task train``).
+
+    Attributes
+    ----------
+    n_folds : Papalexi: leave-perturbation-out folds (``--n-folds``, default 5).
+    folds_run : Papalexi: folds trained, the first k (``--folds-run``, default 1).
+    val_fraction : Papalexi: share of training cells kept for validation (``--val-fraction``, default 0.05).
+    max_train_cells : train on a seeded subset of at most this many cells per fold, 0 = all
+        (``--max-train-cells``, default 0).
+    seed : seeds the folds and subsets (``--seed``, default 0).
+    set_features : Papalexi: ``rwr`` (set genes embedded from random-walk features of the multigraph) | ``none``
+        (``--set-features``, default ``rwr``).
+    rwr_dim : random-walk feature columns per walk graph (``--rwr-dim``, default 16).
+    gremln_init : Papalexi: initialise the set-gene embeddings from the GREmLN model (``--gremln-init``,
+        default False).
+    """
+
+    n_folds: int = 5
+    folds_run: int = 1
+    val_fraction: float = 0.05
+    max_train_cells: int = 0
+    seed: int = 0
+    set_features: str = "rwr"
+    rwr_dim: int = 16
+    gremln_init: bool = False
+
+
+def run_train(params: TrainParams, options: ModelOptions, settings: TrainSettings, data: Data, *, adata_path,
+              checkpoint_dir, out_dir: Path, multigraph=None, gremln_model=None) -> None:
     """``--task train``: train one model per fold (:func:`folds_of`, :func:`fit`) on ``data``.
 
-    Reads ``--adata`` (already loaded as ``data``), ``--multigraph`` (``--set-features rwr``) or
-    ``--gremln-model`` (``--gremln-init``); checkpoints go to ``--checkpoint-dir/fold<k>``. Writes to ``out``:
+    ``options`` is the architecture (:func:`build_config`), ``settings`` the optimisation. Reads
+    ``adata_path`` (already loaded as ``data``; a fingerprint file), ``multigraph`` (``set_features`` rwr) or
+    ``gremln_model`` (``gremln_init``) (:func:`set_gene_init`); checkpoints go to ``checkpoint_dir/fold<k>``.
+    Writes to ``out_dir``:
     ``model.pt`` (config, training settings, genes, conditions, per-fold EMA state dicts, standardisation and
     library sizes, fold summaries, data report; plain containers, loadable with ``weights_only=True``) and
     ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss, seconds``).
@@ -710,11 +814,12 @@ def run_train(args, data: Data, out: Path) -> None:
         condition index.
     """
     t0 = time.time()
-    folds = folds_of(data, args.n_folds, args.folds_run, args.seed, args.val_fraction, args.max_train_cells)
-    init, init_report, files, n_feat = set_gene_init(args, data)
-    config = build_config(args, data, len(data.genes), n_feat)
-    settings = TrainSettings(ae_steps=args.ae_steps, max_steps=args.max_steps, batch_size=args.batch_size,
-                             lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed)
+    folds = folds_of(data, params.n_folds, params.folds_run, params.seed, params.val_fraction,
+                     params.max_train_cells)
+    init, init_report, files, n_feat = set_gene_init(data, adata_path=adata_path, set_features=params.set_features,
+                                                     rwr_dim=params.rwr_dim, gremln_init=params.gremln_init,
+                                                     multigraph=multigraph, gremln_model=gremln_model)
+    config = build_config(options, data, len(data.genes), n_feat)
     fold_states, fold_info, history, std = [], [], [], []
     counts = torch.from_numpy(data.counts) if data.counts is not None else None
     for f in folds:
@@ -723,10 +828,10 @@ def run_train(args, data: Data, out: Path) -> None:
         xs = lambda idx: torch.from_numpy((data.x[idx] - mu) / sd).float()  # noqa: E731
         model, hist, summary = fit(
             config, settings, xs(tr), conditions(data, data.labels[tr]), xs(va), conditions(data, data.labels[va]),
-            Path(args.checkpoint_dir) / f"fold{f['fold']}", fingerprint_files=files,
+            Path(checkpoint_dir) / f"fold{f['fold']}", fingerprint_files=files,
             fingerprint_extra={"dataset": data.dataset, "genes": data.genes, "fold": f["fold"],
-                               "heldout": f["heldout"], "vocab": data.vocab, "n_folds": args.n_folds,
-                               "val_fraction": args.val_fraction, "max_train_cells": args.max_train_cells,
+                               "heldout": f["heldout"], "vocab": data.vocab, "n_folds": params.n_folds,
+                               "val_fraction": params.val_fraction, "max_train_cells": params.max_train_cells,
                                "init": json.dumps(init_report, sort_keys=True, default=str)},
             init=init, fold=f["fold"], counts_train=None if counts is None else counts[tr],
             counts_val=None if counts is None else counts[va])
@@ -744,11 +849,11 @@ def run_train(args, data: Data, out: Path) -> None:
         meta["test_counts"] = {t: int((data.labels[test] == t).sum()) for t in data.vocab}
     obj = {"config": config, "train": dataclasses.asdict(settings), "genes": data.genes, "conditions": meta,
            "folds": fold_info, "fold_state_dicts": fold_states, "state_dict": fold_states[0], "standardise": std,
-           "data_report": data.report, "init": init_report, "n_folds": args.n_folds,
+           "data_report": data.report, "init": init_report, "n_folds": params.n_folds,
            "seconds": round(time.time() - t0, 1)}
-    with atomic_path(out / "model.pt") as tmp:
+    with atomic_path(out_dir / "model.pt") as tmp:
         torch.save(plain_containers(obj), tmp)
-    write_tsv(pd.DataFrame(history, columns=METRIC_COLUMNS), out / "metrics.tsv", "%.6f")
+    write_tsv(pd.DataFrame(history, columns=METRIC_COLUMNS), out_dir / "metrics.tsv", "%.6f")
     log.info("trained %d fold(s) in %.1f s", len(folds), time.time() - t0)
 
 
@@ -871,40 +976,63 @@ def sample_plan(obj: dict, n_generate: int) -> list[tuple[int, list[str], list[b
     return plan
 
 
-def run_sample(args, out: Path) -> None:
+@dataclasses.dataclass(frozen=True)
+class SampleParams:
+    """Sampler options of ``cellgraph diffusion --task sample`` (:func:`run_sample`).
+
+    Attributes
+    ----------
+    sampler : ``ddim`` | ``ddpm`` (all ``n_timesteps`` ancestral steps) (``--sampler``, default ``ddim``).
+    ddim_steps : DDIM steps (``--ddim-steps``, default 25).
+    eta : DDIM eta in [0, 1], 0 deterministic, 1 DDPM-like (``--eta``, default 0.0).
+    guidance_scale : classifier-free guidance scale, 1 = none (``--guidance-scale``, default 1.0).
+    n_generate : Papalexi: generated cells per perturbation and fold (``--n-generate``, default 300; PBMC
+        generates as many cells per type as real test cells).
+    seed : seeds the torch generator and each fold's sampling (fold k: seed + k) (``--seed``, default 0).
+    """
+
+    sampler: str = "ddim"
+    ddim_steps: int = 25
+    eta: float = 0.0
+    guidance_scale: float = 1.0
+    n_generate: int = 300
+    seed: int = 0
+
+
+def run_sample(params: SampleParams, *, dataset: str, model_path, out_dir: Path) -> None:
     """``--task sample``: generate cells with every fold's EMA model (:func:`sample_plan`).
 
-    Reads ``--model-path`` (``model.pt``) and writes ``out/generated.h5ad``: ``X`` float32 log1p CP10k over the
-    model's genes, ``layers["counts"]`` the sampled counts (count models), ``obs`` the condition columns (PBMC:
-    the label column; Papalexi: ``perturbation``, ``set_genes``, ``fold``, ``heldout``) plus ``sampler`` and
+    Reads ``model_path`` (``model.pt``, trained on ``dataset``) and writes ``out_dir/generated.h5ad``: ``X``
+    float32 log1p CP10k over the model's genes, ``layers["counts"]`` the sampled counts (count models),
+    ``obs`` the condition columns (PBMC: the label column; Papalexi: ``perturbation``, ``set_genes``, ``fold``, ``heldout``) plus ``sampler`` and
     ``guidance_scale``, ``uns["diffusion"]`` the sampler settings and seconds.
 
     Raises
     ------
     InputError
-        If ``model.pt`` is missing or unreadable, it was trained on another ``--dataset``, or
-        ``--n-generate`` < 1 for Papalexi.
+        If ``model.pt`` is missing or unreadable, it was trained on another ``dataset`` (``--dataset``), or
+        ``params.n_generate`` < 1 for Papalexi.
     """
     import anndata as ad
 
-    obj, models = load_models(args.model_path)
+    obj, models = load_models(model_path)
     meta = obj["conditions"]
-    if meta["dataset"] != args.dataset:
-        raise InputError(f"--model-path {args.model_path}: trained on {meta['dataset']!r}, not --dataset {args.dataset!r}")
-    if meta["dataset"] == "papalexi" and args.n_generate < 1:
+    if meta["dataset"] != dataset:
+        raise InputError(f"--model-path {model_path}: trained on {meta['dataset']!r}, not --dataset {dataset!r}")
+    if meta["dataset"] == "papalexi" and params.n_generate < 1:
         raise InputError("--n-generate must be >= 1 for papalexi (cells per perturbation)")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(params.seed)
     xs, cs, obs, t0 = [], [], [], time.perf_counter()
-    for k, labels, held in sample_plan(obj, args.n_generate):
+    for k, labels, held in sample_plan(obj, params.n_generate):
         fold_id = obj["folds"][k]["fold"]
         if meta["dataset"] == "pbmc":
-            x, c = generate_cells(models[k], meta, obj["standardise"][k], labels, args.sampler, args.ddim_steps,
-                                  args.eta, args.guidance_scale, args.seed + k)
+            x, c = generate_cells(models[k], meta, obj["standardise"][k], labels, params.sampler, params.ddim_steps,
+                                  params.eta, params.guidance_scale, params.seed + k)
         else:  # per condition, with common random numbers (sample_plan lists each condition's cells together)
             conds = list(dict.fromkeys(labels))
-            x, c, _ = generate_paired(models[k], meta, obj["standardise"][k], conds, args.n_generate,
-                                            args.sampler, args.ddim_steps, args.eta, args.guidance_scale,
-                                            args.seed + k)
+            x, c, _ = generate_paired(models[k], meta, obj["standardise"][k], conds, params.n_generate,
+                                            params.sampler, params.ddim_steps, params.eta, params.guidance_scale,
+                                            params.seed + k)
         xs.append(x)
         cs.append(c)
         if meta["dataset"] == "pbmc":
@@ -918,23 +1046,23 @@ def run_sample(args, out: Path) -> None:
     for col in obs_df.columns:
         if obs_df[col].dtype == object and col != "set_genes":
             obs_df[col] = pd.Categorical(obs_df[col])
-    obs_df["sampler"] = pd.Categorical([args.sampler] * len(obs_df))
-    obs_df["guidance_scale"] = float(args.guidance_scale)
+    obs_df["sampler"] = pd.Categorical([params.sampler] * len(obs_df))
+    obs_df["guidance_scale"] = float(params.guidance_scale)
     obs_df.index = [f"gen{i}" for i in range(len(obs_df))]
     adata = ad.AnnData(X=np.concatenate(xs), obs=obs_df, var=pd.DataFrame(index=list(obj["genes"])))
     if all(c is not None for c in cs):
         import scipy.sparse as sp
 
         adata.layers["counts"] = sp.csr_matrix(np.concatenate(cs))
-    adata.uns["diffusion"] = {"dataset": meta["dataset"], "sampler": args.sampler,
-                              "steps": args.ddim_steps if args.sampler == "ddim" else int(obj["config"]["n_timesteps"]),
-                              "eta": args.eta, "guidance_scale": args.guidance_scale, "seed": args.seed,
+    adata.uns["diffusion"] = {"dataset": meta["dataset"], "sampler": params.sampler,
+                              "steps": params.ddim_steps if params.sampler == "ddim" else int(obj["config"]["n_timesteps"]),
+                              "eta": params.eta, "guidance_scale": params.guidance_scale, "seed": params.seed,
                               "seconds": round(seconds, 2), "cells": int(adata.n_obs),
                               "seconds_per_1000_cells": round(1000 * seconds / max(adata.n_obs, 1), 2)}
-    with atomic_path(out / "generated.h5ad") as tmp:
+    with atomic_path(out_dir / "generated.h5ad") as tmp:
         adata.write_h5ad(tmp)
-    log.info("generated %d cells in %.1f s (%s, guidance %.2f)", adata.n_obs, seconds, args.sampler,
-             args.guidance_scale)
+    log.info("generated %d cells in %.1f s (%s, guidance %.2f)", adata.n_obs, seconds, params.sampler,
+             params.guidance_scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1018,12 +1146,46 @@ def distribution_metrics(gen: np.ndarray, real: np.ndarray, pca, seed: int, c2st
 # --------------------------------------------------------------------------------------------------
 
 
-def _timing(model, meta, std, label: str, args) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    """Options of ``cellgraph diffusion --task evaluate`` (:func:`run_evaluate`).
+
+    Attributes
+    ----------
+    ddim_steps : DDIM steps of the guidance curve and the timing (``--ddim-steps``, default 25).
+    eta : DDIM eta in [0, 1] (``--eta``, default 0.0).
+    guidance_scale : guidance scale of the timing runs (``--guidance-scale``, default 1.0).
+    guidance_scales : guidance scales of the quality curve (``--guidance-scales``, default (1.0, 1.5, 2.0, 3.0)).
+    curve_cells : cells per condition of the curve (``--curve-cells``, default 100).
+    curve_seen : Papalexi: training perturbations in the curve (``--curve-seen``, default 5).
+    timing_cells : cells timed per sampler (``--timing-cells``, default 32).
+    n_pcs : PBMC: PCA components of the metrics (``--n-pcs``, default 20).
+    scvi_epochs : PBMC: epochs of the scVI baseline, 0 = no scVI (``--scvi-epochs``, default 200).
+    scvi_latent : PBMC: latent size of the scVI baseline (``--scvi-latent``, default 10).
+    threads : torch CPU threads of the scVI baseline (``--threads``, default 1).
+    seed : seeds PCA, reference draws, bootstrap, curve (seed + 17) and timing (``--seed``, default 0).
+    """
+
+    ddim_steps: int = 25
+    eta: float = 0.0
+    guidance_scale: float = 1.0
+    guidance_scales: tuple = (1.0, 1.5, 2.0, 3.0)
+    curve_cells: int = 100
+    curve_seen: int = 5
+    timing_cells: int = 32
+    n_pcs: int = 20
+    scvi_epochs: int = 200
+    scvi_latent: int = 10
+    threads: int = 1
+    seed: int = 0
+
+
+def _timing(model, meta, std, label: str, params: EvaluateParams) -> list[dict]:
     rows = []
-    n = args.timing_cells
-    for method, steps in (("ddim", args.ddim_steps), ("ddpm", int(model_cfg_steps(model)))):
+    n = params.timing_cells
+    for method, steps in (("ddim", params.ddim_steps), ("ddpm", int(model_cfg_steps(model)))):
         t0 = time.perf_counter()
-        generate(model, meta, std, [label] * n, method, args.ddim_steps, args.eta, args.guidance_scale, args.seed)
+        generate(model, meta, std, [label] * n, method, params.ddim_steps, params.eta, params.guidance_scale, params.seed)
         s = time.perf_counter() - t0
         rows.append({"sampler": method, "steps": steps, "cells": n, "seconds": round(s, 3),
                      "seconds_per_1000_cells": round(1000 * s / n, 2), "threads": torch.get_num_threads()})
@@ -1052,20 +1214,26 @@ def _check_generated(path, dataset: str, meta: dict, genes: list[str]):
 
 
 
-def scvi_baseline(args, data: Data, std: dict, labels: list[str], out: Path) -> tuple[np.ndarray, dict]:
+def scvi_baseline(data: Data, std: dict, labels: list[str], out: Path, *, seed: int, n_latent: int,
+                  max_epochs: int, threads: int) -> tuple[np.ndarray, dict]:
     """scVI (scvi-tools) fitted on the same training cells, sampled from its generative model for ``labels``
     with library sizes drawn as for the diffusion model -> (log expression [n, G], report); also written as
-    ``baseline_scvi.h5ad`` (X log1p CP10k, layers["counts"], obs[label_key])."""
+    ``out/baseline_scvi.h5ad`` (X log1p CP10k, layers["counts"], obs[label_key]).
+
+    ``std`` is the first fold's standardisation entry of ``model.pt`` (its training library sizes), ``n_latent``
+    and ``max_epochs`` the scVI latent size and epochs, ``threads`` its torch threads, ``seed`` seeds the
+    library draw and scVI (Lopez et al. 2018, Nat. Methods 15:1053).
+    """
     import anndata as ad
     import scipy.sparse as sp
 
     from .scvi_baseline import scvi_generate
 
     train = (data.split == "train") & np.isin(data.labels, data.vocab)
-    lib = sample_library(std, labels, np.random.default_rng([args.seed, 5]))
+    lib = sample_library(std, labels, np.random.default_rng([seed, 5]))
     counts, rep = scvi_generate(data.counts[train], data.labels[train], np.asarray(labels), lib,
-                                n_latent=args.scvi_latent, max_epochs=args.scvi_epochs, seed=args.seed,
-                                threads=args.threads)
+                                n_latent=n_latent, max_epochs=max_epochs, seed=seed,
+                                threads=threads)
     _set_threads()
     x = log_normalize(counts)
     a = ad.AnnData(X=x, obs=pd.DataFrame({data.label_key: pd.Categorical(labels)},
@@ -1078,12 +1246,13 @@ def scvi_baseline(args, data: Data, std: dict, labels: list[str], out: Path) -> 
     return x, rep
 
 
-def pbmc_table(args, data: Data, references: dict[str, tuple[np.ndarray, np.ndarray]], pca) -> pd.DataFrame:
+def pbmc_table(data: Data, references: dict[str, tuple[np.ndarray, np.ndarray]], pca, seed: int) -> pd.DataFrame:
     """Per cell type and method: :func:`distribution_metrics` against the real test cells; ``mmd_over_floor``
-    = MMD / the train-cells MMD of the type. references: method -> (log expression [n, G], labels [n])."""
+    = MMD / the train-cells MMD of the type. references: method -> (log expression [n, G], labels [n]);
+    ``pca`` a fitted PCA of the real training cells; ``seed`` seeds the reference draws and the metrics."""
     known = np.isin(data.labels, data.vocab)
     train, test = (data.split == "train") & known, (data.split == "test") & known
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     rows = []
     for t in data.vocab:
         real = data.x[test & (data.labels == t)]
@@ -1095,7 +1264,7 @@ def pbmc_table(args, data: Data, references: dict[str, tuple[np.ndarray, np.ndar
             if len(a) == 0:
                 continue
             rows.append({"cell_type": t, "method": method, "n_generated": len(a), "n_real_test": len(real),
-                         **distribution_metrics(a, real, pca, args.seed)})
+                         **distribution_metrics(a, real, pca, seed)})
     table = pd.DataFrame(rows)
     floor = table[table.method == "train_cells"].set_index("cell_type")["mmd_rbf"]
     table["mmd_over_floor"] = table["mmd_rbf"] / table["cell_type"].map(floor)
@@ -1120,14 +1289,14 @@ def pbmc_criteria(table: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index()
 
 
-def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+def evaluate_pbmc(params: EvaluateParams, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
     """PBMC evaluation: generated vs real test cells per cell type, with references, curves and figures.
 
-    Fits a PCA (``--n-pcs``) on the real training cells and scores the generated cells ``gen`` and the
-    references (``scvi`` when ``--scvi-epochs`` > 0, ``train_cells``, ``all_types``) with
+    Fits a PCA (``params.n_pcs``) on the real training cells and scores the generated cells ``gen`` and the
+    references (``scvi`` when ``params.scvi_epochs`` > 0, ``train_cells``, ``all_types``) with
     :func:`pbmc_table`. Writes to ``out``: ``evaluation.tsv``, ``summary.tsv`` (mean over types per method),
     ``criteria.tsv`` (:func:`pbmc_criteria`), ``guidance.tsv`` and ``guidance.png`` (quality vs
-    ``--guidance-scales``), ``sampling_time.tsv`` (DDIM vs DDPM), ``umap.png`` and, with scVI,
+    ``params.guidance_scales``), ``sampling_time.tsv`` (DDIM vs DDPM), ``umap.png`` and, with scVI,
     ``baseline_scvi.h5ad``. Adds the tables to ``report`` in place.
     """
     from sklearn.decomposition import PCA
@@ -1135,18 +1304,20 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
     meta, std = obj["conditions"], obj["standardise"][0]
     known = np.isin(data.labels, data.vocab)
     train, test = (data.split == "train") & known, (data.split == "test") & known
-    n_pcs = min(args.n_pcs, len(data.genes), int(train.sum()) - 1)
-    pca = PCA(n_components=n_pcs, random_state=args.seed).fit(data.x[train])
+    n_pcs = min(params.n_pcs, len(data.genes), int(train.sum()) - 1)
+    pca = PCA(n_components=n_pcs, random_state=params.seed).fit(data.x[train])
     glab = gen.obs[meta["label_key"]].astype(str).to_numpy()
     gx = gen.X.toarray() if hasattr(gen.X, "toarray") else np.asarray(gen.X)
     report["types_not_generated"] = sorted(set(data.vocab) - set(glab))
     refs = {"diffusion": (gx, glab)}
-    if args.scvi_epochs and data.counts is not None:
+    if params.scvi_epochs and data.counts is not None:
         t0 = time.perf_counter()
-        sx, report["scvi"] = scvi_baseline(args, data, std, list(glab), out)
+        sx, report["scvi"] = scvi_baseline(data, std, list(glab), out, seed=params.seed,
+                                                   n_latent=params.scvi_latent, max_epochs=params.scvi_epochs,
+                                                   threads=params.threads)
         report["scvi"]["seconds_total"] = round(time.perf_counter() - t0, 1)
         refs["scvi"] = (sx, glab)
-    table = pbmc_table(args, data, refs, pca)
+    table = pbmc_table(data, refs, pca, params.seed)
     write_tsv(table, out / "evaluation.tsv", "%.4g")
     cols = ["pearson_mean", "mmd_rbf", "mmd_over_floor", "energy_distance", "c2st_auroc", "zero_fraction",
             "zero_fraction_real", "gene_zero_pearson", "log_var_pearson", "mean_var_slope", "mean_var_slope_real"]
@@ -1155,19 +1326,19 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
     criteria = pbmc_criteria(table)
     write_tsv(criteria, out / "criteria.tsv", "%.4g")
     curve = []
-    for s in args.guidance_scales:  # guidance scale vs quality (DDIM, as many cells per type as test cells, capped)
-        labels = [t for t in data.vocab for _ in range(min(meta["test_counts"][t], args.curve_cells))]
-        x = generate(models[0], meta, std, labels, "ddim", args.ddim_steps, args.eta, s, args.seed + 17)
+    for s in params.guidance_scales:  # guidance scale vs quality (DDIM, as many cells per type as test cells, capped)
+        labels = [t for t in data.vocab for _ in range(min(meta["test_counts"][t], params.curve_cells))]
+        x = generate(models[0], meta, std, labels, "ddim", params.ddim_steps, params.eta, s, params.seed + 17)
         lab = np.array(labels)
-        per = [distribution_metrics(x[lab == t], data.x[test & (data.labels == t)], pca, args.seed, c2st=False)
+        per = [distribution_metrics(x[lab == t], data.x[test & (data.labels == t)], pca, params.seed, c2st=False)
                for t in data.vocab]
         curve.append({"guidance_scale": s, **{k: float(np.nanmean([p[k] for p in per]))
                                               for k in ("pearson_mean", "mmd_rbf", "energy_distance", "zero_fraction")}})
     curve = pd.DataFrame(curve)
     write_tsv(curve, out / "guidance.tsv", "%.4g")
-    timing = pd.DataFrame(_timing(models[0], meta, std, data.vocab[0], args))
+    timing = pd.DataFrame(_timing(models[0], meta, std, data.vocab[0], params))
     write_tsv(timing, out / "sampling_time.tsv", "%.4g")
-    _umap_figure(data.x[test], data.labels[test], gx, glab, out / "umap.png", args.seed)
+    _umap_figure(data.x[test], data.labels[test], gx, glab, out / "umap.png", params.seed)
     _guidance_figure(curve, ["mmd_rbf", "pearson_mean"], out / "guidance.png", "PBMC: mean over cell types")
     report.update(evaluation=table.to_dict("records"), summary=summary.reset_index().to_dict("records"),
                   criteria=criteria.to_dict("records"), guidance=curve.to_dict("records"),
@@ -1176,20 +1347,22 @@ def evaluate_pbmc(args, data: Data, obj: dict, models: list, gen, out: Path, rep
     log.info("PBMC evaluation:\n%s\ncriteria:\n%s", summary.to_string(), criteria.to_string(index=False))
 
 
-def papalexi_table(args, data: Data, obj: dict, gen) -> tuple[pd.DataFrame, dict]:
+def papalexi_table(data: Data, obj: dict, gen, seed: int) -> tuple[pd.DataFrame, dict]:
     """One row per (fold, perturbation, method): Pearson (``pearson_delta``), Spearman, Pearson on the 20
     top DE genes and MSE of the predicted against the observed mean change (all cells of p minus all control
     cells), with the perturbation's split-half ``reliability`` and ``noise_ceiling``
     (:func:`cellgraph.tl.perturb_eval.split_half_reliability`, :func:`~cellgraph.tl.perturb_eval.noise_ceiling`).
     Methods: ``diffusion`` (generated S={p} mean minus generated control mean), ``train_mean_change`` (the
-    mean observed change of the fold's training perturbations) and ``no_change``. Returns (table, observed)."""
+    mean observed change of the fold's training perturbations) and ``no_change``. ``seed`` seeds the split
+    halves and is the table's ``seed`` column. Returns (table, {perturbation: observed change [G]}).
+    Raises InputError if a fold has no generated control cell."""
     from .perturb_eval import noise_ceiling, split_half_reliability, top_de_genes
 
     meta = obj["conditions"]
     ctrl = data.labels == data.control
     mu0 = data.x[ctrl].mean(0)
     observed = {p: data.x[data.labels == p].mean(0) - mu0 for p in data.vocab}
-    rel = {p: split_half_reliability(data.x[data.labels == p], data.x[ctrl], seed=args.seed) for p in data.vocab}
+    rel = {p: split_half_reliability(data.x[data.labels == p], data.x[ctrl], seed=seed) for p in data.vocab}
     top = {p: top_de_genes(data.x[data.labels == p], data.x[ctrl]) for p in data.vocab}
     glab = gen.obs["perturbation"].astype(str).to_numpy()
     gfold = gen.obs["fold"].to_numpy(int)
@@ -1209,7 +1382,7 @@ def papalexi_table(args, data: Data, obj: dict, gen) -> tuple[pd.DataFrame, dict
             for method, yhat in (("diffusion", gx[gp].mean(0) - g0), ("no_change", np.zeros_like(obs_d)),
                                  ("train_mean_change", mean_change)):
                 r, rho = pearson_spearman(yhat, obs_d)
-                rows.append({"seed": args.seed, "fold": f["fold"], "perturbation": p,
+                rows.append({"seed": seed, "fold": f["fold"], "perturbation": p,
                              "set": "heldout" if p in f["heldout"] else "seen",
                              "heldout": p in f["heldout"], "n_cells_real": int((data.labels == p).sum()),
                              "n_generated": int(gp.sum()), "method": method, "pearson_delta": r, "spearman": rho,
@@ -1219,32 +1392,32 @@ def papalexi_table(args, data: Data, obj: dict, gen) -> tuple[pd.DataFrame, dict
     return pd.DataFrame(rows), observed
 
 
-def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
+def evaluate_papalexi(params: EvaluateParams, data: Data, obj: dict, models: list, gen, out: Path, report: dict) -> None:
     """Papalexi evaluation: generated vs observed mean change per perturbation and fold, with baselines.
 
     Writes to ``out``: ``evaluation.tsv`` (:func:`papalexi_table`), ``summary.tsv`` (bootstrap CIs over
     perturbations per set and method), ``comparison.tsv`` (paired one-sided Wilcoxon, diffusion vs
     ``train_mean_change``), ``guidance.tsv`` and ``guidance.png`` (Pearson of held-out and seen perturbations
-    of the first fold vs ``--guidance-scales``), ``sampling_time.tsv`` and ``perturbation.png``. Adds the
+    of the first fold vs ``params.guidance_scales``), ``sampling_time.tsv`` and ``perturbation.png``. Adds the
     tables to ``report`` in place. Raises InputError if a fold has no generated control cell.
     """
     from .perturb_eval import paired_comparison, summarize
 
     meta = obj["conditions"]
-    table, observed = papalexi_table(args, data, obj, gen)
+    table, observed = papalexi_table(data, obj, gen, params.seed)
     write_tsv(table, out / "evaluation.tsv", "%.4g")
-    summary = summarize(table, ["set", "method"], seed=args.seed)
+    summary = summarize(table, ["set", "method"], seed=params.seed)
     write_tsv(summary, out / "summary.tsv", "%.4g")
     comparison = paired_comparison(table, "diffusion", ["train_mean_change"], by="set")
     write_tsv(comparison, out / "comparison.tsv", "%.4g")
     report["comparison"] = comparison.to_dict("records")
     f0 = obj["folds"][0]
-    seen = [p for p in f0["train_labels"] if p != meta["control"]][: args.curve_seen]
+    seen = [p for p in f0["train_labels"] if p != meta["control"]][: params.curve_seen]
     curve = []
-    for s in args.guidance_scales:
+    for s in params.guidance_scales:
         conds = [meta["control"]] + list(f0["heldout"]) + seen
-        x, _, labels = generate_paired(models[0], meta, obj["standardise"][0], conds, args.curve_cells, "ddim",
-                                       args.ddim_steps, args.eta, s, args.seed + 17)
+        x, _, labels = generate_paired(models[0], meta, obj["standardise"][0], conds, params.curve_cells, "ddim",
+                                       params.ddim_steps, params.eta, s, params.seed + 17)
         lab = np.array(labels)
         g0 = x[lab == meta["control"]].mean(0)
         r = {p: pearson(x[lab == p].mean(0) - g0, observed[p]) for p in conds[1:]}
@@ -1252,7 +1425,7 @@ def evaluate_papalexi(args, data: Data, obj: dict, models: list, gen, out: Path,
                       "pearson_seen": float(np.nanmean([r[p] for p in seen])) if seen else float("nan")})
     curve = pd.DataFrame(curve)
     write_tsv(curve, out / "guidance.tsv", "%.4g")
-    timing = pd.DataFrame(_timing(models[0], meta, obj["standardise"][0], meta["control"], args))
+    timing = pd.DataFrame(_timing(models[0], meta, obj["standardise"][0], meta["control"], params))
     write_tsv(timing, out / "sampling_time.tsv", "%.4g")
     _perturbation_figure(table, out / "perturbation.png")
     _guidance_figure(curve, ["pearson_heldout", "pearson_seen"], out / "guidance.png",
@@ -1335,189 +1508,34 @@ def _perturbation_figure(table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path, bbox_inches="tight")
 
 
-def run_evaluate(args, data: Data, out: Path) -> None:
+def run_evaluate(params: EvaluateParams, data: Data, *, dataset: str, adata_path, model_path, generated,
+                 out_dir: Path) -> None:
     """``--task evaluate``: score the generated cells against the real ones.
 
-    Reads ``--model-path`` (``model.pt``), ``--generated`` (``generated.h5ad``) and ``data`` (``--adata``),
-    runs :func:`evaluate_pbmc` or :func:`evaluate_papalexi` (their tables and figures in ``out``) and writes
-    ``out/report.json``.
+    Reads ``model_path`` (``model.pt``), ``generated`` (``generated.h5ad``) and ``data`` (loaded from
+    ``adata_path``; data set ``dataset``), runs :func:`evaluate_pbmc` or :func:`evaluate_papalexi` (their
+    tables and figures in ``out_dir``) and writes ``out_dir/report.json``; the paths are recorded in it as given.
 
     Raises
     ------
     InputError
-        If ``model.pt`` is unreadable or trained on another ``--dataset``, its genes differ from those of
-        ``--adata``, or ``generated.h5ad`` is missing, lacks a condition column or has other genes.
+        If ``model.pt`` is unreadable or trained on another ``dataset``, its genes differ from those of
+        ``data``, or ``generated.h5ad`` is missing, lacks a condition column or has other genes.
     """
-    obj, models = load_models(args.model_path)
+    obj, models = load_models(model_path)
     meta = obj["conditions"]
-    if meta["dataset"] != args.dataset:
-        raise InputError(f"--model-path {args.model_path}: trained on {meta['dataset']!r}, not --dataset {args.dataset!r}")
+    if meta["dataset"] != dataset:
+        raise InputError(f"--model-path {model_path}: trained on {meta['dataset']!r}, not --dataset {dataset!r}")
     if list(obj["genes"]) != data.genes:
-        raise InputError(f"--adata {args.adata}: genes differ from those the model was trained on "
+        raise InputError(f"--adata {adata_path}: genes differ from those the model was trained on "
                          f"({len(data.genes)} vs {len(obj['genes'])}; same --n-genes?)")
-    gen = _check_generated(args.generated, args.dataset, meta, obj["genes"])
-    report = {"dataset": args.dataset, "adata": str(args.adata), "model_path": str(args.model_path),
-              "generated": str(args.generated), "data": data.report, "train": obj["folds"],
+    gen = _check_generated(generated, dataset, meta, obj["genes"])
+    report = {"dataset": dataset, "adata": str(adata_path), "model_path": str(model_path),
+              "generated": str(generated), "data": data.report, "train": obj["folds"],
               "model_config": obj["config"], "train_settings": obj["train"], "init": obj.get("init", {}),
-              "sampling": dict(gen.uns.get("diffusion", {})), "guidance_scales": list(args.guidance_scales)}
-    if args.dataset == "pbmc":
-        evaluate_pbmc(args, data, obj, models, gen, out, report)
+              "sampling": dict(gen.uns.get("diffusion", {})), "guidance_scales": list(params.guidance_scales)}
+    if dataset == "pbmc":
+        evaluate_pbmc(params, data, obj, models, gen, out_dir, report)
     else:
-        evaluate_papalexi(args, data, obj, models, gen, out, report)
-    write_json(out / "report.json", report)
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage
-# --------------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``diffusion`` stage's command-line options (task, data, model, training, sampling) to ``p``."""
-    p.add_argument("--task", required=True, help="train | sample | evaluate")
-    p.add_argument("--dataset", required=True, help="pbmc (condition: cell type) | papalexi (perturbation set)")
-    p.add_argument("--adata", default=None, help="PBMC results/expression/adata.h5ad or the Papalexi h5ad")
-    p.add_argument("--model-path", default=None, help="model.pt (sample, evaluate; default <out-dir>/model.pt)")
-    p.add_argument("--generated", default=None, help="generated.h5ad (evaluate; default <out-dir>/generated.h5ad)")
-    p.add_argument("--checkpoint-dir", default=None, help="resumable checkpoints (train; not a declared output)")
-    p.add_argument("--out-dir", required=True, help="results/diffusion/{dataset}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    # data
-    p.add_argument("--n-genes", type=int, default=0, help="PBMC: top n HVGs by normalised dispersion; 0 = all HVGs")
-    p.add_argument("--min-grna-frac", type=float, default=0.8, help="Papalexi: keep cells with top_grna_frac >= this")
-    p.add_argument("--control", default="non-targeting", help="Papalexi: obs.perturbation of control cells")
-    p.add_argument("--n-folds", type=int, default=5, help="Papalexi: leave-perturbation-out folds")
-    p.add_argument("--folds-run", type=int, default=1, help="Papalexi: folds trained and evaluated (first k)")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="Papalexi: training cells kept for validation")
-    p.add_argument("--max-train-cells", type=int, default=0,
-                   help="train on a seeded subset of at most this many cells per fold (0 = all)")
-    # model
-    p.add_argument("--preset", default="demo", help="model preset of DiffusionConfig (demo | paper)")
-    p.add_argument("--n-tokens", type=int, default=8)
-    p.add_argument("--d-model", type=int, default=64)
-    p.add_argument("--n-layers", type=int, default=2)
-    p.add_argument("--n-heads", type=int, default=4)
-    p.add_argument("--ae-hidden", type=int, default=256)
-    p.add_argument("--conditioning", default="adaln", help="adaln | cross_attention")
-    p.add_argument("--training-mode", default="two_stage", help="two_stage | end_to_end")
-    p.add_argument("--prediction", default="v", help="v | eps")
-    p.add_argument("--schedule", default="cosine", help="cosine | linear")
-    p.add_argument("--cond-dropout", type=float, default=0.1, help="condition dropout (classifier-free guidance)")
-    p.add_argument("--likelihood", default="nb", help="autoencoder observation model: nb | zinb (counts) | gaussian")
-    p.add_argument("--latent-dim", type=int, default=8, help="width of a latent token (0 = --d-model)")
-    p.add_argument("--kl-weight", type=float, default=0.1,
-                   help="weight of KL(q(z|x) || N(0, I)) (0 = deterministic encoder)")
-    p.add_argument("--set-features", default="rwr",
-                   help="Papalexi: rwr (set genes embedded from random-walk features on --multigraph) | none")
-    p.add_argument("--multigraph", default=None, help="results/multigraph/human/multigraph.npz (--set-features rwr)")
-    p.add_argument("--rwr-dim", type=int, default=16, help="random-walk feature columns per walk graph")
-    p.add_argument("--feature-dropout", type=float, default=0.0,
-                   help="training: probability of dropping a set gene's features (shrinks unseen genes to the average)")
-    p.add_argument("--scvi-epochs", type=int, default=200, help="evaluate (PBMC): epochs of the scVI baseline (0 = no scVI)")
-    p.add_argument("--scvi-latent", type=int, default=10, help="evaluate (PBMC): latent size of the scVI baseline")
-    p.add_argument("--gremln-init", action=argparse.BooleanOptionalAction, default=False,
-                   help="Papalexi: initialise the set-gene embeddings from --gremln-model")
-    p.add_argument("--gremln-model", default=None, help="results/train/gremln/model.pt (with --gremln-init)")
-    # training
-    p.add_argument("--ae-steps", type=int, default=300,
-                   help="two_stage: autoencoder optimiser steps (rounded up to whole epochs)")
-    p.add_argument("--max-steps", type=int, default=6000,
-                   help="diffusion (or end_to_end) optimiser steps (rounded up to whole epochs)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--ema-decay", type=float, default=0.995)
-    # sampling and evaluation
-    p.add_argument("--sampler", default="ddim", help="ddim | ddpm (all n_timesteps ancestral steps)")
-    p.add_argument("--ddim-steps", type=int, default=25)
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--n-generate", type=int, default=300,
-                   help="Papalexi: generated cells per perturbation (PBMC: as many per type as real test cells)")
-    p.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0],
-                   help="evaluate: guidance scales of the quality curve")
-    p.add_argument("--curve-cells", type=int, default=100, help="evaluate: cells per condition of the curve")
-    p.add_argument("--curve-seen", type=int, default=5, help="evaluate (Papalexi): training perturbations in the curve")
-    p.add_argument("--timing-cells", type=int, default=32, help="evaluate: cells timed per sampler")
-    p.add_argument("--n-pcs", type=int, default=20, help="evaluate (PBMC): PCA components of the metrics")
-
-
-def _validate(args) -> None:
-    if args.task not in TASKS:
-        raise InputError(f"--task {args.task!r}: expected one of {', '.join(TASKS)}")
-    if args.dataset not in DATASETS:
-        raise InputError(f"--dataset {args.dataset!r}: expected one of {', '.join(DATASETS)}")
-    if args.likelihood not in LIKELIHOODS:
-        raise InputError(f"--likelihood {args.likelihood!r}: expected one of {', '.join(LIKELIHOODS)}")
-    if args.set_features not in SET_FEATURES:
-        raise InputError(f"--set-features {args.set_features!r}: expected one of {', '.join(SET_FEATURES)}")
-    if args.set_features == "rwr" and args.gremln_init:
-        raise InputError("--gremln-init initialises per-gene rows; it needs --set-features none")
-    if not 0.0 <= args.feature_dropout <= 1.0:
-        raise InputError(f"--feature-dropout must be in [0, 1], got {args.feature_dropout}")
-    if args.kl_weight < 0 or args.latent_dim < 0:
-        raise InputError(f"--kl-weight and --latent-dim must be >= 0, got {args.kl_weight}, {args.latent_dim}")
-    if args.sampler not in SAMPLERS:
-        raise InputError(f"--sampler {args.sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    for name in ("threads", "n_folds", "folds_run", "batch_size", "ddim_steps", "curve_cells", "timing_cells",
-                 "n_pcs", "n_tokens", "d_model", "n_layers", "n_heads", "ae_hidden", "max_steps", "rwr_dim",
-                 "scvi_latent"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("n_genes", "ae_steps", "n_generate", "curve_seen", "max_train_cells", "scvi_epochs"):
-        if getattr(args, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.folds_run > args.n_folds:
-        raise InputError(f"--folds-run {args.folds_run} exceeds --n-folds {args.n_folds}")
-    if not 0.0 <= args.cond_dropout < 1.0:
-        raise InputError(f"--cond-dropout must be in [0, 1), got {args.cond_dropout}")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if not 0.0 <= args.eta <= 1.0:
-        raise InputError(f"--eta must be in [0, 1], got {args.eta}")
-    if args.guidance_scale < 0 or any(s < 0 for s in args.guidance_scales):
-        raise InputError("--guidance-scale and --guidance-scales must be >= 0")
-    if not args.lr > 0 or args.weight_decay < 0 or not 0.0 <= args.ema_decay < 1.0:
-        raise InputError("--lr must be > 0, --weight-decay >= 0 and --ema-decay in [0, 1)")
-    if args.task == "train" and args.training_mode == "two_stage" and args.ae_steps < 1:
-        raise InputError("--ae-steps must be >= 1 with --training-mode two_stage")
-    if args.task in ("train", "evaluate") and not args.adata:
-        raise InputError(f"--task {args.task} needs --adata")
-    if args.task == "train" and not args.checkpoint_dir:
-        raise InputError("--task train needs --checkpoint-dir")
-    if args.task == "train" and args.gremln_init and args.dataset == "papalexi" and not args.gremln_model:
-        raise InputError("--gremln-init needs --gremln-model")
-    if args.task == "train" and args.set_features == "rwr" and args.dataset == "papalexi" and not args.multigraph:
-        raise InputError("--set-features rwr needs --multigraph (results/multigraph/human/multigraph.npz)")
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph diffusion``: train, sample or evaluate the latent-token diffusion model (module docstring).
-
-    Checks every option first, sets the torch thread count (``--threads``), defaults ``--model-path`` and
-    ``--generated`` to ``<out-dir>/model.pt`` and ``<out-dir>/generated.h5ad``, then runs the ``--task``:
-    ``train`` (:func:`run_train`: ``model.pt``, ``metrics.tsv``), ``sample`` (:func:`run_sample`:
-    ``generated.h5ad``) or ``evaluate`` (:func:`run_evaluate`: tables, figures, ``report.json``), all in
-    ``--out-dir``.
-
-    Raises
-    ------
-    InputError
-        On an invalid option value or combination (e.g. ``--task train`` without ``--adata`` or
-        ``--checkpoint-dir``), or bad input files.
-    """
-    _validate(args)
-    _THREADS[:] = [args.threads]
-    _set_threads()
-    out = Path(args.out_dir)
-    args.model_path = args.model_path or str(out / "model.pt")
-    args.generated = args.generated or str(out / "generated.h5ad")
-    if args.task == "sample":
-        run_sample(args, out)
-        return
-    data = load_data(args)
-    if args.task == "train":
-        run_train(args, data, out)
-    else:
-        run_evaluate(args, data, out)
+        evaluate_papalexi(params, data, obj, models, gen, out_dir, report)
+    write_json(out_dir / "report.json", report)

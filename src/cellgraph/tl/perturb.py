@@ -30,7 +30,7 @@ true edges, and per head the attention entropy and effective rank
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -238,13 +238,30 @@ def restrict_graphs(mg: dict, genes: list[str], flip_directed: bool = False) -> 
     return out, kept
 
 
-def make_model(kind, args, n_genes, graphs, report_key, report, **overrides):
-    """Cell graph transformer of ``kind`` from the CLI options (preset, head, graph_reg) and ``overrides``
-    of :class:`~cellgraph.models.cell_graph_transformer.CGTConfig`; graph_reg entries naming a graph absent
-    from ``graphs`` are dropped and listed in ``report['graph_reg_dropped'][report_key]``."""
-    reg = {g: v for g, v in graph_reg_from_flags(args.graph_reg).items() if g in graphs}
-    report.setdefault("graph_reg_dropped", {})[report_key] = sorted(set(graph_reg_from_flags(args.graph_reg)) - set(reg))
-    cfg = cgt.preset(args.preset, n_genes, head=args.head, graph_reg=reg, **overrides)
+def make_model(kind: str, n_genes: int, graphs: dict, report_key: str, report: dict, *, preset: str, head: str,
+               graph_reg: dict, **overrides):
+    """Cell graph transformer of ``kind`` and its configuration.
+
+    Parameters
+    ----------
+    kind : ``"equivariant"`` or ``"non_equivariant"`` (:func:`cellgraph.models.cell_graph_transformer.build_model`).
+    n_genes : size N of the gene universe.
+    graphs : {graph: (edge_index Long [2, E], weight [E], directed)} as from :func:`restrict_graphs`.
+    report_key : key under ``report["graph_reg_dropped"]`` (``"forward"``, ``"yeast"``).
+    report : run report, updated in place: ``report["graph_reg_dropped"][report_key]`` lists the
+        ``graph_reg`` graphs absent from ``graphs`` (their entries are dropped).
+    preset : :data:`cellgraph.models.cell_graph_transformer.PRESETS` name (``--preset``).
+    head : set readout, ``mean``, ``cross_attention`` or ``hypersagnn`` (``--head``).
+    graph_reg : {graph: [layer, head, lambda]} graph-regularised attention heads (:func:`graph_reg_from_flags`).
+    **overrides : further fields of :class:`~cellgraph.models.cell_graph_transformer.CGTConfig`.
+
+    Returns
+    -------
+    (model, CGTConfig)
+    """
+    reg = {g: v for g, v in graph_reg.items() if g in graphs}
+    report.setdefault("graph_reg_dropped", {})[report_key] = sorted(set(graph_reg) - set(reg))
+    cfg = cgt.preset(preset, n_genes, head=head, graph_reg=reg, **overrides)
     return cgt.build_model(kind, cfg, graphs), cfg
 
 
@@ -539,22 +556,69 @@ def l1_logistic_regression(**kwargs):
     return LogisticRegression(l1_ratio=1.0, solver="saga", **kwargs)
 
 
-def run_reverse(args, out: Path) -> None:
+@dataclasses.dataclass(frozen=True)
+class ReverseParams:
+    """Options of reverse perturbation prediction (:func:`run_reverse`; ``cellgraph perturb --task reverse``).
+
+    Attributes
+    ----------
+    control : obs.perturbation label of the control cells (``--control``, default ``"non-targeting"``).
+    min_grna_frac : keep cells with ``obs.top_grna_frac`` >= this, a fraction (``--min-grna-frac``, default 0.8).
+    n_top_perturbations : classes = the targets with the largest PCA centroid shift (``--n-top-perturbations``,
+        default 20).
+    n_splits : stratified 80/20 splits (``--n-splits``, default 3).
+    grn_cell_type : ARACNe network of this cell type is the cells' graph (``--grn-cell-type``, default
+        ``"Monocyte"``).
+    finetune_epochs : epochs of fine-tuning each model with a classification head, 0 = skip
+        (``--finetune-epochs``, default 5).
+    finetune_lr : encoder learning rate of fine-tuning; the head gets 10x (``--finetune-lr``, default 1e-4).
+    seed : seeds the PCA, the splits, the tokenisation and fine-tuning (split k: seed + k) (``--seed``, default 0).
+    """
+
+    control: str = "non-targeting"
+    min_grna_frac: float = 0.8
+    n_top_perturbations: int = 20
+    n_splits: int = 3
+    grn_cell_type: str = "Monocyte"
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-4
+    seed: int = 0
+
+
+def _model_features(params: ReverseParams, adata, cells: np.ndarray, report: dict, models: dict,
+                    grn_networks) -> tuple[dict, dict]:
+    """Frozen CLS embeddings ``{key}_frozen_probe`` [C, d] of each given model ({key: model path or None}) and,
+    with ``params.finetune_epochs`` > 0, the (encoder, token dataset) pairs to fine-tune ``{key}_finetuned``."""
+    features, encoders = {}, {}
+    for key, path in models.items():
+        if path:
+            if not grn_networks:
+                raise InputError("--task reverse with a model needs --grn-networks")
+            enc, ds = tokenized_cells(path, adata, cells, grn_networks, params.grn_cell_type, params.seed, report, key)
+            features[f"{key}_frozen_probe"] = cls_embeddings(enc, ds)
+            if params.finetune_epochs > 0:
+                encoders[f"{key}_finetuned"] = (enc, ds)
+    return features, encoders
+
+
+def run_reverse(params: ReverseParams, *, adata_path, out_dir: Path, gremln_model=None, vanilla_model=None,
+                grn_networks=None) -> None:
     """``--task reverse``: predict which perturbation a cell received (GREmLN paper section 4.5, Table 3).
 
-    Reads ``--adata`` (:func:`load_papalexi`), takes the cells of the ``--n-top-perturbations`` targets with the
-    largest PCA centroid shift (:func:`top_shift_perturbations`) and, on ``--n-splits`` stratified 80/20 splits,
-    scores lasso logistic regression on expression and, when ``--gremln-model`` / ``--vanilla-model`` are
-    given (with ``--grn-networks``, graph ``--grn-cell-type``), a logistic probe on frozen CLS embeddings and
-    the encoder fine-tuned with a classification head (``--finetune-epochs`` > 0). Writes to ``out``:
-    ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean and sd over splits),
-    ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]) and
+    Reads ``adata_path`` (``--adata``, the ECCITE-seq h5ad; :func:`load_papalexi`), takes the cells of the
+    ``params.n_top_perturbations`` targets with the largest PCA centroid shift (:func:`top_shift_perturbations`)
+    and, on ``params.n_splits`` stratified 80/20 splits, scores lasso logistic regression on expression and,
+    when ``gremln_model`` / ``vanilla_model`` (main-job ``model.pt`` files) are given (with ``grn_networks``,
+    the ARACNe ``networks.tsv.gz``; graph ``params.grn_cell_type``), a logistic probe on frozen CLS embeddings
+    and the encoder fine-tuned with a classification head (``params.finetune_epochs`` > 0). Writes to
+    ``out_dir``: ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean and sd over
+    splits), ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]) and
     ``report.json``.
 
     Raises
     ------
     InputError
-        If the h5ad is unusable (:func:`load_papalexi`), a model is given without ``--grn-networks``, or the
+        If the h5ad is unusable (:func:`load_papalexi`), a model is given without ``grn_networks``, or the
         networks table lacks its columns.
     """
     from sklearn.linear_model import LogisticRegression
@@ -564,26 +628,19 @@ def run_reverse(args, out: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     t0 = time.time()
-    adata, report = load_papalexi(args.adata, args.min_grna_frac, args.control)
-    shifts = top_shift_perturbations(adata, args.control, args.n_top_perturbations, 20, args.seed)
+    adata, report = load_papalexi(adata_path, params.min_grna_frac, params.control)
+    shifts = top_shift_perturbations(adata, params.control, params.n_top_perturbations, 20, params.seed)
     classes = shifts.loc[shifts["top"], "perturbation"].tolist()
     pert = adata.obs["perturbation"].to_numpy(str)
     cells = np.flatnonzero(np.isin(pert, classes))
     y = pert[cells]
     x = adata.X[cells].toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X[cells])
-    features = {"lasso_expression": x}
-    encoders = {}
-    for key, path in (("gremln", args.gremln_model), ("vanilla", args.vanilla_model)):
-        if path:
-            if not args.grn_networks:
-                raise InputError("--task reverse with a model needs --grn-networks")
-            enc, ds = tokenized_cells(path, adata, cells, args.grn_networks, args.grn_cell_type, args.seed, report, key)
-            features[f"{key}_frozen_probe"] = cls_embeddings(enc, ds)
-            if args.finetune_epochs > 0:
-                encoders[f"{key}_finetuned"] = (enc, ds)
+    models = {"gremln": gremln_model, "vanilla": vanilla_model}
+    features, encoders = _model_features(params, adata, cells, report, models, grn_networks)
+    features = {"lasso_expression": x, **features}
     class_of = {c: i for i, c in enumerate(classes)}
     y_int = np.array([class_of[v] for v in y])
-    sss = StratifiedShuffleSplit(n_splits=args.n_splits, test_size=0.2, random_state=args.seed)
+    sss = StratifiedShuffleSplit(n_splits=params.n_splits, test_size=0.2, random_state=params.seed)
     rows, conf = [], {}
     for k, (tr, te) in enumerate(sss.split(cells, y)):
         predictions = {}
@@ -595,8 +652,8 @@ def run_reverse(args, out: Path) -> None:
             predictions[method] = make_pipeline(StandardScaler(), clf).fit(f[tr], y[tr]).predict(f[te])
         for method, (enc, ds) in encoders.items():
             tf = time.time()
-            pred_int = finetune_classifier(enc, ds, y_int, tr, te, len(classes), epochs=args.finetune_epochs,
-                                           lr=args.finetune_lr, seed=args.seed + k)
+            pred_int = finetune_classifier(enc, ds, y_int, tr, te, len(classes), epochs=params.finetune_epochs,
+                                           lr=params.finetune_lr, seed=params.seed + k)
             predictions[method] = np.asarray(classes)[pred_int]
             report.setdefault("finetune_seconds", []).append({"split": k, "method": method,
                                                               "seconds": round(time.time() - tf, 1)})
@@ -612,12 +669,12 @@ def run_reverse(args, out: Path) -> None:
     report.update(classes=classes, cells=int(len(cells)), shifts=shifts.to_dict("records"),
                   chance_accuracy=float(pd.Series(y).value_counts(normalize=True).max()),
                   seconds=round(time.time() - t0, 1))
-    write_tsv(metrics, out / "metrics.tsv")
-    write_tsv(summary, out / "summary.tsv", "%.4g")
-    with atomic_path(out / "confusion.npz") as tmp:
+    write_tsv(metrics, out_dir / "metrics.tsv")
+    write_tsv(summary, out_dir / "summary.tsv", "%.4g")
+    with atomic_path(out_dir / "confusion.npz") as tmp:
         np.savez_compressed(tmp, classes=np.array(classes), methods=np.array(list(conf)),
                             confusion=np.stack([conf[m] for m in conf]))
-    write_json(out / "report.json", report)
+    write_json(out_dir / "report.json", report)
     log.info("reverse perturbation prediction:\n%s", summary.to_string(index=False))
 
 
@@ -637,29 +694,44 @@ def _read(folder, name, what):
     return pd.read_csv(require_file(Path(folder) / name, what), sep="\t")
 
 
-def run_figures(args) -> None:
-    """Tables (csv + md) and figures of the forward, yeast and reverse results (module docstring)."""
+def run_figures(*, forward_dir, yeast_dir, reverse_dir, figures_dir, tables_dir) -> None:
+    """Tables (csv + md) and figures of the forward, yeast and reverse results (module docstring).
+
+    Parameters
+    ----------
+    forward_dir, yeast_dir, reverse_dir : results folders of ``--task forward``, ``yeast`` and ``reverse``
+        (``metrics.tsv``, ``summary.tsv``, ``comparisons.tsv``, ``own_gene.tsv``, ``score_summary.tsv``,
+        ``confusion.npz``, attention diagnostics).
+    figures_dir : folder of the PNGs (``perturbation_forward.png``, ``perturbation_yeast.png``,
+        ``perturbation_attention.png``, ``perturbation_reverse_confusion.png``).
+    tables_dir : folder of the tables (``<name>.csv`` and ``<name>.md``).
+
+    Raises
+    ------
+    InputError
+        If a results file is missing.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figs, tabs = Path(args.figures_dir), Path(args.tables_dir)
-    fwd = _read(args.forward_dir, "metrics.tsv", "forward metrics")
-    rev = _read(args.reverse_dir, "metrics.tsv", "reverse metrics")
-    cz = np.load(require_file(Path(args.reverse_dir) / "confusion.npz", "reverse confusion"))
-    _write_table(_read(args.forward_dir, "summary.tsv", "forward summary"), tabs, "table_perturbation_forward")
-    _write_table(_read(args.forward_dir, "comparisons.tsv", "forward comparisons"), tabs,
+    figs, tabs = Path(figures_dir), Path(tables_dir)
+    fwd = _read(forward_dir, "metrics.tsv", "forward metrics")
+    rev = _read(reverse_dir, "metrics.tsv", "reverse metrics")
+    cz = np.load(require_file(Path(reverse_dir) / "confusion.npz", "reverse confusion"))
+    _write_table(_read(forward_dir, "summary.tsv", "forward summary"), tabs, "table_perturbation_forward")
+    _write_table(_read(forward_dir, "comparisons.tsv", "forward comparisons"), tabs,
                  "table_perturbation_comparisons")
-    own = _read(args.forward_dir, "own_gene.tsv", "forward own-gene changes")
+    own = _read(forward_dir, "own_gene.tsv", "forward own-gene changes")
     _write_table(own.groupby("method", sort=False).agg(n=("sign_correct", "size"), sign_correct=("sign_correct", "mean"),
                                                        predicted_mean=("own_gene_predicted", "mean"),
                                                        observed_mean=("own_gene_observed", "mean")).reset_index(),
                  tabs, "table_perturbation_own_gene")
-    _write_table(_read(args.forward_dir, "score_summary.tsv", "forward score summary"), tabs, "table_perturbation_score")
-    yst = _read(args.yeast_dir, "summary.tsv", "yeast summary")
+    _write_table(_read(forward_dir, "score_summary.tsv", "forward score summary"), tabs, "table_perturbation_score")
+    yst = _read(yeast_dir, "summary.tsv", "yeast summary")
     _write_table(yst, tabs, "table_perturbation_yeast")
-    _write_table(_read(args.yeast_dir, "comparisons.tsv", "yeast comparisons"), tabs,
+    _write_table(_read(yeast_dir, "comparisons.tsv", "yeast comparisons"), tabs,
                  "table_perturbation_yeast_comparisons")
     g = rev.groupby("method", sort=False)
     _write_table(g.agg(accuracy_mean=("accuracy", "mean"), accuracy_sd=("accuracy", "std"),
@@ -680,7 +752,7 @@ def run_figures(args) -> None:
     fig.tight_layout()
     save_figure(fig, figs / "perturbation_yeast.png")
 
-    _attention_figure(plt, {"papalexi": Path(args.forward_dir), "yeast": Path(args.yeast_dir)}, figs, tabs)
+    _attention_figure(plt, {"papalexi": Path(forward_dir), "yeast": Path(yeast_dir)}, figs, tabs)
 
     methods, classes, conf = list(cz["methods"]), list(cz["classes"]), cz["confusion"]
     fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 5), squeeze=False)
@@ -754,118 +826,3 @@ def _attention_figure(plt, dirs: dict, figs: Path, tabs: Path) -> None:
         fig.colorbar(im, ax=ax, fraction=0.02)
     fig.tight_layout()
     save_figure(fig, figs / "perturbation_attention.png")
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``perturb`` stage's command-line options (all tasks: forward, yeast, reverse, figures) to ``p``."""
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--adata", default=None, metavar="H5AD", help="Papalexi ECCITE-seq h5ad (forward, reverse)")
-    p.add_argument("--multigraph", default=None, metavar="NPZ", help="multigraph.npz of the organism (forward, yeast)")
-    p.add_argument("--pairs", default=None, metavar="CSV", help="Costanzo 2016 pairs (yeast)")
-    p.add_argument("--smf", default=None, metavar="TSV",
-                   help="Costanzo 2016 single-mutant fitness table, Data File S1 (yeast)")
-    p.add_argument("--string-info", default=None, metavar="FILE", help="STRING protein.info of yeast (name -> ORF)")
-    p.add_argument("--min-grna-frac", type=float, default=0.8, help="keep cells with top_grna_frac >= this")
-    p.add_argument("--control", default="non-targeting", help="obs.perturbation label of control cells")
-    p.add_argument("--preset", default="demo", choices=sorted(cgt.PRESETS))
-    p.add_argument("--head", default="cross_attention", choices=["mean", "cross_attention", "hypersagnn"])
-    p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
-                   metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
-    p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=300,
-                   help="forward: most full-batch steps over the training targets (early stopping picks fewer)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="forward: seeds (control halves, folds, initialisation), one whole CV per seed")
-    p.add_argument("--eval-every", type=int, default=10, help="forward: inner validation every N epochs")
-    p.add_argument("--inner-fraction", type=float, default=0.25,
-                   help="forward: share of training targets held out for early stopping")
-    p.add_argument("--reliable-threshold", type=float, default=0.6,
-                   help="forward: split-half Pearson from which a perturbation counts as reliable")
-    p.add_argument("--attend", default="targets_to_regulators", choices=["targets_to_regulators", "regulators_to_targets"],
-                   help="forward: direction of directed graphs in the attention targets")
-    p.add_argument("--rwr-dim", type=int, default=16, help="forward: SVD columns per random-walk feature block")
-    p.add_argument("--n-pca", type=int, default=10, help="forward: PCA gene loadings (model features, linear baseline)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="forward: AdamW weight decay")
-    p.add_argument("--dropout", type=float, default=0.0, help="forward: dropout of the cell graph transformer")
-    p.add_argument("--label-scale", default="gene", choices=["gene", "global"],
-                   help="forward: labels divided by each gene's sd over training targets, or by one overall sd")
-    p.add_argument("--ridge", type=float, default=0.1, help="forward: ridge lambda of the linear baselines")
-    p.add_argument("--diagnostics-every", type=int, default=10,
-                   help="attention diagnostics after every N-th epoch and the last one")
-    p.add_argument("--yeast-max-epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--score-weight", type=float, default=0.1, help="task weight of the perturbation score")
-    p.add_argument("--yeast-hops", type=int, default=1, help="neighbourhood of the phenotype genes (-1 = all)")
-    p.add_argument("--n-top-perturbations", type=int, default=20)
-    p.add_argument("--n-splits", type=int, default=3)
-    p.add_argument("--gremln-model", default=None, metavar="PT")
-    p.add_argument("--vanilla-model", default=None, metavar="PT")
-    p.add_argument("--grn-networks", default=None, metavar="TSV.GZ", help="ARACNe networks.tsv.gz (reverse)")
-    p.add_argument("--grn-cell-type", default="Monocyte", help="ARACNe network used as the cells' graph (reverse)")
-    p.add_argument("--finetune-epochs", type=int, default=5,
-                   help="reverse: epochs of fine-tuning GREmLN/vanilla with a classification head (0 = skip)")
-    p.add_argument("--finetune-lr", type=float, default=1e-4, help="reverse: encoder learning rate (head: 10x)")
-    p.add_argument("--forward-dir", default=None, help="figures: results of --task forward")
-    p.add_argument("--yeast-dir", default=None, help="figures: results of --task yeast")
-    p.add_argument("--reverse-dir", default=None, help="figures: results of --task reverse")
-    p.add_argument("--figures-dir", default=None)
-    p.add_argument("--tables-dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out-dir", default=None, help="results folder (forward, yeast, reverse)")
-
-
-def _need(args, *names):
-    for n in names:
-        if getattr(args, n) in (None, ""):
-            raise InputError(f"--task {args.task} needs --{n.replace('_', '-')}")
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph perturb``: run the ``--task`` (module docstring), writing to ``--out-dir``.
-
-    ``forward`` (:func:`cellgraph.tl.perturb_forward.run_forward`) reads ``--adata`` and ``--multigraph``;
-    ``yeast`` (:func:`cellgraph.tl.perturb_yeast.run_yeast`) reads ``--pairs``, ``--smf``, ``--string-info`` and
-    ``--multigraph``; ``reverse`` (:func:`run_reverse`) reads ``--adata`` (and optionally the models and
-    ``--grn-networks``); these write ``metrics.tsv``, ``summary.tsv`` and the task's other tables and
-    ``report.json`` to ``--out-dir``. ``figures`` (:func:`run_figures`) reads ``--forward-dir``,
-    ``--yeast-dir`` and ``--reverse-dir`` and writes PNGs to ``--figures-dir`` and tables (csv + md) to
-    ``--tables-dir``. Sets the torch thread count to ``--threads``.
-
-    Raises
-    ------
-    InputError
-        If a count option is < 1, a ``--graph-reg`` entry is not GRAPH:LAYER:HEAD:LAMBDA,
-        ``--inner-fraction`` is outside (0, 1) (forward), a file the task needs is not given, or an input is
-        missing or malformed.
-    """
-    torch.set_num_threads(args.threads)
-    for n in ("n_folds", "max_epochs", "yeast_max_epochs", "batch_size", "n_splits", "n_top_perturbations",
-              "diagnostics_every", "eval_every", "rwr_dim", "n_pca"):
-        if getattr(args, n) < 1:
-            raise InputError(f"--{n.replace('_', '-')} must be >= 1, not {getattr(args, n)}")
-    graph_reg_from_flags(args.graph_reg)
-    if args.task == "forward":
-        from .perturb_forward import run_forward
-
-        _need(args, "adata", "multigraph", "out_dir")
-        if not 0 < args.inner_fraction < 1:
-            raise InputError(f"--inner-fraction must be in (0, 1), not {args.inner_fraction}")
-        run_forward(args, Path(args.out_dir))
-    elif args.task == "yeast":
-        from .perturb_yeast import run_yeast
-
-        _need(args, "pairs", "smf", "string_info", "multigraph", "out_dir")
-        run_yeast(args, Path(args.out_dir))
-    elif args.task == "reverse":
-        _need(args, "adata", "out_dir")
-        run_reverse(args, Path(args.out_dir))
-    else:
-        _need(args, "forward_dir", "yeast_dir", "reverse_dir", "figures_dir", "tables_dir")
-        run_figures(args)

@@ -47,6 +47,7 @@ and one layer per method of predicted deltas, log units; X = observed), ``model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -68,33 +69,121 @@ BASELINES = ["no_change", "mean_change", "mean_change_own_gene", "weighted_mean_
 MODEL = "equivariant_cgt"
 
 
+def _default_graph_reg() -> dict:
+    return {"physical": [0, 0, 0.1], "regulatory": [1, 1, 0.1]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardParams:
+    """Options of Papalexi forward prediction (:func:`run_forward`; ``cellgraph perturb --task forward``).
+
+    Attributes
+    ----------
+    control : obs.perturbation label of the control cells (``--control``, default ``"non-targeting"``).
+    min_grna_frac : keep cells with ``obs.top_grna_frac`` >= this, a fraction (``--min-grna-frac``, default 0.8).
+    preset : cell graph transformer preset, :data:`cellgraph.models.cell_graph_transformer.PRESETS`
+        (``--preset``, default ``"demo"``).
+    head : set readout, ``mean`` | ``cross_attention`` | ``hypersagnn`` (``--head``, default ``cross_attention``).
+    graph_reg : {graph: [layer, head, lambda]} graph-regularised attention heads
+        (:func:`cellgraph.tl.perturb.graph_reg_from_flags` of ``--graph-reg``; default physical on layer 0 head 0
+        and regulatory on layer 1 head 1, lambda 0.1 each).
+    n_folds : leave-perturbation-out folds per seed (``--n-folds``, default 5).
+    max_epochs : most full-batch training steps; early stopping picks fewer (``--max-epochs``, default 300).
+    seeds : one whole cross-validation per seed: control halves, folds, initialisation (``--seeds``, default (0,)).
+    eval_every : inner validation every this many epochs (``--eval-every``, default 10).
+    inner_fraction : share of the training targets held out for early stopping, in (0, 1)
+        (``--inner-fraction``, default 0.25).
+    reliable_threshold : split-half Pearson from which a perturbation counts as reliable
+        (``--reliable-threshold``, default 0.6).
+    attend : ``targets_to_regulators`` (directed graphs reversed) or ``regulators_to_targets``
+        (``--attend``, default ``targets_to_regulators``).
+    rwr_dim : SVD columns per random-walk feature block (``--rwr-dim``, default 16).
+    n_pca : PCA gene loadings, model features and linear baseline (``--n-pca``, default 10).
+    weight_decay : AdamW weight decay (``--weight-decay``, default 0.01).
+    dropout : dropout of the cell graph transformer, a probability (``--dropout``, default 0.0).
+    label_scale : labels divided by each gene's sd over training targets (``gene``) or by one overall sd
+        (``global``) (``--label-scale``, default ``gene``).
+    ridge : ridge lambda of the linear baselines (``--ridge``, default 0.1).
+    diagnostics_every : attention diagnostics after every this-many-th epoch and the last one
+        (``--diagnostics-every``, default 10).
+    batch_size : samples per batch (``--batch-size``, default 1024).
+    lr : AdamW learning rate (``--lr``, default 3e-3).
+    score_weight : task weight of the perturbation score in the loss (``--score-weight``, default 0.1).
+    """
+
+    control: str = "non-targeting"
+    min_grna_frac: float = 0.8
+    preset: str = "demo"
+    head: str = "cross_attention"
+    graph_reg: dict = dataclasses.field(default_factory=_default_graph_reg)
+    n_folds: int = 5
+    max_epochs: int = 300
+    seeds: tuple = (0,)
+    eval_every: int = 10
+    inner_fraction: float = 0.25
+    reliable_threshold: float = 0.6
+    attend: str = "targets_to_regulators"
+    rwr_dim: int = 16
+    n_pca: int = 10
+    weight_decay: float = 0.01
+    dropout: float = 0.0
+    label_scale: str = "gene"
+    ridge: float = 0.1
+    diagnostics_every: int = 10
+    batch_size: int = 1024
+    lr: float = 3e-3
+    score_weight: float = 0.1
+
+
 # --------------------------------------------------------------------------------------------------
 # Data shared by all seeds
 # --------------------------------------------------------------------------------------------------
 
 
-def load_context(args) -> dict:
-    """Everything that does not depend on the seed: expression, sets, graphs, graph features, reliability."""
+def load_context(params: ForwardParams, *, adata_path, multigraph_path, gremln_model=None) -> dict:
+    """Everything that does not depend on the seed: expression, sets, graphs, graph features, reliability.
+
+    Parameters
+    ----------
+    params : run options (``control``, ``min_grna_frac``, ``attend``, ``rwr_dim`` are read here).
+    adata_path : Papalexi ECCITE-seq h5ad with raw counts (``--adata``; :func:`cellgraph.tl.perturb.load_papalexi`).
+    multigraph_path : ``multigraph.npz`` of human genes (``--multigraph``).
+    gremln_model : optional GREmLN ``model.pt`` whose input gene embeddings become extra gene features
+        (``--gremln-model``; :func:`cellgraph.graphs.gene_features.gremln_vectors`).
+
+    Returns
+    -------
+    dict
+        :func:`cellgraph.tl.perturb.papalexi_arrays` (``genes`` [N], ``measured`` bool [N], ``expr`` float32
+        [C, N] log units, ``perturbation`` [C], ...) plus ``graphs`` (restricted to the universe), ``rwr`` float32
+        [N, F_rwr] random-walk features, ``gremln`` float32 [N, F_g] (F_g = 0 without a model), ``report``,
+        ``targets`` (sorted non-control labels), ``ctrl_rows`` (control cell rows) and ``pos`` (gene -> column).
+
+    Raises
+    ------
+    InputError
+        If the h5ad or the multigraph is missing or malformed, or the GREmLN model cannot be read.
+    """
     from ..graphs.multigraph import load_multigraph
 
-    adata, report = pt.load_papalexi(args.adata, args.min_grna_frac, args.control)
-    mg = load_multigraph(args.multigraph)
-    d = pt.papalexi_arrays(adata, args.control, set(mg["nodes"]))
-    graphs, kept = pt.restrict_graphs(mg, d["genes"], flip_directed=args.attend == "targets_to_regulators")
-    rwr, rwr_names, rwr_rep = random_walk_features(mg, d["genes"], dim=args.rwr_dim, seed=0)
+    adata, report = pt.load_papalexi(adata_path, params.min_grna_frac, params.control)
+    mg = load_multigraph(multigraph_path)
+    d = pt.papalexi_arrays(adata, params.control, set(mg["nodes"]))
+    graphs, kept = pt.restrict_graphs(mg, d["genes"], flip_directed=params.attend == "targets_to_regulators")
+    rwr, rwr_names, rwr_rep = random_walk_features(mg, d["genes"], dim=params.rwr_dim, seed=0)
     gremln = np.zeros((len(d["genes"]), 0), np.float32)
-    if getattr(args, "gremln_model", None):
-        vec, known, g_rep = gremln_vectors(args.gremln_model, d["genes"])
+    if gremln_model:
+        vec, known, g_rep = gremln_vectors(gremln_model, d["genes"])
         gremln = embedding_features(vec.numpy(), known.numpy())
-        targets = set(d["perturbation"]) - {args.control}
+        targets = set(d["perturbation"]) - {params.control}
         report["gremln_features"] = {"model": g_rep["gremln_model"], "genes_covered": int(known.sum()),
                                      "targets_covered": sorted(targets & set(g_rep["set_genes_initialised"]))}
     pert = d["perturbation"]
     report.update(universe=len(d["genes"]), measured_genes=int(d["measured"].sum()),
                   targets_unmeasured=d["targets_unmeasured"], genes_not_in_multigraph=len(d["genes_not_in_multigraph"]),
-                  graph_edges_in_universe=kept, random_walk_features=rwr_rep, attend=args.attend)
+                  graph_edges_in_universe=kept, random_walk_features=rwr_rep, attend=params.attend)
     return {**d, "graphs": graphs, "rwr": rwr, "rwr_names": rwr_names, "gremln": gremln, "report": report,
-            "targets": sorted(set(pert) - {args.control}), "ctrl_rows": np.flatnonzero(pert == args.control),
+            "targets": sorted(set(pert) - {params.control}), "ctrl_rows": np.flatnonzero(pert == params.control),
             "pos": {g: i for i, g in enumerate(d["genes"])}}
 
 
@@ -149,29 +238,48 @@ def reliability_table(ctx: dict, eval_ctrl: np.ndarray, seed: int, threshold: fl
 # --------------------------------------------------------------------------------------------------
 
 
-def _features(args, ctx: dict, train_cells: np.ndarray, seed: int) -> np.ndarray:
-    load = expression_loadings(ctx["expr"][train_cells][:, ctx["measured"]], ctx["measured"], args.n_pca, seed=seed)
+def fold_gene_features(ctx: dict, train_cells: np.ndarray, n_pca: int, seed: int) -> np.ndarray:
+    """Fixed gene features of one fold -> float32 [N, F]: random-walk features, GREmLN features, then the
+    ``n_pca`` + 1 expression-loading columns of the training cells
+    (:func:`cellgraph.graphs.gene_features.expression_loadings`, seeded by ``seed``; always the last columns).
+
+    ``train_cells`` are row positions of ``ctx["expr"]``; no other cell is read.
+    """
+    load = expression_loadings(ctx["expr"][train_cells][:, ctx["measured"]], ctx["measured"], n_pca, seed=seed)
     return np.concatenate([ctx["rwr"], ctx["gremln"], load], 1).astype(np.float32)  # [N, F]
 
 
-def train_model(args, ctx: dict, perts: list[str], y: np.ndarray, score: np.ndarray, weight: np.ndarray,
-                feats: np.ndarray, epochs: int, seed: int, on_epoch_end=None, diagnostics=None):
+def train_model(params: ForwardParams, ctx: dict, perts: list[str], y: np.ndarray, score: np.ndarray,
+                weight: np.ndarray, feats: np.ndarray, epochs: int, seed: int, on_epoch_end=None, diagnostics=None):
     """Fit the model on targets ``perts`` with deltas y [P, N] (log units), scores [P] and loss weights [P]
     for ``epochs`` full-batch steps -> (model, gene_sd [N], (score mean, score sd)). The readout offsets are
     the weighted mean training change and, at the target's own gene, the mean own-gene change of the
     measured training targets; ``epochs`` 0 returns the model that predicts exactly these (the
-    ``weighted_mean_change_own_gene`` baseline)."""
+    ``weighted_mean_change_own_gene`` baseline).
+
+    Parameters
+    ----------
+    params : run options (``label_scale``, ``preset``, ``head``, ``graph_reg``, ``dropout``, ``score_weight``,
+        ``batch_size``, ``lr``, ``weight_decay`` are read here).
+    ctx : :func:`load_context` dict (its ``report`` gets ``graph_reg_dropped``).
+    perts : training targets [P]; y : float [P, N] their deltas; score : float [P]; weight : float [P].
+    feats : float32 [N, F] gene features (:func:`fold_gene_features`).
+    epochs : full-batch training epochs (0 = the offsets alone).
+    seed : seeds the initialisation and the batch order.
+    on_epoch_end, diagnostics : as for :func:`cellgraph.tl.perturb.fit`.
+    """
     measured = ctx["measured"]
     gene_sd = np.ones(len(measured), np.float32)
-    sd = y[:, measured].std(0) if args.label_scale == "gene" else np.full(measured.sum(), y[:, measured].std())
+    sd = y[:, measured].std(0) if params.label_scale == "gene" else np.full(measured.sum(), y[:, measured].std())
     gene_sd[measured] = np.maximum(sd, 1e-3)
     yz = y / gene_sd
     own = own_gene_changes(ctx, perts, y)
     s_mu, s_sd = float(score.mean()), float(max(score.std(), 1e-6))
     torch.manual_seed(seed)
-    model, _ = pt.make_model("equivariant", args, len(measured), ctx["graphs"], "forward", ctx["report"],
+    model, _ = pt.make_model("equivariant", len(measured), ctx["graphs"], "forward", ctx["report"],
+                             preset=params.preset, head=params.head, graph_reg=params.graph_reg,
                              n_features=feats.shape[1], gene_identity=False, set_gate=True,
-                             dropout=args.dropout)
+                             dropout=params.dropout)
     model.encoder.set_features(torch.from_numpy(feats))
     with torch.no_grad():
         offset = np.zeros(len(measured))
@@ -185,9 +293,9 @@ def train_model(args, ctx: dict, perts: list[str], y: np.ndarray, score: np.ndar
                              {"expression": (yz.astype(np.float32), np.broadcast_to(measured, yz.shape).copy()),
                               "fitness": (((score - s_mu) / s_sd).astype(np.float32), np.ones(len(perts), bool))},
                              weights=weight)
-        pt.fit(model, samples, {"expression": 1.0, "fitness": args.score_weight}, max_epochs=epochs,
-               batch_size=args.batch_size, lr=args.lr, seed=seed, diagnostics=diagnostics, on_epoch_end=on_epoch_end,
-               weight_decay=args.weight_decay)
+        pt.fit(model, samples, {"expression": 1.0, "fitness": params.score_weight}, max_epochs=epochs,
+               batch_size=params.batch_size, lr=params.lr, seed=seed, diagnostics=diagnostics, on_epoch_end=on_epoch_end,
+               weight_decay=params.weight_decay)
     elif diagnostics is not None:  # untrained (early stopping chose 0 epochs): its attention is still reported
         g_rows, h_rows = cgt.attention_diagnostics(model.encoder, diagnostics["graphs"], seed=seed)
         tag = {k: v for k, v in diagnostics.items() if k not in ("graphs", "graph_rows", "head_rows", "every")}
@@ -203,17 +311,21 @@ def predict_deltas(ctx: dict, model, gene_sd: np.ndarray, score_scale, perts: li
     return out["expression"] * gene_sd, out["fitness"] * score_scale[1] + score_scale[0]
 
 
-def choose_epochs(args, ctx: dict, train_perts: list[str], train_ctrl: np.ndarray, feats: np.ndarray,
+def choose_epochs(params: ForwardParams, ctx: dict, train_perts: list[str], train_ctrl: np.ndarray, feats: np.ndarray,
                   seed: int) -> tuple[int, list[dict]]:
     """Early stopping on an inner leave-perturbation-out split -> (best epoch count, curve rows).
 
-    A share ``--inner-fraction`` (at least 2) of the training targets is held out; the training controls are
+    A share ``params.inner_fraction`` (at least 2) of the training targets is held out; the training controls are
     halved again so the inner held-out deltas have their own reference. Epoch 0 (the offsets alone) is a
     candidate. The inner score is the mean inner Pearson-delta weighted by the inner targets' training
     reliability; the epoch count is the smallest within one standard error of the best (the one-SE rule),
-    so a curve that is flat within its noise keeps the offsets alone."""
+    so a curve that is flat within its noise keeps the offsets alone
+    (:func:`cellgraph.tl.perturb_eval.one_standard_error_choice`). The inner model trains for
+    ``params.max_epochs`` and is scored every ``params.eval_every`` epochs; ``feats`` float32 [N, F] are the
+    fold's gene features, ``train_ctrl`` the training control rows, ``seed`` seeds the inner split.
+    """
     rng = np.random.default_rng(seed + 7919)
-    n_in = max(2, int(round(args.inner_fraction * len(train_perts))))
+    n_in = max(2, int(round(params.inner_fraction * len(train_perts))))
     inner = sorted(rng.choice(train_perts, n_in, replace=False).tolist())
     fit_perts = [p for p in train_perts if p not in inner]
     c_fit, c_val = pe.split_controls(len(train_ctrl), seed + 1)
@@ -226,10 +338,10 @@ def choose_epochs(args, ctx: dict, train_perts: list[str], train_ctrl: np.ndarra
     curve = []
 
     def score_epoch(epoch, model):
-        """``on_epoch_end`` callback: at epoch 0, every ``--eval-every``-th epoch and the last, append the
+        """``on_epoch_end`` callback: at epoch 0, every ``params.eval_every``-th epoch and the last, append the
         reliability-weighted mean inner Pearson-delta (measured genes) and its standard error to ``curve``.
         """
-        if epoch % args.eval_every and epoch != args.max_epochs and epoch != 0:
+        if epoch % params.eval_every and epoch != params.max_epochs and epoch != 0:
             return
         pred, _ = predict_deltas(ctx, model, gene_sd, scale, inner)
         r = np.nan_to_num([pe.pearson(a[ctx["measured"]], b) for a, b in zip(pred, y_val)])
@@ -237,9 +349,9 @@ def choose_epochs(args, ctx: dict, train_perts: list[str], train_ctrl: np.ndarra
         se = float(np.sqrt((w_val ** 2) @ (r - mean) ** 2) / w_val.sum())
         curve.append({"epoch": epoch, "inner_pearson_delta": mean, "se": se})
 
-    model, gene_sd, scale = train_model(args, ctx, fit_perts, y_fit, s_fit, w_fit, feats, 0, seed)
+    model, gene_sd, scale = train_model(params, ctx, fit_perts, y_fit, s_fit, w_fit, feats, 0, seed)
     score_epoch(0, model)
-    train_model(args, ctx, fit_perts, y_fit, s_fit, w_fit, feats, args.max_epochs, seed, on_epoch_end=score_epoch)
+    train_model(params, ctx, fit_perts, y_fit, s_fit, w_fit, feats, params.max_epochs, seed, on_epoch_end=score_epoch)
     best = pe.one_standard_error_choice(curve, "inner_pearson_delta", "se")
     return int(best["epoch"]), curve
 
@@ -250,21 +362,27 @@ def choose_epochs(args, ctx: dict, train_perts: list[str], train_ctrl: np.ndarra
 
 
 def baseline_predictions(ctx: dict, train_perts: list[str], held: list[str], y_train: np.ndarray,
-                         weight: np.ndarray, feats: np.ndarray, args) -> dict:
-    """Every baseline's predicted deltas for the held-out targets -> {method: [len(held), M]} (measured genes)."""
+                         weight: np.ndarray, feats: np.ndarray, n_pca: int, ridge: float) -> dict:
+    """Every baseline's predicted deltas for the held-out targets -> {method: [len(held), M]} (measured genes).
+
+    ``y_train`` float [P, N] training deltas (log units), ``weight`` [P] their loss weights, ``feats`` float32
+    [N, F] gene features whose columns ``-(n_pca + 1):-1`` are the expression loadings
+    (:func:`fold_gene_features`), ``ridge`` the lambda of the linear baselines (:func:`cellgraph.tl.perturb_eval.linear_baseline`;
+    Ahlmann-Eltze et al. 2025). Methods: :data:`BASELINES`.
+    """
     m, pos = ctx["measured"], ctx["pos"]
     yt = y_train[:, m]
     mean = yt.mean(0)
     wmean = pe.weighted_mean_change(yt, weight)
     mpos = {g: i for i, g in enumerate(np.array(ctx["genes"])[m])}
     own = own_gene_changes(ctx, train_perts, y_train)
-    gene_emb = feats[m][:, -(args.n_pca + 1):-1]  # expression loadings of the measured genes [M, K]
+    gene_emb = feats[m][:, -(n_pca + 1):-1]  # expression loadings of the measured genes [M, K]
 
     def pca_row(p):
-        """Target ``p``'s PCA gene embedding: its ``--n-pca`` expression-loading columns of ``feats`` (zero when
+        """Target ``p``'s PCA gene embedding: its ``n_pca`` expression-loading columns of ``feats`` (zero when
         ``p`` is not measured).
         """
-        return feats[pos[p], -(args.n_pca + 1):-1]
+        return feats[pos[p], -(n_pca + 1):-1]
 
     rwr = ctx["rwr"]
     return {
@@ -274,26 +392,44 @@ def baseline_predictions(ctx: dict, train_perts: list[str], held: list[str], y_t
         "weighted_mean_change": np.tile(wmean, (len(held), 1)),
         "weighted_mean_change_own_gene": np.stack([pe.own_gene_adjusted(wmean, own, mpos.get(p)) for p in held]),
         "linear_pca": pe.linear_baseline(yt, gene_emb, np.stack([pca_row(p) for p in train_perts]),
-                                         np.stack([pca_row(p) for p in held]), args.ridge),
+                                         np.stack([pca_row(p) for p in held]), ridge),
         "linear_graph": pe.linear_baseline(yt, gene_emb, rwr[[pos[p] for p in train_perts]],
-                                           rwr[[pos[p] for p in held]], args.ridge),
+                                           rwr[[pos[p] for p in held]], ridge),
     }
 
 
-def run_fold(args, ctx: dict, seed: int, k: int, held: list[str], train_ctrl, eval_ctrl, rel, diag) -> dict:
-    """Train, predict and score one leave-perturbation-out fold -> dict of metric rows and predictions."""
+def run_fold(params: ForwardParams, ctx: dict, seed: int, k: int, held: list[str], train_ctrl, eval_ctrl, rel,
+             diag) -> dict:
+    """Train, predict and score one leave-perturbation-out fold -> dict of metric rows and predictions.
+
+    Parameters
+    ----------
+    params : run options; ctx : :func:`load_context` dict.
+    seed, k : the seed and fold number (the fold's random streams are seeded by ``seed * 100 + k``).
+    held : held-out targets; train_ctrl, eval_ctrl : control rows of training and of evaluation.
+    rel : :func:`reliability_table` of the seed; diag : attention-diagnostics dict or None
+        (:func:`cellgraph.tl.perturb.fit`).
+
+    Returns
+    -------
+    dict
+        ``rows`` (metric rows per perturbation and method), ``score_rows``, ``methods`` ({method: float
+        [len(held), M]} predicted deltas), ``observed`` float [len(held), M], ``model``, ``curve`` (early
+        stopping rows) and ``info``.
+    """
     pert, m = ctx["perturbation"], ctx["measured"]
     train_perts = [p for p in ctx["targets"] if p not in held]
     train_cells = np.concatenate([train_ctrl, np.flatnonzero(np.isin(pert, train_perts))])
     assert not np.isin(pert[train_cells], held).any()  # held-out cells never reach training
-    feats = _features(args, ctx, train_cells, seed)
-    epochs, curve = choose_epochs(args, ctx, train_perts, train_ctrl, feats, seed * 100 + k)
+    feats = fold_gene_features(ctx, train_cells, params.n_pca, seed)
+    epochs, curve = choose_epochs(params, ctx, train_perts, train_ctrl, feats, seed * 100 + k)
     y_train = deltas(ctx, train_perts, train_ctrl)
     weight = training_weights(ctx, train_perts, train_ctrl, seed * 100 + k)
-    model, gene_sd, scale = train_model(args, ctx, train_perts, y_train, scores(ctx, train_perts, train_ctrl), weight,
+    model, gene_sd, scale = train_model(params, ctx, train_perts, y_train, scores(ctx, train_perts, train_ctrl), weight,
                                         feats, epochs, seed * 100 + k, diagnostics=diag)
     pred, pred_score = predict_deltas(ctx, model, gene_sd, scale, held)
-    methods = {MODEL: pred[:, m], **baseline_predictions(ctx, train_perts, held, y_train, weight, feats, args)}
+    methods = {MODEL: pred[:, m], **baseline_predictions(ctx, train_perts, held, y_train, weight, feats,
+                                                    n_pca=params.n_pca, ridge=params.ridge)}
     obs = deltas(ctx, held, eval_ctrl)[:, m]
     x0 = ctx["expr"][eval_ctrl][:, m]
     rows = []
@@ -324,12 +460,12 @@ def run_fold(args, ctx: dict, seed: int, k: int, held: list[str], train_ctrl, ev
 # --------------------------------------------------------------------------------------------------
 
 
-def run_forward(args, out: Path) -> None:
+def run_forward(params: ForwardParams, *, adata_path, multigraph_path, out_dir: Path, gremln_model=None) -> None:
     """``cellgraph perturb --task forward``: leave-perturbation-out prediction on Papalexi (module docstring).
 
-    Reads ``--adata`` (ECCITE-seq h5ad), ``--multigraph`` and optionally ``--gremln-model``
-    (:func:`load_context`); for every seed of ``--seeds`` and every fold, trains the model with early stopping
-    and scores it against the baselines (:func:`run_fold`). Writes to ``out`` (:func:`write_outputs`):
+    Reads ``adata_path`` (ECCITE-seq h5ad), ``multigraph_path`` and optionally ``gremln_model``
+    (:func:`load_context`); for every seed of ``params.seeds`` and every fold, trains the model with early
+    stopping and scores it against the baselines (:func:`run_fold`). Writes to ``out_dir`` (:func:`write_outputs`):
     ``metrics.tsv``, ``summary.tsv``, ``comparisons.tsv``, ``own_gene.tsv``, ``early_stopping.tsv``,
     ``score_predictions.tsv``, ``score_summary.tsv``, ``predictions.h5ad``, ``model.pt`` (first fold of the
     first seed), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
@@ -340,20 +476,20 @@ def run_forward(args, out: Path) -> None:
         If the h5ad or the multigraph is missing or malformed, or the GREmLN model cannot be read.
     """
     t0 = time.time()
-    ctx = load_context(args)
+    ctx = load_context(params, adata_path=adata_path, multigraph_path=multigraph_path, gremln_model=gremln_model)
     rows, score_rows, curves, infos, pred_rows = [], [], [], [], []
     diag_rows: dict = {"graph_rows": [], "head_rows": []}
     state = None
-    for seed in args.seeds:
+    for seed in params.seeds:
         ts = time.time()
         train_c, eval_c = pe.split_controls(len(ctx["ctrl_rows"]), seed)
         train_ctrl, eval_ctrl = ctx["ctrl_rows"][train_c], ctx["ctrl_rows"][eval_c]
-        rel = reliability_table(ctx, eval_ctrl, seed, args.reliable_threshold)
-        folds = pt.leave_perturbation_out_folds(ctx["perturbation"], args.control, args.n_folds, seed)
+        rel = reliability_table(ctx, eval_ctrl, seed, params.reliable_threshold)
+        folds = pt.leave_perturbation_out_folds(ctx["perturbation"], params.control, params.n_folds, seed)
         for k, (_, held) in enumerate(folds):
-            diag = ({"graphs": ctx["graphs"], **diag_rows, "every": args.diagnostics_every, "model": MODEL, "fold": k}
-                    if seed == args.seeds[0] else None)
-            res = run_fold(args, ctx, seed, k, held, train_ctrl, eval_ctrl, rel, diag)
+            diag = ({"graphs": ctx["graphs"], **diag_rows, "every": params.diagnostics_every, "model": MODEL, "fold": k}
+                    if seed == params.seeds[0] else None)
+            res = run_fold(params, ctx, seed, k, held, train_ctrl, eval_ctrl, rel, diag)
             rows += res["rows"]
             score_rows += res["score_rows"]
             curves += res["curve"]
@@ -362,15 +498,22 @@ def run_forward(args, out: Path) -> None:
             state = state or {"config": cgt.config_dict(res["model"].cfg), "state_dict": res["model"].state_dict()}
             log.info("seed %d fold %d: held out %s, %d epochs", seed, k, held, res["info"]["epochs"])
         log.info("seed %d: %.1f s", seed, time.time() - ts)
-    write_outputs(out, ctx, args, pd.DataFrame(rows), pd.DataFrame(score_rows), pd.DataFrame(curves), pred_rows,
+    write_outputs(out_dir, ctx, params, pd.DataFrame(rows), pd.DataFrame(score_rows), pd.DataFrame(curves), pred_rows,
                   state, diag_rows, {"folds": infos, "seconds": round(time.time() - t0, 1)})
 
 
-def write_outputs(out: Path, ctx, args, metrics, score_df, curves, pred_rows, state, diag_rows, extra) -> None:
-    """All files of the module docstring."""
+def write_outputs(out: Path, ctx: dict, params: ForwardParams, metrics: pd.DataFrame, score_df: pd.DataFrame,
+                  curves: pd.DataFrame, pred_rows: list, state: dict, diag_rows: dict, extra: dict) -> None:
+    """All files of the module docstring, in ``out``.
+
+    ``metrics`` / ``score_df`` / ``curves`` are the rows of :func:`run_fold` of every seed and fold,
+    ``pred_rows`` the per-fold predictions (:func:`write_predictions`), ``state`` the config and state dict of
+    the first fold's model (``model.pt``), ``diag_rows`` the attention diagnostics and ``extra`` entries added
+    to ``report.json``; the bootstrap of ``summary.tsv`` is seeded by ``params.seeds[0]``.
+    """
     metrics["subset"] = np.where(metrics["reliable"], "reliable", "unreliable")
     both = pd.concat([metrics.assign(subset="all"), metrics])
-    summary = pe.summarize(both, ["subset", "method"], seed=args.seeds[0])
+    summary = pe.summarize(both, ["subset", "method"], seed=params.seeds[0])
     comp = pe.paired_comparison(both, MODEL, BASELINES[1:])
     own = metrics[metrics["own_gene_observed"].notna()][["seed", "perturbation", "method", "own_gene_predicted",
                                                           "own_gene_observed"]]
@@ -390,7 +533,7 @@ def write_outputs(out: Path, ctx, args, metrics, score_df, curves, pred_rows, st
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"kind": "equivariant", **state, "graphs": ctx["graphs"], "genes": ctx["genes"]}, tmp)
     pt.write_diagnostics(out, diag_rows)
-    write_json(out / "report.json", {**ctx["report"], **extra, "seeds": list(args.seeds)})
+    write_json(out / "report.json", {**ctx["report"], **extra, "seeds": list(params.seeds)})
     log.info("forward prediction:\n%s\ncomparisons:\n%s", summary[["subset", "method", "n_perturbations",
              "pearson_delta_mean", "pearson_delta_ci_low", "pearson_delta_ci_high", "mse_mean",
              "noise_ceiling_mean"]].to_string(index=False), comp.to_string(index=False))

@@ -25,6 +25,7 @@ pairs, and ``comparisons.tsv`` the paired bootstrap CI of each model's Pearson m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -42,6 +43,47 @@ log = logging.getLogger(__name__)
 
 SMF_COLUMNS = ("Systematic gene name", "Single mutant fitness (26°)", "Single mutant fitness (30°)")
 MODELS = ("equivariant_cgt", "non_equivariant_cgt")
+
+
+def _default_graph_reg() -> dict:
+    return {"physical": [0, 0, 0.1], "regulatory": [1, 1, 0.1]}
+
+
+@dataclasses.dataclass(frozen=True)
+class YeastParams:
+    """Options of the yeast double-mutant task (:func:`run_yeast`; ``cellgraph perturb --task yeast``).
+
+    Attributes
+    ----------
+    preset : cell graph transformer preset, :data:`cellgraph.models.cell_graph_transformer.PRESETS`
+        (``--preset``, default ``"demo"``).
+    head : set readout, ``mean`` | ``cross_attention`` | ``hypersagnn`` (``--head``, default ``cross_attention``).
+    graph_reg : {graph: [layer, head, lambda]} graph-regularised attention heads
+        (:func:`cellgraph.tl.perturb.graph_reg_from_flags` of ``--graph-reg``; default physical on layer 0 head 0
+        and regulatory on layer 1 head 1, lambda 0.1 each).
+    n_folds : folds of each scheme, pairs and gene-disjoint (``--n-folds``, default 5).
+    max_epochs : training epochs of each model per fold (``--yeast-max-epochs``, default 40).
+    batch_size : samples per batch (``--batch-size``, default 1024).
+    lr : AdamW learning rate (``--lr``, default 3e-3).
+    hops : neighbourhood of the phenotype genes in the multigraph, -1 = all nodes (``--yeast-hops``, default 1).
+    ridge : alpha of the additive ridge baseline (``--ridge``, default 0.1).
+    diagnostics_every : attention diagnostics after every this-many-th epoch and the last one
+        (``--diagnostics-every``, default 10).
+    seed : seeds the folds, the bootstrap and, as seed + fold, initialisation and batch order
+        (``--seed``, default 0).
+    """
+
+    preset: str = "demo"
+    head: str = "cross_attention"
+    graph_reg: dict = dataclasses.field(default_factory=_default_graph_reg)
+    n_folds: int = 5
+    max_epochs: int = 40
+    batch_size: int = 1024
+    lr: float = 3e-3
+    hops: int = 1
+    ridge: float = 0.1
+    diagnostics_every: int = 10
+    seed: int = 0
 
 
 def load_smf(path) -> tuple[pd.Series, dict]:
@@ -114,8 +156,23 @@ def _bootstrap_pearson(pred: dict, obs: np.ndarray, n_boot: int, seed: int) -> d
     return out
 
 
-def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarray, diag_rows: dict) -> tuple:
-    """Train both models on the singles and the training pairs; -> (metric rows, {method: predictions})."""
+def run_fold(params: YeastParams, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarray,
+             diag_rows: dict) -> tuple:
+    """Train both models on the singles and the training pairs; -> (metric rows, {method: predictions}).
+
+    Parameters
+    ----------
+    params : run options; ctx : :func:`load_context` dict.
+    scheme : ``"pairs"`` or ``"genes"`` (attention diagnostics are recorded for ``pairs`` folds only).
+    k : fold number (initialisation and batch order seeded by ``params.seed + k``).
+    tr, te : training and test rows of ``ctx["pairs"]``.
+    diag_rows : ``{"graph_rows": [...], "head_rows": [...]}``, extended in place.
+
+    Returns
+    -------
+    (rows, methods)
+        metric rows per (method, target) and {method: {"dmf": float [len(te)], "epsilon": float [len(te)]}}.
+    """
     pairs, single_sets, smf_y = ctx["pairs"], ctx["single_sets"], ctx["single_y"]
     n_s = len(single_sets)
     fit_y = np.concatenate([smf_y, pairs["dmf"].to_numpy()[tr]]).astype(np.float32)
@@ -123,9 +180,9 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
     eps_m = np.concatenate([np.zeros(n_s, bool), np.ones(len(tr), bool)])
     train, test = pairs.iloc[tr], pairs.iloc[te]
     mult = (test["smf_q"] * test["smf_a"]).to_numpy()
-    add = additive_epsilon(train, test, args.ridge)
+    add = additive_epsilon(train, test, params.ridge)
     # the interaction readout corrects the additive baseline (fitted on the training pairs only)
-    eps_offset = np.concatenate([np.zeros(n_s), additive_epsilon(train, train, args.ridge)])
+    eps_offset = np.concatenate([np.zeros(n_s), additive_epsilon(train, train, params.ridge)])
     samples = pt.Samples(single_sets + [ctx["pair_sets"][i] for i in tr],
                          {"fitness": (fit_y, np.ones(n_s + len(tr), bool)), "interaction": (eps_y, eps_m)},
                          offsets={"interaction": eps_offset})
@@ -133,12 +190,13 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
                "multiplicative": {"dmf": mult, "epsilon": np.zeros(len(te))},
                "additive": {"dmf": mult + add, "epsilon": add}}
     for kind in ("equivariant", "non_equivariant"):
-        torch.manual_seed(args.seed + k)  # the initialisation does not depend on what ran before in the process
-        model, _ = pt.make_model(kind, args, len(ctx["genes"]), ctx["graphs"], "yeast", ctx["report"])
-        diag = ({"graphs": ctx["graphs"], **diag_rows, "every": args.diagnostics_every, "model": f"{kind}_cgt",
+        torch.manual_seed(params.seed + k)  # the initialisation does not depend on what ran before in the process
+        model, _ = pt.make_model(kind, len(ctx["genes"]), ctx["graphs"], "yeast", ctx["report"], preset=params.preset,
+                                 head=params.head, graph_reg=params.graph_reg)
+        diag = ({"graphs": ctx["graphs"], **diag_rows, "every": params.diagnostics_every, "model": f"{kind}_cgt",
                  "fold": k} if scheme == "pairs" else None)
-        pt.fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=args.yeast_max_epochs,
-               batch_size=args.batch_size, lr=args.lr, seed=args.seed + k, diagnostics=diag)
+        pt.fit(model, samples, {"fitness": 1.0, "interaction": 1.0}, max_epochs=params.max_epochs,
+               batch_size=params.batch_size, lr=params.lr, seed=params.seed + k, diagnostics=diag)
         p = pt.predict(model, [ctx["pair_sets"][i] for i in te], offsets={"interaction": add})
         methods[f"{kind}_cgt"] = {"dmf": p["fitness"], "epsilon": p["interaction"]}
         methods[f"{kind}_cgt_multiplicative"] = {"dmf": mult + p["interaction"], "epsilon": p["interaction"]}
@@ -149,19 +207,36 @@ def run_fold(args, ctx: dict, scheme: str, k: int, tr: np.ndarray, te: np.ndarra
     return rows, methods
 
 
-def load_context(args) -> dict:
-    """Everything the folds share: the Costanzo pairs (``--pairs``, ``--string-info``), single-mutant fitness
-    (``--smf``, else the pairs' SMF values), the gene universe (pair genes and their ``--yeast-hops``-hop
-    multigraph neighbours), the multigraph restricted to it, single and pair sets as index arrays, and the
-    report. Raises InputError if an input file is missing or malformed.
+def load_context(hops: int, *, pairs_path, smf_path, string_info_path, multigraph_path) -> dict:
+    """Everything the folds share.
+
+    Parameters
+    ----------
+    hops : neighbourhood of the pair genes in the multigraph, -1 = all nodes (``--yeast-hops``).
+    pairs_path : Costanzo 2016 pairs csv (``--pairs``; :func:`cellgraph.tl.perturb.load_costanzo`).
+    smf_path : Costanzo 2016 Data File S1 as TSV (``--smf``; :func:`load_smf`).
+    string_info_path : STRING ``protein.info`` of yeast (``--string-info``).
+    multigraph_path : ``multigraph.npz`` of yeast (``--multigraph``).
+
+    Returns
+    -------
+    dict
+        ``pairs`` (DataFrame), ``genes`` (universe: pair genes and their ``hops``-hop neighbours), ``graphs``
+        (the multigraph restricted to it), ``report``, ``single_sets`` / ``single_y`` (one set and fitness per
+        gene with a single-mutant fitness: the table's, else the pairs' SMF values) and ``pair_sets``.
+
+    Raises
+    ------
+    InputError
+        If an input file is missing or malformed.
     """
     from ..graphs.multigraph import load_multigraph
 
-    pairs, report = pt.load_costanzo(args.pairs, args.string_info)
-    smf_table, smf_rep = load_smf(args.smf)
-    mg = load_multigraph(args.multigraph)
+    pairs, report = pt.load_costanzo(pairs_path, string_info_path)
+    smf_table, smf_rep = load_smf(smf_path)
+    mg = load_multigraph(multigraph_path)
     seeds = sorted(set(pairs["query"]) | set(pairs["array"]))
-    genes = pt.yeast_universe(mg, seeds, args.yeast_hops)
+    genes = pt.yeast_universe(mg, seeds, hops)
     pos = {g: i for i, g in enumerate(genes)}
     graphs, kept = pt.restrict_graphs(mg, genes)
     from_pairs = pd.concat([pairs[["query", "smf_q"]].set_axis(["g", "smf"], axis=1),
@@ -169,7 +244,7 @@ def load_context(args) -> dict:
     smf = {g: float(smf_table[g.upper()]) for g in genes if g.upper() in smf_table.index}
     for g, v in from_pairs.items():
         smf.setdefault(g, float(v))
-    report.update(smf=smf_rep, universe=len(genes), phenotype_genes=len(seeds), hops=args.yeast_hops,
+    report.update(smf=smf_rep, universe=len(genes), phenotype_genes=len(seeds), hops=hops,
                   graph_edges=kept, singles=len(smf), singles_from_table=int(sum(g.upper() in smf_table.index for g in genes)),
                   seed_genes_not_in_multigraph=sorted(set(seeds) - set(mg["nodes"])))
     singles = sorted(smf)
@@ -178,11 +253,12 @@ def load_context(args) -> dict:
             "pair_sets": [np.array([pos[q], pos[a]]) for q, a in zip(pairs["query"], pairs["array"])]}
 
 
-def run_yeast(args, out: Path) -> None:
+def run_yeast(params: YeastParams, *, pairs_path, smf_path, string_info_path, multigraph_path,
+              out_dir: Path) -> None:
     """``cellgraph perturb --task yeast``: double-mutant fitness and epsilon on two fold schemes (module docstring).
 
-    Reads ``--pairs``, ``--smf``, ``--string-info`` and ``--multigraph`` (:func:`load_context`), runs
-    ``--n-folds`` pair folds and gene-disjoint folds (:func:`run_fold`), and writes to ``out``:
+    Reads ``pairs_path``, ``smf_path``, ``string_info_path`` and ``multigraph_path`` (:func:`load_context`),
+    runs ``params.n_folds`` pair folds and gene-disjoint folds (:func:`run_fold`), and writes to ``out_dir``:
     ``metrics.tsv`` (per scheme, fold, target, method), ``summary.tsv`` (Pearson over the pooled held-out pairs
     with 95% bootstrap CI, MSE), ``comparisons.tsv`` (each model minus the additive baseline, paired bootstrap
     CI), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
@@ -190,22 +266,23 @@ def run_yeast(args, out: Path) -> None:
     Raises
     ------
     InputError
-        If an input file is missing or malformed, or there are fewer query genes than ``--n-folds``.
+        If an input file is missing or malformed, or there are fewer query genes than ``params.n_folds``.
     """
     from sklearn.model_selection import KFold
 
     t0 = time.time()
-    ctx = load_context(args)
+    ctx = load_context(params.hops, pairs_path=pairs_path, smf_path=smf_path, string_info_path=string_info_path,
+                       multigraph_path=multigraph_path)
     pairs = ctx["pairs"]
-    schemes = {"pairs": list(KFold(n_splits=args.n_folds, shuffle=True, random_state=args.seed).split(pairs)),
-               "genes": gene_disjoint_folds(pairs, args.n_folds, args.seed)}
+    schemes = {"pairs": list(KFold(n_splits=params.n_folds, shuffle=True, random_state=params.seed).split(pairs)),
+               "genes": gene_disjoint_folds(pairs, params.n_folds, params.seed)}
     rows, summary, comps = [], [], []
     diag_rows: dict = {"graph_rows": [], "head_rows": []}
     for scheme, folds in schemes.items():
         pooled: dict = {}
         order = []
         for k, (tr, te) in enumerate(folds):
-            r, methods = run_fold(args, ctx, scheme, k, tr, te, diag_rows)
+            r, methods = run_fold(params, ctx, scheme, k, tr, te, diag_rows)
             rows += r
             order.append(te)
             for m, pr in methods.items():
@@ -216,7 +293,7 @@ def run_yeast(args, out: Path) -> None:
         for t in ("dmf", "epsilon"):
             obs = pairs[t].to_numpy()[te_all]
             preds = {m: np.concatenate(v) for (m, tt), v in pooled.items() if tt == t}
-            boot = _bootstrap_pearson(preds, obs, 2000, args.seed)
+            boot = _bootstrap_pearson(preds, obs, 2000, params.seed)
             for m, (r, lo, hi, _) in boot.items():
                 summary.append({"scheme": scheme, "target": t, "method": m, "n_pairs": len(obs), "pearson": r,
                                 "ci_low": lo, "ci_high": hi, "mse": float(np.mean((preds[m] - obs) ** 2))})
@@ -226,9 +303,9 @@ def run_yeast(args, out: Path) -> None:
                               "difference": boot[m][0] - boot["additive"][0],
                               "ci_low": float(np.nanpercentile(d, 2.5)), "ci_high": float(np.nanpercentile(d, 97.5))})
     ctx["report"].update(seconds=round(time.time() - t0, 1))
-    write_tsv(pd.DataFrame(rows), out / "metrics.tsv")
-    write_tsv(pd.DataFrame(summary), out / "summary.tsv", "%.4g")
-    write_tsv(pd.DataFrame(comps), out / "comparisons.tsv", "%.4g")
-    pt.write_diagnostics(out, diag_rows)
-    write_json(out / "report.json", ctx["report"])
+    write_tsv(pd.DataFrame(rows), out_dir / "metrics.tsv")
+    write_tsv(pd.DataFrame(summary), out_dir / "summary.tsv", "%.4g")
+    write_tsv(pd.DataFrame(comps), out_dir / "comparisons.tsv", "%.4g")
+    pt.write_diagnostics(out_dir, diag_rows)
+    write_json(out_dir / "report.json", ctx["report"])
     log.info("yeast:\n%s\n%s", pd.DataFrame(summary).to_string(index=False), pd.DataFrame(comps).to_string(index=False))
