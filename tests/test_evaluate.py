@@ -804,6 +804,25 @@ def test_evaluate_bad_input_names_the_file(mini, tmp_path, capsys):
         main(_argv(mini, "gremln", tmp_path / "o5") + ["--edge-holdout-fraction", "0.15"])
 
 
+def test_evaluate_option_checks_come_before_reading_any_input(tmp_path, capsys):
+    from cellgraph.cli import main
+
+    argv = ["evaluate", "--model-path", str(tmp_path / "m.pt"), "--tokens-dir", str(tmp_path),
+            "--adata", str(tmp_path / "a.h5ad"), "--graph-edges", str(tmp_path / "g.tsv.gz"),
+            "--coefficients", str(tmp_path / "c.json"), "--out-dir", str(tmp_path / "out")]
+    assert main(argv + ["--n-splits", "0"]) == 2
+    assert "cellgraph evaluate: error: --n-splits must be >= 1, got 0" in capsys.readouterr().err
+    assert main(argv + ["--probe-alpha", "0"]) == 2
+    assert "cellgraph evaluate: error: --probe-alpha must be > 0, got 0.0" in capsys.readouterr().err
+    assert main(argv) == 2  # valid options: the first missing input is named
+    assert str(tmp_path / "m.pt") in capsys.readouterr().err
+    (tmp_path / "m.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="vocab"):  # the library reads in the same order
+        ev.load_evaluation_inputs(tmp_path / "m.pt", tmp_path, tmp_path / "a.h5ad", tmp_path / "g.tsv.gz",
+                                  tmp_path / "c.json")
+    assert not (tmp_path / "out").exists()
+
+
 def test_rank_bin_complement_knows_the_masked_bins_without_cell_state():
     """With rank bins of all m expressed tokens, the visible bins determine the masked bins' multiset: the
     complement baseline puts (up to its pseudocount) all its mass on them; with a shared-tie cell it cannot."""

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cellgraph import cli
-from cellgraph.io.shards import TokenDataset, bin_special_ids, collate
+from cellgraph.io.shards import TokenDataset, collate
 from cellgraph.models.gremln import GREmLN, GREmLNConfig, load
 from cellgraph.graphs.spectral import heat_kernel_coefficients
 from cellgraph.training.pretrain import fit, mask_positions, masked_step
@@ -244,3 +244,41 @@ def test_pretrain_on_corpus_without_a_corpus_is_one_clear_error(cells, tmp_path,
     err = capsys.readouterr().err
     assert "--pretrain-on corpus" in err and "pretrain.npz is missing" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_training_config_caps_the_chebyshev_order_at_the_presets():
+    from cellgraph.models.gremln import PRESETS
+    from cellgraph.training.pretrain import training_config
+
+    cap = PRESETS["demo"].chebyshev_max_order
+    long = [1.0 / (k + 1) for k in range(cap + 10)]
+    cfg = training_config("demo", "gremln", vocab_size=12, n_bins=10, beta=0.2, coefficients=long, seed=3)
+    assert cfg.chebyshev_order == cap and cfg.coefficients == long[: cap + 1]
+    assert cfg.batch_size == PRESETS["demo"].batch_size and cfg.max_epochs == PRESETS["demo"].max_epochs
+    assert (cfg.seed, cfg.attention, cfg.vocab_size, cfg.n_bins, cfg.beta) == (3, "gremln", 12, 10, 0.2)
+    short = training_config("demo", "vanilla", 12, 10, 0.2, [0.5, 0.25, 0.125], batch_size=4, mask_rate=0.3)
+    assert short.chebyshev_order == 2 and short.coefficients == [0.5, 0.25, 0.125]
+    assert short.batch_size == 4 and short.mask_rate == 0.3 and short.attention == "vanilla"
+
+
+def test_shard_n_bins_and_coefficients_reject_malformed_files(tmp_path):
+    from cellgraph.errors import InputError
+    from cellgraph.training.pretrain import read_coefficients, shard_n_bins
+
+    good = tmp_path / "good.npz"
+    np.savez(good, n_bins=np.int64(4), bins=np.array([0, 4, 2]), gene_ids=np.array([2, 3, 4]))
+    assert shard_n_bins(good) == 4
+    no_genes = tmp_path / "no_genes.npz"
+    np.savez(no_genes, n_bins=np.int64(4), bins=np.array([0, 1]))
+    with pytest.raises(InputError, match="not a token shard"):
+        shard_n_bins(no_genes)
+    out_of_range = tmp_path / "range.npz"
+    np.savez(out_of_range, n_bins=np.int64(4), bins=np.array([0, 5]), gene_ids=np.array([2, 3]))
+    with pytest.raises(InputError, match="bins must be in 0..n_bins=4"):
+        shard_n_bins(out_of_range)
+    coef = tmp_path / "coefficients.json"
+    coef.write_text(json.dumps({"beta": 0.5, "coefficients": [1, 0.5]}))
+    assert read_coefficients(coef) == (0.5, [1.0, 0.5])
+    coef.write_text(json.dumps({"beta": 0.0, "coefficients": [1.0]}))
+    with pytest.raises(InputError, match="beta > 0"):
+        read_coefficients(coef)

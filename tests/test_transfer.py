@@ -18,7 +18,9 @@ import scipy.sparse as sp
 from cellgraph.tl import transfer as tr
 from cellgraph.cli import main as cli_main
 from cellgraph.errors import InputError
-from test_evaluate import mini  # noqa: F401 - pytest fixture: real PBMC tokens, vocab, saved models
+import test_evaluate
+
+mini = test_evaluate.mini  # pytest fixture: real PBMC tokens, vocab, saved models
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / "resources/demo/expression/pbmc3p5k_sorted_counts.h5ad"
@@ -206,3 +208,19 @@ def test_cli_reference_query_needs_a_query_and_writes_nothing(mini, pbmc_file, t
     out = tmp_path / "tok"
     assert cli_main(_tokens_argv(mini, pbmc_file, out, "--protocol", "reference_query")) == 2
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_visible_edges_leave_out_the_hidden_ones():
+    edges = pd.DataFrame({"source": ["a", "b", "c"], "target": ["b", "c", "a"], "weight": [1.0, 2.0, 3.0],
+                          "hidden": [False, True, False]})
+    visible = tr.visible_edges(edges)
+    assert list(visible.columns) == ["source", "target", "weight"] and list(visible.index) == [0, 1]
+    assert visible["source"].tolist() == ["a", "c"] and visible["weight"].tolist() == [1.0, 3.0]
+
+
+def test_transfer_table_keeps_the_report_columns_in_order():
+    assert list(tr.transfer_table([]).columns) == tr.TABLE_COLUMNS and tr.transfer_table([]).empty
+    row = {c: float(i) for i, c in enumerate(reversed(tr.TABLE_COLUMNS))} | {"extra": 1.0}
+    table = tr.transfer_table([pd.DataFrame([row]), pd.DataFrame([row | {"dataset": "other"}])])
+    assert list(table.columns) == tr.TABLE_COLUMNS and list(table.index) == [0, 1]
+    assert table["dataset"].tolist() == [row["dataset"], "other"] and table["n_labels"].tolist() == [0.0, 0.0]

@@ -34,12 +34,12 @@ d. **Masked tokens** (paper sec. 2.3). On the test cells, ``max(1, round(mask_ra
    cross-entropy and accuracy at those positions beside two baselines at the same positions: each gene's
    bin distribution over the train shard, and the cell's own visible bins (add-0.5 smoothing both).
 
-The metric functions work on plain arrays; :func:`run` is the glue that loads the model and shards.
+The metric functions work on plain arrays; :func:`load_evaluation_inputs` reads the model and shards and
+:func:`evaluate_model` runs every task (``cellgraph evaluate``, :mod:`cellgraph.cli.evaluate`, writes the results).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from pathlib import Path
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json, write_npz, write_tsv
+from ..io import atomic_path, require_file
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,11 @@ __all__ = [
     "masked_token_evaluation",
     "encode_dataset",
     "write_embeddings",
+    "load_model",
+    "load_evaluation_inputs",
+    "evaluate_model",
+    "annotation_task",
+    "evaluation_tasks",
 ]
 
 TRAIN_FRACTION = 0.8  # share of the train cells one annotation split fits on
@@ -1213,30 +1218,17 @@ def write_embeddings(path, parts: dict[str, dict[str, np.ndarray]], attention: s
 
 
 # --------------------------------------------------------------------------------------------------
-# Stage glue
+# The whole evaluation of one model (``cellgraph evaluate`` in :mod:`cellgraph.cli.evaluate` calls these)
 # --------------------------------------------------------------------------------------------------
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Options of ``cellgraph evaluate``."""
-    p.add_argument("--model-path", required=True, help="trained model (results/train/{model}/model.pt)")
-    p.add_argument("--tokens-dir", required=True, help="token shards and vocab.tsv (results/tokens)")
-    p.add_argument("--adata", required=True,
-                   help="results/expression/adata.h5ad (log-normalised X, for the PCA baselines)")
-    p.add_argument("--graph-edges", required=True,
-                   help="gene graph with hidden edges (results/tokens/graph_edges.tsv.gz: source, target, "
-                        "weight, hidden)")
-    p.add_argument("--coefficients", required=True, help="results/spectral/coefficients.json")
-    p.add_argument("--out-dir", required=True, help="folder for the evaluation results")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--n-splits", type=int, default=3, help="random probe splits for annotation (default 3)")
-    p.add_argument("--probe-alpha", type=float, default=1.0, help="ridge penalty of the linear probe (default 1.0)")
 
 
 def load_model(path: Path):
     """A ``cellgraph train`` model.pt (:func:`cellgraph.models.gremln.load`, eval mode, ``model.vocab``).
 
-    Raises InputError naming the file when it cannot be read as one (missing keys, not a torch file).
+    Raises
+    ------
+    InputError
+        Naming the file when it cannot be read as one (missing keys, not a torch file).
     """
     from ..models.gremln import load
 
@@ -1262,25 +1254,47 @@ def _cap(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=cap, replace=False)) if n > cap else np.arange(n)
 
 
-def _load_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate the arguments and read every input (nothing is written before this succeeds)."""
+def load_evaluation_inputs(model_path: str | Path, tokens_dir: str | Path, adata: str | Path,
+                           graph_edges: str | Path, coefficients: str | Path) -> dict[str, Any]:
+    """Check and read every input of the evaluation of one model (nothing is written before this succeeds).
+
+    Parameters
+    ----------
+    model_path : ``cellgraph train`` model.pt (:func:`load_model`).
+    tokens_dir : tokenize output with ``vocab.tsv`` and the shards ``train_integrated.npz`` (train cells
+        tokenized with the inference-time graph, like the test cells), ``test.npz``, ``heldout.npz`` and
+        ``train.npz`` (train cells with their own type's graph, as in training).
+    adata : the expression stage's ``adata.h5ad`` (log-normalised ``X``, for the PCA baselines).
+    graph_edges : gene graph with hidden edges (``graph_edges.tsv.gz``, :func:`read_graph_edges`).
+    coefficients : spectral ``coefficients.json`` (only required to exist; reported as an input).
+
+    Returns
+    -------
+    dict with ``model``, ``model_path``, ``tokens`` (folder), ``vocab`` (list of str), ``shards``
+    (``{"train", "test", "heldout", "train_own_graph"}`` -> :class:`cellgraph.io.shards.TokenDataset`),
+    ``shard_paths`` (same keys -> Path), ``adata`` (AnnData), ``adata_path``, ``edges`` (DataFrame
+    ``source, target, weight, hidden``), ``edges_path`` and ``shard_graph_edges``
+    (:func:`check_hidden_edges_absent`).
+
+    Raises
+    ------
+    InputError
+        A missing or malformed input, a model whose vocabulary or ``n_bins`` differs from the shards, an
+        empty train or test shard, or a hidden edge found in a shard's cell graphs.
+    """
     from ..io.shards import TokenDataset, read_vocab
 
-    if args.n_splits < 1:
-        raise InputError(f"--n-splits must be >= 1, got {args.n_splits}")
-    if not args.probe_alpha > 0:
-        raise InputError(f"--probe-alpha must be > 0, got {args.probe_alpha}")
-    model_path = require_file(args.model_path, "model")
-    tokens = Path(args.tokens_dir)
+    model_path = require_file(model_path, "model")
+    tokens = Path(tokens_dir)
     vocab_path = require_file(tokens / "vocab.tsv", "vocab")
     # probes fit on the train cells tokenized with the inference-time graph, like the test cells;
     # "train_own_graph" (tokens/train.npz, as in training) gives the per-gene baseline and a diagnostic
     shard_paths = {s: require_file(tokens / f"{name}.npz", f"{name} token shard")
                    for s, name in (("train", "train_integrated"), ("test", "test"), ("heldout", "heldout"),
                                    ("train_own_graph", "train"))}
-    adata_path = require_file(args.adata, "adata")
-    edges_path = require_file(args.graph_edges, "graph edges")
-    require_file(args.coefficients, "coefficients")
+    adata_path = require_file(adata, "adata")
+    edges_path = require_file(graph_edges, "graph edges")
+    require_file(coefficients, "coefficients")
     model = load_model(model_path)
     vocab = read_vocab(vocab_path)
     if list(getattr(model, "vocab", [])) != vocab:
@@ -1300,21 +1314,40 @@ def _load_inputs(args: argparse.Namespace) -> dict[str, Any]:
             "edges": edges, "edges_path": edges_path, "shard_graph_edges": shard_graph_edges}
 
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph evaluate``: every task on one model; writes into ``--out-dir`` ``annotation.json`` (with
-    ``graph_removal``), ``baselines.json``, ``edge_recovery.json``, ``edge_curves.npz``, ``edge_scores.tsv``,
-    ``probe.json``, ``probe_scatter.npz``, ``masked.json``, ``embeddings.h5ad`` and ``report.json``.
+def evaluate_model(inputs: dict[str, Any], seed: int, n_splits: int, probe_alpha: float,
+                   t0: float | None = None) -> tuple[dict[str, dict], dict[str, Any], dict[str, float]]:
+    """Every task of the module docstring (a-d) on one model, in the order of ``cellgraph evaluate``.
 
-    Raises InputError (before anything is written) for a missing or malformed input, a model whose
-    vocabulary or ``n_bins`` differs from the shards, or a hidden edge found in a shard's cell graphs.
+    Seeds torch with ``seed``, embeds every non-empty shard (:func:`encode_dataset`; train and test cells
+    keep a sample of token embeddings for the probe, seed ``seed`` and ``seed + 17``), embeds train and test
+    cells with an untrained model (:func:`random_init_embeddings`), runs the masked-token evaluation
+    (:func:`masked_token_evaluation`, all threads), then tasks a-c on one BLAS thread
+    (:func:`evaluation_tasks`).
+
+    Parameters
+    ----------
+    inputs : :func:`load_evaluation_inputs`.
+    seed : seed of every random choice.
+    n_splits : random probe splits of the annotation (>= 1).
+    probe_alpha : ridge penalty of the linear probe (> 0).
+    t0 : ``time.time()`` the ``embed_s`` timing counts from (default: now).
+
+    Returns
+    -------
+    (embeddings ``{shard: encode_dataset(...)}``, results of :func:`evaluation_tasks` with ``masked`` added,
+    seconds per part ``{"embed_s", "masked_s", "annotation_s", "edge_recovery_s"}``).
+
+    Raises
+    ------
+    InputError
+        If the held-out cells cannot be halved 50/50 stratified (:func:`annotation_task`).
     """
     import torch
     from threadpoolctl import threadpool_limits
 
-    t0 = time.time()
-    inp = _load_inputs(args)
-    model, shards, n_vocab = inp["model"], inp["shards"], len(inp["vocab"])
-    torch.manual_seed(args.seed)
+    t0 = time.time() if t0 is None else t0
+    model, shards, n_vocab = inputs["model"], inputs["shards"], len(inputs["vocab"])
+    torch.manual_seed(seed)
     times: dict[str, float] = {}
 
     # ---- embeddings and the masked-token evaluation (torch, all threads)
@@ -1323,25 +1356,42 @@ def run(args: argparse.Namespace) -> None:
         if len(ds) == 0:
             continue
         frac = min(1.0, 1.2 * PROBE_MAX_TOKENS / max(1, len(ds.gene_ids))) if s in ("train", "test") else 0.0
-        emb[s] = encode_dataset(model, ds, n_vocab, token_fraction=frac, seed=args.seed + 17 * (s == "test"))
-    rand = random_init_embeddings(model, {"train": shards["train"], "test": shards["test"]}, n_vocab, args.seed)
+        emb[s] = encode_dataset(model, ds, n_vocab, token_fraction=frac, seed=seed + 17 * (s == "test"))
+    rand = random_init_embeddings(model, {"train": shards["train"], "test": shards["test"]}, n_vocab, seed)
     times["embed_s"] = time.time() - t0
     t1 = time.time()
-    masked, _ = masked_token_evaluation(model, shards["test"], shards["train_own_graph"], args.seed)
+    masked, _ = masked_token_evaluation(model, shards["test"], shards["train_own_graph"], seed)
     times["masked_s"] = time.time() - t1
 
     # ---- probes and edge recovery on one BLAS thread: small problems, several times faster without contention
     with threadpool_limits(limits=1):
-        res = _tasks(args, inp, emb, rand, times)
+        res = evaluation_tasks(inputs, emb, rand, n_splits=n_splits, seed=seed, probe_alpha=probe_alpha,
+                               times=times)
     res["masked"] = masked
-    _write(args, inp, emb, res, times, t0)
+    return emb, res, times
 
 
-def _annotation(args, inp, emb) -> dict[str, Any]:
-    """Task a on the model's embeddings (annotation.json without graph_removal)."""
-    model, shards, shard_paths = inp["model"], inp["shards"], inp["shard_paths"]
-    annotation: dict[str, Any] = {"model": str(inp["model_path"]), "attention": model.config.attention,
-                                  "train_fraction": TRAIN_FRACTION, "n_splits": args.n_splits,
+def annotation_task(inputs: dict[str, Any], emb: dict[str, dict], n_splits: int, seed: int) -> dict[str, Any]:
+    """Task a on the model's embeddings: ``annotation.json`` without ``graph_removal``.
+
+    For the mean-pool and CLS embeddings: :func:`annotate_seen` (train -> test cells), with held-out cells
+    :func:`annotate_with_heldout`, and as a diagnostic the probe fitted on the train cells tokenized with
+    their own type's network (``seen_test_probe_on_own_graph_train_cells``, macro-F1 only).
+
+    Parameters
+    ----------
+    inputs : :func:`load_evaluation_inputs`.
+    emb : ``{shard: encode_dataset(...)}`` with ``train``, ``test``, ``train_own_graph`` (and ``heldout``).
+    n_splits, seed : probe splits and their seed.
+
+    Raises
+    ------
+    InputError
+        If the held-out cells cannot be halved 50/50 stratified.
+    """
+    model, shards, shard_paths = inputs["model"], inputs["shards"], inputs["shard_paths"]
+    annotation: dict[str, Any] = {"model": str(inputs["model_path"]), "attention": model.config.attention,
+                                  "train_fraction": TRAIN_FRACTION, "n_splits": n_splits,
                                   "probe": "StandardScaler + LogisticRegression(C=1.0, L2)",
                                   "cells": {s: len(ds) for s, ds in shards.items()},
                                   "train_cells_graph": "Bayesian graph integration, leave-one-out kNN "
@@ -1349,82 +1399,68 @@ def _annotation(args, inp, emb) -> dict[str, Any]:
                                   "heldout_types": sorted(set(shards["heldout"].cell_type)), "embeddings": {}}
     y_tr, y_te = shards["train"].cell_type, shards["test"].cell_type
     for e in ("mean_pool", "cls"):
-        res = {"seen_test": annotate_seen(emb["train"][e], y_tr, emb["test"][e], y_te, args.n_splits, args.seed)}
+        res = {"seen_test": annotate_seen(emb["train"][e], y_tr, emb["test"][e], y_te, n_splits, seed)}
         if "heldout" in emb:
             try:
                 res["with_heldout"] = annotate_with_heldout(
                     emb["train"][e], y_tr, emb["test"][e], y_te, emb["heldout"][e], shards["heldout"].cell_type,
-                    args.n_splits, args.seed)
+                    n_splits, seed)
             except ValueError as err:
                 raise InputError(f"{shard_paths['heldout']}: cannot split the held-out cells 50/50 "
                                  f"stratified ({err})") from err
         # diagnostic: the probe fitted on train cells tokenized with their own type's network (label leak)
         res["seen_test_probe_on_own_graph_train_cells"] = annotate_seen(
             emb["train_own_graph"][e], shards["train_own_graph"].cell_type, emb["test"][e], y_te,
-            args.n_splits, args.seed)["macro_f1"]
+            n_splits, seed)["macro_f1"]
         annotation["embeddings"][e] = res
     return annotation
 
 
-def _tasks(args, inp, emb, rand, times) -> dict[str, Any]:
-    """Tasks a-c (annotation with graph removal and baselines, linear probe, hidden edges)."""
-    model, shards, vocab = inp["model"], inp["shards"], inp["vocab"]
+def evaluation_tasks(inputs: dict[str, Any], emb: dict[str, dict], rand: dict[str, dict], n_splits: int,
+                     seed: int, probe_alpha: float, times: dict[str, float]) -> dict[str, Any]:
+    """Tasks a-c: annotation with graph removal and baselines, the linear probe, hidden-edge recovery.
+
+    The probe is fitted on at most :data:`PROBE_MAX_TOKENS` train-cell tokens and scored on as many test-cell
+    tokens (sampled with ``numpy.random.default_rng(seed)``); a gene's embedding for edge recovery is the
+    mean of its token embeddings over the test cells (:func:`mean_gene_embedding`).
+
+    Parameters
+    ----------
+    inputs : :func:`load_evaluation_inputs`; emb : ``{shard: encode_dataset(...)}``.
+    rand : :func:`random_init_embeddings` of ``train`` and ``test``.
+    n_splits, seed : annotation splits and the seed of every random choice.
+    probe_alpha : ridge penalty of the linear probe (> 0).
+    times : seconds per part; ``annotation_s`` and ``edge_recovery_s`` are added.
+
+    Returns
+    -------
+    dict with ``annotation`` (:func:`annotation_task` + ``graph_removal``), ``baselines``
+    (:func:`annotation_baselines`), ``probe`` (:func:`linear_probe` without the scatter, plus ``alpha``,
+    ``target``, ``features``), ``scatter`` (``{"true", "pred"}``), and ``edges``, ``curves``,
+    ``edge_table`` (:func:`hidden_edge_recovery`).
+    """
+    model, shards, vocab = inputs["model"], inputs["shards"], inputs["vocab"]
     t = time.time()
-    annotation = _annotation(args, inp, emb)
+    annotation = annotation_task(inputs, emb, n_splits, seed)
     annotation["graph_removal"] = graph_removal(model, shards["train"], shards["test"], len(vocab), emb["train"],
-                                                emb["test"], args.n_splits, args.seed)
-    baselines = annotation_baselines(inp["adata"], shards["train"], shards["test"], vocab, args.n_splits,
-                                     args.seed, random_init=rand)
+                                                emb["test"], n_splits, seed)
+    baselines = annotation_baselines(inputs["adata"], shards["train"], shards["test"], vocab, n_splits,
+                                     seed, random_init=rand)
     times["annotation_s"] = time.time() - t
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     tr, te = emb["train"], emb["test"]
     itr = _cap(len(tr["token_expr"]), PROBE_MAX_TOKENS, rng)
     ite = _cap(len(te["token_expr"]), PROBE_MAX_TOKENS, rng)
     probe = linear_probe(tr["token_emb"][itr], tr["token_expr"][itr], te["token_emb"][ite],
-                         te["token_expr"][ite], args.probe_alpha, args.seed)
+                         te["token_expr"][ite], probe_alpha, seed)
     scatter = {"true": probe.pop("scatter_true"), "pred": probe.pop("scatter_pred")}
-    probe.update(alpha=args.probe_alpha, target="batch['expr'] (log1p normalised expression), all real gene tokens",
+    probe.update(alpha=probe_alpha, target="batch['expr'] (log1p normalised expression), all real gene tokens",
                  features="gene-token embeddings (standardised)")
 
     t = time.time()
     gene_emb = mean_gene_embedding(te["gene_sum"], te["gene_count"])
-    edges, curves, table = hidden_edge_recovery(gene_emb, inp["edges"], vocab, args.seed)
+    edges, curves, table = hidden_edge_recovery(gene_emb, inputs["edges"], vocab, seed)
     times["edge_recovery_s"] = time.time() - t
     return {"annotation": annotation, "baselines": baselines, "probe": probe, "scatter": scatter,
             "edges": edges, "curves": curves, "edge_table": table}
-
-
-def _write(args, inp, emb, res, times, t0) -> None:
-    out = Path(args.out_dir)
-    write_json(out / "annotation.json", res["annotation"])
-    write_json(out / "baselines.json", res["baselines"])
-    write_json(out / "edge_recovery.json", res["edges"])
-    write_npz(out / "edge_curves.npz", res["curves"])
-    write_tsv(res["edge_table"], out / "edge_scores.tsv", float_format="%.8g")
-    write_json(out / "probe.json", res["probe"])
-    write_npz(out / "probe_scatter.npz", res["scatter"])
-    write_json(out / "masked.json", res["masked"])
-    shards = inp["shards"]
-    parts = {s: {"obs_names": shards[s].obs_names, "cell_type": shards[s].cell_type, "mean_pool": emb[s]["mean_pool"],
-                 "cls": emb[s]["cls"]} for s in ("train", "test", "heldout") if s in emb}
-    write_embeddings(out / "embeddings.h5ad", parts, inp["model"].config.attention)
-    ann, edges = res["annotation"], res["edges"]
-    write_json(out / "report.json", {
-        "inputs": {"model": str(inp["model_path"]), "tokens_dir": str(inp["tokens"]), "adata": str(inp["adata_path"]),
-                   "graph_edges": str(inp["edges_path"]), "coefficients": str(args.coefficients)},
-        "cells": ann["cells"],
-        "probe_tokens": {"train": res["probe"]["n_train"], "test": res["probe"]["n_test"]},
-        "edge_recovery_counts": edges["counts"],
-        "shard_graph_edges": inp["shard_graph_edges"], "hidden_edges_in_shard_graphs": 0,
-        "masked_tokens": res["masked"]["n_masked"],
-        "embeddings_h5ad_cells": {s: len(p["obs_names"]) for s, p in parts.items()},
-        "seconds": {k: round(v, 2) for k, v in times.items()} | {"total_s": round(time.time() - t0, 2)},
-    })
-    auroc = edges["pooled"]["auroc"]
-    log.info("evaluate: done in %.1f s: macro-F1 %.3f, hidden-edge AUROC %s, probe R^2 %.3f, masked CE %.3f "
-             "(per-gene %.3f, per-cell %.3f)", time.time() - t0,
-             ann["embeddings"]["mean_pool"]["seen_test"]["macro_f1"]["mean"],
-             "n/a" if auroc is None else f"{auroc:.3f}", res["probe"]["r2"],
-             res["masked"]["model"]["cross_entropy"], res["masked"]["per_gene"]["cross_entropy"],
-             res["masked"]["per_cell"]["cross_entropy"])

@@ -27,7 +27,7 @@ Protocols (:func:`probe_splits`): ``cross_validation`` (stratified k-fold over t
 cell scored once, by a probe that never saw it) and ``reference_query`` (the probe fits on every cell of the
 reference file and scores every cell of the query file, as scGPT's myeloid benchmark).
 
-Command lines (what ``workflow/rules/transfer.smk`` calls)::
+Command lines (:mod:`cellgraph.cli.transfer`; what ``workflow/rules/transfer.smk`` calls)::
 
     cellgraph transfer --task tokens --adata ref.h5ad [--query-adata query.h5ad] --label-key cell_type \
         --vocab results/tokens/vocab.tsv --graph-edges results/tokens/graph_edges.tsv.gz --out-dir DIR
@@ -37,9 +37,7 @@ Command lines (what ``workflow/rules/transfer.smk`` calls)::
 
 from __future__ import annotations
 
-import argparse
 import logging
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,17 +46,21 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io import atomic_path, read_h5ad, require_file, write_json, write_tsv
+from ..io import read_h5ad, require_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROTOCOLS", "prepare_cells", "top_shift_labels", "tokenize_transfer", "probe_splits",
-           "macro_f1_codes", "bootstrap_macro_f1", "transfer_annotation", "configure_parser", "run"]
+__all__ = ["PROTOCOLS", "TABLE_COLUMNS", "prepare_cells", "top_shift_labels", "tokenize_transfer", "probe_splits",
+           "macro_f1_codes", "bootstrap_macro_f1", "out_of_fold_predictions", "transfer_annotation", "visible_edges",
+           "transfer_cells", "embeddings_adata", "transfer_table"]
 
 PROTOCOLS = ("cross_validation", "reference_query")
 REFERENCE, QUERY = "reference", "query"
 MODEL_METHOD = "model_mean_pool"  # the paired differences are taken against this method
 N_BOOT = 1000
+#: Columns of the report's transfer table (:func:`transfer_table`).
+TABLE_COLUMNS = ["dataset", "protocol", "model", "method", "macro_f1", "ci_low", "ci_high", "diff_vs_model",
+                 "diff_ci_low", "diff_ci_high", "n_cells", "n_labels"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,161 +437,118 @@ def transfer_annotation(model, ds, cells, vocab: Sequence[str], protocol: str, n
 
 
 # --------------------------------------------------------------------------------------------------
-# Command line
+# The steps of ``cellgraph transfer`` (:mod:`cellgraph.cli.transfer` reads, calls these and writes)
 # --------------------------------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Options of ``cellgraph transfer`` (one ``--task`` per step: tokens, evaluate, table)."""
-    p.add_argument("--task", required=True, choices=["tokens", "evaluate", "table"])
-    p.add_argument("--name", default="dataset", help="data set name (tables, messages)")
-    p.add_argument("--adata", help="tokens: the data set's h5ad (the reference file for reference_query)")
-    p.add_argument("--query-adata", default=None, help="tokens: the query h5ad (protocol reference_query)")
-    p.add_argument("--label-key", default="cell_type", help="obs column of the labels")
-    p.add_argument("--counts-layer", default=None, help="layer with the raw counts (default: X)")
-    p.add_argument("--log-layer", default=None, help="layer with published log-normalised values (no counts)")
-    p.add_argument("--idmap", default=None, help="gene id map TSV (ensg, entrez, symbol)")
-    p.add_argument("--top-shift", type=int, default=0, help="keep the n labels farthest from --control (0 = all)")
-    p.add_argument("--control", default=None, help="label of control cells (with --top-shift)")
-    p.add_argument("--min-counts", type=int, default=0)
-    p.add_argument("--max-counts", type=int, default=0)
-    p.add_argument("--min-genes", type=int, default=0)
-    p.add_argument("--target-sum", type=float, default=1e4)
-    p.add_argument("--vocab", help="tokens: results/tokens/vocab.tsv")
-    p.add_argument("--graph-edges", help="tokens: results/tokens/graph_edges.tsv.gz (visible edges are used)")
-    p.add_argument("--n-bins", type=int, default=None, help="tokens: expression bins (as the tokenize stage)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="tokens: most tokens per cell (as tokenize)")
-    p.add_argument("--model-path", help="evaluate: the pretrained model.pt")
-    p.add_argument("--tokens-dir", help="evaluate: the folder --task tokens wrote")
-    p.add_argument("--protocol", default="cross_validation", choices=PROTOCOLS)
-    p.add_argument("--n-splits", type=int, default=5)
-    p.add_argument("--n-boot", type=int, default=N_BOOT)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--inputs", nargs="*", default=[], help="table: annotation.tsv files")
-    p.add_argument("--out", help="table: the CSV (a Markdown twin is written beside it)")
-    p.add_argument("--out-dir", help="tokens / evaluate: output folder")
+def visible_edges(edges: pd.DataFrame) -> pd.DataFrame:
+    """The edges of the tokenize stage's gene graph that pretraining saw (hidden edges removed).
+
+    Parameters
+    ----------
+    edges : ``source, target, weight, hidden`` (:func:`cellgraph.tl.evaluate.read_graph_edges`).
+
+    Returns
+    -------
+    DataFrame ``source, target, weight`` of the rows with ``hidden`` False, index 0..E-1.
+    """
+    return edges.loc[~edges["hidden"], ["source", "target", "weight"]].reset_index(drop=True)
 
 
-def _cells_with_roles(args: argparse.Namespace, report: dict):
-    """The data set's cells (reference + query) with ``obs["role"]``, after QC and the label selection."""
+def transfer_cells(adata: str | Path, label_key: str, *, query_adata: str | Path | None = None,
+                   protocol: str = "cross_validation", counts_layer: str | None = None,
+                   log_layer: str | None = None, idmap: str | Path | None = None, min_counts: int = 0,
+                   max_counts: int = 0, min_genes: int = 0, target_sum: float = 1e4, top_shift: int = 0,
+                   control: str | None = None, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """The data set's cells (reference + query) with ``obs["role"]``, after QC and the label selection.
+
+    Each file goes through :func:`prepare_cells` (same options); obs names get the prefix ``reference:`` or
+    ``query:`` and the two are joined (outer join of the genes, missing values 0). With ``top_shift`` > 0
+    only the cells of the ``top_shift`` labels farthest from the ``control`` cells are kept
+    (:func:`top_shift_labels`; GREmLN, Zhang et al. 2025, section 4.5).
+
+    Parameters
+    ----------
+    adata : h5ad of the data set (the reference file for ``reference_query``).
+    label_key : obs column of the labels.
+    query_adata : h5ad of the query cells (protocol ``reference_query``), or None.
+    protocol : one of :data:`PROTOCOLS`; ``reference_query`` needs ``query_adata``.
+    counts_layer, log_layer, idmap, min_counts, max_counts, min_genes, target_sum : :func:`prepare_cells`.
+    top_shift : labels to keep by centroid shift (0 = all); control : label of the control cells.
+    seed : seed of the PCA of :func:`top_shift_labels`.
+
+    Returns
+    -------
+    (AnnData [cells, genes], log-normalised CSR float32 ``X``, ``obs["label"]`` and ``obs["role"]``;
+    report dict with ``reference``, ``query`` (when given) and ``top_shift`` (when used) entries).
+
+    Raises
+    ------
+    InputError
+        See :func:`prepare_cells` and :func:`top_shift_labels`; ``reference_query`` without ``query_adata``;
+        ``top_shift`` without ``control``.
+    """
     import anndata as ad
 
-    opts = dict(counts_layer=args.counts_layer, log_layer=args.log_layer, idmap=args.idmap,
-                min_counts=args.min_counts, max_counts=args.max_counts, min_genes=args.min_genes,
-                target_sum=args.target_sum)
-    ref, report["reference"] = prepare_cells(args.adata, args.label_key, **opts)
+    report: dict[str, Any] = {}
+    opts = dict(counts_layer=counts_layer, log_layer=log_layer, idmap=idmap, min_counts=min_counts,
+                max_counts=max_counts, min_genes=min_genes, target_sum=target_sum)
+    ref, report["reference"] = prepare_cells(adata, label_key, **opts)
     parts = {REFERENCE: ref}
-    if args.query_adata:
-        parts[QUERY], report["query"] = prepare_cells(args.query_adata, args.label_key, **opts)
-    elif args.protocol == "reference_query":
+    if query_adata:
+        parts[QUERY], report["query"] = prepare_cells(query_adata, label_key, **opts)
+    elif protocol == "reference_query":
         raise InputError("--protocol reference_query needs --query-adata")
     for role, a in parts.items():
         a.obs_names = [f"{role}:{n}" for n in a.obs_names]
         a.obs["role"] = role
     cells = ad.concat(parts.values(), join="outer", fill_value=0) if len(parts) > 1 else ref
     cells.X = sp.csr_matrix(cells.X, dtype=np.float32)
-    if args.top_shift:
-        if not args.control:
+    if top_shift:
+        if not control:
             raise InputError("--top-shift needs --control (the label of control cells)")
-        cells, shifts = top_shift_labels(cells, args.control, args.top_shift, args.seed)
-        report["top_shift"] = {"n_top": args.top_shift, "control": args.control, "shifts": shifts.to_dict("records")}
-    return cells
+        cells, shifts = top_shift_labels(cells, control, top_shift, seed)
+        report["top_shift"] = {"n_top": top_shift, "control": control, "shifts": shifts.to_dict("records")}
+    return cells, report
 
 
-def run_tokens(args: argparse.Namespace) -> None:
-    """``--task tokens``: ``tokens.npz`` (shard arrays), ``cells.h5ad`` (the log-normalised cells the
-    baselines read, ``obs``: label, role) and ``report.json`` in ``--out-dir``."""
+def embeddings_adata(ds, predictions: pd.DataFrame, embeddings: dict[str, np.ndarray], attention: str):
+    """The cell embeddings of :func:`transfer_annotation` as an AnnData for scanpy.
+
+    Parameters
+    ----------
+    ds : the data set's :class:`cellgraph.io.shards.TokenDataset` (C cells).
+    predictions : ``transfer_annotation(...)["predictions"]`` (``obs_name``, ``fold`` of each scored cell).
+    embeddings : ``{"mean_pool": [C, d], "cls": [C, d]}``.
+    attention : the model's kind; the embeddings go to ``obsm["X_<attention>"]`` (mean-pool) and
+        ``obsm["X_<attention>_cls"]`` (float32).
+
+    Returns
+    -------
+    AnnData with ``X`` of shape [C, 0] and ``obs`` (index ``ds.obs_names``): ``label``, ``role``
+    (categoricals) and ``fold`` (int; -1 marks a cell no probe scored: the reference cells of
+    ``reference_query``).
+    """
     import anndata as ad
 
-    from ..io.shards import read_vocab
-    from .evaluate import read_graph_edges
-    from ..pp.tokenize import write_shard
-
-    for flag in ("adata", "vocab", "graph_edges", "n_bins", "max_seq_len", "out_dir"):
-        if not getattr(args, flag):
-            raise InputError(f"--task tokens needs --{flag.replace('_', '-')}")
-    vocab = read_vocab(args.vocab)
-    edges = read_graph_edges(require_file(args.graph_edges, "--graph-edges"))
-    graph = edges.loc[~edges["hidden"], ["source", "target", "weight"]].reset_index(drop=True)
-    n_bins, max_len = args.n_bins, args.max_seq_len
-    report: dict[str, Any] = {"name": args.name, "protocol": args.protocol,
-                              "graph": "visible edges of the tokenize stage's gene graph (hidden edges removed: "
-                                       f"{int(edges['hidden'].sum())})"}
-    cells = _cells_with_roles(args, report)
-    arrays, report["tokens"] = tokenize_transfer(cells, vocab, graph, n_bins, max_len, args.seed,
-                                                 role=cells.obs["role"].to_numpy())
-    out = Path(args.out_dir)
-    write_shard(out / "tokens.npz", arrays)
-    keep = cells.obs[["label", "role"]].astype(str)
-    with atomic_path(out / "cells.h5ad") as tmp:
-        ad.AnnData(X=cells.X, obs=keep, var=pd.DataFrame(index=cells.var_names)).write_h5ad(tmp)
-    write_json(out / "report.json", report)
-    log.info("transfer tokens %s: %d cells, %d of %d vocabulary genes measured", args.name, cells.n_obs,
-             report["tokens"]["vocab_genes_measured"], report["tokens"]["vocab_genes"])
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    """``--task evaluate``: ``annotation.tsv`` (:func:`bootstrap_macro_f1` plus data set and model columns),
-    ``predictions.tsv``, ``embeddings.h5ad`` (``obsm["X_<attention>"]`` mean-pool, ``["X_<attention>_cls"]``;
-    ``obs``: label, role, fold, where fold -1 marks a cell no probe scored: the reference cells of
-    ``reference_query``) and ``report.json`` in ``--out-dir``."""
-    import anndata as ad
-
-    from ..io.shards import TokenDataset
-    from .evaluate import load_model
-
-    t0 = time.time()
-    if not (args.model_path and args.tokens_dir and args.out_dir):
-        raise InputError("--task evaluate needs --model-path, --tokens-dir and --out-dir")
-    model = load_model(require_file(args.model_path, "--model-path"))
-    tokens = Path(args.tokens_dir)
-    ds = TokenDataset(require_file(tokens / "tokens.npz", "transfer tokens"))
-    if ds.n_bins != model.config.n_bins:
-        raise InputError(f"{tokens / 'tokens.npz'}: n_bins={ds.n_bins}, the model has {model.config.n_bins}")
-    cells = read_h5ad(require_file(tokens / "cells.h5ad", "transfer cells"))
-    res = transfer_annotation(model, ds, cells, list(model.vocab), args.protocol, args.n_splits, args.seed,
-                              args.n_boot)
-    kind = model.config.attention
-    table = res["table"].assign(dataset=args.name, model=kind, protocol=args.protocol)
-    out = Path(args.out_dir)
-    write_tsv(table, out / "annotation.tsv", "%.6g")
-    write_tsv(res["predictions"], out / "predictions.tsv")
     obs = pd.DataFrame({"label": pd.Categorical(ds.cell_type), "role": pd.Categorical(ds.split)}, index=ds.obs_names)
-    fold = pd.Series(res["predictions"]["fold"].to_numpy(), index=res["predictions"]["obs_name"].to_numpy())
+    fold = pd.Series(predictions["fold"].to_numpy(), index=predictions["obs_name"].to_numpy())
     obs["fold"] = fold.reindex(ds.obs_names).fillna(-1).astype(int).to_numpy()
-    emb = ad.AnnData(X=np.zeros((len(ds), 0), np.float32), obs=obs,
-                     obsm={f"X_{kind}": res["embeddings"]["mean_pool"].astype(np.float32),
-                           f"X_{kind}_cls": res["embeddings"]["cls"].astype(np.float32)})
-    with atomic_path(out / "embeddings.h5ad") as tmp:
-        emb.write_h5ad(tmp)
-    write_json(out / "report.json", res["details"] | {"dataset": args.name, "model": str(args.model_path),
-                                                      "seconds": round(time.time() - t0, 1)})
-    best = table.loc[table["method"] == MODEL_METHOD, "macro_f1"]
-    log.info("transfer %s (%s): macro-F1 %.3f\n%s", args.name, kind, float(best.iloc[0]),
-             table[["method", "macro_f1", "ci_low", "ci_high"]].to_string(index=False))
+    return ad.AnnData(X=np.zeros((len(ds), 0), np.float32), obs=obs,
+                      obsm={f"X_{attention}": embeddings["mean_pool"].astype(np.float32),
+                            f"X_{attention}_cls": embeddings["cls"].astype(np.float32)})
 
 
-def run_table(args: argparse.Namespace) -> None:
-    """``--task table``: every ``--inputs`` annotation.tsv in one CSV (``--out``) and its Markdown twin."""
-    if not args.out:
-        raise InputError("--task table needs --out")
-    frames = [pd.read_csv(require_file(p, "annotation table"), sep="\t") for p in args.inputs]
-    cols = ["dataset", "protocol", "model", "method", "macro_f1", "ci_low", "ci_high", "diff_vs_model",
-            "diff_ci_low", "diff_ci_high", "n_cells", "n_labels"]
-    table = pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
-    out = Path(args.out)
-    with atomic_path(out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
+def transfer_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-model annotation tables of every data set in one table (the report's transfer table).
 
+    Parameters
+    ----------
+    frames : ``annotation.tsv`` tables of ``--task evaluate`` (:func:`bootstrap_macro_f1` rows with
+        ``dataset``, ``model``, ``protocol`` columns).
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph transfer``: the step named by ``--task`` (module docstring). Raises InputError on bad input,
-    before anything is written."""
-    if args.n_splits < 2 and args.protocol == "cross_validation":
-        raise InputError(f"--n-splits must be >= 2 for cross-validation, got {args.n_splits}")
-    if args.n_boot < 1:
-        raise InputError(f"--n-boot must be >= 1, got {args.n_boot}")
-    {"tokens": run_tokens, "evaluate": run_evaluate, "table": run_table}[args.task](args)
+    Returns
+    -------
+    DataFrame with the columns of :data:`TABLE_COLUMNS`, the frames' rows in order (empty without frames).
+    """
+    return pd.concat(frames, ignore_index=True)[TABLE_COLUMNS] if frames else pd.DataFrame(columns=TABLE_COLUMNS)

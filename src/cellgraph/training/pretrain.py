@@ -28,7 +28,6 @@ next newest is used.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -45,13 +44,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io import atomic_path, require_file, write_json
+from ..io import atomic_path, write_json
 from ..models.gremln import PRESETS, GREmLN, GREmLNConfig, bin_tokens, preset
 
 log = logging.getLogger(__name__)
 
 __all__ = ["mask_positions", "masked_step", "MaskedRankModule", "ShardedBatchSampler", "fit", "fingerprint",
-           "select_checkpoint", "configure_parser", "run"]
+           "select_checkpoint", "read_coefficients", "shard_n_bins", "training_config", "pretraining_cells",
+           "write_model_and_metrics"]
 
 TRAIN_STREAM, VAL_STREAM = 1, 2
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_masked_accuracy"]
@@ -582,39 +582,27 @@ def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | P
 
 
 # --------------------------------------------------------------------------------------------------
-# Stage
+# Stage inputs and outputs (``cellgraph train`` in :mod:`cellgraph.cli.train` calls these)
 # --------------------------------------------------------------------------------------------------
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``train`` stage's command-line options to ``p``."""
-    p.add_argument("--tokens-dir", required=True, help="tokenize output (train.npz, val.npz, vocab.tsv)")
-    p.add_argument("--coefficients", required=True, help="spectral coefficients.json (beta, Chebyshev weights)")
-    p.add_argument("--model", required=True, choices=["gremln", "vanilla"],
-                   help="gremln: heat-kernel query diffusion; vanilla: plain attention (ablation)")
-    p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="model/training preset (default demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and masks (default 0)")
-    p.add_argument("--max-epochs", type=int, default=None,
-                   help="epochs (default: the preset's; demo 8 = config train.max_epochs)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="cells per batch (default: the preset's; demo 32 = config train.batch_size)")
-    p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of gene tokens masked (default 0.15)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
-                   help="cells of masked pretraining: the labelled train cells joined by the corpus shard "
-                        "(pretrain.npz, if any; default), or the corpus alone, so that no cell of the evaluation "
-                        "data set is seen in pretraining (the GREmLN paper's protocol, section 4.1)")
-    p.add_argument("--devices", type=int, default=1,
-                   help="processes (GPUs, or CPU processes) per node for data-parallel training (default 1)")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes for data-parallel training (default 1)")
-    p.add_argument("--checkpoint-every-n-steps", type=int, default=0,
-                   help="also checkpoint every k optimiser steps inside an epoch, keeping 2 (default 0 = off)")
-    p.add_argument("--checkpoint-dir", required=True, help="folder for resumable checkpoints (last.ckpt)")
-    p.add_argument("--out-dir", required=True, help="folder for model.pt and metrics.tsv")
-
-
 def read_coefficients(path: Path) -> tuple[float, list[float]]:
-    """``(beta, coefficients)`` from spectral ``coefficients.json``; InputError if malformed."""
+    """Heat-kernel ``beta`` and Chebyshev coefficients from the spectral stage's ``coefficients.json``.
+
+    Parameters
+    ----------
+    path : JSON file with numeric ``beta`` and a list ``coefficients`` (:mod:`cellgraph.graphs.spectral`).
+
+    Returns
+    -------
+    (beta, coefficients): float > 0 and a non-empty list of finite floats (``K + 1`` Chebyshev weights of
+    ``exp(-beta L)``).
+
+    Raises
+    ------
+    InputError
+        If the file is not such JSON, a coefficient is not finite, the list is empty or beta <= 0.
+    """
     try:
         obj = json.loads(path.read_text())
         beta, coeffs = float(obj["beta"]), [float(c) for c in obj["coefficients"]]
@@ -625,7 +613,22 @@ def read_coefficients(path: Path) -> tuple[float, list[float]]:
     return beta, coeffs
 
 
-def _shard_n_bins(path: Path) -> int:
+def shard_n_bins(path: Path) -> int:
+    """Number of expression bins ``n_bins`` of a token shard (tokenize stage ``*.npz``), checked.
+
+    Parameters
+    ----------
+    path : token shard with (at least) the arrays ``n_bins`` (scalar), ``bins`` int [T] and ``gene_ids`` [T].
+
+    Returns
+    -------
+    int, ``n_bins``; every token's bin lies in ``0..n_bins``.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read as such a shard or a bin lies outside ``0..n_bins``.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             n_bins = int(z["n_bins"])
@@ -638,24 +641,60 @@ def _shard_n_bins(path: Path) -> int:
     return n_bins
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    """InputError for an out-of-range option of ``cellgraph train`` (counts >= 1, mask rate in (0, 1))."""
-    for name, v in (("--max-epochs", args.max_epochs), ("--batch-size", args.batch_size),
-                    ("--threads", args.threads), ("--devices", args.devices), ("--num-nodes", args.num_nodes)):
-        if v is not None and v < 1:
-            raise InputError(f"{name} must be >= 1, got {v}")
-    if not 0.0 < args.mask_rate < 1.0:
-        raise InputError(f"--mask-rate must be in (0, 1), got {args.mask_rate}")
-    if args.checkpoint_every_n_steps < 0:
-        raise InputError(f"--checkpoint-every-n-steps must be >= 0, got {args.checkpoint_every_n_steps}")
+def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: int, beta: float,
+                    coefficients: Sequence[float], max_epochs: int | None = None, batch_size: int | None = None,
+                    mask_rate: float = 0.15, seed: int = 0) -> GREmLNConfig:
+    """The configuration of one training run: preset ``preset_name`` with the data's sizes and the heat kernel.
+
+    The Chebyshev expansion of the heat kernel ``exp(-beta L)`` (GREmLN, Zhang et al. 2025, section 2.2,
+    eq. 4 and appendix A.3; Hammond, Vandergheynst & Gribonval 2011, eq. 3.8) is truncated at order
+    ``K = min(preset's chebyshev_max_order, len(coefficients) - 1)``, keeping ``coefficients[:K + 1]``.
+
+    Parameters
+    ----------
+    preset_name : a key of :data:`cellgraph.models.gremln.PRESETS` (``demo``, ``paper``).
+    attention : ``gremln`` (heat-kernel query diffusion) or ``vanilla`` (plain attention).
+    vocab_size : tokens of the vocabulary (genes + ``<pad>`` + ``<cls>``).
+    n_bins : expression bins of the token shards.
+    beta, coefficients : heat-kernel parameter and Chebyshev weights (:func:`read_coefficients`).
+    max_epochs, batch_size : the preset's when None; ``batch_size`` is the global batch (cells).
+    mask_rate : fraction of a cell's gene tokens masked (default 0.15).
+    seed : seed of weights, shuffling and masks (default 0).
+
+    Returns
+    -------
+    GREmLNConfig, with ``chebyshev_order`` = K.
+    """
+    order = min(PRESETS[preset_name].chebyshev_max_order, len(coefficients) - 1)
+    return preset(preset_name, attention=attention, vocab_size=vocab_size, n_bins=n_bins, beta=beta,
+                  chebyshev_order=order, coefficients=list(coefficients)[: order + 1], max_epochs=max_epochs,
+                  batch_size=batch_size, mask_rate=mask_rate, seed=seed)
 
 
-def _pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
-    """(train dataset, val dataset, labelled train cells in it, fingerprint files) of ``tokens``.
+def pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
+    """The cells of masked pretraining in a tokenize output folder, and the files a run depends on.
 
-    The unlabelled corpus shard ``pretrain.npz`` (tokenize --pretrain-adata) joins the train cells
-    (``pretrain_on`` "train+corpus"), or replaces them ("corpus"). InputError if a shard is empty, the
-    corpus shard's ``n_bins`` differs or "corpus" finds no corpus shard.
+    The unlabelled corpus shard ``pretrain.npz`` (tokenize --pretrain-adata) joins the labelled train cells
+    (``pretrain_on`` "train+corpus"), or replaces them ("corpus": no cell of the evaluation data set is seen
+    in pretraining, the GREmLN paper's protocol, Zhang et al. 2025, section 4.1).
+
+    Parameters
+    ----------
+    tokens : folder with ``train.npz``, ``val.npz``, ``vocab.tsv`` and optionally ``pretrain.npz``.
+    n_bins : expression bins of ``train.npz`` (:func:`shard_n_bins`).
+    pretrain_on : ``"train+corpus"`` or ``"corpus"``.
+
+    Returns
+    -------
+    (train dataset, val dataset, labelled train cells in the train dataset, fingerprint files): the
+    datasets are :class:`cellgraph.io.shards.TokenDataset`; the files are the shards and vocabulary the
+    run reads (for :func:`fingerprint`).
+
+    Raises
+    ------
+    InputError
+        If ``train.npz`` or ``val.npz`` holds no cell, the corpus shard's ``n_bins`` differs or "corpus"
+        finds no corpus shard.
     """
     from ..io import shards as data
 
@@ -677,8 +716,17 @@ def _pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
     return train_ds, val_ds, n_labelled, shard_files
 
 
-def _write_model_and_metrics(out: Path, config, model, vocab, history) -> None:
-    """``model.pt`` and ``metrics.tsv`` in ``out`` (atomic; same bytes on a rerun)."""
+def write_model_and_metrics(out: Path, config: GREmLNConfig, model: GREmLN, vocab: Sequence[str],
+                            history: Sequence[dict[str, float]]) -> None:
+    """Write ``model.pt`` and ``metrics.tsv`` of a trained model into ``out`` (atomic; same bytes on a rerun).
+
+    Parameters
+    ----------
+    out : output folder (design.md section 6).
+    config, model, vocab : saved as ``{"config": config.to_dict(), "state_dict", "vocab"}``.
+    history : per-epoch rows of :func:`fit` (``epoch, train_loss, val_loss, val_masked_accuracy``, losses in
+        nats per masked token), written with 6 decimals.
+    """
     # saved through a file object: torch names the archive's root folder after a path's file name, which for
     # the temporary name of atomic_path is random (a file object gives the fixed name "archive": same bytes)
     with atomic_path(out / "model.pt") as tmp, open(tmp, "wb") as fh:
@@ -689,64 +737,3 @@ def _write_model_and_metrics(out: Path, config, model, vocab, history) -> None:
             lines.append(f"{row['epoch']}\t{row['train_loss']:.6f}\t{row['val_loss']:.6f}\t"
                          f"{row['val_masked_accuracy']:.6f}")
         tmp.write_text("\n".join(lines) + "\n")
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph train``: masked rank modelling of a GREmLN or vanilla transformer (module docstring).
-
-    Reads ``--tokens-dir`` (``train.npz``, ``val.npz``, ``vocab.tsv`` and, if present, the corpus shard
-    ``pretrain.npz``) and ``--coefficients`` (spectral ``coefficients.json``: beta and the Chebyshev weights,
-    truncated at the preset's maximum order), then trains with :func:`fit` (checkpoints in
-    ``--checkpoint-dir``). Rank 0 writes ``model.pt`` (``{"config", "state_dict", "vocab"}``) and
-    ``metrics.tsv`` (``epoch, train_loss, val_loss, val_masked_accuracy``) to ``--out-dir`` and
-    ``report.json`` (sizes, timings, run summary) to ``--checkpoint-dir``.
-
-    Raises
-    ------
-    InputError
-        If an input file is missing or malformed (coefficients, token shards, vocabulary), the shards'
-        ``n_bins`` differ, an option is out of range (``--max-epochs``, ``--batch-size``, ``--threads``,
-        ``--devices``, ``--num-nodes`` < 1; ``--mask-rate`` outside (0, 1); ``--checkpoint-every-n-steps`` < 0),
-        the batch size is not a multiple of ``--devices`` x ``--num-nodes``, a shard holds no cell, or
-        ``--pretrain-on corpus`` finds no ``pretrain.npz``.
-    """
-    from ..io import shards as data
-
-    tokens = Path(args.tokens_dir)
-    train_path = require_file(tokens / "train.npz", "train token shard")
-    val_path = require_file(tokens / "val.npz", "val token shard")
-    vocab_path = require_file(tokens / "vocab.tsv", "token vocabulary")
-    coef_path = require_file(args.coefficients, "spectral coefficients")
-    vocab = data.read_vocab(vocab_path)
-    beta, coeffs = read_coefficients(coef_path)
-    n_bins = _shard_n_bins(train_path)
-    if _shard_n_bins(val_path) != n_bins:
-        raise InputError(f"{val_path}: n_bins differs from {train_path}")
-    _check_options(args)
-    base = PRESETS[args.preset]
-    order = min(base.chebyshev_max_order, len(coeffs) - 1)
-    config = preset(args.preset, attention=args.model, vocab_size=len(vocab), n_bins=n_bins, beta=beta,
-                    chebyshev_order=order, coefficients=coeffs[: order + 1], max_epochs=args.max_epochs,
-                    batch_size=args.batch_size, mask_rate=args.mask_rate, seed=args.seed)
-    world = args.devices * args.num_nodes
-    if config.batch_size % world:
-        raise InputError(f"--batch-size {config.batch_size} must be a multiple of --devices x --num-nodes = {world}")
-    train_ds, val_ds, n_labelled, shard_files = _pretraining_cells(tokens, n_bins, args.pretrain_on)
-    torch.set_num_threads(args.threads)
-    log.info("training %s (%s preset) on %d train / %d val cells, %d genes, K=%d", args.model, args.preset,
-             len(train_ds), len(val_ds), len(vocab) - 2, order)
-    model, history, summary = fit(config, train_ds, val_ds, data.collate, args.checkpoint_dir,
-                                  fingerprint_files=shard_files, devices=args.devices,
-                                  num_nodes=args.num_nodes,
-                                  checkpoint_every_n_steps=args.checkpoint_every_n_steps or None)
-    if summary["global_rank"] != 0:
-        return  # only rank 0 writes outputs
-    _write_model_and_metrics(Path(args.out_dir), config, model, vocab, history)
-    write_json(Path(args.checkpoint_dir) / "report.json", {
-        "model": args.model, "preset": args.preset, "train_cells": len(train_ds), "val_cells": len(val_ds),
-        "pretrain_on": args.pretrain_on, "labelled_train_cells": n_labelled,
-        "pretrain_cells": len(train_ds) - n_labelled,
-        "vocab_size": len(vocab), "n_bins": n_bins, "beta": beta, "chebyshev_order": order,
-        "chebyshev_order_by_tolerance": len(coeffs) - 1, "chebyshev_max_order": base.chebyshev_max_order,
-        "epoch_seconds": [row["seconds"] for row in history], **summary,
-    })
