@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from cellgraph.cli import main
 from cellgraph.pp import corpus
 from cellgraph.pp.corpus import (CorpusFilter, CorpusJob, build_corpus, cap_per_type, check_disjoint, concat_shards,
                               obs_value_filter, query_census, query_h5ad, select_cells, write_shards)
@@ -156,7 +158,7 @@ def test_build_corpus_writes_the_manifest_and_checks_disjointness(stand_in, tmp_
     assert manifest["disjoint_from"] == {str(other): 0} and manifest["cells_removed"]["total"] == 0
     assert not list(job.out.parent.glob(".corpus-shards-*"))  # the shards are gone after the concat
     job.out.unlink()
-    job.check_against = (str(other), str(overlap))
+    job = dataclasses.replace(job, check_against=(str(other), str(overlap)))
     with pytest.raises(InputError, match=r"eval_overlap.h5ad: 2 shared \(e.g. census:1001, census:1002\)"):
         build_corpus(job)
     assert not job.out.exists()  # checked before anything is written
@@ -172,7 +174,7 @@ def test_census_source_without_the_package(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "cellxgene_census", None)  # import fails as if not installed
     with pytest.raises(InputError, match=r"pip install 'cellgraph\[census\]'"):
         query_census("2025-01-30", "Homo sapiens", SPEC, 10, 0)
-    assert corpus.main(["--source", "census", "--out", str(tmp_path / "c.h5ad")]) == 2
+    assert main(["corpus", "--source", "census", "--out", str(tmp_path / "c.h5ad")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cellgraph[census]" in err and not (tmp_path / "c.h5ad").exists()
 

@@ -31,7 +31,8 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
-from cellgraph.io import datasets, sources
+from cellgraph.cli import main
+from cellgraph.io import datasets
 from cellgraph.errors import InputError
 from cellgraph.pp.expression import read_counts
 from cellgraph.io.sources import DownloadError, fetch
@@ -178,8 +179,8 @@ def test_wrong_digest_fails_naming_both(server, published, tmp_path):
 
 def test_unpinned_download_fails_printing_the_digest(server, published, tmp_path, capsys):
     dest = tmp_path / "dl" / GEARS
-    rc = sources.main(["--name", "adamson", "--url", f"{server}/{GEARS}", "--sha256", "null", "--retries", "0",
-                       "--out", str(dest)])
+    rc = main(["sources", "--name", "adamson", "--url", f"{server}/{GEARS}", "--sha256", "null", "--retries", "0",
+               "--out", str(dest)])
     err = capsys.readouterr().err
     assert rc == 2 and "adamson" in err and _sha(published / GEARS) in err and "no sha256 pinned" in err
     assert not dest.exists()
@@ -190,9 +191,9 @@ def test_unpinned_download_fails_printing_the_digest(server, published, tmp_path
 
 def test_human_immune_to_counts_contract(published, real, tmp_path):
     out, rep_path = tmp_path / "out" / "human_immune.h5ad", tmp_path / "out" / "human_immune.report.json"
-    rc = datasets.main(["--format", "h5ad", "--in", str(published / IMMUNE), "--out", str(out), "--report",
-                        str(rep_path), "--label-key", "final_annotation", "--batch-key", "batch",
-                        "--counts-layer", "counts"])
+    rc = main(["datasets", "--format", "h5ad", "--in", str(published / IMMUNE), "--out", str(out), "--report",
+               str(rep_path), "--label-key", "final_annotation", "--batch-key", "batch",
+               "--counts-layer", "counts"])
     assert rc == 0
     conv = ad.read_h5ad(out)
     assert conv.shape == (N_CELLS, N_GENES) and not conv.layers.keys()
@@ -223,8 +224,8 @@ def test_non_integer_counts_are_reported_per_batch(real, tmp_path):
 
 def test_gears_zip_keeps_log_values_and_no_counts(published, real, tmp_path):
     out = tmp_path / "out" / "adamson.h5ad"
-    assert datasets.main(["--format", "gears_zip", "--in", str(published / GEARS), "--out", str(out),
-                          "--label-key", "cell_type", "--perturbation-key", "condition", "--member", MEMBER]) == 0
+    assert main(["datasets", "--format", "gears_zip", "--in", str(published / GEARS), "--out", str(out),
+                 "--label-key", "cell_type", "--perturbation-key", "condition", "--member", MEMBER]) == 0
     conv = ad.read_h5ad(out)
     assert conv.X is None and set(conv.layers.keys()) == {"log_normalized"}
     assert np.allclose(conv.layers["log_normalized"].toarray(), _lognorm(real.X).toarray())
@@ -305,7 +306,7 @@ def test_malformed_input_one_clear_error_nothing_written(case, real, tmp_path, c
     path = build(real, src)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    rc = datasets.main(["--format", fmt, "--in", str(path), "--out", str(out_dir / "d.h5ad")])
+    rc = main(["datasets", "--format", fmt, "--in", str(path), "--out", str(out_dir / "d.h5ad")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("cellgraph datasets: error: ")
     assert str(path) in err[0] and all(w in err[0] for w in words), err[0]

@@ -1,4 +1,4 @@
-"""Downloads (cellgraph.io.sources) against a local HTTP server on 127.0.0.1 serving vendored real files."""
+"""Downloads (cellgraph.io.sources, `cellgraph sources`) against a local HTTP server on 127.0.0.1 serving vendored real files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cellgraph.io import sources
+from cellgraph.cli import main
 from cellgraph.io.sources import DownloadError, fetch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,8 +124,8 @@ def test_server_down_names_source_and_url(server, tmp_path):
 def test_unpinned_digest_is_reported_not_trusted(server, tmp_path, capsys):
     base, _ = server
     dest = tmp_path / "dl" / SERVED.name
-    rc = sources.main(["--name", "tflink_yeast", "--url", f"{base}/good/{SERVED.name}", "--sha256", "null",
-                       "--retries", "0", "--out", str(dest)])
+    rc = main(["sources", "--name", "tflink_yeast", "--url", f"{base}/good/{SERVED.name}", "--sha256", "null",
+               "--retries", "0", "--out", str(dest)])
     err = capsys.readouterr().err
     assert rc == 2 and "tflink_yeast" in err and _sha(SERVED) in err and "no sha256 pinned" in err
     assert not dest.exists()

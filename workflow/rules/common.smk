@@ -292,7 +292,7 @@ DIFF_EVAL_SHELL = (
 # one verified download (cellgraph.io.sources: pooch, retries, sha256) for download_source, download_archive and
 # download_dataset; each rule gives params name, url, sha256, retries and timeout
 DOWNLOAD_SHELL = (
-    "python -m cellgraph.io.sources --name {params.name:q} --url {params.url:q} --sha256 {params.sha256:q}"
+    "cellgraph sources --name {params.name:q} --url {params.url:q} --sha256 {params.sha256:q}"
     " --retries {params.retries:q} --timeout {params.timeout:q} --out {output:q} > {log:q} 2>&1"
 )
 

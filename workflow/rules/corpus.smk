@@ -1,8 +1,9 @@
 # The pretraining corpus of the GREmLN paper's setup: cells of one pinned CELLxGENE Census release,
 # filtered (tissues, assays, cell types; primary data only), held-out cell types and data sets removed, capped
 # per cell type with a seed, written as h5ad shards and assembled on disk (anndata concat_on_disk), with a
-# manifest JSON. cellgraph.pp.corpus does the work. corpus.source "census" needs the internet and the optional
-# package (pip install 'cellgraph[census]'); a path instead reads a local census-like h5ad with the same filter.
+# manifest JSON. `cellgraph corpus` (cellgraph.pp.corpus) does the work. corpus.source "census" needs the
+# internet and the optional package (pip install 'cellgraph[census]'); a path instead reads a local census-like
+# h5ad with the same filter.
 # No rule of the default target depends on it: it runs only for `snakemake corpus`.
 rule corpus:
     """The corpus h5ad (raw counts, obs_names census:<soma_joinid>) and its manifest; fails when any cell is
@@ -31,7 +32,7 @@ rule corpus:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.pp.corpus --source {params.source:q} --in={params.source_path:q}"
+        "cellgraph corpus --source {params.source:q} --in={params.source_path:q}"
         " --census-version {params.census_version:q} --organism {params.organism:q}"
         " --tissues {params.tissues:q} --assays {params.assays:q} --cell-types {params.cell_types:q}"
         " --exclude-cell-types {params.exclude_cell_types:q} --exclude-dataset-ids {params.exclude_dataset_ids:q}"

@@ -1,10 +1,10 @@
 # Download and conversion rules for the evaluation datasets of the GREmLN paper: Human Immune
 # (scIB, scGPT's figshare copy) and Adamson 2016 Perturb-seq (GEARS' dataverse zip). Every entry of
-# config["datasets"]["files"] has its URL, release and sha256; the transfer is cellgraph.io.sources' (pooch:
-# retries with back-off, atomic write, checksum verified; an unpinned sha256 fails printing the digest to pin).
-# cellgraph.io.datasets turns each published format into the project's h5ad contract, with a JSON report next to
-# it. No rule of the default target depends on these: they run only for `snakemake datasets` (needs the
-# internet).
+# config["datasets"]["files"] has its URL, release and sha256; the transfer is `cellgraph sources`'
+# (cellgraph.io.sources, pooch: retries with back-off, atomic write, checksum verified; an unpinned sha256 fails
+# printing the digest to pin). `cellgraph datasets` (cellgraph.io.datasets) turns each published format into the
+# project's h5ad contract, with a JSON report next to it. No rule of the default target depends on these: they
+# run only for `snakemake datasets` (needs the internet).
 rule download_dataset:
     """The published file of one dataset of config datasets.files."""
     output:
@@ -66,7 +66,7 @@ rule convert_dataset:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.io.datasets --format {params.format:q} --in {input:q} --out {output.h5ad:q}"
+        "cellgraph datasets --format {params.format:q} --in {input:q} --out {output.h5ad:q}"
         " --report {output.report:q} --label-key={params.label_key:q} --batch-key={params.batch_key:q}"
         " --counts-layer={params.counts_layer:q} --perturbation-key={params.perturbation_key:q}"
         " --member={params.member:q} > {log:q} 2>&1"

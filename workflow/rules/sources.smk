@@ -57,7 +57,7 @@ rule extract_source_member:
     conda:
         "../../envs/cellgraph.yaml"
     shell:
-        "python -m cellgraph.io.sources --name {wildcards.key:q} --extract {wildcards.member:q} --archive {input:q}"
+        "cellgraph sources --name {wildcards.key:q} --extract {wildcards.member:q} --archive {input:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -40,18 +40,16 @@ JSON report next to the h5ad.
     "X is missing" rather than reading log values as counts. Should a GEARS file carry integer
     ``layers["counts"]`` (some packagings of Norman 2019 do), those become ``X``.
 
-Command line (what ``workflow/rules/datasets.smk`` calls)::
+Command line (``cellgraph datasets``, :mod:`cellgraph.cli.datasets`; what ``workflow/rules/datasets.smk`` calls)::
 
-    python -m cellgraph.io.datasets --format h5ad --in Immune_ALL_human.h5ad --out human_immune.h5ad \
+    cellgraph datasets --format h5ad --in Immune_ALL_human.h5ad --out human_immune.h5ad \
         --report human_immune.report.json --label-key final_annotation --batch-key batch --counts-layer counts
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -326,47 +324,3 @@ def write_dataset(adata, out: str | Path, report_path: str | Path | None = None)
         adata.write_h5ad(tmp, compression="gzip")
     write_json(report_path or Path(out).with_suffix(".report.json"), report)
     return report
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cellgraph.io.datasets", description=__doc__.splitlines()[0])
-    p.add_argument("--format", required=True, choices=FORMATS, help="h5ad (scIB Human Immune) | gears_zip")
-    p.add_argument("--in", dest="input", required=True, help="the published file")
-    p.add_argument("--out", required=True, help="output h5ad")
-    p.add_argument("--report", default=None, help="JSON report (default: OUT with .report.json)")
-    p.add_argument("--label-key", default="", help="obs column of the cell type ('' = the format's default)")
-    p.add_argument("--batch-key", default="", help="h5ad: obs column of the batch")
-    p.add_argument("--counts-layer", default="", help="h5ad: layer of the raw counts")
-    p.add_argument("--perturbation-key", default="", help="gears_zip: obs column of the condition")
-    p.add_argument("--member", default="", help="gears_zip: the h5ad inside the zip")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cellgraph.io.datasets``: convert a published evaluation data set to the project's h5ad.
-
-    Converts ``--in`` with the ``--format`` converter (:func:`convert`) and writes the h5ad ``--out`` and its
-    JSON report ``--report`` (default: ``--out`` with ``.report.json``, :func:`write_dataset`). Returns 0 on
-    success, 2 on :class:`InputError` (message printed to stderr).
-    """
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    opt = {"label_key": args.label_key or None}
-    if args.format == "h5ad":
-        opt.update(batch_key=args.batch_key or None, counts_layer=args.counts_layer or None)
-    else:
-        opt.update(perturbation_key=args.perturbation_key or None, member=args.member or None,
-                   workdir=str(Path(args.out).resolve().parent) if Path(args.out).resolve().parent.is_dir() else None)
-    try:
-        adata = convert(args.format, args.input, **opt)
-        report = write_dataset(adata, args.out, args.report)
-    except InputError as err:
-        print(f"cellgraph datasets: error: {err}", file=sys.stderr)
-        return 2
-    log.info("%s: %d cells x %d genes, counts from %s -> %s", args.input, report["cells"], report["genes"],
-             report["counts_from"], args.out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

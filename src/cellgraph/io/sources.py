@@ -11,24 +11,21 @@ expected and the found digest.
 A file whose ``sha256`` is ``null`` in config is downloaded once, hashed and deleted; the error gives the
 digest to pin (trust is never implicit).
 
-Command line (what ``workflow/rules/sources.smk`` calls)::
+Command line (``cellgraph sources``, :mod:`cellgraph.cli.sources`; what ``workflow/rules/sources.smk`` calls)::
 
-    python -m cellgraph.io.sources --name string_links_detailed_human --url URL --sha256 HEX \
+    cellgraph sources --name string_links_detailed_human --url URL --sha256 HEX \
         --retries 3 --timeout 120 --out resources/downloads/string_links_detailed_human/FILE
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 
 from ..errors import InputError
-from . import write_json
 
 log = logging.getLogger(__name__)
 
@@ -149,51 +146,3 @@ def extract_member(archive: str | Path, member: str, dest: str | Path) -> dict:
     except zipfile.BadZipFile as err:
         raise DownloadError(f"archive {archive}: not a zip file ({err})") from err
     return {"archive": str(archive), "member": member, "file": str(dest), "bytes": Path(dest).stat().st_size}
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cellgraph.io.sources", description=__doc__.splitlines()[0])
-    p.add_argument("--name", required=True, help="source key in config (for messages)")
-    p.add_argument("--url", default=None)
-    p.add_argument("--extract", default=None, metavar="MEMBER",
-                   help="instead of downloading: extract MEMBER of the zip --archive to --out")
-    p.add_argument("--archive", default=None, help="zip archive for --extract")
-    p.add_argument("--sha256", default="null", help="expected SHA-256 digest; 'null' = not pinned yet")
-    p.add_argument("--retries", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=120.0)
-    p.add_argument("--out", required=True, help="destination file")
-    p.add_argument("--report", default=None, help="optional JSON record of the download")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cellgraph.io.sources``: download one source file with its pinned checksum, or extract a zip member.
-
-    With ``--url``: :func:`fetch` to ``--out``, checked against ``--sha256`` (``null`` = not pinned). With
-    ``--extract MEMBER --archive ZIP``: :func:`extract_member` to ``--out``. Writes the JSON record to
-    ``--report`` if given. Returns 0 on success, 2 on :class:`InputError` (including :class:`DownloadError`;
-    message printed to stderr), e.g. when neither ``--url`` nor ``--extract`` with ``--archive`` is given.
-    """
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    sha = None if args.sha256 in ("", "null", "None") else args.sha256
-    try:
-        if args.extract:
-            if not args.archive:
-                raise InputError("--extract needs --archive")
-            rec = extract_member(args.archive, args.extract, args.out)
-        elif not args.url:
-            raise InputError("--url is required (or --extract with --archive)")
-        else:
-            rec = fetch(args.name, args.url, sha, args.out, retries=args.retries, timeout=args.timeout)
-    except InputError as err:
-        print(f"cellgraph sources: error: {err}", file=sys.stderr)
-        return 2
-    if args.report:
-        write_json(args.report, rec)
-    log.info("%s: %s (%d bytes)", args.name, rec["file"], rec["bytes"])
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

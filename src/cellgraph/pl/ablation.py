@@ -9,21 +9,19 @@ The paired difference GREmLN minus vanilla is taken per seed, then summarised ov
 95% t-interval (``scipy.stats.t``, n - 1 degrees of freedom). The hidden-edge AUROC difference of each seed
 is itself paired edge by edge (:func:`cellgraph.pl.figures.paired_edge_auroc`).
 
-Outputs: ``ablation.tsv`` (one row per seed x model) and ``ablation_paired.{csv,md}`` (one row per metric).
+Outputs of ``cellgraph ablation`` (:mod:`cellgraph.cli.ablation`, which reads each seed's results with
+:func:`cellgraph.pl.figures.load_results` and calls :func:`seed_rows` and :func:`paired_over_seeds`):
+``ablation.tsv`` (one row per seed x model) and ``ablation_paired.{csv,md}`` (one row per metric).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from .figures import load_results, markdown_table, paired_edge_auroc
-from ..io import atomic_path
+from .figures import paired_edge_auroc
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,26 @@ __all__ = ["seed_rows", "paired_over_seeds", "t_interval"]
 
 
 def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of a Student t interval of the mean of ``values`` [n] (n >= 2). Raises ValueError."""
+    """Mean of ``values`` with its Student t confidence interval.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Shape [n], n >= 2 (here: one paired difference per pretraining seed).
+    level : float
+        Coverage of the interval (default 0.95).
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, low, high)``: ``mean -/+ t_{(1+level)/2, n-1} * sd / sqrt(n)`` (sd with ``ddof=1``;
+        ``scipy.stats.t``), the textbook t interval of a mean (Student 1908).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 values.
+    """
     from scipy import stats
 
     v = np.asarray(values, dtype=float)
@@ -43,7 +60,20 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float, f
 
 
 def seed_rows(results_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per seed x model: annotation macro-F1, masked cross-entropy, hidden-edge AUROC."""
+    """One row per seed x model: annotation macro-F1, masked cross-entropy, hidden-edge AUROC.
+
+    Parameters
+    ----------
+    results_by_seed : dict
+        Pretraining seed -> ``{model: results}``, each as :func:`cellgraph.pl.figures.load_results` returns.
+
+    Returns
+    -------
+    list of dict
+        In seed order, then model order: ``seed``, ``model``, ``annotation_macro_f1`` (seen-test, mean-pool,
+        mean over the probe splits), ``masked_ce`` (nats), ``edge_auroc`` (pooled; None when not computed),
+        ``graph_removal_change`` (relative change of the mean-pool embedding; None when absent).
+    """
     rows = []
     for seed, results in sorted(results_by_seed.items()):
         for m, res in results.items():
@@ -61,7 +91,25 @@ def seed_rows(results_by_seed: dict[int, dict[str, dict[str, Any]]]) -> list[dic
 
 def paired_over_seeds(results_by_seed: dict[int, dict[str, dict[str, Any]]], a: str = "gremln",
                       b: str = "vanilla") -> list[dict[str, Any]]:
-    """``a - b`` per seed and its mean with a 95% t-interval over seeds, per metric."""
+    """``a - b`` per seed and its mean with a 95% t-interval over seeds (:func:`t_interval`), per metric.
+
+    Parameters
+    ----------
+    results_by_seed : dict
+        Pretraining seed -> ``{model: results}`` (:func:`cellgraph.pl.figures.load_results`), both ``a`` and
+        ``b`` present for every seed.
+    a, b : str
+        The models compared (default ``gremln`` minus ``vanilla``).
+
+    Returns
+    -------
+    list of dict
+        One row per metric with at least 2 seeds: ``metric``, ``difference`` (mean over seeds), ``ci_low``,
+        ``ci_high``, ``seeds``, ``per_seed`` (the differences, ``%+.4f``), ``hidden_edges_per_seed`` (AUROC
+        only: fewest hidden edges paired in a seed). Metrics: annotation macro-F1 (mean-pool), masked
+        cross-entropy (nats), hidden-edge AUROC paired per edge (:func:`cellgraph.pl.figures.paired_edge_auroc`,
+        200 bootstrap draws, seed 0; a seed without a paired edge is left out).
+    """
     per_metric: dict[str, list[float]] = {"annotation macro-F1 (mean-pool)": [], "masked cross-entropy (nats)": [],
                                           "hidden-edge AUROC (paired per edge)": []}
     n_edges = []
@@ -85,48 +133,3 @@ def paired_over_seeds(results_by_seed: dict[int, dict[str, dict[str, Any]]], a: 
                      "seeds": len(diffs), "per_seed": " ".join(f"{d:+.4f}" for d in diffs),
                      "hidden_edges_per_seed": int(np.min(n_edges)) if "AUROC" in metric and n_edges else None})
     return rows
-
-
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``ablation`` stage's command-line options to ``p``."""
-    p.add_argument("--runs", nargs="+", required=True,
-                   help="SEED=EVALUATE_DIR for every pretraining seed (each dir holds one folder per model)")
-    p.add_argument("--models", nargs=2, default=["gremln", "vanilla"], help="the two models compared")
-    p.add_argument("--out-dir", required=True, help="folder for ablation.tsv and ablation_paired.{csv,md}")
-
-
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph ablation``: GREmLN minus vanilla over pretraining seeds, paired, with 95% t-intervals.
-
-    Reads, for every ``--runs SEED=EVALUATE_DIR``, the evaluation results of both ``--models`` in
-    ``EVALUATE_DIR/<model>/`` (:func:`cellgraph.pl.figures.load_results`) and writes to ``--out-dir``:
-    ``ablation.tsv`` (one row per seed x model, :func:`seed_rows`) and ``ablation_paired.csv`` /
-    ``ablation_paired.md`` (one row per metric: mean difference over seeds and its 95% t-interval,
-    :func:`paired_over_seeds`).
-
-    Raises
-    ------
-    InputError
-        If a ``--runs`` entry is not ``SEED=EVALUATE_DIR`` with an integer seed, if fewer than 2 seeds are
-        given, or if an evaluation file is missing or unreadable.
-    """
-    import pandas as pd
-
-    results_by_seed = {}
-    for spec in args.runs:
-        seed, sep, folder = spec.partition("=")
-        if not sep or not seed.isdigit():
-            raise InputError(f"--runs: expected SEED=EVALUATE_DIR, got {spec!r}")
-        results_by_seed[int(seed)] = load_results(folder, list(args.models))
-    if len(results_by_seed) < 2:
-        raise InputError(f"--runs: need at least 2 seeds for an interval over seeds, got {len(results_by_seed)}")
-    per_seed = pd.DataFrame(seed_rows(results_by_seed))
-    paired = pd.DataFrame(paired_over_seeds(results_by_seed, *args.models))
-    out = Path(args.out_dir)
-    with atomic_path(out / "ablation.tsv") as tmp:
-        per_seed.to_csv(tmp, sep="\t", index=False)
-    with atomic_path(out / "ablation_paired.csv") as tmp:
-        paired.to_csv(tmp, index=False)
-    with atomic_path(out / "ablation_paired.md") as tmp:
-        tmp.write_text(markdown_table(paired, digits=4))
-    log.info("ablation over %d seeds:\n%s", len(results_by_seed), paired.to_string(index=False))

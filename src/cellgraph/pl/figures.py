@@ -1,7 +1,9 @@
 """Paper figures and tables from the evaluation results of the GREmLN and vanilla models.
 
-Reads ``{evaluate_dir}/{model}/`` (``annotation.json``, ``edge_recovery.json``, ``edge_curves.npz``,
-``probe.json``, ``probe_scatter.npz``; written by :mod:`cellgraph.tl.evaluate`) for every model and writes
+Reads ``{evaluate_dir}/{model}/`` (:data:`RESULT_FILES`: ``annotation.json``, ``edge_recovery.json``,
+``edge_curves.npz``, ``probe.json``, ``probe_scatter.npz``, ...; written by :mod:`cellgraph.tl.evaluate`) for
+every model (:func:`load_results`) and makes (:func:`paper_figures`, :func:`paper_tables`; ``cellgraph figures``,
+:mod:`cellgraph.cli.figures`, writes them)
 
 - ``confusion_matrices.png``: row-normalised confusion matrices of the mean-pool probe on the seen test
   cells (split 0), one panel per model, one shared colour scale [0, 1], counts written in the cells
@@ -20,7 +22,6 @@ Reads ``{evaluate_dir}/{model}/`` (``annotation.json``, ``edge_recovery.json``, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path, require_file, save_figure
+from ..io import require_file
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ __all__ = [
     "paired_differences",
     "paired_edge_auroc",
     "markdown_table",
+    "paper_figures",
+    "paper_tables",
+    "FIGURE_FILES",
+    "TABLE_NAMES",
 ]
 
 RESULT_FILES = ("annotation.json", "edge_recovery.json", "edge_curves.npz", "probe.json", "probe_scatter.npz",
@@ -58,6 +63,21 @@ COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
 
 def load_results(evaluate_dir: str | Path, models: list[str]) -> dict[str, dict[str, Any]]:
     """Read every model's evaluation files into ``{model: {file stem: dict or npz arrays}}``.
+
+    Parameters
+    ----------
+    evaluate_dir : str or Path
+        Folder with one folder per model, each holding :data:`RESULT_FILES` (written by
+        :mod:`cellgraph.tl.evaluate`).
+    models : list of str
+        Model folder names, in the order of the returned dict.
+
+    Returns
+    -------
+    dict
+        ``{model: {stem: contents}}``: JSON files as dicts, ``edge_scores.tsv`` as a DataFrame, ``.npz`` files
+        as ``{array name: numpy.ndarray}`` (``edge_curves``: ``roc_fpr, roc_tpr, pr_precision, pr_recall,
+        scores, labels``; ``probe_scatter``: ``true, pred``, each [n]).
 
     Raises
     ------
@@ -332,8 +352,23 @@ def paired_edge_auroc(scores_a, scores_b, n_boot: int = 1000, seed: int = 0) -> 
 
 
 def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str:
-    """A GitHub markdown table of ``df``; each ``pm`` entry ``label -> stem`` merges the columns
-    ``stem_mean`` and ``stem_sd`` into one ``mean ± sd`` column named ``label``."""
+    """A GitHub markdown table of ``df``.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The table, one markdown row per row.
+    pm : dict, optional
+        ``label -> stem``: the columns ``stem_mean`` and ``stem_sd`` become one ``mean ± sd`` column named
+        ``label`` (empty when the mean is NaN).
+    digits : int
+        Decimals of float cells (default 3); None and NaN cells read ``n/a``.
+
+    Returns
+    -------
+    str
+        Header, separator and one line per row, each ending with a newline.
+    """
     pm = pm or {}
     merged = {f"{stem}_{x}" for stem in pm.values() for x in ("mean", "sd")}
     cols: list[tuple[str, Any]] = []
@@ -353,50 +388,55 @@ def markdown_table(df, pm: dict[str, str] | None = None, digits: int = 3) -> str
     return "\n".join(lines) + "\n"
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    """Add the ``figures`` stage's command-line options to ``p``."""
-    p.add_argument("--evaluate-dir", required=True, help="folder with one evaluate result folder per model")
-    p.add_argument("--models", nargs="+", default=["gremln", "vanilla"], help="models (default gremln vanilla)")
-    p.add_argument("--figures-dir", required=True, help="folder for the PNG figures")
-    p.add_argument("--tables-dir", required=True, help="folder for the CSV and markdown tables")
+#: File names of the paper figures, in the order :func:`paper_figures` returns them.
+FIGURE_FILES = ("confusion_matrices.png", "roc_pr_curves.png", "linear_probe.png")
+#: Stems of the paper tables (each written as ``.csv`` and ``.md``), in the order :func:`paper_tables` returns them.
+TABLE_NAMES = ("table1_cell_type", "table2_ablation", "table2_paired")
 
 
-def _save(fig, path: Path) -> None:
-    save_figure(fig, path, dpi=150)
+def paper_figures(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The paper figures of the evaluation results, by file name (:data:`FIGURE_FILES`).
 
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
 
-def run(args: argparse.Namespace) -> None:
-    """``cellgraph figures``: paper figures and tables from the evaluation results.
-
-    Reads ``--evaluate-dir/<model>/`` (:data:`RESULT_FILES`, all validated first by :func:`load_results`) for
-    every ``--models`` entry and writes ``confusion_matrices.png``, ``roc_pr_curves.png`` and
-    ``linear_probe.png`` to ``--figures-dir``, and ``table1_cell_type``, ``table2_ablation`` and
-    ``table2_paired`` (each as ``.csv`` and ``.md``) to ``--tables-dir``.
-
-    Raises
-    ------
-    InputError
-        If an evaluation file is missing or unreadable, or a JSON file lacks a required key.
+    Returns
+    -------
+    dict
+        ``confusion_matrices.png`` -> :func:`plot_confusion_matrices` (GREmLN, Zhang et al. 2025, Fig. 1),
+        ``roc_pr_curves.png`` -> :func:`plot_roc_pr` (Fig. 2), ``linear_probe.png`` ->
+        :func:`plot_linear_probe` (Fig. 4); each value a matplotlib Figure, not yet saved.
     """
-    results = load_results(args.evaluate_dir, list(args.models))  # validates every input first
-    t1, t2, t3 = table1(results), table2(results), paired_differences(results)
-    figs = {
+    return {
         "confusion_matrices.png": plot_confusion_matrices(results),
         "roc_pr_curves.png": plot_roc_pr(results),
         "linear_probe.png": plot_linear_probe(results),
     }
-    fdir, tdir = Path(args.figures_dir), Path(args.tables_dir)
-    for name, fig in figs.items():
-        _save(fig, fdir / name)
-    for name, df, pm in (
-        ("table1_cell_type", t1, {"precision": "precision", "recall": "recall", "macro-F1": "macro_f1",
+
+
+def paper_tables(results: dict[str, dict[str, Any]]) -> dict[str, tuple[Any, dict[str, str]]]:
+    """The paper tables of the evaluation results, each with the columns its markdown merges into ``mean ± sd``.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
+
+    Returns
+    -------
+    dict
+        Table stem (:data:`TABLE_NAMES`) -> ``(DataFrame, pm)``: ``table1_cell_type`` (:func:`table1`, Table 1),
+        ``table2_ablation`` (:func:`table2`, Table 2), ``table2_paired`` (:func:`paired_differences`, GREmLN
+        minus vanilla with the default 1000 bootstrap draws, seed 0); ``pm`` is the ``label -> column stem``
+        mapping of :func:`markdown_table`.
+    """
+    t1, t2, t3 = table1(results), table2(results), paired_differences(results)
+    return {
+        "table1_cell_type": (t1, {"precision": "precision", "recall": "recall", "macro-F1": "macro_f1",
                                   "held-out type F1": "heldout_f1"}),
-        ("table2_ablation", t2, {"annotation macro-F1": "annotation_macro_f1",
+        "table2_ablation": (t2, {"annotation macro-F1": "annotation_macro_f1",
                                  "macro-F1 with held-out": "heldout_macro_f1"}),
-        ("table2_paired", t3, {}),
-    ):
-        with atomic_path(tdir / f"{name}.csv") as tmp:
-            df.to_csv(tmp, index=False)
-        with atomic_path(tdir / f"{name}.md") as tmp:
-            tmp.write_text(markdown_table(df, pm))
-    log.info("figures: %d figures -> %s, tables -> %s", len(figs), fdir, tdir)
+        "table2_paired": (t3, {}),
+    }

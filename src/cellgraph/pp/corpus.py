@@ -21,20 +21,18 @@ Census facts relied on (cellxgene-census 1.18 / tiledbsoma 2.3; sources in ``res
   valid for :meth:`pandas.DataFrame.query`, so the local stand-in (:func:`query_h5ad`) is filtered by the
   identical string.
 
-Command line (what ``workflow/rules/corpus.smk`` calls)::
+Command line (``cellgraph corpus``, :mod:`cellgraph.cli.corpus`; what ``workflow/rules/corpus.smk`` calls)::
 
-    python -m cellgraph.pp.corpus --source census --census-version 2025-01-30 --organism "Homo sapiens" \
+    cellgraph corpus --source census --census-version 2025-01-30 --organism "Homo sapiens" \
         --tissues blood --exclude-cell-types erythrocyte --cap-per-type 20000 --shard-cells 50000 \
         --out resources/corpus/corpus.h5ad --manifest resources/corpus/manifest.json
-    python -m cellgraph.pp.corpus --source h5ad --in census_slice.h5ad ... (same options)
+    cellgraph corpus --source h5ad --in census_slice.h5ad ... (same options)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -465,9 +463,35 @@ def _eval_obs_names(paths: Sequence[str | Path]) -> dict[str, list[str]]:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorpusJob:
-    """Everything one corpus build needs (the CLI's arguments)."""
+    """Everything one corpus build (:func:`build_corpus`) needs; ``cellgraph corpus`` builds it from its flags.
+
+    Attributes
+    ----------
+    source : str
+        ``"census"`` (the CELLxGENE Census, needs the internet) or ``"h5ad"`` (a local census-like h5ad).
+    out : Path
+        The corpus h5ad to write.
+    manifest : Path
+        The manifest JSON to write.
+    spec : CorpusFilter
+        The obs selection (default: every primary cell).
+    input : Path or None
+        ``source="h5ad"``: the census-like h5ad (default None; required then).
+    census_version : str
+        ``source="census"``: a dated release (default ``"2025-01-30"``).
+    organism : str
+        Census organism (default ``"Homo sapiens"``).
+    cap_per_type : int
+        Most cells kept per cell type, 0 = all (default 0; :func:`cap_per_type`).
+    shard_cells : int
+        Most cells per shard, cells (default 50,000).
+    seed : int
+        Seed of the per-type cap (default 0).
+    check_against : tuple of str
+        Evaluation h5ad files whose cell ids the corpus must not share (default none; :func:`check_disjoint`).
+    """
 
     source: str
     out: Path
@@ -543,51 +567,3 @@ def _build_streamed(job: CorpusJob) -> dict[str, Any]:
                                job.shard_cells, write, check)
         concat_shards(shards, job.out)
     return _write_manifest(job, report, genes[0], sizes, checked)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cellgraph.pp.corpus", description=__doc__.splitlines()[0])
-    p.add_argument("--source", required=True, choices=SOURCES, help="census (needs the internet) | h5ad")
-    p.add_argument("--in", dest="input", default="", help="h5ad: the census-like h5ad")
-    p.add_argument("--census-version", default="2025-01-30", help="census: a dated release")
-    p.add_argument("--organism", default="Homo sapiens")
-    for name in ("tissues", "cell-types", "assays", "exclude-cell-types", "exclude-dataset-ids", "check-against"):
-        p.add_argument(f"--{name}", nargs="*", default=[], metavar="VALUE")
-    p.add_argument("--primary-only", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep only is_primary_data == True")
-    p.add_argument("--cap-per-type", type=int, default=0, help="most cells per cell type (0 = all)")
-    p.add_argument("--shard-cells", type=int, default=50_000, help="most cells per shard")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="the corpus h5ad")
-    p.add_argument("--manifest", default="", help="manifest JSON (default: OUT with .manifest.json)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cellgraph.pp.corpus``: build a pretraining corpus from the command line (:func:`build_corpus`).
-
-    Writes the corpus h5ad ``--out`` and the manifest JSON ``--manifest`` (default: ``--out`` with
-    ``.manifest.json``). Returns 0 on success, 2 on :class:`InputError` (message printed to stderr; nothing
-    written).
-    """
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    spec = CorpusFilter(tuple(args.tissues), tuple(args.cell_types), tuple(args.assays),
-                        tuple(args.exclude_cell_types), tuple(args.exclude_dataset_ids), args.primary_only)
-    out = Path(args.out)
-    job = CorpusJob(source=args.source, out=out, manifest=Path(args.manifest or out.with_suffix(".manifest.json")),
-                    spec=spec, input=Path(args.input) if args.input else None, census_version=args.census_version,
-                    organism=args.organism, cap_per_type=args.cap_per_type, shard_cells=args.shard_cells,
-                    seed=args.seed, check_against=tuple(args.check_against))
-    try:
-        manifest = build_corpus(job)
-    except InputError as err:
-        print(f"cellgraph corpus: error: {err}", file=sys.stderr)
-        return 2
-    log.info("corpus: %d cells of %d types in %d shards -> %s", manifest["cells_selected"],
-             len(manifest["cells_per_type"]), len(manifest["cells_per_shard"]), out)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
