@@ -241,6 +241,20 @@ def test_pbmc_train_and_sample(tmp_path, pbmc_stage_adata):
     # sampling the PBMC model as papalexi is refused
     with pytest.raises(InputError, match="trained on 'pbmc'"):
         dfn_cli.run(parse("--task", "sample", "--dataset", "papalexi", "--out-dir", out, *TINY))
+    # the PBMC evaluation: every seen type scored for the model, scVI and the two references, on the same cells
+    dfn_cli.run(parse("--task", "evaluate", "--dataset", "pbmc", "--adata", pbmc_stage_adata, "--out-dir", out,
+                      "--n-genes", 50, "--scvi-epochs", 2, *TINY))
+    ev = pd.read_csv(out / "evaluation.tsv", sep="\t")
+    assert sorted(ev["method"].unique()) == ["all_types", "diffusion", "scvi", "train_cells"]
+    per_type = ev.pivot(index="cell_type", columns="method", values="n_generated")
+    assert per_type.index.tolist() == obj["conditions"]["vocab"]
+    assert (per_type.sub(got, axis=0) == 0).all().all()  # each method scored on as many cells as were generated
+    assert ev["c2st_auroc"].between(0, 1).all() and (ev["mmd_rbf"] >= 0).all()
+    scvi = ad.read_h5ad(out / "baseline_scvi.h5ad")
+    assert scvi.var_names.tolist() == gen.var_names.tolist()
+    assert scvi.obs["trueLabel"].astype(str).value_counts().sort_index().to_dict() == got.to_dict()
+    crit = pd.read_csv(out / "criteria.tsv", sep="\t")
+    assert crit["cell_type"].tolist() == obj["conditions"]["vocab"]
 
 
 def test_bad_input_is_refused(tmp_path, pbmc_stage_adata):
