@@ -10,6 +10,9 @@
 4. Imports run one way between the layer folders (:data:`LAYERS`, docs/design.md "Package layout"): a module
    imports only from its own folder or from a folder of a lower layer (``io`` -> ``graphs`` -> ``grn``,
    ``pp`` -> ``models`` -> ``training`` -> ``tl`` -> ``pl`` -> ``cli``), imports inside functions included.
+5. Command-line code lives in ``cli`` only (:data:`CLI_FOLDER`): outside it no module imports argparse,
+   defines a module-level ``configure_parser``, ``run`` or ``main``, or has an ``if __name__ == "__main__"``
+   block; every stage of ``cellgraph.cli.STAGES`` is a ``cli`` module with ``configure_parser`` and ``run``.
 
 The checks read the tree next to this file (``../src/cellgraph``), so a copy of the repository with a
 deliberately broken module makes them fail. The ``test_checker_*`` tests run the checkers on small
@@ -45,6 +48,10 @@ LAYERS = {
     "errors": 0, "runtime": 0, "io": 1, "graphs": 2, "grn": 3, "pp": 3, "models": 4, "training": 5, "tl": 6,
     "pl": 7, "cli": 8,
 }
+
+#: The folder of the command-line layer (parse, call, write); the only place for argparse and ``run(args)``.
+CLI_FOLDER = "cli"
+CLI_NAMES = ("configure_parser", "run", "main")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,6 +315,44 @@ def layer_violations(parsed: dict[str, tuple[Path, ast.Module, bool]], layers: d
     return found
 
 
+def command_line_code(parsed: dict[str, tuple[Path, ast.Module, bool]], cli_folder: str = CLI_FOLDER) -> list[str]:
+    """Command-line code outside ``cli_folder``, as ``path:line: module what``: an import of argparse, a
+    module-level function named in :data:`CLI_NAMES`, or an ``if __name__ == "__main__"`` block."""
+    found = []
+    for module, (path, tree, _) in parsed.items():
+        parts = module.split(".")
+        if len(parts) > 1 and parts[1] == cli_folder:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+                found.append(f"{path}:{node.lineno}: {module} imports argparse")
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "argparse":
+                found.append(f"{path}:{node.lineno}: {module} imports from argparse")
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in CLI_NAMES:
+                found.append(f"{path}:{node.lineno}: {module} defines {node.name}()")
+            elif (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                  and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"):
+                found.append(f"{path}:{node.lineno}: {module} has an if __name__ block")
+    return found
+
+
+def stage_modules_without_commands(parsed: dict[str, tuple[Path, ast.Module, bool]],
+                                   stages: dict[str, str], cli_folder: str = CLI_FOLDER) -> list[str]:
+    """Stages (name -> module) whose module is not a ``cli_folder`` module of the package defining
+    ``configure_parser`` and ``run`` at module level (a re-export of another module's functions does not count)."""
+    bad = []
+    for stage, module in stages.items():
+        if module.split(".")[1:2] != [cli_folder] or module not in parsed:
+            bad.append(f"{stage}: {module} is not a module of the {cli_folder} folder")
+            continue
+        defined = {n.name for n in parsed[module][1].body if isinstance(n, ast.FunctionDef)}
+        missing = {"configure_parser", "run"} - defined
+        if missing:
+            bad.append(f"{stage}: {module} lacks {sorted(missing)}")
+    return bad
+
+
 # --------------------------------------------------------------------------------------------------
 # The rules on src/cellgraph
 # --------------------------------------------------------------------------------------------------
@@ -359,6 +404,18 @@ def test_imports_run_one_way_between_layers(parsed):
 def test_package_never_imports_snakemake(parsed):
     found = snakemake_imports(parsed)
     assert not found, "src/cellgraph must not import snakemake:\n" + "\n".join(found)
+
+
+def test_command_line_code_lives_in_cli(parsed):
+    found = command_line_code(parsed)
+    assert not found, "command-line code outside cellgraph.cli (move it to cli/<stage>.py):\n" + "\n".join(found)
+
+
+def test_every_stage_is_a_cli_module_with_parser_and_run(parsed):
+    from cellgraph.cli import STAGES
+
+    bad = stage_modules_without_commands(parsed, {name: module for name, (module, _) in STAGES.items()})
+    assert not bad, "\n".join(bad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,3 +500,19 @@ def test_checker_finds_imports_against_the_layers(tmp_path):
     assert any("pkg.pp.tok (pp, layer 3) imports pkg.tl.ev" in f for f in found)  # up, plain import
     assert any("pkg.tl.ev (tl, layer 6) imports pkg.pl" in f for f in found)  # up, a package
     assert any("pkg.extra is in no layer" in f for f in found)
+
+
+def test_checker_finds_command_line_code_outside_cli(tmp_path):
+    parsed = _write_package(tmp_path, {
+        "tl/__init__.py": "", "tl/a.py": "import argparse\n\n\ndef run(args):\n    pass\n",
+        "tl/b.py": "def f():\n    from argparse import Namespace\n\n\nif __name__ == '__main__':\n    f()\n",
+        "tl/c.py": "def fit():\n    def run():\n        pass\n",
+        "cli/__init__.py": "", "cli/a.py": "import argparse\n\n\ndef configure_parser(p):\n    pass\n\n\n"
+                                          "def run(args):\n    pass\n",
+        "cli/b.py": "from ..tl.a import run\n",
+    })
+    found = command_line_code(parsed)
+    assert [f.split(": ", 1)[1] for f in found] == ["pkg.tl.a imports argparse", "pkg.tl.a defines run()",
+                                                    "pkg.tl.b imports from argparse", "pkg.tl.b has an if __name__ block"]
+    bad = stage_modules_without_commands(parsed, {"a": "pkg.cli.a", "b": "pkg.cli.b", "c": "pkg.tl.c"})
+    assert bad == ["b: pkg.cli.b lacks ['configure_parser', 'run']", "c: pkg.tl.c is not a module of the cli folder"]
