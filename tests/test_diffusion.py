@@ -170,7 +170,7 @@ def test_papalexi_end_to_end(tmp_path, papalexi):
     mg = toy_multigraph(tmp_path / "mg.npz", papalexi.vocab)
     dfn_cli.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
                       "--checkpoint-dir", ck, "--max-train-cells", 192, "--ae-steps", 1, "--max-steps", 3,
-                      "--multigraph", mg, "--rwr-dim", 3, *TINY))
+                      "--folds-run", 1, "--multigraph", mg, "--rwr-dim", 3, *TINY))
     metrics = pd.read_csv(out / "metrics.tsv", sep="\t")
     assert list(metrics.columns) == dfn.METRIC_COLUMNS
     assert metrics["phase"].tolist() == ["autoencoder", "diffusion"] and np.isfinite(metrics["train_loss"]).all()
@@ -372,8 +372,8 @@ def test_gremln_init_of_set_gene_embeddings(tmp_path, papalexi):
         out = tmp_path / flag
         dfn_cli.run(parse("--task", "train", "--dataset", "papalexi", "--adata", PAPALEXI, "--out-dir", out,
                           "--checkpoint-dir", tmp_path / f"ck{flag}", "--max-train-cells", 64, "--ae-steps", 1,
-                          "--max-steps", 1, "--lr", 1e-9, flag, "--gremln-model", path, "--set-features", "none",
-                          *TINY))
+                          "--max-steps", 1, "--folds-run", 1, "--lr", 1e-9, flag, "--gremln-model", path,
+                          "--set-features", "none", *TINY))
         outs[flag] = torch.load(out / "model.pt", weights_only=True)
     assert outs["--gremln-init"]["init"]["set_genes_initialised"] == ["IRF1", "STAT1"]
     a, b = outs["--gremln-init"]["state_dict"], outs["--no-gremln-init"]["state_dict"]
@@ -390,7 +390,7 @@ def test_parameter_dataclasses_default_to_the_command_line_defaults():
     assert dfn_cli.train_params(args) == dfn.TrainParams()
     assert dfn_cli.sample_params(args) == dfn.SampleParams()
     assert dfn_cli.evaluate_params(args) == dfn.EvaluateParams()
-    assert dfn_cli.train_settings(args) == dfn.TrainSettings(max_steps=6000, batch_size=128)  # CLI-tuned values
+    assert dfn_cli.train_settings(args) == dfn.TrainSettings()
     changed = dfn_cli.evaluate_params(parse("--task", "evaluate", "--dataset", "pbmc", "--out-dir", "x",
                                             "--guidance-scales", 1, 4, "--n-pcs", 5))
     assert changed.guidance_scales == (1.0, 4.0) and changed.n_pcs == 5

@@ -98,9 +98,10 @@ def make_networks(a: ad.AnnData, seed: int = 0, keep_fraction: float = 0.6) -> p
     return pd.concat(frames, ignore_index=True)
 
 
-# the ARACNe-per-type tokenization these tests were written for: shared tie bins, neighbours, no hidden edges
+# the ARACNe-per-type tokenization these tests were written for: shared tie bins, neighbours, no hidden edges,
+# 100 bins and at most 128 tokens per cell
 ARACNE_MODE = {"graph": "aracne", "tie_break": "shared", "neighbours": True, "edge_holdout_fraction": 0.0,
-               "n_top_genes": 1000, "n_bootstraps": 50}
+               "n_top_genes": 1000, "n_bootstraps": 50, "n_bins": 100, "max_seq_len": 128}
 
 
 def tokenize_args(adata_path, networks_path, out_dir, **kw) -> argparse.Namespace:

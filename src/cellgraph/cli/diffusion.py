@@ -48,7 +48,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-grna-frac", type=float, default=0.8, help="Papalexi: keep cells with top_grna_frac >= this")
     p.add_argument("--control", default="non-targeting", help="Papalexi: obs.perturbation of control cells")
     p.add_argument("--n-folds", type=int, default=5, help="Papalexi: leave-perturbation-out folds")
-    p.add_argument("--folds-run", type=int, default=1, help="Papalexi: folds trained and evaluated (first k)")
+    p.add_argument("--folds-run", type=int, default=5, help="Papalexi: folds trained and evaluated (first k)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="Papalexi: training cells kept for validation")
     p.add_argument("--max-train-cells", type=int, default=0,
                    help="train on a seeded subset of at most this many cells per fold (0 = all)")
@@ -86,9 +86,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_training_sampling_options(p: argparse.ArgumentParser) -> None:
     """The training, sampling and evaluation options of :func:`configure_parser`."""
-    p.add_argument("--ae-steps", type=int, default=300,
+    p.add_argument("--ae-steps", type=int, default=1500,
                    help="two_stage: autoencoder optimiser steps (rounded up to whole epochs)")
-    p.add_argument("--max-steps", type=int, default=6000,
+    p.add_argument("--max-steps", type=int, default=3000,
                    help="diffusion (or end_to_end) optimiser steps (rounded up to whole epochs)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -99,7 +99,7 @@ def _add_training_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ddim-steps", type=int, default=25)
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    p.add_argument("--n-generate", type=int, default=300,
+    p.add_argument("--n-generate", type=int, default=500,
                    help="Papalexi: generated cells per perturbation (PBMC: as many per type as real test cells)")
     p.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0],
                    help="evaluate: guidance scales of the quality curve")

@@ -45,7 +45,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph-reg", nargs="*", default=["physical:0:0:0.1", "regulatory:1:1:0.1"],
                    metavar="GRAPH:LAYER:HEAD:LAMBDA", help="graph-regularised heads (graphs absent are reported)")
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--max-epochs", type=int, default=300,
+    p.add_argument("--max-epochs", type=int, default=150,
                    help="forward: most full-batch steps over the training targets (early stopping picks fewer)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="forward: seeds (control halves, folds, initialisation), one whole CV per seed")
@@ -81,7 +81,7 @@ def _configure_yeast_reverse_figures(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vanilla-model", default=None, metavar="PT")
     p.add_argument("--grn-networks", default=None, metavar="TSV.GZ", help="ARACNe networks.tsv.gz (reverse)")
     p.add_argument("--grn-cell-type", default="Monocyte", help="ARACNe network used as the cells' graph (reverse)")
-    p.add_argument("--finetune-epochs", type=int, default=5,
+    p.add_argument("--finetune-epochs", type=int, default=3,
                    help="reverse: epochs of fine-tuning GREmLN/vanilla with a classification head (0 = skip)")
     p.add_argument("--finetune-lr", type=float, default=1e-4, help="reverse: encoder learning rate (head: 10x)")
     p.add_argument("--forward-dir", default=None, help="figures: results of --task forward")

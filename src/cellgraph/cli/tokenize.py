@@ -49,8 +49,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="unlabelled cells (raw UMI counts in X) tokenized into pretrain.npz for pretraining only")
     p.add_argument("--out-dir", required=True, help="folder for vocab.tsv, {train,val,test,heldout}.npz, report.json")
     p.add_argument("--seed", type=int, default=0, help="seed of tie-breaking keys and hidden edges (default 0)")
-    p.add_argument("--n-bins", type=int, default=100, help="expression rank bins (default 100)")
-    p.add_argument("--max-seq-len", type=int, default=128, help="gene tokens per cell at most (default 128)")
+    p.add_argument("--n-bins", type=int, default=50, help="expression rank bins (default 50)")
+    p.add_argument("--max-seq-len", type=int, default=256, help="gene tokens per cell at most (default 256)")
     p.add_argument("--n-top-genes", type=int, default=3000,
                    help="vocabulary: highly variable genes (scanpy flavor seurat_v3 on train counts; default 3000)")
     p.add_argument("--tie-break", choices=tk.TIE_BREAKS, default="random",

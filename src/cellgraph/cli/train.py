@@ -41,7 +41,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="epochs (default: the preset's; demo 8 = config train.max_epochs)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="cells per batch (default: the preset's; demo 32 = config train.batch_size)")
-    p.add_argument("--mask-rate", type=float, default=0.15, help="fraction of gene tokens masked (default 0.15)")
+    p.add_argument("--mask-rate", type=float, default=0.3, help="fraction of gene tokens masked (default 0.3)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
                    help="cells of masked pretraining: the labelled train cells joined by the corpus shard "

@@ -565,9 +565,9 @@ class TokenizeParams:
     seed : int, default 0
         Seed of the per-cell tie-breaking keys (``default_rng([seed, obs position])``), of the hidden edges
         and of the integration's PCA (``--seed``).
-    n_bins : int, default 100
+    n_bins : int, default 50
         Expression rank bins per cell, in ``[2, 32764]`` (``--n-bins``).
-    max_seq_len : int, default 128
+    max_seq_len : int, default 256
         Gene tokens per cell at most, >= 1 (``--max-seq-len``).
     n_top_genes : int, default 3000
         Highly variable genes of the vocabulary (scanpy ``seurat_v3`` on raw counts), >= 2 (``--n-top-genes``).
@@ -607,8 +607,8 @@ class TokenizeParams:
     """
 
     seed: int = 0
-    n_bins: int = 100
-    max_seq_len: int = 128
+    n_bins: int = 50
+    max_seq_len: int = 256
     n_top_genes: int = 3000
     tie_break: str = "random"
     neighbours: bool = False

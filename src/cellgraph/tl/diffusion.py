@@ -346,9 +346,9 @@ class TrainSettings:
     ema_decay : decay of the exponential moving average of the weights.
     seed : seeds the batch order and the per-step noise/time draws.
     """
-    ae_steps: int = 300  # two_stage: autoencoder optimiser steps (rounded up to whole epochs)
-    max_steps: int = 1000  # diffusion (or end_to_end) optimiser steps (rounded up to whole epochs)
-    batch_size: int = 256
+    ae_steps: int = 1500  # two_stage: autoencoder optimiser steps (rounded up to whole epochs)
+    max_steps: int = 3000  # diffusion (or end_to_end) optimiser steps (rounded up to whole epochs)
+    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
     ema_decay: float = 0.995
@@ -773,7 +773,7 @@ class TrainParams:
     Attributes
     ----------
     n_folds : Papalexi: leave-perturbation-out folds (``--n-folds``, default 5).
-    folds_run : Papalexi: folds trained, the first k (``--folds-run``, default 1).
+    folds_run : Papalexi: folds trained, the first k (``--folds-run``, default 5).
     val_fraction : Papalexi: share of training cells kept for validation (``--val-fraction``, default 0.05).
     max_train_cells : train on a seeded subset of at most this many cells per fold, 0 = all
         (``--max-train-cells``, default 0).
@@ -786,7 +786,7 @@ class TrainParams:
     """
 
     n_folds: int = 5
-    folds_run: int = 1
+    folds_run: int = 5
     val_fraction: float = 0.05
     max_train_cells: int = 0
     seed: int = 0
@@ -986,7 +986,7 @@ class SampleParams:
     ddim_steps : DDIM steps (``--ddim-steps``, default 25).
     eta : DDIM eta in [0, 1], 0 deterministic, 1 DDPM-like (``--eta``, default 0.0).
     guidance_scale : classifier-free guidance scale, 1 = none (``--guidance-scale``, default 1.0).
-    n_generate : Papalexi: generated cells per perturbation and fold (``--n-generate``, default 300; PBMC
+    n_generate : Papalexi: generated cells per perturbation and fold (``--n-generate``, default 500; PBMC
         generates as many cells per type as real test cells).
     seed : seeds the torch generator and each fold's sampling (fold k: seed + k) (``--seed``, default 0).
     """
@@ -995,7 +995,7 @@ class SampleParams:
     ddim_steps: int = 25
     eta: float = 0.0
     guidance_scale: float = 1.0
-    n_generate: int = 300
+    n_generate: int = 500
     seed: int = 0
 
 

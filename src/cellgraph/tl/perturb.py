@@ -570,7 +570,7 @@ class ReverseParams:
     grn_cell_type : ARACNe network of this cell type is the cells' graph (``--grn-cell-type``, default
         ``"Monocyte"``).
     finetune_epochs : epochs of fine-tuning each model with a classification head, 0 = skip
-        (``--finetune-epochs``, default 5).
+        (``--finetune-epochs``, default 3).
     finetune_lr : encoder learning rate of fine-tuning; the head gets 10x (``--finetune-lr``, default 1e-4).
     seed : seeds the PCA, the splits, the tokenisation and fine-tuning (split k: seed + k) (``--seed``, default 0).
     """
@@ -580,7 +580,7 @@ class ReverseParams:
     n_top_perturbations: int = 20
     n_splits: int = 3
     grn_cell_type: str = "Monocyte"
-    finetune_epochs: int = 5
+    finetune_epochs: int = 3
     finetune_lr: float = 1e-4
     seed: int = 0
 

@@ -88,7 +88,7 @@ class ForwardParams:
         (:func:`cellgraph.tl.perturb.graph_reg_from_flags` of ``--graph-reg``; default physical on layer 0 head 0
         and regulatory on layer 1 head 1, lambda 0.1 each).
     n_folds : leave-perturbation-out folds per seed (``--n-folds``, default 5).
-    max_epochs : most full-batch training steps; early stopping picks fewer (``--max-epochs``, default 300).
+    max_epochs : most full-batch training steps; early stopping picks fewer (``--max-epochs``, default 150).
     seeds : one whole cross-validation per seed: control halves, folds, initialisation (``--seeds``, default (0,)).
     eval_every : inner validation every this many epochs (``--eval-every``, default 10).
     inner_fraction : share of the training targets held out for early stopping, in (0, 1)
@@ -117,7 +117,7 @@ class ForwardParams:
     head: str = "cross_attention"
     graph_reg: dict = dataclasses.field(default_factory=_default_graph_reg)
     n_folds: int = 5
-    max_epochs: int = 300
+    max_epochs: int = 150
     seeds: tuple = (0,)
     eval_every: int = 10
     inner_fraction: float = 0.25

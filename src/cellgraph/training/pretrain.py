@@ -643,7 +643,7 @@ def shard_n_bins(path: Path) -> int:
 
 def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: int, beta: float,
                     coefficients: Sequence[float], max_epochs: int | None = None, batch_size: int | None = None,
-                    mask_rate: float = 0.15, seed: int = 0) -> GREmLNConfig:
+                    mask_rate: float = 0.3, seed: int = 0) -> GREmLNConfig:
     """The configuration of one training run: preset ``preset_name`` with the data's sizes and the heat kernel.
 
     The Chebyshev expansion of the heat kernel ``exp(-beta L)`` (GREmLN, Zhang et al. 2025, section 2.2,
@@ -658,7 +658,7 @@ def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: i
     n_bins : expression bins of the token shards.
     beta, coefficients : heat-kernel parameter and Chebyshev weights (:func:`read_coefficients`).
     max_epochs, batch_size : the preset's when None; ``batch_size`` is the global batch (cells).
-    mask_rate : fraction of a cell's gene tokens masked (default 0.15).
+    mask_rate : fraction of a cell's gene tokens masked (default 0.3).
     seed : seed of weights, shuffling and masks (default 0).
 
     Returns
