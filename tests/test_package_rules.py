@@ -13,6 +13,10 @@
 5. Command-line code lives in ``cli`` only (:data:`CLI_FOLDER`): outside it no module imports argparse,
    defines a module-level ``configure_parser``, ``run`` or ``main``, or has an ``if __name__ == "__main__"``
    block; every stage of ``cellgraph.cli.STAGES`` is a ``cli`` module with ``configure_parser`` and ``run``.
+6. Every public module-level function documents itself numpy-style: a ``Parameters`` section when it takes
+   arguments, ``Returns`` (or ``Yields``) when it returns a value, ``Raises`` when its body raises
+   (:func:`docstring_gaps`). The command modules' ``configure_parser``/``run`` are described once, in
+   docs/design.md, and are exempt.
 
 The checks read the tree next to this file (``../src/cellgraph``), so a copy of the repository with a
 deliberately broken module makes them fail. The ``test_checker_*`` tests run the checkers on small
@@ -353,6 +357,48 @@ def stage_modules_without_commands(parsed: dict[str, tuple[Path, ast.Module, boo
     return bad
 
 
+def _own_nodes(fn: ast.FunctionDef):
+    """The nodes of ``fn``'s body, without those of nested functions, classes and lambdas."""
+    stack = list(fn.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def docstring_gaps(parsed: dict[str, tuple[Path, ast.Module, bool]], cli_folder: str = CLI_FOLDER) -> list[str]:
+    """``module:function: missing sections`` of every public module-level function whose docstring lacks
+    ``Parameters`` (it has arguments), ``Returns``/``Yields`` (it returns a value or yields) or ``Raises``
+    (a ``raise`` in its own body). ``configure_parser`` and ``run`` of the ``cli_folder`` modules are exempt."""
+    gaps = []
+    for module, (_, tree, _) in sorted(parsed.items()):
+        in_cli = module.split(".")[1:2] == [cli_folder]
+        for fn in tree.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name.startswith("_"):
+                continue
+            if in_cli and fn.name in ("configure_parser", "run"):
+                continue
+            doc = ast.get_docstring(fn) or ""
+            a = fn.args
+            args = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            nodes = list(_own_nodes(fn))
+            returns = any(isinstance(n, ast.Return) and n.value is not None
+                          and not (isinstance(n.value, ast.Constant) and n.value.value is None) for n in nodes)
+            yields = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in nodes)
+            missing = []
+            if (args or a.vararg or a.kwarg) and "Parameters" not in doc:
+                missing.append("Parameters")
+            if (returns or yields) and "Returns" not in doc and "Yields" not in doc:
+                missing.append("Returns")
+            if any(isinstance(n, ast.Raise) for n in nodes) and "Raises" not in doc:
+                missing.append("Raises")
+            if missing:
+                gaps.append(f"{module}:{fn.name}: {', '.join(missing)}")
+    return gaps
+
+
 # --------------------------------------------------------------------------------------------------
 # The rules on src/cellgraph
 # --------------------------------------------------------------------------------------------------
@@ -416,6 +462,11 @@ def test_every_stage_is_a_cli_module_with_parser_and_run(parsed):
 
     bad = stage_modules_without_commands(parsed, {name: module for name, (module, _) in STAGES.items()})
     assert not bad, "\n".join(bad)
+
+
+def test_public_functions_document_parameters_returns_and_raises(parsed):
+    gaps = docstring_gaps(parsed)
+    assert not gaps, "docstrings without their numpy-style sections:\n" + "\n".join(gaps)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -516,3 +567,19 @@ def test_checker_finds_command_line_code_outside_cli(tmp_path):
                                                     "pkg.tl.b imports from argparse", "pkg.tl.b has an if __name__ block"]
     bad = stage_modules_without_commands(parsed, {"a": "pkg.cli.a", "b": "pkg.cli.b", "c": "pkg.tl.c"})
     assert bad == ["b: pkg.cli.b lacks ['configure_parser', 'run']", "c: pkg.tl.c is not a module of the cli folder"]
+
+
+def test_checker_finds_docstring_gaps(tmp_path):
+    full = '"""Sum.\n\n    Parameters\n    ----------\n    x : int\n\n    Returns\n    -------\n    int\n\n' \
+           '    Raises\n    ------\n    ValueError\n    """'
+    parsed = _write_package(tmp_path, {
+        "m.py": f"def ok(x):\n    {full}\n    if x:\n        raise ValueError\n    return x\n\n\n"
+                "def bare(x):\n    \"\"\"One line.\"\"\"\n    if x:\n        raise ValueError\n    return x\n\n\n"
+                "def gen():\n    \"\"\"Yield.\"\"\"\n    yield 1\n\n\n"
+                "def inner_only():\n    \"\"\"No own raise.\"\"\"\n    def f():\n        raise ValueError\n\n\n"
+                "def _private(x):\n    return x\n",
+        "cli/__init__.py": "", "cli/s.py": "def run(args):\n    \"\"\"Run.\"\"\"\n    return 1\n\n\n"
+                                         "def helper(args):\n    \"\"\"Help.\"\"\"\n",
+    })
+    assert docstring_gaps(parsed) == ["pkg.cli.s:helper: Parameters", "pkg.m:bare: Parameters, Returns, Raises",
+                                      "pkg.m:gen: Returns"]

@@ -23,7 +23,18 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GOT
 
 
 def threads_from_environment(default: int | None = None) -> int | None:
-    """The thread count Snakemake gave this job (``OMP_NUM_THREADS``), or ``default`` when unset/invalid."""
+    """The thread count Snakemake gave this job (``OMP_NUM_THREADS``), or ``default`` when unset/invalid.
+
+    Parameters
+    ----------
+    default : int or None
+        Returned when ``OMP_NUM_THREADS`` is unset or not a positive whole number.
+
+    Returns
+    -------
+    int or None
+        The positive thread count from ``OMP_NUM_THREADS``, else ``default``.
+    """
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else default
 
@@ -36,7 +47,21 @@ def limit_thread_pools(n: int) -> dict[str, int]:
     intra-op pool and, when it has not started yet, its inter-op pool (torch only when already imported),
     and numba's worker count (capped at the workers numba was started with).
 
-    Raises ValueError if ``n`` < 1.
+    Parameters
+    ----------
+    n : int
+        Threads per pool (>= 1; converted with ``int``).
+
+    Returns
+    -------
+    dict of str to int
+        Threads each pool has now: ``"<user_api>:<internal_api>"`` per threadpoolctl pool, ``"torch"`` (if
+        torch is imported) and ``"numba"``.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` < 1.
     """
     if int(n) < 1:
         raise ValueError(f"threads must be >= 1, got {n}")

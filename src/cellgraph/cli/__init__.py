@@ -41,6 +41,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     Only the stage named by the first non-option word of ``argv`` gets its module imported and its options
     added (``configure_parser``), so ``cellgraph --help`` imports no stage module.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The arguments after the program name; None or empty adds no stage's options.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser with ``-v/--verbose`` and the required ``STAGE`` subcommand (``args.stage``).
     """
     parser = argparse.ArgumentParser(prog="cellgraph", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at DEBUG level")

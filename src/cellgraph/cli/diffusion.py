@@ -160,7 +160,18 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def model_options(args: argparse.Namespace) -> dfn.ModelOptions:
-    """:class:`cellgraph.tl.diffusion.ModelOptions` of the command-line options."""
+    """:class:`cellgraph.tl.diffusion.ModelOptions` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (checked by ``run`` first).
+
+    Returns
+    -------
+    cellgraph.tl.diffusion.ModelOptions
+        The model options, values as given.
+    """
     return dfn.ModelOptions(
         preset=args.preset, n_tokens=args.n_tokens, d_model=args.d_model, n_layers=args.n_layers,
         n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
@@ -170,26 +181,70 @@ def model_options(args: argparse.Namespace) -> dfn.ModelOptions:
 
 
 def train_params(args: argparse.Namespace) -> dfn.TrainParams:
-    """:class:`cellgraph.tl.diffusion.TrainParams` of the command-line options."""
+    """:class:`cellgraph.tl.diffusion.TrainParams` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (checked by ``run`` first).
+
+    Returns
+    -------
+    cellgraph.tl.diffusion.TrainParams
+        The fold, validation, subset, seed and set-feature options, values as given.
+    """
     return dfn.TrainParams(n_folds=args.n_folds, folds_run=args.folds_run, val_fraction=args.val_fraction,
                            max_train_cells=args.max_train_cells, seed=args.seed, set_features=args.set_features,
                            rwr_dim=args.rwr_dim, gremln_init=args.gremln_init)
 
 
 def train_settings(args: argparse.Namespace) -> dfn.TrainSettings:
-    """:class:`cellgraph.tl.diffusion.TrainSettings` of the command-line options."""
+    """:class:`cellgraph.tl.diffusion.TrainSettings` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (checked by ``run`` first).
+
+    Returns
+    -------
+    cellgraph.tl.diffusion.TrainSettings
+        Optimiser steps, batch size, learning rate, weight decay, EMA decay and seed, values as given.
+    """
     return dfn.TrainSettings(ae_steps=args.ae_steps, max_steps=args.max_steps, batch_size=args.batch_size,
                              lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed)
 
 
 def sample_params(args: argparse.Namespace) -> dfn.SampleParams:
-    """:class:`cellgraph.tl.diffusion.SampleParams` of the command-line options."""
+    """:class:`cellgraph.tl.diffusion.SampleParams` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (checked by ``run`` first).
+
+    Returns
+    -------
+    cellgraph.tl.diffusion.SampleParams
+        Sampler, DDIM steps and eta, guidance scale, cells generated and seed, values as given.
+    """
     return dfn.SampleParams(sampler=args.sampler, ddim_steps=args.ddim_steps, eta=args.eta,
                             guidance_scale=args.guidance_scale, n_generate=args.n_generate, seed=args.seed)
 
 
 def evaluate_params(args: argparse.Namespace) -> dfn.EvaluateParams:
-    """:class:`cellgraph.tl.diffusion.EvaluateParams` of the command-line options."""
+    """:class:`cellgraph.tl.diffusion.EvaluateParams` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (checked by ``run`` first).
+
+    Returns
+    -------
+    cellgraph.tl.diffusion.EvaluateParams
+        The sampling, quality-curve, timing, PCA, scVI-baseline, thread and seed options, values as given.
+    """
     return dfn.EvaluateParams(ddim_steps=args.ddim_steps, eta=args.eta, guidance_scale=args.guidance_scale,
                               guidance_scales=tuple(args.guidance_scales), curve_cells=args.curve_cells,
                               curve_seen=args.curve_seen, timing_cells=args.timing_cells, n_pcs=args.n_pcs,

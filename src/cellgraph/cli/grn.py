@@ -33,7 +33,13 @@ def _bootstrap_arg(value: str) -> str:
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """The ARACNe engine's options (seed, bootstraps, MI threshold, DPI, recurrence cut, threads), shared by
-    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`cellgraph.grn.aracne.DEFAULTS`."""
+    ``cellgraph grn`` and ``cellgraph aracne``; defaults from :data:`cellgraph.grn.aracne.DEFAULTS`.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+        The (sub)command parser the options are added to.
+    """
     d = engine.DEFAULTS
     p.add_argument("--seed", type=int, default=0, help="seeds bootstraps, their tie-breaking and the null model (default 0)")
     p.add_argument("--n-bootstraps", type=int, default=d["n_bootstraps"], help="bootstraps (default %(default)s)")
@@ -59,6 +65,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_engine_args(args: argparse.Namespace) -> None:
     """:func:`cellgraph.grn.aracne.check_options` on the parsed engine flags of :func:`add_engine_arguments`.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser` (or of ``cellgraph aracne``), with the engine flags.
 
     Raises
     ------

@@ -102,7 +102,21 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def forward_params(args: argparse.Namespace, graph_reg: dict):
-    """:class:`cellgraph.tl.perturb_forward.ForwardParams` of the command-line options (``graph_reg`` parsed)."""
+    """:class:`cellgraph.tl.perturb_forward.ForwardParams` of the command-line options (``graph_reg`` parsed).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+    graph_reg : dict
+        Graph name -> [layer, head, lambda], as :func:`cellgraph.tl.perturb.graph_reg_from_flags` parses
+        ``--graph-reg``.
+
+    Returns
+    -------
+    cellgraph.tl.perturb_forward.ForwardParams
+        The ``--task forward`` settings (model, folds, epochs, seeds, features, baselines), values as given.
+    """
     from ..tl.perturb_forward import ForwardParams
 
     return ForwardParams(
@@ -116,7 +130,21 @@ def forward_params(args: argparse.Namespace, graph_reg: dict):
 
 
 def yeast_params(args: argparse.Namespace, graph_reg: dict):
-    """:class:`cellgraph.tl.perturb_yeast.YeastParams` of the command-line options (``graph_reg`` parsed)."""
+    """:class:`cellgraph.tl.perturb_yeast.YeastParams` of the command-line options (``graph_reg`` parsed).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+    graph_reg : dict
+        Graph name -> [layer, head, lambda], as :func:`cellgraph.tl.perturb.graph_reg_from_flags` parses
+        ``--graph-reg``.
+
+    Returns
+    -------
+    cellgraph.tl.perturb_yeast.YeastParams
+        The ``--task yeast`` settings; ``max_epochs`` from ``--yeast-max-epochs``, ``hops`` from ``--yeast-hops``.
+    """
     from ..tl.perturb_yeast import YeastParams
 
     return YeastParams(preset=args.preset, head=args.head, graph_reg=graph_reg, n_folds=args.n_folds,
@@ -126,7 +154,19 @@ def yeast_params(args: argparse.Namespace, graph_reg: dict):
 
 
 def reverse_params(args: argparse.Namespace) -> pt.ReverseParams:
-    """:class:`cellgraph.tl.perturb.ReverseParams` of the command-line options."""
+    """:class:`cellgraph.tl.perturb.ReverseParams` of the command-line options.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+
+    Returns
+    -------
+    cellgraph.tl.perturb.ReverseParams
+        The ``--task reverse`` settings (cell filter, top perturbations, splits, ARACNe cell type,
+        fine-tuning epochs and learning rate, seed), values as given.
+    """
     return pt.ReverseParams(control=args.control, min_grna_frac=args.min_grna_frac,
                             n_top_perturbations=args.n_top_perturbations, n_splits=args.n_splits,
                             grn_cell_type=args.grn_cell_type, finetune_epochs=args.finetune_epochs,

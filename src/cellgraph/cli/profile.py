@@ -26,7 +26,13 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def snakemake_config_dir() -> Path:
-    """The user's Snakemake config folder: ``$XDG_CONFIG_HOME/snakemake`` or ``~/.config/snakemake``."""
+    """The user's Snakemake config folder: ``$XDG_CONFIG_HOME/snakemake`` or ``~/.config/snakemake``.
+
+    Returns
+    -------
+    Path
+        The folder (not created; it may not exist).
+    """
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "snakemake"
 
@@ -35,9 +41,29 @@ def install_profile(source: str | Path, name: str, force: bool = False, config_d
                     ) -> Path:
     """Copy the profile folder ``source`` (with its ``config.yaml``) to ``<config_dir>/<name>``.
 
-    Returns the destination folder. Raises InputError if ``source`` has no ``config.yaml``, ``name`` is not
-    a plain folder name, or the destination holds different files and ``force`` is False; nothing is
-    written in these cases.
+    Each file is copied to a temporary name and then renamed into place; ``__pycache__`` is skipped.
+
+    Parameters
+    ----------
+    source : str or Path
+        The profile folder to copy (holds ``config.yaml``).
+    name : str
+        The profile name, a plain folder name (as in ``snakemake --profile NAME``).
+    force : bool
+        Overwrite destination files that differ from the source.
+    config_dir : str or Path or None
+        The Snakemake config folder (default :func:`snakemake_config_dir`).
+
+    Returns
+    -------
+    Path
+        The destination folder ``<config_dir>/<name>``.
+
+    Raises
+    ------
+    InputError
+        ``source`` has no ``config.yaml``, ``name`` is not a plain folder name, or the destination holds
+        different files and ``force`` is False; nothing is written in these cases.
     """
     src = Path(source)
     if not (src / "config.yaml").is_file():
@@ -65,6 +91,16 @@ def install_profile(source: str | Path, name: str, force: bool = False, config_d
 def default_profile_source(cwd: str | Path | None = None) -> Path:
     """The repository's ``profiles/slurm``: next to the package in an editable install (``src/cellgraph``), else
     under ``cwd`` (default: the current folder, e.g. a clone of the repository).
+
+    Parameters
+    ----------
+    cwd : str or Path or None
+        The folder searched second (default the current folder).
+
+    Returns
+    -------
+    Path
+        The first of ``<repository>/profiles/slurm`` and ``<cwd>/profiles/slurm`` that holds ``config.yaml``.
 
     Raises
     ------

@@ -65,7 +65,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run_tokens(args: argparse.Namespace) -> None:
     """``--task tokens``: ``tokens.npz`` (shard arrays), ``cells.h5ad`` (the log-normalised cells the
-    baselines read, ``obs``: label, role) and ``report.json`` in ``--out-dir``."""
+    baselines read, ``obs``: label, role) and ``report.json`` in ``--out-dir``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+
+    Raises
+    ------
+    InputError
+        ``--adata``, ``--vocab``, ``--graph-edges``, ``--n-bins``, ``--max-seq-len`` or ``--out-dir`` not given;
+        a missing input file; and what :func:`cellgraph.tl.transfer.transfer_cells` raises on bad cells.
+    """
     import anndata as ad
 
     from ..io.shards import read_vocab
@@ -102,7 +114,19 @@ def run_tokens(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     """``--task evaluate``: ``annotation.tsv`` (:func:`cellgraph.tl.transfer.bootstrap_macro_f1` plus data set and
     model columns), ``predictions.tsv``, ``embeddings.h5ad`` (:func:`cellgraph.tl.transfer.embeddings_adata`) and
-    ``report.json`` in ``--out-dir``."""
+    ``report.json`` in ``--out-dir``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+
+    Raises
+    ------
+    InputError
+        ``--model-path``, ``--tokens-dir`` or ``--out-dir`` not given; the model, ``tokens.npz`` or
+        ``cells.h5ad`` missing; the tokens' ``n_bins`` differ from the model's.
+    """
     from ..io.shards import TokenDataset
     from ..tl.evaluate import load_model
 
@@ -133,7 +157,18 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_table(args: argparse.Namespace) -> None:
-    """``--task table``: every ``--inputs`` annotation.tsv in one CSV (``--out``) and its Markdown twin."""
+    """``--task table``: every ``--inputs`` annotation.tsv in one CSV (``--out``) and its Markdown twin.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`configure_parser`.
+
+    Raises
+    ------
+    InputError
+        ``--out`` not given, or an ``--inputs`` file missing.
+    """
     if not args.out:
         raise InputError("--task table needs --out")
     frames = [pd.read_csv(require_file(p, "annotation table"), sep="\t") for p in args.inputs]

@@ -43,12 +43,39 @@ def rwr_profiles(edge_index: np.ndarray, weight: np.ndarray, n: int, seeds: np.n
                  n_iter: int = 30) -> np.ndarray:
     r"""RWR stationary profiles from each seed node -> float64 [n_seeds, n].
 
-    edge_index int [2, E] over nodes 0..n-1 (walks go source -> target; mirror undirected graphs before
-    calling), weight [E] (absolute values are used); seeds int [S]. Power iteration of
-    :math:`R \leftarrow (1-\text{restart})\,W R + \text{restart}\,E` (Tong et al. 2006, eq. 1) for ``n_iter``
-    steps (the error falls as :math:`(1-\text{restart})^{n\_iter}`, 2e-5 with the defaults). Probability mass
-    that reaches a node without out-edges is lost, so rows sum to at most 1 (dangling nodes are not
-    redistributed). Raises ValueError for a restart outside (0, 1].
+    Power iteration of :math:`R \leftarrow (1-\text{restart})\,W R + \text{restart}\,E` for ``n_iter`` steps
+    (the error falls as :math:`(1-\text{restart})^{n\_iter}`, 2e-5 with the defaults), W column-stochastic.
+    Probability mass that reaches a node without out-edges is lost, so rows sum to at most 1 (dangling nodes
+    are not redistributed).
+
+    Parameters
+    ----------
+    edge_index : np.ndarray
+        int [2, E] over nodes 0..n-1; walks go source -> target (mirror undirected graphs before calling).
+    weight : np.ndarray
+        [E] edge weights; absolute values are used, duplicate edges summed.
+    n : int
+        Number of nodes.
+    seeds : np.ndarray
+        int [S] restart nodes, one profile each.
+    restart : float
+        Restart probability per step, in (0, 1].
+    n_iter : int
+        Number of power-iteration steps.
+
+    Returns
+    -------
+    np.ndarray
+        float64 [S, n]; row s is the visiting probability of each node for walks restarting at seeds[s].
+
+    Raises
+    ------
+    ValueError
+        When ``restart`` is outside (0, 1].
+
+    References
+    ----------
+    Tong, Faloutsos & Pan 2006, *Fast random walk with restart and its applications*, ICDM, eq. 1.
     """
     if not 0.0 < restart <= 1.0:
         raise ValueError(f"restart must be in (0, 1], not {restart}")
@@ -85,14 +112,38 @@ def random_walk_features(mg: dict, genes: list[str], *, dim: int = 16, restart: 
                          seed: int = 0) -> tuple[np.ndarray, list[str], dict]:
     r"""RWR features of ``genes`` on the full multigraph -> (float32 [G, B * dim], column names, report).
 
-    mg: :func:`cellgraph.graphs.multigraph.load_multigraph` dict; genes: the universe (length G). For every walk
-    graph (see module docstring; B blocks) the RWR profiles of the universe genes over all N multigraph nodes
-    are transformed by :math:`\log(1 + 10^4 r)` (profiles span several orders of magnitude) and reduced to
-    ``dim`` columns by a truncated SVD over the G rows (``sklearn.decomposition.TruncatedSVD``, seeded), after
-    removing the column means. Genes absent from the multigraph, or with no edge in a graph, get a zero row in
-    that block (their walk stays on the seed; its own column is dropped before the SVD). Columns are scaled
-    to unit standard deviation. The report counts genes absent from the multigraph and rows with no edge per
-    block.
+    For every walk graph (see module docstring; B blocks) the RWR profiles of the universe genes over all N
+    multigraph nodes are transformed by :math:`\log(1 + 10^4 r)` (profiles span several orders of magnitude)
+    and reduced to ``dim`` columns by a truncated SVD over the G rows (``sklearn.decomposition.TruncatedSVD``,
+    seeded), after removing the column means. Genes absent from the multigraph, or with no edge in a graph, get
+    a zero row in that block (their walk stays on the seed; its own column is dropped before the SVD). Columns
+    are scaled to unit standard deviation.
+
+    Parameters
+    ----------
+    mg : dict
+        :func:`cellgraph.graphs.multigraph.load_multigraph` dict (nodes, directed, edge_index, edge_weight).
+    genes : list of str
+        The universe, length G.
+    dim : int
+        SVD columns per block.
+    restart : float
+        RWR restart probability, in (0, 1] (:func:`rwr_profiles`).
+    n_iter : int
+        RWR power-iteration steps.
+    seed : int
+        ``random_state`` of the truncated SVD.
+
+    Returns
+    -------
+    tuple
+        (features float32 [G, B * dim]; column names ``rwr_<block>_<i>``, length B * dim; report dict: genes,
+        genes_not_in_multigraph, no_edge_rows {block: count}).
+
+    Raises
+    ------
+    ValueError
+        When ``restart`` is outside (0, 1] and the multigraph has an edge (:func:`rwr_profiles`).
     """
     from sklearn.decomposition import TruncatedSVD
 
@@ -122,9 +173,28 @@ def random_walk_features(mg: dict, genes: list[str], *, dim: int = 16, restart: 
 
 
 def gremln_vectors(path, genes: list[str]):
-    """GREmLN gene embeddings (``state_dict["gene_emb.weight"]`` of a ``cellgraph train`` model.pt) of ``genes``
-    -> (vectors float32 tensor [G, d], known bool tensor [G], report). Genes outside the model's vocabulary get
-    a zero row and known False. Raises InputError for a missing or unreadable file."""
+    """GREmLN gene embeddings (``state_dict["gene_emb.weight"]`` of a ``cellgraph train`` model.pt) of ``genes``.
+
+    Genes outside the model's vocabulary get a zero row and known False.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``model.pt`` of ``cellgraph train`` (``--gremln-model``).
+    genes : list of str
+        Gene symbols, length G.
+
+    Returns
+    -------
+    tuple
+        (vectors float32 tensor [G, d]; known bool tensor [G]; report dict: gremln_model,
+        set_genes_initialised, set_genes_not_in_gremln_vocab).
+
+    Raises
+    ------
+    InputError
+        When the file is missing or unreadable, or lacks ``gene_emb.weight`` or ``vocab``.
+    """
     import torch
 
     path = require_file(path, "--gremln-model")
@@ -146,8 +216,23 @@ def gremln_vectors(path, genes: list[str]):
 
 
 def embedding_features(vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Embedding rows as feature columns -> float32 [G, d + 1]: the known rows centred and scaled to unit column
-    sd (over known rows), unknown rows zero, then a ``known`` indicator column."""
+    """Embedding rows as feature columns -> float32 [G, d + 1].
+
+    The known rows are centred and scaled to unit column sd (over known rows; left zero when fewer than two
+    rows are known), unknown rows zero, then a ``known`` indicator column.
+
+    Parameters
+    ----------
+    vectors : np.ndarray
+        [G, d] embedding rows (e.g. :func:`gremln_vectors`).
+    known : np.ndarray
+        bool [G], True for rows that hold an embedding.
+
+    Returns
+    -------
+    np.ndarray
+        float32 [G, d + 1]; last column 1.0 for known rows, 0.0 otherwise.
+    """
     x = np.zeros((len(known), vectors.shape[1] + 1), np.float32)
     k = np.asarray(known, bool)
     if k.sum() > 1:
@@ -160,10 +245,26 @@ def embedding_features(vectors: np.ndarray, known: np.ndarray) -> np.ndarray:
 def expression_loadings(x: np.ndarray, measured: np.ndarray, n_components: int = 10, seed: int = 0) -> np.ndarray:
     """Gene loadings of a PCA of cells -> float32 [G, n_components + 1].
 
-    x: float [C, M] log-normalised expression of training cells over the M measured genes; measured: bool [G]
-    (M True) placing them in the universe. Columns: the loadings (components_.T of
-    ``sklearn.decomposition.PCA``, seeded) scaled by the singular values (so a gene's row is its embedding,
-    Ahlmann-Eltze et al. 2025), then a ``measured`` indicator; unmeasured genes are zero except that column.
+    Columns: the loadings (components_.T of ``sklearn.decomposition.PCA``, seeded) scaled by the singular
+    values / sqrt(C) (so a gene's row is its embedding, Ahlmann-Eltze et al. 2025), then a ``measured``
+    indicator; unmeasured genes are zero except that column. With k = min(n_components, C - 1, M) < n_components
+    components, the remaining loading columns are zero.
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float [C, M] log-normalised expression of training cells over the M measured genes.
+    measured : np.ndarray
+        bool [G] (M True) placing the measured genes in the universe.
+    n_components : int
+        Number of loading columns.
+    seed : int
+        ``random_state`` of the PCA.
+
+    Returns
+    -------
+    np.ndarray
+        float32 [G, n_components + 1].
     """
     from sklearn.decomposition import PCA
 
@@ -176,6 +277,19 @@ def expression_loadings(x: np.ndarray, measured: np.ndarray, n_components: int =
 
 
 def standardize_columns(x: np.ndarray) -> np.ndarray:
-    """Columns scaled to unit standard deviation (constant columns left as they are); float [G, F]."""
+    """Columns scaled to unit standard deviation (constant columns left as they are); float [G, F].
+
+    Columns are not centred; the standard deviation is the population one (ddof=0).
+
+    Parameters
+    ----------
+    x : np.ndarray
+        float [G, F].
+
+    Returns
+    -------
+    np.ndarray
+        [G, F], each column divided by its standard deviation.
+    """
     sd = x.std(0)
     return x / np.where(sd > 0, sd, 1.0)

@@ -604,6 +604,18 @@ def summarize(graphs: dict) -> pd.DataFrame:
 
     Density is E / (N (N - 1) / 2) for undirected and E / (N (N - 1)) for directed graphs; degrees are total
     degrees (in + out) over the nodes with at least one edge.
+
+    Parameters
+    ----------
+    graphs : dict
+        As returned by :func:`build_multigraph`: ``nodes`` (str [N]) and per graph type of :data:`GRAPH_TYPES`
+        ``(edge_index int64 [2, E_g], weight float32 [E_g])``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per graph type, columns ``graph, directed, nodes, nodes_with_edges, edges, density`` (fraction
+        0-1), ``degree_median, degree_q90, degree_q99`` (float) and ``degree_max`` (int).
     """
     n = len(graphs["nodes"])
     rows = []
@@ -686,6 +698,13 @@ def save_multigraph(path: str | Path, organism: str, graphs: dict) -> None:
 def load_multigraph(path: str | Path, as_hetero: bool = False):
     """Load ``multigraph.npz``.
 
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file written by :func:`save_multigraph`.
+    as_hetero : bool
+        Return a PyG ``HeteroData`` (:func:`to_hetero_data`, needs ``torch_geometric``) instead of the dict.
+
     Returns
     -------
     ``as_hetero=False``: dict with ``organism`` (str), ``nodes`` (list of str, length N), ``directed``
@@ -726,7 +745,21 @@ def load_multigraph(path: str | Path, as_hetero: bool = False):
 def to_hetero_data(mg: dict, both_directions: bool = True):
     """PyG ``HeteroData`` with node type ``gene`` (``num_nodes``, ``name``) and one edge type
     ``("gene", <graph type>, "gene")`` per graph type (``edge_index`` [2, E], ``edge_weight`` [E]); undirected
-    graphs get both directions when ``both_directions`` (``torch_geometric.utils.to_undirected``)."""
+    graphs get both directions when ``both_directions`` (``torch_geometric.utils.to_undirected``).
+
+    Parameters
+    ----------
+    mg : dict
+        As returned by :func:`load_multigraph` (``as_hetero=False``): ``nodes``, ``directed``, ``edge_index``
+        (graph -> LongTensor [2, E_g]), ``edge_weight`` (graph -> FloatTensor [E_g]).
+    both_directions : bool
+        Add the reverse of every undirected edge (a pair given both ways keeps the larger weight).
+
+    Returns
+    -------
+    torch_geometric.data.HeteroData
+        Node type ``gene`` with ``num_nodes`` N and ``name`` (list of str [N]); edge types as above.
+    """
     from torch_geometric.data import HeteroData
     from torch_geometric.utils import to_undirected
 

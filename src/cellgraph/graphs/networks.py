@@ -922,6 +922,11 @@ def _networks_report(maps: SymbolMaps, map_paths: tuple, sources: dict, edges: p
 def read_edges(path: str | Path) -> pd.DataFrame:
     """Load ``edges.parquet`` written by the networks stage and validate it.
 
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The ``edges.parquet`` file (columns :data:`EDGE_COLUMNS`; further columns are dropped).
+
     Returns
     -------
     DataFrame [E, 5]: ``source`` (str), ``target`` (str), ``weight`` (float64), ``graph`` (str, one of
@@ -1180,6 +1185,18 @@ def load_yeast_maps(aliases: str | Path, info: str | Path) -> YeastMaps:
     ``YEL009C``); every other alias (SGD standard names such as ``GCN4``, UniProt accessions, Entrez gene
     ids, SGD ids ...) and STRING's ``preferred_name`` map to that ORF.
 
+    Parameters
+    ----------
+    aliases : str or pathlib.Path
+        ``4932.protein.aliases`` (tab-separated, columns ``#string_protein_id, alias, source``; gzip allowed).
+    info : str or pathlib.Path
+        ``4932.protein.info`` (columns ``#string_protein_id, preferred_name``).
+
+    Returns
+    -------
+    YeastMaps
+        ``taxon`` the comma-joined taxon prefixes of the STRING ids, and the maps described there.
+
     Raises
     ------
     InputError
@@ -1220,6 +1237,13 @@ def map_yeast(names: Iterable[str], maps: YeastMaps) -> tuple[np.ndarray, np.nda
     (an ORF up to case), ``alias`` (an alias of exactly one ORF), else ``ambiguous`` (alias of several
     ORFs) or ``unmapped``.
 
+    Parameters
+    ----------
+    names : iterable of str [N]
+        Yeast gene names, aliases or STRING ids (``4932.YGR222W``).
+    maps : YeastMaps
+        From :func:`load_yeast_maps`.
+
     Returns
     -------
     (orfs, routes): object arrays [N]; ``orfs[i]`` is ``""`` when not mapped.
@@ -1248,10 +1272,29 @@ def map_human(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map human ids of one ``kind`` to HGNC symbols.
 
-    ``kind``: ``symbol`` (see :func:`map_symbols`), ``ensg`` / ``ensp`` (shipped maps, ``ensp`` also with a
-    ``9606.`` prefix), ``entrez`` (the Entrez column of the ENSG and ENSP maps; an id of several symbols
-    is ambiguous; ``entrez`` from :func:`load_entrez_map`). Returns (symbols, routes) object arrays [N];
-    ``""`` when not mapped.
+    Parameters
+    ----------
+    names : iterable of str [N]
+        The ids.
+    maps : SymbolMaps
+        From :func:`load_symbol_maps`.
+    kind : str
+        ``symbol`` (see :func:`map_symbols`), ``ensg`` / ``ensp`` (shipped maps, ``ensp`` also with a
+        ``9606.`` prefix), ``entrez`` (the Entrez column of the ENSG and ENSP maps; an id of several symbols
+        is ambiguous).
+    entrez : tuple of (dict, dict), optional
+        The (unique, ambiguous) maps of :func:`load_entrez_map`; required for ``kind="entrez"``.
+
+    Returns
+    -------
+    (symbols, routes): object arrays [N]; ``symbols[i]`` is ``""`` when not mapped; ``routes[i]`` is a
+    route of :func:`map_symbols` for ``symbol``, else ``ensg_map`` / ``ensp_map`` / ``entrez_map``,
+    ``ambiguous`` or ``unmapped``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``kind``, or ``kind="entrez"`` without ``entrez``.
     """
     values = pd.Series(list(names), dtype=object)
     if kind == "symbol":
@@ -1271,7 +1314,22 @@ def map_human(
 def load_entrez_map(ensg: str | Path, ensp: str | Path) -> tuple[dict, dict]:
     """Entrez gene id -> HGNC symbol from the ``entrez`` columns of the ENSG and ENSP maps.
 
-    Returns (unique, ambiguous) dicts as in :class:`SymbolMaps`.
+    Parameters
+    ----------
+    ensg : str or pathlib.Path
+        ``hs_ensg_entrez_symbol.tsv`` (columns ``ensg, entrez, symbol``).
+    ensp : str or pathlib.Path
+        ``hs_ensp_entrez_symbol.tsv`` (columns ``ensp, entrez, symbol``).
+
+    Returns
+    -------
+    (unique, ambiguous) dicts as in :class:`SymbolMaps`: Entrez id -> symbol for ids of exactly one symbol;
+    Entrez id -> sorted tuple of its (>1) symbols. Empty and ``NA`` Entrez ids are skipped.
+
+    Raises
+    ------
+    InputError
+        A file is missing or malformed, or lacks its columns (:func:`read_table`).
     """
     eg = read_table(ensg, "ENSG map", ["ensg", "entrez", "symbol"])
     ep = read_table(ensp, "ENSP map", ["ensp", "entrez", "symbol"])
@@ -1283,8 +1341,21 @@ def load_entrez_map(ensg: str | Path, ensp: str | Path) -> tuple[dict, dict]:
 def read_string_actions(path: str | Path) -> pd.DataFrame:
     """STRING ``protein.actions`` (v11): ``item_id_a item_id_b mode action is_directional a_is_acting score``.
 
-    Returns the rows (str columns, ``score`` int64, ``_line``). Raises InputError on a malformed line, an
-    ``is_directional``/``a_is_acting`` not in {t, f} or a score not in 0..1000 (naming the line).
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The tab-separated file with that header (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows (str columns, ``score`` int64, ``_line``).
+
+    Raises
+    ------
+    InputError
+        A malformed line, an ``is_directional``/``a_is_acting`` not in {t, f} or a score not in 0..1000
+        (naming the line).
     """
     what = "STRING protein.actions"
     cols = ["item_id_a", "item_id_b", "mode", "action", "is_directional", "a_is_acting", "score"]
@@ -1309,7 +1380,23 @@ def _int_column(rows: pd.DataFrame, col: str, path, what: str, lo: int, hi: int)
 
 def read_sif(path: str | Path) -> pd.DataFrame:
     """Pathway Commons SIF: three tab-separated fields ``source relation target``, no header (HGNC symbols
-    or CHEBI ids). Returns str columns ``source, relation, target`` and ``_line``."""
+    or CHEBI ids).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The SIF file (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        str columns ``source, relation, target`` and ``_line``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file (:func:`read_table`: names the line).
+    """
     return read_table(path, "Pathway Commons SIF", ["source", "relation", "target"], header=False,
                       names=["source", "relation", "target"])
 
@@ -1326,8 +1413,22 @@ BIOGRID_COLUMNS = [
 def read_biogrid(path: str | Path) -> pd.DataFrame:
     """BioGRID TAB3 (``BIOGRID-*.tab3.txt``, tab-separated, 37 columns, header ``#BioGRID Interaction ID``).
 
-    Returns the rows with at least :data:`BIOGRID_COLUMNS` (str) and ``_line``. ``Experimental System
-    Type`` must be ``physical`` or ``genetic``. Raises InputError naming the file and line otherwise.
+    ``Experimental System Type`` must be ``physical`` or ``genetic``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The TAB3 file (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows with at least :data:`BIOGRID_COLUMNS` (str) and ``_line``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file, or another ``Experimental System Type``; names the file and line.
     """
     what = "BioGRID TAB3"
     rows = read_table(path, what, BIOGRID_COLUMNS)
@@ -1346,7 +1447,23 @@ TFLINK_COLUMNS = ["UniprotID.TF", "UniprotID.Target", "NCBI.GeneID.TF", "NCBI.Ge
 def read_tflink(path: str | Path) -> pd.DataFrame:
     """TFLink simple format (``TFLink_<Organism>_interactions_All_simpleFormat_v1.0.tsv``; Liska et al.,
     *Database* 2022): tab-separated with header :data:`TFLINK_COLUMNS` (plus optional ortholog columns).
-    ``Small-scale.evidence`` must be ``Yes`` or ``No``. Returns str columns and ``_line``."""
+    ``Small-scale.evidence`` must be ``Yes`` or ``No``.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The TFLink file (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        str columns and ``_line``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file, or ``Small-scale.evidence`` not ``Yes``/``No``; names the file and line.
+    """
     what = "TFLink"
     rows = read_table(path, what, ["UniprotID.TF", "UniprotID.Target", "NCBI.GeneID.TF", "NCBI.GeneID.Target",
                                    "Name.TF", "Name.Target", "Small-scale.evidence"])
@@ -1364,7 +1481,24 @@ HINT_COLUMNS = ["Uniprot_A", "Uniprot_B", "Gene_A", "Gene_B", "ORF_A", "ORF_B", 
 def read_hint(path: str | Path) -> pd.DataFrame:
     """HINT high-quality interactome (``<Organism>_binary_hq.txt`` or ``_cocomp_hq.txt``; Das & Yu, *BMC
     Syst Biol* 2012): tab-separated with header :data:`HINT_COLUMNS`; ``Gene_*`` may be empty (then the
-    UniProt accession is used). Returns str columns and ``_line``."""
+    UniProt accession is used).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The HINT file (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        str columns and ``_line``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file, or an empty ``Uniprot_A``/``Uniprot_B``/``pmid:method:quality`` field
+        (:func:`read_table`: names the line).
+    """
     return read_table(path, "HINT", ["Uniprot_A", "Uniprot_B", "pmid:method:quality"])
 
 
@@ -1377,9 +1511,24 @@ def read_collectri(path: str | Path) -> pd.DataFrame:
     Mueller-Dott et al., *NAR* 2023): tab-separated with header :data:`COLLECTRI_COLUMNS` (further columns
     allowed). ``source``/``target`` are UniProt accessions, or ``COMPLEX:<acc>_<acc>`` for the AP-1 and NF-kB
     complexes whose ``*_genesymbol`` joins the member symbols with ``_``. The ``consensus_*`` and ``is_*``
-    fields must be 0 or 1. Returns str columns and ``_line``.
+    fields must be 0 or 1.
 
-    Raises :class:`InputError` naming the file, line and field of the first bad value."""
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The OmniPath TSV (gzip allowed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        str columns and ``_line``.
+
+    Raises
+    ------
+    InputError
+        A missing or malformed file, or a ``consensus_*``/``is_*`` value not 0 or 1 (surrounding whitespace
+        allowed); names the file, line and field of the first bad value.
+    """
     what = "CollecTRI"
     flags = ["is_directed", "is_stimulation", "is_inhibition", "consensus_direction", "consensus_stimulation",
              "consensus_inhibition"]

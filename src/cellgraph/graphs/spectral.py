@@ -228,7 +228,25 @@ def chebyshev_apply_dense(laplacian, x, coefficients):
 
 
 def heat_kernel_dense(laplacian, coefficients):
-    """The kernel matrices ``sum_k c_k T_k(L - I)`` [B, n, n] of batched dense Laplacians [B, n, n]."""
+    """The kernel matrices ``sum_k c_k T_k(L - I)`` [B, n, n] of batched dense Laplacians [B, n, n].
+
+    Parameters
+    ----------
+    laplacian : torch.Tensor [B, n, n]
+        Dense normalised Laplacians (padding rows/columns zero).
+    coefficients : torch.Tensor [K + 1] or sequence of floats
+        From :func:`heat_kernel_coefficients`.
+
+    Returns
+    -------
+    torch.Tensor [B, n, n]
+        ``exp(-beta L)`` of each batch element (:func:`chebyshev_apply_dense` on the identity), dtype and
+        device of ``laplacian``.
+
+    References
+    ----------
+    GREmLN, Zhang et al. 2025, appendix A.3; Mason & Handscomb 2003, eq. 5.12 (module docstring).
+    """
     import torch
 
     b, n, _ = laplacian.shape
@@ -275,6 +293,22 @@ def cell_laplacians(shard, n_cells: int, seed: int):
 
     ``shard`` is a :class:`cellgraph.io.shards.TokenDataset`; cells without an edge are skipped. The sample is
     drawn with ``numpy.random.default_rng(seed)`` without replacement.
+
+    Parameters
+    ----------
+    shard : cellgraph.io.shards.TokenDataset
+        Token shard whose items carry ``gene_ids`` [n] and local ``edge_index`` [2, e].
+    n_cells : int
+        Largest number of Laplacians yielded.
+    seed : int
+        Seed of the random cell order.
+
+    Yields
+    ------
+    obs_name : str
+        The cell's name in the shard.
+    L : numpy.ndarray [n, n], float64
+        Unweighted normalised Laplacian over the cell's n gene tokens (:func:`cellgraph.io.shards.dense_laplacian`).
     """
     from ..io.shards import dense_laplacian
 
@@ -298,6 +332,22 @@ def smallest_nonzero_eigenvalue(lap: np.ndarray, tol: float = 1e-6) -> float:
 
     Its inverse is the paper's rule for the diffusion time (GREmLN appendix A.3: beta ~ 1 / lambda_min,
     the time after which the slowest non-constant mode of the graph has decayed by a factor e).
+
+    Parameters
+    ----------
+    lap : numpy.ndarray [n, n]
+        Dense symmetric normalised Laplacian (eigenvalues in [0, 2]).
+    tol : float
+        Eigenvalues at or below ``tol`` count as zero (one per connected component and isolated node).
+
+    Returns
+    -------
+    float
+        The smallest eigenvalue above ``tol``, or ``inf`` when there is none (no edge).
+
+    References
+    ----------
+    GREmLN, Zhang et al. 2025, appendix A.3 (beta ~ 1 / lambda_min).
     """
     ev = np.linalg.eigvalsh(lap)
     ev = ev[ev > tol]

@@ -348,6 +348,12 @@ def mi_matrix(ranks: np.ndarray, reg_idx: np.ndarray) -> np.ndarray:
     Returns
     -------
     float32 array [R, G]; entry ``[r, reg_idx[r]]`` is 0; regulator pairs are symmetric.
+
+    Raises
+    ------
+    ValueError
+        If a row of ``ranks`` is not a permutation of 0..n-1, or ``reg_idx`` holds repeated or out-of-range
+        rows.
     """
     ranks = np.ascontiguousarray(ranks, dtype=np.int32)
     reg_idx = np.asarray(reg_idx, dtype=np.int64)
@@ -407,6 +413,11 @@ def dpi_keep(mi: np.ndarray, reg_idx: np.ndarray, tolerance: float = 0.0) -> np.
     Returns
     -------
     bool array [R, G]: edges that are present and survive.
+
+    Raises
+    ------
+    ValueError
+        If ``tolerance`` is not in [0, 1).
     """
     if not 0.0 <= tolerance < 1.0:
         raise ValueError(f"DPI tolerance must be in [0, 1), got {tolerance}")
@@ -467,6 +478,19 @@ def null_mi(n: int, n_pairs: int = 100_000, seed: int = 0) -> np.ndarray:
     permutations; the permutations are seeded Fisher-Yates shuffles (splitmix64 of ``seed``, ``n`` and the
     pair index), computed in parallel and independent of the thread count.
 
+    Parameters
+    ----------
+    n : int
+        Length of each rank vector (samples per bootstrap), 4 <= n < 2**20.
+    n_pairs : int
+        Number of null pairs.
+    seed : int
+        Seed of the permutations.
+
+    Returns
+    -------
+    float64 array [n_pairs], null MI values in nats, sorted ascending.
+
     Raises
     ------
     ValueError
@@ -479,7 +503,25 @@ def null_mi(n: int, n_pairs: int = 100_000, seed: int = 0) -> np.ndarray:
 
 
 def null_model(n: int, n_pairs: int = 100_000, seed: int = 0, cache_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """:func:`null_mi`, loaded from / saved to ``cache_dir`` when given (one file per n, n_pairs, seed)."""
+    """:func:`null_mi`, loaded from / saved to ``cache_dir`` when given (one file per n, n_pairs, seed).
+
+    Parameters
+    ----------
+    n, n_pairs, seed : int
+        As :func:`null_mi`.
+    cache_dir : path, optional
+        Folder of the cache file ``apmi_null_n{n}_m{n_pairs}_s{seed}_v2.npy`` (written atomically); a file
+        that cannot be read or has another length is recomputed and overwritten. None: no cache.
+
+    Returns
+    -------
+    float64 array [n_pairs], null MI values in nats (sorted ascending as :func:`null_mi` computes them).
+
+    Raises
+    ------
+    ValueError
+        From :func:`null_mi` when ``n`` is out of range.
+    """
     if cache_dir is None:
         return null_mi(n, n_pairs, seed)
     path = Path(cache_dir) / f"apmi_null_n{n}_m{n_pairs}_s{seed}_v{NULL_VERSION}.npy"
@@ -524,10 +566,24 @@ def mi_threshold(null: np.ndarray, pvalue: float, tail: float = 0.01) -> float:
     the tail, not on the head of the sorted array) solved for ``S = pvalue``: ``m = (log pvalue - a) / b``.
     Smaller ``pvalue`` gives a strictly larger threshold in the fitted range.
 
+    Parameters
+    ----------
+    null : float array [N]
+        Null MI values in nats (:func:`null_model`), any order.
+    pvalue : float
+        Right-tail probability, in (0, 1).
+    tail : float
+        Fraction of the null in the fitted tail (at least 10 values).
+
+    Returns
+    -------
+    float, the MI threshold in nats.
+
     Raises
     ------
     ValueError
-        If ``pvalue`` is not in (0, 1) or the tail fit is not decreasing.
+        If ``pvalue`` is not in (0, 1), the null is too small for the tail fit, or the tail fit is not
+        decreasing.
     """
     if not 0.0 < pvalue < 1.0:
         raise ValueError(f"MI p-value must be in (0, 1), got {pvalue}")
@@ -543,9 +599,23 @@ def null_pvalue(null: np.ndarray, mi: np.ndarray, tail: float = 0.01) -> np.ndar
     Below the start of the fitted tail: the empirical survival ``#{null >= mi} / N``; in the tail:
     ``min(k / N, exp(a + b mi))``. Non-increasing in ``mi``.
 
+    Parameters
+    ----------
+    null : float array [N]
+        Null MI values in nats (:func:`null_model`), any order.
+    mi : float array, any shape
+        MI values in nats.
+    tail : float
+        Fraction of the null in the fitted tail, as :func:`mi_threshold`.
+
     Returns
     -------
-    float64 array of the shape of ``mi``.
+    float64 array of the shape of ``mi``, p-values in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        If the null is too small for the tail fit or the fit is not decreasing.
     """
     x, n, k, a, b = _tail_fit(null, tail)
     mi = np.asarray(mi, dtype=np.float64)
@@ -557,7 +627,34 @@ def null_pvalue(null: np.ndarray, mi: np.ndarray, tail: float = 0.01) -> np.ndar
 def bh_threshold(null: np.ndarray, mi: np.ndarray, alpha: float, n_tests: int, tail: float = 0.01) -> float:
     """MI threshold of a Benjamini-Hochberg FDR ``alpha`` over the null p-values of ``n_tests`` pairs
     (ARACNe3 ``--alpha`` with the FDR method), of which ``mi`` holds the observed values (any subset that
-    includes every value with null p-value <= ``alpha``). Returns ``inf`` when no pair is significant.
+    includes every value with null p-value <= ``alpha``).
+
+    Parameters
+    ----------
+    null : float array [N]
+        Null MI values in nats (:func:`null_model`).
+    mi : float array [k], k <= ``n_tests``
+        Observed MI values (nats) of tested pairs.
+    alpha : float
+        False discovery rate, in (0, 1).
+    n_tests : int
+        Number of tested pairs (the Benjamini-Hochberg denominator).
+    tail : float
+        Fraction of the null in the fitted tail (:func:`null_pvalue`).
+
+    Returns
+    -------
+    float, the smallest MI (nats) among the Benjamini-Hochberg discoveries; ``inf`` when no pair is
+    significant.
+
+    Raises
+    ------
+    ValueError
+        If ``alpha`` is not in (0, 1).
+
+    References
+    ----------
+    Benjamini & Hochberg 1995, J R Stat Soc B 57:289; ARACNe3 FDR method.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"MI FDR alpha must be in (0, 1), got {alpha}")
@@ -618,6 +715,25 @@ def count_log_pvalues(k: np.ndarray, n_bootstraps: int, consolidation: str, rate
     theta, the mean over bootstraps of the per-bootstrap false-positive-rate estimate (ARACNe3). Both treat
     the bootstraps as independent, which subsamples of one data set are not: the value ranks edges by
     stability and sets the recurrence cut; it is not an error rate.
+
+    Parameters
+    ----------
+    k : int array, any shape
+        Bootstrap counts (bootstraps in which an edge survived DPI).
+    n_bootstraps : int
+        B, the trials of the binomial (unused for ``"poisson"``).
+    consolidation : {"poisson", "binomial"}
+    rate : float
+        Poisson lambda or binomial theta (see above).
+
+    Returns
+    -------
+    float array of the shape of ``k``: ``log P(X >= k)`` (natural log, <= 0).
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``consolidation``.
     """
     from scipy.stats import binom, poisson
 
@@ -666,6 +782,17 @@ def check_options(n_bootstraps, bootstrap, mi_method, mi_alpha, mi_pvalue, dpi_t
                   correction, consolidation_alpha) -> None:
     """Validate the engine options (the keys of :data:`DEFAULTS`).
 
+    Parameters
+    ----------
+    n_bootstraps : int, >= 1
+    bootstrap : {"subsample", "none"} (``"replacement"`` is refused, :data:`REPLACEMENT_UNSUPPORTED`)
+    mi_method : {"fdr", "pvalue", "fwer"}
+    mi_alpha, mi_pvalue : float, in (0, 1)
+    dpi_tolerance : float, in [0, 1)
+    consolidation : {"poisson", "binomial"}
+    correction : {"bonferroni", "bh"}
+    consolidation_alpha : float, in (0, 1]
+
     Raises
     ------
     ValueError
@@ -690,7 +817,19 @@ def check_options(n_bootstraps, bootstrap, mi_method, mi_alpha, mi_pvalue, dpi_t
 
 
 def bootstrap_size(n: int, bootstrap: str) -> int:
-    """Samples per bootstrap: ``round(n (1 - 1/e))`` for ``"subsample"``, else ``n``."""
+    """Samples per bootstrap: ``round(n (1 - 1/e))`` for ``"subsample"``, else ``n``.
+
+    Parameters
+    ----------
+    n : int
+        Samples in the data.
+    bootstrap : str
+        Bootstrap scheme (:data:`BOOTSTRAPS`).
+
+    Returns
+    -------
+    int, samples per bootstrap.
+    """
     return int(round(n * (1.0 - math.exp(-1.0)))) if bootstrap == "subsample" else int(n)
 
 
@@ -700,6 +839,18 @@ def bootstrap_columns(n: int, bootstrap: str, seed: int, b: int) -> np.ndarray:
 
     ``"subsample"``: ``round(n (1 - 1/e))`` distinct samples, sorted (ARACNe3); ``"none"``: all samples in
     order (ARACNe-AP ``--nobootstrap``; with B > 1 the bootstraps differ only in their tie-breaking).
+
+    Parameters
+    ----------
+    n : int
+        Samples in the data.
+    bootstrap : {"subsample", "none"}
+    seed, b : int
+        Run seed and bootstrap index.
+
+    Returns
+    -------
+    int64 array [m], m = :func:`bootstrap_size` ``(n, bootstrap)``: distinct sample indices, ascending.
 
     Raises
     ------
@@ -723,6 +874,15 @@ def _names(xs, limit: int = 20) -> str:
 
 def check_input(expr: np.ndarray, genes, regulators) -> dict:
     """Bad-input census of an expression matrix [G x n] with row names ``genes`` and a regulator list.
+
+    Parameters
+    ----------
+    expr : float array [G, n]
+        Expression, genes x samples (may hold NaN/inf).
+    genes : sequence of str [G]
+        Row names.
+    regulators : iterable of str
+        Regulator names.
 
     Returns
     -------
@@ -753,7 +913,19 @@ def check_input(expr: np.ndarray, genes, regulators) -> dict:
 
 def spearman_pairs(expr: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
     """Spearman correlation (average ranks for ties, all samples) of rows ``rows_a[i]`` and ``rows_b[i]``
-    of ``expr`` [G x n]; float64 [len(rows_a)] (ARACNe3's ``scc.values``); 0 for a constant row."""
+    of ``expr`` [G x n] (ARACNe3's ``scc.values``).
+
+    Parameters
+    ----------
+    expr : float array [G, n]
+        Expression, genes x samples.
+    rows_a, rows_b : int arrays [E]
+        Row indices of the pairs.
+
+    Returns
+    -------
+    float64 array [E], correlations in [-1, 1]; 0 where a row is constant.
+    """
     from scipy.stats import rankdata
 
     used = np.unique(np.concatenate([rows_a, rows_b])).astype(np.int64)
@@ -979,7 +1151,20 @@ def _network_frame(prob: _Problem, r_i, t_i, k, mi, p_adj, log_p) -> pd.DataFram
 
 
 def consolidation_rule(opts: dict, min_count: int) -> str:
-    """The recurrence rule of a run in words (for reports)."""
+    """The recurrence rule of a run in words (for reports).
+
+    Parameters
+    ----------
+    opts : dict
+        Engine options (:data:`DEFAULTS` keys; ``n_bootstraps``, ``consolidation``, ``correction`` and
+        ``consolidation_alpha`` are read).
+    min_count : int
+        The recurrence cut (bootstraps).
+
+    Returns
+    -------
+    str, one sentence.
+    """
     b, test = opts["n_bootstraps"], opts["consolidation"]
     if b == 1:
         return "one bootstrap: every post-DPI edge is kept (no recurrence filter)"
@@ -1152,6 +1337,19 @@ def planted_network(
     with ``f`` cycling through ``effects`` (names of :data:`EFFECTS`; by default linear ``z``, sigmoid
     ``tanh(2 z)``, quadratic (non-monotone) ``z**2`` and exponential ``exp(z / 2)``).
 
+    Parameters
+    ----------
+    n_genes, n_samples : int
+        Matrix size; genes are named ``G0000``, ``G0001``, ...
+    n_regulators : int
+        The first ``n_regulators`` genes are the regulators.
+    noise : float
+        Standard deviation of the Gaussian noise added to each standardised child.
+    seed : int
+        Seed of the generator.
+    effects : sequence of str
+        Names of :data:`EFFECTS`, cycled over the children.
+
     Returns
     -------
     expr : float array [n_genes, n_samples]; genes : list[str]; regulators : list[str];
@@ -1209,6 +1407,19 @@ def planted_counts(
     baseline ``b_g`` solved (bisection) so that its expected zero fraction
     ``mean_c exp(-b_g L_c / median(L) exp(log_sd z_gc))`` equals a target drawn uniformly from
     ``zero_fraction``. Counts are ``Poisson(b_g L_c / median(L) exp(log_sd z_gc))``.
+
+    Parameters
+    ----------
+    n_genes, n_cells, n_regulators : int
+        Genes, cells and regulators (the first ``n_regulators`` genes).
+    zero_fraction : (float, float)
+        Range (fractions 0-1) of the per-gene target zero fraction.
+    library_sizes : float array, optional
+        UMIs per cell to resample from; default log-normal (see above).
+    log_sd : float
+        Scale of the latent ``z`` in log expression.
+    noise, seed, effects
+        As :func:`planted_network` (``seed`` also seeds the counts).
 
     Returns
     -------

@@ -117,6 +117,11 @@ def _check_matrix_lines(path: Path) -> None:
 def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
     """Read an ARACNe-AP expression matrix.
 
+    Parameters
+    ----------
+    path : path
+        Tab-separated text: header ``label, samples...``, then one line per gene (module docstring, Inputs).
+
     Returns
     -------
     (expr float64 [G, n], gene names [G], sample names [n]). Missing values (empty, NA, NaN) are NaN; they
@@ -161,6 +166,17 @@ def read_expression_tsv(path) -> tuple[np.ndarray, list[str], list[str]]:
 def read_expression_h5ad(path, layer: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
     """Read an h5ad (cells x genes) as (expr float64 [G, n], var_names [G], obs_names [n]).
 
+    Parameters
+    ----------
+    path : path
+        h5ad file, cells x genes.
+    layer : str, optional
+        Layer to read instead of ``X`` (dense or sparse).
+
+    Returns
+    -------
+    (expr float64 [G, n], the transpose of the matrix read; gene names [G]; cell names [n]).
+
     Raises
     ------
     InputError
@@ -182,14 +198,43 @@ def read_expression_h5ad(path, layer: str | None = None) -> tuple[np.ndarray, li
 
 
 def read_expression(path, layer: str | None = None):
-    """:func:`read_expression_h5ad` for ``*.h5ad``, else :func:`read_expression_tsv`."""
+    """:func:`read_expression_h5ad` for ``*.h5ad``, else :func:`read_expression_tsv`.
+
+    Parameters
+    ----------
+    path : path
+        Expression file; the ``.h5ad`` suffix selects the reader.
+    layer : str, optional
+        h5ad layer (ignored for text matrices).
+
+    Returns
+    -------
+    (expr float64 [G, n], gene names [G], sample names [n]).
+
+    Raises
+    ------
+    InputError
+        From the reader, on a missing or malformed file.
+    """
     if str(path).endswith(".h5ad"):
         return read_expression_h5ad(path, layer)
     return read_expression_tsv(path)
 
 
 def write_expression_tsv(path, expr: np.ndarray, genes, samples, label: str = "gene") -> None:
-    """Write an ARACNe-AP expression matrix (header ``label, samples...``; one line per gene)."""
+    """Write an ARACNe-AP expression matrix (header ``label, samples...``; one line per gene).
+
+    Parameters
+    ----------
+    path : path
+        Output file, written atomically; floats with 17 significant digits.
+    expr : float array [G, n]
+        Expression, genes x samples.
+    genes : sequence of str [G]; samples : sequence of str [n]
+        Row and column names.
+    label : str
+        First header field.
+    """
     df = pd.DataFrame(np.asarray(expr), index=pd.Index([str(g) for g in genes], name=label),
                       columns=[str(s) for s in samples])
     with atomic_path(path) as tmp:
@@ -202,14 +247,30 @@ def write_expression_tsv(path, expr: np.ndarray, genes, samples, label: str = "g
 
 
 def write_network_ap(df: pd.DataFrame, path) -> None:
-    """ARACNe-AP ``network.txt`` from an engine network (``regulator, target, mi, pvalue``)."""
+    """ARACNe-AP ``network.txt`` from an engine network (``regulator, target, mi, pvalue``).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Network of :func:`cellgraph.grn.aracne.aracne` (columns ``regulator, target, mi, pvalue`` used).
+    path : path
+        Output file, tab-separated with header ``Regulator Target MI pvalue``, written atomically.
+    """
     out = df[["regulator", "target", "mi", "pvalue"]].rename(columns={v: k for k, v in AP_MAP.items()})
     with atomic_path(path) as tmp:
         out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
 
 
 def write_network_aracne3(df: pd.DataFrame, path) -> None:
-    """ARACNe3 consolidated network from an engine network (``regulator, target, mi, scc, count, log_p``)."""
+    """ARACNe3 consolidated network from an engine network (``regulator, target, mi, scc, count, log_p``).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Network of :func:`cellgraph.grn.aracne.aracne` (the six columns above used).
+    path : path
+        Output file, tab-separated with the ARACNe3 header (:data:`A3_COLUMNS`), written atomically.
+    """
     out = df[list(A3_MAP.values())].rename(columns={v: k for k, v in A3_MAP.items()})
     with atomic_path(path) as tmp:
         out.to_csv(tmp, sep="\t", index=False, float_format="%.17g")
@@ -217,7 +278,15 @@ def write_network_aracne3(df: pd.DataFrame, path) -> None:
 
 def write_network_decoupler(df: pd.DataFrame, path) -> None:
     """decoupler-style network (``source, target, weight, mi, pvalue, count``; weight = ``scc``) from an
-    engine network."""
+    engine network.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Network of :func:`cellgraph.grn.aracne.aracne` (``regulator, target, scc, mi, pvalue, count`` used).
+    path : path
+        Output file, tab-separated with header, written atomically.
+    """
     out = pd.DataFrame({"source": df["regulator"], "target": df["target"], "weight": df["scc"], "mi": df["mi"],
                         "pvalue": df["pvalue"], "count": df["count"]})
     with atomic_path(path) as tmp:
@@ -252,10 +321,21 @@ def _read_network(path, columns: list[str], mapping: dict, what: str) -> pd.Data
 def read_network_ap(path) -> pd.DataFrame:
     """Read an ARACNe-AP ``network.txt`` as ``regulator, target, mi, pvalue``.
 
+    Parameters
+    ----------
+    path : path
+        Tab-separated file with header ``Regulator Target MI pvalue``.
+
+    Returns
+    -------
+    DataFrame with columns ``regulator, target`` (str), ``mi`` (nats), ``pvalue``; NA/NaN/empty numbers
+    read as NaN.
+
     Raises
     ------
     InputError
-        On a wrong header or a non-numeric MI / p-value (naming the line).
+        If the file is missing or unreadable, on a wrong header or a non-numeric MI / p-value (naming the
+        line).
     """
     return _read_network(path, AP_COLUMNS, AP_MAP, "ARACNe-AP network")
 
@@ -263,10 +343,20 @@ def read_network_ap(path) -> pd.DataFrame:
 def read_network_aracne3(path) -> pd.DataFrame:
     """Read an ARACNe3 consolidated network as ``regulator, target, mi, scc, count, log_p``.
 
+    Parameters
+    ----------
+    path : path
+        Tab-separated file with the ARACNe3 header (:data:`A3_COLUMNS`).
+
+    Returns
+    -------
+    DataFrame with columns ``regulator, target`` (str), ``mi`` (nats), ``scc``, ``count``, ``log_p``
+    (natural log); NA/NaN/empty numbers read as NaN.
+
     Raises
     ------
     InputError
-        On a wrong header or a non-numeric value (naming the line).
+        If the file is missing or unreadable, on a wrong header or a non-numeric value (naming the line).
     """
     return _read_network(path, A3_COLUMNS, A3_MAP, "ARACNe3 network")
 

@@ -242,6 +242,15 @@ def read_regulators(path) -> list[str]:
     """Regulator symbols of ``regulators.txt`` (UTF-8, one per line; a leading byte-order mark, blank lines and
     ``#`` comments ignored).
 
+    Parameters
+    ----------
+    path : path
+        The regulator list (ARACNe-AP ``--tfs`` format).
+
+    Returns
+    -------
+    list[str], the distinct symbols, sorted.
+
     Raises
     ------
     InputError
@@ -338,7 +347,19 @@ def type_inputs(adata, cells: np.ndarray, gene_pos: np.ndarray, is_reg: np.ndarr
 
 def detected_genes(counts: np.ndarray, min_fraction: float) -> np.ndarray:
     """Bool mask [G] of genes detected (count > 0) in at least ``min_fraction`` of the cells of ``counts``
-    [cells x G]."""
+    [cells x G].
+
+    Parameters
+    ----------
+    counts : float array [cells, G]
+        Raw UMI counts.
+    min_fraction : float
+        Detection floor, fraction 0-1 of the cells.
+
+    Returns
+    -------
+    bool array [G].
+    """
     return (counts > 0).mean(axis=0) >= min_fraction
 
 
@@ -349,8 +370,20 @@ def detected_genes(counts: np.ndarray, min_fraction: float) -> np.ndarray:
 
 def depth_blocks(depth: np.ndarray, size: int) -> np.ndarray | None:
     """Block label [n] of each sample: samples sorted by depth (ties by position) cut into blocks of
-    ``size``; a last block smaller than ``size / 2`` joins the one before. ``None`` when ``size`` is 0 or
-    fewer than two blocks fit."""
+    ``size``; a last block smaller than ``size / 2`` joins the one before.
+
+    Parameters
+    ----------
+    depth : float array [n]
+        Depth of each sample (total UMIs).
+    size : int
+        Samples per block; <= 0 turns blocks off.
+
+    Returns
+    -------
+    int64 array [n] of block labels 0..K-1 (block 0 the shallowest), or ``None`` when ``size`` <= 0 or fewer
+    than two blocks fit (``n < 2 size``).
+    """
     n = depth.size
     if size <= 0 or n < 2 * size:
         return None
@@ -364,7 +397,21 @@ def depth_blocks(depth: np.ndarray, size: int) -> np.ndarray | None:
 
 
 def permute_within_blocks(counts: np.ndarray, blocks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``counts`` [cells x G] with each gene (column) permuted independently across the cells of each block."""
+    """``counts`` [cells x G] with each gene (column) permuted independently across the cells of each block.
+
+    Parameters
+    ----------
+    counts : array [cells, G]
+        Counts (left unchanged).
+    blocks : int array [cells]
+        Block label of each cell (:func:`depth_blocks`).
+    rng : numpy.random.Generator
+        Source of the permutations.
+
+    Returns
+    -------
+    A permuted copy of ``counts``, same shape and dtype; each gene keeps its values within each block.
+    """
     out = counts.copy()
     for k in np.unique(blocks):
         idx = np.flatnonzero(blocks == k)
@@ -392,9 +439,21 @@ def disjoint_metacells(emb: np.ndarray, depth: np.ndarray, target_umis: float, s
     [cells x k]) until the summed ``depth`` reaches ``target_umis``; cells left over when no full metacell
     can be formed around them join the metacell with the nearest centroid.
 
+    Parameters
+    ----------
+    emb : float array [cells, k]
+        Embedding of the cells (PCA of the log-CPM).
+    depth : float array [cells]
+        Total UMIs of each cell.
+    target_umis : float
+        UMIs per metacell.
+    seed : int
+        Seed of the cell order.
+
     Returns
     -------
-    list of int arrays (cell positions), one per metacell.
+    list of int arrays (cell positions, sorted), one per metacell; a single metacell of all cells if no
+    full one can be formed.
 
     Raises
     ------
@@ -429,7 +488,24 @@ def disjoint_metacells(emb: np.ndarray, depth: np.ndarray, target_umis: float, s
 
 
 def knn_metacells(emb: np.ndarray, k: int) -> list[np.ndarray]:
-    """Overlapping kNN metacells: each cell with its ``k - 1`` nearest neighbours (one per cell)."""
+    """Overlapping kNN metacells: each cell with its ``k - 1`` nearest neighbours (one per cell).
+
+    Parameters
+    ----------
+    emb : float array [cells, d]
+        Embedding of the cells (PCA of the log-CPM); Euclidean neighbours.
+    k : int
+        Cells per metacell.
+
+    Returns
+    -------
+    list of int arrays [k] (cell positions), one per cell.
+
+    Raises
+    ------
+    InputError
+        If ``k`` exceeds the number of cells.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     if k > emb.shape[0]:
@@ -486,6 +562,19 @@ def bootstrap_progress(n_bootstraps: int, label: str = "", every_s: float = 30.0
 
     Logs the first and the last bootstrap and, in between, at most one line per ``every_s`` seconds (wall
     time): ``ARACNe <label>: bootstrap b/B done (t s)``, so a long (paper-scale) job shows it is alive.
+
+    Parameters
+    ----------
+    n_bootstraps : int
+        B, the bootstraps of the run.
+    label : str
+        Name of the run in the log lines.
+    every_s : float
+        Least seconds between two log lines.
+
+    Returns
+    -------
+    callable ``on_bootstrap(b)`` taking the 0-based bootstrap index, returning None.
     """
     t0 = time.perf_counter()
     last = [-np.inf]
@@ -525,7 +614,17 @@ def _part_network(counts, depth, genes, regs, st, fixed=None):
 
 def n_pairs(df: pd.DataFrame) -> int:
     """Distinct unordered (regulator, target) pairs of an edge table: a regulator pair listed in both
-    directions counts once. The unit of the edge counts in ``control.tsv`` and the report."""
+    directions counts once. The unit of the edge counts in ``control.tsv`` and the report.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Edge table with columns ``regulator`` and ``target``.
+
+    Returns
+    -------
+    int, the number of distinct unordered pairs.
+    """
     return len({frozenset(e) for e in zip(df["regulator"], df["target"])})
 
 
@@ -538,6 +637,17 @@ def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int]
     (``|E_s|`` undirected pairs, ``n_possible_s`` the pairs tested there);
     Benjamini-Hochberg over ``max(n_possible)`` edges; kept iff ``k >= min_parts``, by default the smallest
     ``k`` whose adjusted p is at most ``alpha`` (``S + 1`` if none).
+
+    Parameters
+    ----------
+    networks : list of S DataFrames
+        Sub-cluster networks (engine columns ``regulator, target, mi, count, scc`` used).
+    n_possible : list of S int
+        Pairs tested in each sub-cluster.
+    alpha : float
+        Benjamini-Hochberg level, in (0, 1].
+    min_parts : int, optional
+        Use this cut (a control run: the real run's ``min_parts``) instead of deriving it.
 
     Returns
     -------
@@ -565,6 +675,15 @@ def recurrence_consolidation(networks: list[pd.DataFrame], n_possible: list[int]
 def leiden_subclusters(counts: np.ndarray, depth: np.ndarray, st: dict) -> tuple[list[np.ndarray], list[int]]:
     """Leiden sub-clusters of one type's cells (scanpy ``neighbors`` + ``leiden`` on the PCA of the log-CPM of
     ``counts`` [cells x G], resolution ``st["subcluster_resolution"]``, seed ``st["seed"]``).
+
+    Parameters
+    ----------
+    counts : float array [cells, G]
+        Raw UMI counts of the type's selected genes.
+    depth : float array [cells]
+        Total UMIs of each cell over all genes.
+    st : dict
+        Stage settings; ``seed``, ``subcluster_resolution`` and ``subcluster_min_cells`` are read.
 
     Returns
     -------
@@ -625,7 +744,23 @@ def permutation_control(counts, depth, genes, regs, st, cut, parts=None, rng_key
 
     Each gene's counts are permuted across the cells of each depth block of :data:`CONTROL_BLOCK_CELLS`
     (within each sub-cluster when ``parts`` is given), then :func:`type_network` runs with the real run's
-    ``cut``. Returns the number of edges of each run.
+    ``cut``.
+
+    Parameters
+    ----------
+    counts, depth, genes, regs, st
+        As :func:`type_network` (``st["control_permutations"]`` runs; run ``r`` uses seed
+        ``st["seed"] + 1000 (r + 1)``).
+    cut : dict
+        The real run's cut (second return value of :func:`type_network`).
+    parts : list of position arrays, optional
+        The real run's sub-clusters.
+    rng_key : tuple of int
+        Seeds the permutations (with the run index).
+
+    Returns
+    -------
+    list[int], the distinct edges (:func:`n_pairs`) of each run.
     """
     out = []
     groups = [np.arange(depth.size)] if parts is None else parts
@@ -643,7 +778,20 @@ def permutation_control(counts, depth, genes, regs, st, cut, parts=None, rng_key
 def control_summary(control_edges: list[int], real_edges: int) -> dict:
     """Mean false edges over the control runs with an exact 95% Poisson interval of the mean (Garwood), and
     the implied FDR = mean / real edges with the same interval scaled (capped at 1; None without real
-    edges)."""
+    edges).
+
+    Parameters
+    ----------
+    control_edges : list[int]
+        False edges of each control run.
+    real_edges : int
+        Edges of the real run.
+
+    Returns
+    -------
+    dict: ``permutations`` (runs) and, when there was a run, ``edges`` (per run), ``mean``, ``lo``, ``hi``
+    (edges), ``fdr``, ``fdr_lo``, ``fdr_hi`` (fractions 0-1 or None).
+    """
     from scipy.stats import chi2
 
     r = len(control_edges)
@@ -786,7 +934,15 @@ def _decoupler_frame(df: pd.DataFrame, ct: str) -> pd.DataFrame:
 def write_networks(networks: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``networks.tsv.gz``: ``networks`` (:data:`NETWORK_COLUMNS`) as tab-separated text, floats with
     6 significant digits, gzip-compressed without file name and with mtime 0 (same rows, same bytes),
-    atomically."""
+    atomically.
+
+    Parameters
+    ----------
+    networks : DataFrame
+        Edges, columns :data:`NETWORK_COLUMNS` (written as given, without index).
+    path : path
+        Output file (``networks.tsv.gz``).
+    """
     with atomic_path(path) as tmp:
         # no file name and mtime 0 in the gzip header: same seed, same bytes
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:

@@ -22,6 +22,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary file keeps the suffix of ``path`` (so writers that look at it, such as
     ``AnnData.write_h5ad`` or ``numpy.savez``, behave) and is removed if the block raises, so a failed
     run never leaves a partial output.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final output file; its parent folders are created. Stale temporaries of ``path`` left by dead
+        writers of this host are removed first.
+
+    Yields
+    ------
+    pathlib.Path
+        Temporary file ``.<name>.<host>-<pid>.<random><suffix>`` in the folder of ``path`` (already
+        created, empty, permissions 0666 less the umask), to be written by the block.
+
+    Raises
+    ------
+    BaseException
+        Whatever the block raises is re-raised unchanged, after the temporary is deleted (``path`` is
+        left as it was).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +81,16 @@ def _remove_stale_temporaries(path: Path, suffix: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.json`` file (written through :func:`atomic_path`).
+    obj : Any
+        JSON-serialisable object; numpy integers, floats and arrays and ``pathlib.Path`` are converted
+        (an other type raises ``TypeError``, not JSON serialisable).
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
@@ -85,7 +112,27 @@ def _json_default(o: Any) -> Any:
 def read_h5ad(path: str | os.PathLike, what: str | None = None, backed: str | None = None):
     """``anndata.read_h5ad(path, backed=backed)``; any read failure becomes one :class:`InputError`
     ``"<what or path>: cannot be read as h5ad (<error type>: <message>)"`` (a truncated or foreign file is the
-    user's input, not a traceback)."""
+    user's input, not a traceback).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.h5ad`` file.
+    what : str, optional
+        Name of the input in the error message (default: ``path``).
+    backed : str, optional
+        ``None`` loads into memory; ``"r"`` (or ``"r+"``) opens it backed on disk, as ``anndata``.
+
+    Returns
+    -------
+    anndata.AnnData
+        The object ``anndata.read_h5ad`` returns.
+
+    Raises
+    ------
+    InputError
+        Any exception while reading (missing, truncated or foreign file), chained to the original.
+    """
     import anndata as ad
 
     try:
@@ -95,7 +142,25 @@ def read_h5ad(path: str | os.PathLike, what: str | None = None, backed: str | No
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:
-    """Return ``Path(path)`` or raise :class:`InputError` naming ``what`` if it is not a readable file."""
+    """Return ``Path(path)`` or raise :class:`InputError` naming ``what`` if it is not a readable file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Input file to check.
+    what : str
+        Name of the input in the error message (a config key or a command line option).
+
+    Returns
+    -------
+    pathlib.Path
+        ``Path(path)``.
+
+    Raises
+    ------
+    InputError
+        ``"<what>: file not found: <path>"`` when ``path`` is not an existing regular file.
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what}: file not found: {p}")
@@ -103,7 +168,17 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def write_tsv(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
-    """Write a DataFrame as a tab-separated table without its index, atomically (:func:`atomic_path`)."""
+    """Write a DataFrame as a tab-separated table without its index, atomically (:func:`atomic_path`).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Table to write; its columns, with a header line, not its index.
+    path : str or os.PathLike
+        Output ``.tsv`` file.
+    float_format : str
+        ``printf`` format of float cells (default ``"%.6g"``, six significant digits).
+    """
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, float_format=float_format)
 
@@ -111,7 +186,16 @@ def write_tsv(df, path: str | os.PathLike, float_format: str = "%.6g") -> None:
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
     """Write arrays as an uncompressed ``.npz`` (what ``numpy.savez`` writes, read by ``numpy.load``),
     atomically and byte-reproducibly: ``numpy.savez`` stamps the current time into each zip entry, here every
-    entry has a fixed date, so the same arrays give the same bytes."""
+    entry has a fixed date, so the same arrays give the same bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.npz`` file.
+    arrays : Mapping[str, array-like]
+        Entry name -> array (stored as ``<name>.npy``); object arrays are refused (``allow_pickle=False``
+        raises ``ValueError``).
+    """
     import zipfile
 
     import numpy as np
@@ -130,6 +214,17 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: 
 
     Neither file carries a software tag or creation date, so reruns give the same bytes. ``dpi`` applies to
     the PNG (and to rasterised artists of the PDF).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        Figure to save; it is closed afterwards.
+    path : str or os.PathLike
+        PNG output; the PDF goes to ``path`` with suffix ``.pdf``.
+    dpi : int
+        Resolution of the PNG in dots per inch (default 120).
+    **savefig_kwargs
+        Passed on to ``Figure.savefig`` for both files (for example ``bbox_inches="tight"``).
     """
     import matplotlib.pyplot as plt
 

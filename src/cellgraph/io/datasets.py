@@ -307,7 +307,28 @@ def _genes(targets: pd.Series, control: str) -> set[str]:
 
 def convert(fmt: str, path: str | Path, **options):
     """Dispatch to :func:`convert_human_immune` (``h5ad``) or :func:`convert_gears` (``gears_zip``); options
-    whose value is ``None`` take the converter's default. InputError for an unknown format."""
+    whose value is ``None`` take the converter's default. InputError for an unknown format.
+
+    Parameters
+    ----------
+    fmt : str
+        One of :data:`FORMATS`: ``"h5ad"`` or ``"gears_zip"``.
+    path : str or pathlib.Path
+        The published file (the h5ad, or the GEARS zip).
+    **options
+        Keyword options of the chosen converter (``label_key``, ``batch_key``, ``counts_layer``; or
+        ``member``, ``label_key``, ``perturbation_key``, ``control``, ``workdir``); ``None`` values are dropped.
+
+    Returns
+    -------
+    anndata.AnnData
+        [cells, genes] in the project's h5ad contract, with ``uns["conversion_report"]`` (see the converter).
+
+    Raises
+    ------
+    InputError
+        ``fmt`` is not a known format; and whatever the converter raises.
+    """
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     fn = convert_human_immune if fmt == "h5ad" else convert_gears
@@ -317,7 +338,22 @@ def convert(fmt: str, path: str | Path, **options):
 def write_dataset(adata, out: str | Path, report_path: str | Path | None = None) -> dict:
     """Write ``adata`` to ``out`` and its report (``uns["conversion_report"]``, plus ``output``) as JSON to
     ``report_path`` (default: ``out`` with ``.report.json``), both atomically (:func:`cellgraph.io.atomic_path`).
-    Returns the report."""
+    Returns the report.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        A converted dataset (:func:`convert`); written gzip-compressed.
+    out : str or pathlib.Path
+        Output ``.h5ad`` file.
+    report_path : str or pathlib.Path, optional
+        Output JSON report; default ``out`` with its suffix replaced by ``.report.json``.
+
+    Returns
+    -------
+    dict
+        The conversion report (``{}`` when ``adata`` has none) plus ``output``: ``str(out)``.
+    """
     report = json.loads(adata.uns.get(REPORT_KEY, "{}"))
     report["output"] = str(out)
     with atomic_path(out) as tmp:

@@ -53,6 +53,16 @@ def bin_special_ids(n_bins: int) -> dict[str, int]:
     Bins ``0..n_bins`` are expression bins (0 = not expressed); then ``MASK = n_bins + 1``,
     ``PAD = n_bins + 2``, ``CLS = n_bins + 3``; ``size = n_bins + 4``.
 
+    Parameters
+    ----------
+    n_bins : int
+        The shard's ``n_bins``: the highest expression bin (bins are ``0..n_bins``); at least 2.
+
+    Returns
+    -------
+    dict[str, int]
+        ``MASK``, ``PAD``, ``CLS`` (bin ids) and ``size`` (the bin vocabulary size).
+
     Raises
     ------
     ValueError
@@ -66,6 +76,11 @@ def bin_special_ids(n_bins: int) -> dict[str, int]:
 
 def read_vocab(path: str | os.PathLike) -> list[str]:
     """Read ``vocab.tsv`` (``token_id, gene``) into a list whose index is the token id.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The tab-separated vocabulary written by the tokenizer: header ``token_id<TAB>gene``, one token a line.
 
     Returns
     -------
@@ -257,15 +272,26 @@ def dense_laplacian(
 def collate(items: Sequence[Mapping[str, Any]], weighted: bool = False) -> dict[str, torch.Tensor]:
     """Pad a list of :class:`TokenDataset` items into the batch dict of design.md section 5.
 
-    With ``n`` the longest gene sequence in the batch:
+    Parameters
+    ----------
+    items : sequence of dict
+        ``B`` items of :class:`TokenDataset` (``gene_ids``, ``bins``, ``expr``, ``edge_index`` [2, e_i] local
+        positions, ``edge_weight``, ``cell_index``, ``n_bins``).
+    weighted : bool
+        Build the Laplacians from ``edge_weight`` instead of unit weights (default False).
 
-    - ``gene_ids`` Long [B, 1+n]: position 0 = ``<cls>`` (id 1), padding id 0;
-    - ``bins`` Long [B, 1+n]: position 0 = CLS bin ``n_bins+3``, padding = PAD bin ``n_bins+2``;
-    - ``attention_mask`` Bool [B, 1+n]: True for real tokens, CLS included;
-    - ``laplacian`` Float [B, n, n]: dense normalised Laplacian of each cell's subgraph over its gene
-      tokens (no CLS), unweighted unless ``weighted=True`` (then ``edge_weight``, e.g. mutual
-      information), padding and isolated-node rows/columns zero;
-    - ``expr`` Float [B, n] (0 at padding); ``cell_index`` Long [B].
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        With ``n`` the longest gene sequence in the batch:
+
+        - ``gene_ids`` Long [B, 1+n]: position 0 = ``<cls>`` (id 1), padding id 0;
+        - ``bins`` Long [B, 1+n]: position 0 = CLS bin ``n_bins+3``, padding = PAD bin ``n_bins+2``;
+        - ``attention_mask`` Bool [B, 1+n]: True for real tokens, CLS included;
+        - ``laplacian`` Float [B, n, n]: dense normalised Laplacian of each cell's subgraph over its gene
+          tokens (no CLS), unweighted unless ``weighted=True`` (then ``edge_weight``, e.g. mutual
+          information), padding and isolated-node rows/columns zero;
+        - ``expr`` Float [B, n] (0 at padding); ``cell_index`` Long [B].
 
     Raises
     ------

@@ -39,7 +39,18 @@ class DownloadError(InputError):
 
 
 def sha256_of(path: str | Path) -> str:
-    """SHA-256 hex digest (64 lower-case hex characters) of a file."""
+    """SHA-256 hex digest (64 lower-case hex characters) of a file.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        File to hash (read in chunks by ``pooch.file_hash``).
+
+    Returns
+    -------
+    str
+        The digest, 64 lower-case hexadecimal characters.
+    """
     import pooch
 
     return pooch.file_hash(str(path), alg="sha256")
@@ -123,6 +134,20 @@ def fetch(
 
 def extract_member(archive: str | Path, member: str, dest: str | Path) -> dict:
     """Extract one file of a zip archive (a BioGRID release) to ``dest``, atomically.
+
+    Parameters
+    ----------
+    archive : str or pathlib.Path
+        The zip file.
+    member : str
+        Name of the member inside the archive, as ``ZipFile.namelist`` gives it.
+    dest : str or pathlib.Path
+        Output file (written through :func:`cellgraph.io.atomic_path`).
+
+    Returns
+    -------
+    dict
+        ``archive``, ``member``, ``file`` (``dest``) and ``bytes`` (size of the extracted file).
 
     Raises
     ------

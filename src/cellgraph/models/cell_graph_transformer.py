@@ -101,7 +101,27 @@ PRESETS = {
 
 
 def preset(name: str, n_genes: int, **overrides) -> CGTConfig:
-    """``CGTConfig`` of preset ``demo`` (2 layers, d 32) or ``paper`` (8 layers, d 96, 12 heads)."""
+    """``CGTConfig`` of preset ``demo`` (2 layers, d 32) or ``paper`` (8 layers, d 96, 12 heads).
+
+    Parameters
+    ----------
+    name : str
+        Preset name, ``demo`` or ``paper``.
+    n_genes : int
+        N, the number of genes of the universe.
+    **overrides
+        ``CGTConfig`` fields that replace the preset's values.
+
+    Returns
+    -------
+    CGTConfig
+        The configuration.
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is not a preset (and from ``CGTConfig`` when an override is invalid).
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     return CGTConfig(n_genes=n_genes, **{**PRESETS[name], **overrides})
@@ -115,10 +135,25 @@ def preset(name: str, n_genes: int, **overrides) -> CGTConfig:
 def row_normalized_csr(edge_index: torch.Tensor, edge_weight: torch.Tensor | None, n: int, directed: bool):
     """Row-normalised adjacency A~ (rows sum to 1) as COO sorted by row.
 
-    edge_index Long [2, E] (row = attending gene i, col = attended gene j, genes 0..n-1); undirected
-    graphs are given once and mirrored here. Returns ``(row Long [E'], col Long [E'], val Float [E'],
-    pos_rows Long [n_pos])``, ``pos_rows`` the rows of positive degree. Self-loops and duplicates are
-    dropped (duplicates: weights summed by ``coalesce``).
+    Undirected graphs are given once and mirrored here. Self-loops and duplicates are dropped (duplicates:
+    weights summed by ``coalesce``); edge weights enter as absolute values, and edges of weight 0 are dropped.
+
+    Parameters
+    ----------
+    edge_index : torch.Tensor
+        Long [2, E] (row = attending gene i, col = attended gene j, genes 0..n-1).
+    edge_weight : torch.Tensor or None
+        Float [E] edge weights (sign ignored); None for weight 1 on every edge.
+    n : int
+        Number of genes.
+    directed : bool
+        False to mirror every edge (mirrored pairs keep the larger weight).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``(row Long [E'], col Long [E'], val Float [E'], pos_rows Long [n_pos])``, ``pos_rows`` the rows of
+        positive degree.
     """
     from torch_geometric.utils import coalesce, remove_self_loops, to_undirected
 
@@ -142,10 +177,23 @@ def sampled_rows_kl(log_alpha_rows: torch.Tensor, rows: torch.Tensor, row: torch
                     val: torch.Tensor, n_genes: int) -> torch.Tensor:
     """Mean over sampled rows of KL(A~[i,:] || alpha[i,:]).
 
-    log_alpha_rows Float [R, N+1]: log-softmax attention rows of the sampled genes ``rows`` Long [R]
-    (token 0 = CLS, gene j = token j+1); (row, col, val) the row-normalised adjacency over genes
-    (:func:`row_normalized_csr`). KL = sum_j p_ij (log p_ij - log alpha_ij) over the edges of row i.
-    Returns a scalar: the sum over sampled rows divided by R.
+    KL = sum_j p_ij (log p_ij - log alpha_ij) over the edges of row i.
+
+    Parameters
+    ----------
+    log_alpha_rows : torch.Tensor
+        Float [R, N+1], log-softmax attention rows of the sampled genes (token 0 = CLS, gene j = token j+1).
+    rows : torch.Tensor
+        Long [R], the sampled genes.
+    row, col, val : torch.Tensor
+        Row-normalised adjacency over genes, Long [E], Long [E], Float [E] (:func:`row_normalized_csr`).
+    n_genes : int
+        N, the number of genes.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar (nats): the sum over sampled rows divided by R.
     """
     slot = torch.full((n_genes,), -1, dtype=torch.long, device=rows.device)  # [N] position among sampled rows
     slot[rows] = torch.arange(rows.numel(), device=rows.device)
@@ -157,7 +205,22 @@ def sampled_rows_kl(log_alpha_rows: torch.Tensor, rows: torch.Tensor, row: torch
 
 
 def full_attention_kl(alpha: torch.Tensor, rows: torch.Tensor, row, col, val) -> torch.Tensor:
-    """Reference for tests: the same KL read off a full attention map alpha Float [N+1, N+1] (one head)."""
+    """Reference for tests: the same KL read off a full attention map alpha Float [N+1, N+1] (one head).
+
+    Parameters
+    ----------
+    alpha : torch.Tensor
+        Float [N+1, N+1] softmax attention map (token 0 = CLS, gene j = token j+1).
+    rows : torch.Tensor
+        Long [R], the sampled genes.
+    row, col, val
+        Row-normalised adjacency over genes (:func:`row_normalized_csr`).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar (nats), as :func:`sampled_rows_kl`.
+    """
     n = alpha.shape[0] - 1
     target = torch.zeros(n, n + 1)  # [N, N+1] A~ with a zero CLS column
     target[row, col + 1] = val
@@ -167,7 +230,18 @@ def full_attention_kl(alpha: torch.Tensor, rows: torch.Tensor, row, col, val) ->
 
 
 def segment_ids(ptr: torch.Tensor) -> torch.Tensor:
-    """Sample index of every entry of a pointer array: ptr Long [B+1] -> Long [ptr[-1]]."""
+    """Sample index of every entry of a pointer array: ptr Long [B+1] -> Long [ptr[-1]].
+
+    Parameters
+    ----------
+    ptr : torch.Tensor
+        Long [B+1] pointer array (sample b owns entries ptr[b]:ptr[b+1]).
+
+    Returns
+    -------
+    torch.Tensor
+        Long [ptr[-1]], the sample index b of each entry.
+    """
     return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr.diff())
 
 
@@ -355,11 +429,10 @@ def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128),
                           seed: int = 0) -> tuple[list[dict], list[dict]]:
     r"""How each attention head of ``encoder`` follows each gene graph (diagnostics).
 
-    graphs: name -> (edge_index Long [2, E], edge_weight or None, directed) over genes 0..N-1, all graphs,
-    regularised or not. Per graph, up to ``max_rows`` rows of positive degree are drawn (seeded); for every
-    (graph, layer, head), with :math:`\alpha_i` the head's softmax row of gene i over the N + 1 tokens,
-    :math:`\mathcal N(i)` the neighbours of i (out-neighbours for directed graphs, the convention of the
-    regularisation) and the genes ranked by :math:`\alpha_{ij}` (CLS excluded), means over the rows of:
+    Per graph, up to ``max_rows`` rows of positive degree are drawn (seeded); for every (graph, layer, head),
+    with :math:`\alpha_i` the head's softmax row of gene i over the N + 1 tokens, :math:`\mathcal N(i)` the
+    neighbours of i (out-neighbours for directed graphs, the convention of the regularisation) and the genes
+    ranked by :math:`\alpha_{ij}` (CLS excluded), means over the rows of:
 
     - ``recall_at_degree``: the share of :math:`\mathcal N(i)` among the top-:math:`|\mathcal N(i)|` genes
       (R-precision);
@@ -370,12 +443,33 @@ def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128),
     Per (layer, head), over up to ``max_rows`` genes drawn uniformly: ``entropy`` (nats, mean over rows of
     :math:`-\sum_j \alpha_{ij} \log \alpha_{ij}`; uniform attention gives log(N + 1)) and ``effective_rank``
     of the [R, N+1] attention matrix (Roy & Vetterli 2007: exp of the entropy of its normalised singular
-    values). Returns (rows per (graph, layer, head), rows per (layer, head)) as lists of dicts.
+    values).
+
+    Parameters
+    ----------
+    encoder : SharedEncoder
+        The encoder whose attention rows are read.
+    graphs : dict
+        name -> (edge_index Long [2, E], edge_weight or None, directed) over genes 0..N-1, all graphs,
+        regularised or not.
+    ks : tuple of int
+        k of ``precision_at_k``.
+    max_rows : int
+        Most rows drawn per graph, and for the per-head statistics.
+    seed : int
+        Seed of the ``torch.Generator`` that draws the rows.
+
+    Returns
+    -------
+    tuple of list of dict
+        (rows per (graph, layer, head): graph, layer, head, regularised, rows, mean_degree, recall_at_degree,
+        precision_at_<k>, edge_mass, uniform_mass; rows per (layer, head): layer, head, rows, entropy,
+        uniform_entropy, effective_rank).
     """
     cfg = encoder.cfg
     n = cfg.n_genes
     gen = torch.Generator().manual_seed(seed)
-    graph_rows, head_rows = [], []
+    graph_rows = []
     regularised = {(g, int(v[0]), int(v[1])) for g, v in cfg.graph_reg.items() if float(v[2]) > 0}
     for name in sorted(graphs):
         ei, w, directed = graphs[name][:3]
@@ -407,6 +501,13 @@ def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128),
                 rec["edge_mass"] = float(mass[hd].mean())
                 rec["uniform_mass"] = float((deg.float() / (n + 1)).mean())
                 graph_rows.append(rec)
+    return graph_rows, _head_statistics(encoder, n, max_rows, gen)
+
+
+def _head_statistics(encoder: SharedEncoder, n: int, max_rows: int, gen: torch.Generator) -> list[dict]:
+    """Per (layer, head) of :func:`attention_diagnostics`: entropy and effective rank over up to ``max_rows``
+    genes drawn with ``gen`` -> one dict per (layer, head)."""
+    head_rows = []
     rows = torch.randperm(n, generator=gen)[:max_rows].sort().values
     att = encoder.attention_rows(rows)  # [L, H, R, N+1]
     ent = -(att * att.clamp_min(1e-30).log()).sum(-1).mean(-1)  # [L, H]
@@ -417,7 +518,7 @@ def attention_diagnostics(encoder: SharedEncoder, graphs: dict, ks=(8, 32, 128),
             erank = float(torch.exp(-(p_sv * p_sv.clamp_min(1e-300).log()).sum()))
             head_rows.append({"layer": li, "head": hd, "rows": int(rows.numel()), "entropy": float(ent[li, hd]),
                               "uniform_entropy": math.log(n + 1), "effective_rank": erank})
-    return graph_rows, head_rows
+    return head_rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -597,13 +698,26 @@ class EquivariantCellGraphTransformer(nn.Module):
 def multitask_loss(pred: dict, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
     """Sparse multi-task MSE: L = sum_t w_t * loss_t over the tasks with labels ``y_<t>`` in the batch.
 
-    loss_t = mean over the labelled entries of (pred - y)^2, where ``m_<t>`` (bool, same shape as y:
-    [B] scalar tasks, [B, N] expression with unmeasured genes False, [B, m] gene set) marks labelled
-    entries. Unlabelled entries are removed by boolean indexing before any arithmetic, so their (possibly
-    NaN) labels contribute neither value nor gradient; a task with no labelled entry contributes 0.
+    loss_t = mean over the labelled entries of (pred - y)^2, where ``m_<t>`` marks labelled entries.
+    Unlabelled entries are removed by boolean indexing before any arithmetic, so their (possibly NaN) labels
+    contribute neither value nor gradient; a task with no labelled entry (or weight 0) contributes 0.
     Normaliser: the number of labelled entries of that task in the batch. With ``batch["sample_weight"]``
     (Float [B], >= 0) each sample's entries are weighted by it and the normaliser is the weight sum.
-    Returns (total scalar, {task: float loss}).
+
+    Parameters
+    ----------
+    pred : dict
+        task -> prediction, [B] scalar tasks, [B, N] expression, [B, m] gene set.
+    batch : dict
+        ``y_<t>`` labels and ``m_<t>`` bool masks of the same shapes (expression: unmeasured genes False),
+        optionally ``sample_weight``.
+    weights : dict
+        task -> weight w_t.
+
+    Returns
+    -------
+    tuple
+        (total loss, scalar tensor; {task: float loss_t} of the tasks that contributed).
     """
     total = None
     parts = {}
@@ -627,7 +741,32 @@ def multitask_loss(pred: dict, batch: dict, weights: dict) -> tuple[torch.Tensor
 
 
 def build_model(kind: str, cfg: CGTConfig, graphs: dict | None = None, gene_set=None) -> nn.Module:
-    """``kind`` in {``equivariant``, ``non_equivariant``}; graphs as for :meth:`SharedEncoder.set_graphs`."""
+    """``kind`` in {``equivariant``, ``non_equivariant``}; graphs as for :meth:`SharedEncoder.set_graphs`.
+
+    Parameters
+    ----------
+    kind : str
+        ``equivariant`` (:class:`EquivariantCellGraphTransformer`) or ``non_equivariant``
+        (:class:`CellGraphTransformer`).
+    cfg : CGTConfig
+        Model configuration.
+    graphs : dict or None
+        name -> (edge_index Long [2, E], edge_weight Float [E] or None, directed) for the regularisation.
+    gene_set : optional
+        Genes of the gene-set readout, passed to the equivariant model only.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model (in training mode).
+
+    Raises
+    ------
+    ValueError
+        When ``kind`` is neither model kind.
+    KeyError
+        When ``cfg.graph_reg`` names a graph missing from ``graphs`` (:meth:`SharedEncoder.set_graphs`).
+    """
     if kind == "equivariant":
         model = EquivariantCellGraphTransformer(cfg, gene_set)
     elif kind == "non_equivariant":
@@ -640,7 +779,20 @@ def build_model(kind: str, cfg: CGTConfig, graphs: dict | None = None, gene_set=
 
 
 def load(path, map_location="cpu") -> nn.Module:
-    """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.tl.perturb`."""
+    """Load ``{"kind", "config", "graphs", "state_dict", "genes"}`` written by :mod:`cellgraph.tl.perturb`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The checkpoint (``model.pt``), read with ``torch.load(weights_only=True)``.
+    map_location : str or torch.device
+        Device the tensors are loaded to.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model with its weights, in eval mode.
+    """
     ck = torch.load(path, map_location=map_location, weights_only=True)
     cfg = CGTConfig(**ck["config"])
     model = build_model(ck["kind"], cfg, ck.get("graphs"))
@@ -649,5 +801,16 @@ def load(path, map_location="cpu") -> nn.Module:
 
 
 def config_dict(cfg: CGTConfig) -> dict:
-    """``cfg`` as a plain dict (``dataclasses.asdict``), as stored under ``config`` in a perturbation ``model.pt``."""
+    """``cfg`` as a plain dict (``dataclasses.asdict``), as stored under ``config`` in a perturbation ``model.pt``.
+
+    Parameters
+    ----------
+    cfg : CGTConfig
+        The configuration.
+
+    Returns
+    -------
+    dict
+        Field name -> value.
+    """
     return dataclasses.asdict(cfg)

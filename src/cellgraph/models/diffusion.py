@@ -303,7 +303,26 @@ class NoiseSchedule(nn.Module):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017; DiT): t [B] -> [B, dim] = [cos(t w_k) || sin(t w_k)]."""
+    """Sinusoidal embedding (Vaswani et al. 2017; DiT): t [B] -> [B, dim] = [cos(t w_k) || sin(t w_k)].
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        Timesteps [B] (any numeric dtype; used as float32).
+    dim : int
+        Width of the embedding; odd ``dim`` gets one zero column at the end.
+    max_period : float
+        Longest period: the frequencies are w_k = max_period ** (-k / (dim // 2)), k = 0..dim // 2 - 1.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 [B, dim], on ``t``'s device.
+
+    References
+    ----------
+    Vaswani et al. 2017, *Attention Is All You Need*; Peebles & Xie 2023 (DiT) timestep embedder.
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]  # [B, half]
@@ -519,7 +538,22 @@ class ConditionEmbedder(nn.Module):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [B, T, D] * (1 + scale [B, D]) + shift [B, D]."""
+    """x [B, T, D] * (1 + scale [B, D]) + shift [B, D] (the adaLN modulation of DiT).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Normalised tokens [B, T, D].
+    shift : torch.Tensor
+        Per-sample shift [B, D], broadcast over the T tokens.
+    scale : torch.Tensor
+        Per-sample scale [B, D] (0 = identity), broadcast over the T tokens.
+
+    Returns
+    -------
+    torch.Tensor
+        The modulated tokens [B, T, D].
+    """
     return x * (1 + scale[:, None]) + shift[:, None]
 
 

@@ -42,7 +42,24 @@ __all__ = ["GREmLNConfig", "PRESETS", "preset", "GREmLN", "load", "bin_tokens"]
 
 
 def bin_tokens(n_bins: int) -> dict[str, int]:
-    """Special bin ids of design.md section 5: ``MASK = n_bins+1, PAD = n_bins+2, CLS = n_bins+3``."""
+    """Special bin ids of design.md section 5: ``MASK = n_bins+1, PAD = n_bins+2, CLS = n_bins+3``.
+
+    Parameters
+    ----------
+    n_bins : int
+        The highest expression bin (bins are ``0..n_bins``); at least 2.
+
+    Returns
+    -------
+    dict[str, int]
+        ``MASK``, ``PAD``, ``CLS`` (bin ids) and ``size`` = n_bins + 4 (the bin vocabulary size), from
+        :func:`cellgraph.io.shards.bin_special_ids`.
+
+    Raises
+    ------
+    ValueError
+        When ``n_bins < 2``.
+    """
     return bin_special_ids(n_bins)
 
 
@@ -101,7 +118,25 @@ PRESETS: dict[str, GREmLNConfig] = {
 
 
 def preset(name: str, **overrides: Any) -> GREmLNConfig:
-    """A copy of preset ``name`` with ``overrides`` (``None`` values are ignored). Raises KeyError."""
+    """A copy of preset ``name`` with ``overrides`` (``None`` values are ignored).
+
+    Parameters
+    ----------
+    name : str
+        Key of :data:`PRESETS` (``demo`` or ``paper``).
+    **overrides
+        ``GREmLNConfig`` fields to replace; ``None`` values are ignored.
+
+    Returns
+    -------
+    GREmLNConfig
+        A new configuration (``dataclasses.replace``); the preset itself is not changed.
+
+    Raises
+    ------
+    KeyError
+        When ``name`` is not a preset.
+    """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
@@ -136,7 +171,27 @@ class Attention(nn.Module):
 
 
 def diffuse_queries(q: torch.Tensor, laplacian: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """``[q_CLS, exp(-beta L) q_genes]``: q [B, 1+n, F], laplacian [B, n, n] (fp32 even under autocast)."""
+    r"""``[q_CLS, exp(-beta L) q_genes]``: q [B, 1+n, F], laplacian [B, n, n] (fp32 even under autocast).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        [B, 1+n, F] queries, position 0 = CLS (F = heads * d_h).
+    laplacian : torch.Tensor
+        [B, n, n] symmetric normalised Laplacians of the cells' subgraphs.
+    coefficients : torch.Tensor
+        [K+1] Chebyshev weights of the heat kernel :math:`\exp(-\beta L)`.
+
+    Returns
+    -------
+    torch.Tensor
+        [B, 1+n, F] in the dtype of ``q``: the CLS query unchanged, the gene queries diffused (computed in
+        float32, or float64 for float64 input).
+
+    References
+    ----------
+    GREmLN (Zhang et al. 2025) section 2.2, eq. 4; Chebyshev expansion, appendix A.3.
+    """
     dt = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     with torch.autocast(device_type=q.device.type, enabled=False):
         genes = chebyshev_apply_dense(laplacian.to(dt), q[:, 1:].to(dt), coefficients)
@@ -235,7 +290,25 @@ def load(path, map_location: str | torch.device = "cpu") -> GREmLN:
     """Load ``model.pt`` (``{"config", "state_dict", "vocab"}``) written by ``cellgraph train``; eval mode.
 
     The vocabulary (list of gene symbols by token id) is attached as ``model.vocab``.
-    Raises FileNotFoundError if ``path`` is missing, KeyError if a key is missing.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The checkpoint, read with ``torch.load(weights_only=True)``.
+    map_location : str or torch.device
+        Device the tensors are loaded to and the model is moved to.
+
+    Returns
+    -------
+    GREmLN
+        The model in eval mode, with ``model.vocab``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` is missing (from ``torch.load``).
+    KeyError
+        When a key of the checkpoint is missing.
     """
     obj = torch.load(path, map_location=map_location, weights_only=True)
     model = GREmLN(GREmLNConfig(**obj["config"]))

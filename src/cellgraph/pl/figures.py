@@ -129,7 +129,25 @@ def plot_confusion_matrices(results: dict[str, dict[str, Any]], embedding: str =
                             which: str = "seen_test"):
     """One row-normalised confusion-matrix panel per model (shared colour scale 0..1, one colour bar).
 
-    Returns the matplotlib Figure: ``len(results)`` panels plus the colour-bar axes.
+    Each cell shows the row fraction and, in brackets, the count; panel titles give macro-F1 mean ± sd.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
+    embedding : str
+        Key of :data:`EMBEDDINGS`: ``mean_pool`` or ``cls``.
+    which : str
+        Key of :data:`SETS`: ``seen_test`` or ``with_heldout``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(results)`` panels plus the colour-bar axes.
+
+    References
+    ----------
+    GREmLN, Zhang et al. 2025, Fig. 1.
     """
     plt = _mpl()
     models = list(results)
@@ -160,7 +178,23 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
     """ROC (left) and precision-recall (right) curves of hidden-edge recovery for every model.
 
     Hidden edges (removed from every cell graph before pretraining) against negatives matched on the source
-    gene (:func:`cellgraph.tl.evaluate.hidden_edge_recovery`). Returns the Figure (2 axes).
+    gene (:func:`cellgraph.tl.evaluate.hidden_edge_recovery`). Models whose pooled AUROC is None (no hidden
+    edge) are not drawn.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results` (``edge_curves`` and
+        ``edge_recovery`` used).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The Figure (2 axes).
+
+    References
+    ----------
+    GREmLN, Zhang et al. 2025, Fig. 2.
     """
     plt = _mpl()
     fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
@@ -191,7 +225,23 @@ def plot_roc_pr(results: dict[str, dict[str, Any]]):
 
 
 def plot_linear_probe(results: dict[str, dict[str, Any]]):
-    """Scatter of true vs ridge-predicted expression on test tokens, one panel per model (Figure)."""
+    """Scatter of true vs ridge-predicted expression on test tokens, one panel per model (Figure).
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results` (``probe_scatter`` arrays
+        ``true``, ``pred`` [n], log1p-normalised expression; ``probe`` R^2 in the titles).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``len(results)`` panels with shared axes and a y = x line.
+
+    References
+    ----------
+    GREmLN, Zhang et al. 2025, Fig. 4.
+    """
     plt = _mpl()
     models = list(results)
     fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 4.6), squeeze=False,
@@ -213,7 +263,21 @@ def _pm(d: dict[str, Any]) -> tuple[float, float]:
 
 
 def table1(results: dict[str, dict[str, Any]]):
-    """Table 1 as a DataFrame: one row per model x embedding x set, metrics as ``*_mean``/``*_sd``."""
+    """Table 1 as a DataFrame: one row per model x embedding x set, metrics as ``*_mean``/``*_sd``.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns model, embedding, set, n_splits, precision/recall/macro_f1 ``_mean`` and ``_sd`` (over the probe
+        splits), heldout_types (comma-joined), heldout_f1_mean and heldout_f1_sd (per split the mean F1 of the
+        held-out types, then mean and sd (ddof=1) over splits; NaN without held-out types). Missing
+        (embedding, set) combinations have no row.
+    """
     import pandas as pd
 
     rows = []
@@ -247,6 +311,19 @@ def table2(results: dict[str, dict[str, Any]]):
     relative change of the embeddings when the graph is removed at inference, hidden-edge AUROC with its
     bootstrap 95% CI, AP, the random-feature control, probe R^2. Baseline rows (same split, same probe):
     PCA on all genes and on the vocabulary, bag of genes, and the random-initialised encoder of each model.
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Column ``model`` (model or baseline name) and the metric columns (``annotation_macro_f1_mean``/``_sd``,
+        ``masked_ce*``, ``masked_accuracy``, ``graph_removal_change``, ``edge_auroc``, ``edge_auroc_ci`` as
+        "low-high", ``edge_ap``, ``n_hidden_edges``, ``probe_r2``, ...); baseline rows fill only the
+        annotation columns.
     """
     import pandas as pd
 
@@ -296,10 +373,28 @@ def paired_differences(results: dict[str, dict[str, Any]], a: str = "gremln", b:
     """``a`` minus ``b``, paired: annotation macro-F1 over the probe splits and hidden-edge AUROC over edges.
 
     Edge AUROC: both models score the same hidden edges and source-matched negatives (``edge_scores.tsv``,
-    joined on ``source, target, label``); the 95% CI resamples hidden edges (each with its negatives) with
-    replacement, ``n_boot`` times (seeded). Annotation: the per-split differences of the seen-test macro-F1
-    (one pretraining seed: the splits share the model, so this is not a seed interval; ``snakemake ablation``
-    gives the interval over seeds). Returns a DataFrame with one row per metric; empty if a model is missing.
+    joined on ``group, source, target, label``; :func:`paired_edge_auroc`); the 95% CI resamples hidden edges
+    (each with its negatives) with replacement, ``n_boot`` times (seeded). Annotation: the per-split
+    differences of the seen-test macro-F1 (one pretraining seed: the splits share the model, so this is not a
+    seed interval, and ci_low/ci_high are the min and max; ``snakemake ablation`` gives the interval over
+    seeds).
+
+    Parameters
+    ----------
+    results : dict
+        ``{model: {file stem: contents}}`` as returned by :func:`load_results`.
+    a, b : str
+        The two models compared, ``a`` minus ``b``.
+    n_boot : int
+        Bootstrap draws of the edge-AUROC CI.
+    seed : int
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per metric: metric, difference, ci_low, ci_high, n, unit; empty (these columns) if a model is
+        missing. The AUROC row is left out when no hidden edge was scored by both.
     """
     import pandas as pd
 
@@ -320,10 +415,23 @@ def paired_differences(results: dict[str, dict[str, Any]], a: str = "gremln", b:
 def paired_edge_auroc(scores_a, scores_b, n_boot: int = 1000, seed: int = 0) -> dict[str, float] | None:
     """AUROC of model a minus model b on the hidden edges and negatives both scored, with a bootstrap 95% CI.
 
-    ``scores_a``/``scores_b``: ``edge_scores.tsv`` tables (``source, target, label, score, group``). Pairs
-    are joined on ``group, source, target, label``; a hidden edge (group) counts if both scored it; the bootstrap
-    resamples hidden edges with their negatives. Returns ``{difference, ci_low, ci_high, n}`` or None when
-    no hidden edge was scored by both.
+    Pairs are joined on ``group, source, target, label``; a hidden edge (group) counts if both scored it; the
+    bootstrap resamples hidden edges with their negatives (draws with a single class are skipped).
+
+    Parameters
+    ----------
+    scores_a, scores_b : pandas.DataFrame
+        ``edge_scores.tsv`` tables (``source, target, label, score, group``) of model a and model b.
+    n_boot : int
+        Bootstrap draws.
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    dict or None
+        ``{difference, ci_low, ci_high, n}`` (AUROC difference, 2.5% and 97.5% bootstrap quantiles, number of
+        hidden edges), or None when a table is empty or no hidden edge was scored by both.
     """
     from sklearn.metrics import roc_auc_score
 

@@ -195,9 +195,28 @@ def select_cells(obs: pd.DataFrame, value_filter: "str | CorpusFilter", cap: int
                  what: str = "obs") -> tuple[np.ndarray, dict[str, Any]]:
     """Apply the filter (by :meth:`pandas.DataFrame.query`) and the cap to a census-like obs table.
 
-    Returns ``(positions, report)``: sorted row positions [n_selected] and a report with the filter, the
-    cells passing it without and with the exclusions, the cells removed by each exclusion (``None`` when
-    ``value_filter`` is a plain string), and the cells per type before and after the cap.
+    Parameters
+    ----------
+    obs : pandas.DataFrame
+        Cell metadata [n_obs, ...] with ``cell_type`` and the columns the filter names.
+    value_filter : str or CorpusFilter
+        A filter expression (``""`` = every cell), or a :class:`CorpusFilter` (then each exclusion is counted).
+    cap, seed : int
+        As :func:`cap_per_type`.
+    what : str
+        Name of the table in error messages.
+
+    Returns
+    -------
+    (numpy.ndarray, dict)
+        Sorted row positions int64 [n_selected]; a report with the filter, the cells passing it without and
+        with the exclusions, the cells removed by each exclusion (``None`` when ``value_filter`` is a plain
+        string), and the cells per type before and after the cap.
+
+    Raises
+    ------
+    InputError
+        obs lacks a column the filter needs, or ``cell_type`` is missing or has missing values.
     """
     spec = value_filter if isinstance(value_filter, CorpusFilter) else None
     expression = spec.expression if spec else value_filter
@@ -281,7 +300,21 @@ def stream_census(census_version: str, organism: str, value_filter: "str | Corpu
     ``soma_joinid`` order, and each chunk (the AnnData contract of :func:`query_census`) goes to
     ``write_chunk``. ``chunk_cells`` 0 = one chunk.
 
-    Returns :func:`select_cells`' report plus ``census_version``, ``organism`` and ``chunks``.
+    Parameters
+    ----------
+    census_version, organism, value_filter, cap, seed
+        As :func:`query_census`.
+    chunk_cells : int
+        Most cells per ``get_anndata`` call and per chunk, cells; 0 = one chunk.
+    write_chunk : callable
+        Called with each chunk (anndata.AnnData [<= chunk_cells, genes], raw counts float32 CSR).
+    check_ids : callable or None
+        Called once with the list of selected ``census:<soma_joinid>`` ids before any count is read.
+
+    Returns
+    -------
+    dict
+        :func:`select_cells`' report plus ``census_version``, ``organism`` and ``chunks`` (number written).
 
     Raises
     ------
@@ -391,8 +424,26 @@ def write_shards(adata, out_dir: str | Path, shard_cells: int) -> list[Path]:
 
     ``X`` is written as float32 CSR raw counts; obs categorical columns keep their full category list in
     every shard (so an on-disk concat equals the in-memory one). Each shard is written atomically; shards
-    left by an earlier run in ``out_dir`` are removed first. Returns the shard paths in row order.
-    InputError when ``shard_cells`` < 1.
+    left by an earlier run in ``out_dir`` are removed first.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells [n_cells, n_genes] whose ``X`` holds raw counts.
+    out_dir : str or Path
+        Folder of the shards (created if missing).
+    shard_cells : int
+        Most cells per shard, cells.
+
+    Returns
+    -------
+    list of Path
+        The shard paths in row order (``ceil(n_cells / shard_cells)`` of them).
+
+    Raises
+    ------
+    InputError
+        ``shard_cells`` < 1; ``X`` not raw counts (finite, non-negative integers).
     """
     if shard_cells < 1:
         raise InputError(f"shard_cells must be at least 1, got {shard_cells}")
@@ -414,8 +465,25 @@ def write_shards(adata, out_dir: str | Path, shard_cells: int) -> list[Path]:
 def concat_shards(shards: Sequence[str | Path], out_path: str | Path) -> Path:
     """Concatenate h5ad shards (same genes) into ``out_path`` with ``anndata.experimental.concat_on_disk``:
     the corpus is assembled without loading it (``cellgraph.pp.tokenize.scan_corpus`` reads it backed, chunk
-    by chunk). ``join="inner"``, ``merge="same"`` (var columns kept). Written atomically; InputError when
-    ``shards`` is empty."""
+    by chunk). ``join="inner"``, ``merge="same"`` (var columns kept). Written atomically.
+
+    Parameters
+    ----------
+    shards : sequence of str or Path
+        The h5ad shards, concatenated along cells in this order.
+    out_path : str or Path
+        The h5ad to write.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Raises
+    ------
+    InputError
+        ``shards`` is empty.
+    """
     from anndata.experimental import concat_on_disk
 
     if not shards:
@@ -513,6 +581,23 @@ def build_corpus(job: CorpusJob) -> dict[str, Any]:
     an evaluation set leaves no output. Shards live in a temporary folder next to ``job.out`` and are
     removed after the concat. The census is read one shard of ``shard_cells`` cells at a time
     (:func:`stream_census`), so memory is bounded by a shard; a local census-like h5ad is read whole.
+
+    Parameters
+    ----------
+    job : CorpusJob
+        The source, selection, cap, shard size, evaluation files and output paths.
+
+    Returns
+    -------
+    dict
+        The manifest (also written to ``job.manifest``): the job's settings, the selection report, ``genes``,
+        ``cells_per_shard``, ``disjoint_from`` (evaluation file -> 0) and ``output``.
+
+    Raises
+    ------
+    InputError
+        ``job.source`` not ``census``/``h5ad``; ``source="h5ad"`` without ``job.input``; and what
+        :func:`query_h5ad`, :func:`stream_census` or :func:`check_disjoint` raise (e.g. a shared cell id).
     """
     if job.source == "census":
         return _build_streamed(job)

@@ -432,13 +432,37 @@ def normalize_and_cluster(
     on the log data; ``obsm["X_pca"]`` [cells, n_pcs] from PCA of the HVGs; kNN graph in ``obsp``;
     ``obs["leiden"]`` categorical from ``sc.tl.leiden(flavor="igraph", n_iterations=2, directed=False)``.
 
-    Returns a report dict (HVG flavour and count, PCs, cluster sizes). ``n_top_genes`` and ``n_pcs`` are
-    capped at what the data allow (genes, resp. ``min(cells, HVGs) - 1``); the cap is reported.
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        QC-filtered cells, raw counts in ``X`` [n_cells, n_genes]; modified in place.
+    target_sum : float
+        Total per cell after normalisation (``1e6``: log1p CPM).
+    n_top_genes : int
+        Requested number of HVGs (capped at ``n_genes``).
+    n_pcs : int
+        Requested number of principal components (capped at ``min(n_cells, n_hvg) - 1``).
+    n_neighbors : int
+        k of the kNN graph (capped at ``n_cells - 1``).
+    leiden_resolution : float
+        Leiden resolution parameter.
+    seed : int
+        ``random_state`` of PCA, kNN graph and Leiden.
+
+    Returns
+    -------
+    dict
+        Report with the caps used: ``{"hvg": {flavor, on, n_top_genes_requested, n_hvg}, "leiden": {n_pcs,
+        n_neighbors, resolution, n_clusters, cluster_sizes}}``.
 
     Raises
     ------
     InputError
         If fewer than 3 cells remain (no PCA/kNN graph possible).
+
+    References
+    ----------
+    GREmLN (Zhang et al. 2025) appendix A.2; Satija et al. 2015 (HVGs); Traag, Waltman & van Eck 2019 (Leiden).
     """
     import scanpy as sc
 

@@ -220,9 +220,19 @@ def select_genes(
 def induced_subgraph(selected: np.ndarray, graph: Graph, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
     """Edges of ``graph`` among ``selected`` genes as local positions, both directions, sorted.
 
+    Parameters
+    ----------
+    selected : int array [n]
+        The cell's selected vocabulary gene indices in token order (unique); local position = index here.
+    graph : (u, v, w)
+        The cell's undirected graph over vocabulary gene indices (u < v, unique).
+    n_genes : int
+        Number of vocabulary genes G (every index of ``selected`` and ``graph`` is below it).
+
     Returns
     -------
-    (edge_index int32 [2, 2k], edge_weight float32 [2k]) for the k undirected edges among the selection.
+    (edge_index int32 [2, 2k], edge_weight float32 [2k]) for the k undirected edges among the selection,
+    sorted by (source, target) position.
     """
     u, v, w = graph
     pos = np.full(n_genes, -1, dtype=np.int64)
@@ -535,6 +545,14 @@ def write_shard(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
 
     ``numpy.savez`` stamps the current time into the zip entries; here every entry has a fixed date so the
     same arrays give the same bytes.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npz`` to write.
+    arrays : mapping str -> numpy.ndarray
+        At least the keys of ``SHARD_KEYS`` (``obs_names``, ``gene_ptr``, ``gene_ids``, ``bins``, ``expr``,
+        ``edge_ptr``, ``edge_index``, ``edge_weight``, ...); only those are written, in that order.
     """
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -879,6 +897,20 @@ def hidden_edge_mask(n_edges: int, fraction: float, seed: int) -> np.ndarray:
 
     Hidden edges are removed from every cell graph of every shard before pretraining, so the edge-recovery
     evaluation scores edges no model has seen (GREmLN section 4.3 hides edges only at evaluation).
+
+    Parameters
+    ----------
+    n_edges : int
+        Number of edges (prior and ARACNe together).
+    fraction : float
+        Fraction 0-1 of the edges to hide.
+    seed : int
+        Seed; the draw uses ``numpy.random.default_rng([seed, 7])``.
+
+    Returns
+    -------
+    numpy.ndarray bool [n_edges]
+        True for a hidden edge.
     """
     out = np.zeros(n_edges, dtype=bool)
     k = int(round(fraction * n_edges))
@@ -892,7 +924,28 @@ def absent_probability(count: np.ndarray, n_bootstraps: int) -> np.ndarray:
 
     GREmLN appendix A.1, eq. 2 weighs each cell type's network by the probability that an edge is absent
     from it; the recurrence of the edge over the B bootstraps of ARACNe estimates its presence. An edge
-    missing from the consolidated network counts as ``count = 0``. Raises ValueError on counts outside [0, B].
+    missing from the consolidated network counts as ``count = 0``.
+
+    Parameters
+    ----------
+    count : array of int [...]
+        Bootstraps (of B) in which each edge was found, 0..B.
+    n_bootstraps : int
+        B, the number of ARACNe bootstraps.
+
+    Returns
+    -------
+    numpy.ndarray float64, shape of ``count``
+        Probability 0-1 that each edge is absent from the cell type's network.
+
+    Raises
+    ------
+    ValueError
+        A count outside [0, B].
+
+    References
+    ----------
+    GREmLN (Zhang et al. 2025) appendix A.1, eq. 2.
     """
     count = np.asarray(count, dtype=np.float64)
     if (count < 0).any() or (count > n_bootstraps).any():
@@ -901,7 +954,18 @@ def absent_probability(count: np.ndarray, n_bootstraps: int) -> np.ndarray:
 
 
 def merge_graphs(*graphs: Graph) -> Graph:
-    """Union of undirected graphs over the same genes (an edge in several keeps its largest weight)."""
+    """Union of undirected graphs over the same genes (an edge in several keeps its largest weight).
+
+    Parameters
+    ----------
+    *graphs : (u, v, w)
+        Undirected graphs over vocabulary gene indices (int arrays [k], weights [k]).
+
+    Returns
+    -------
+    (u int64 [k], v int64 [k], w float64 [k])
+        The union: u < v, unique edges sorted by (u, v), self-loops dropped.
+    """
     u = np.concatenate([g[0] for g in graphs]).astype(np.int64)
     v = np.concatenate([g[1] for g in graphs]).astype(np.int64)
     w = np.concatenate([np.asarray(g[2], dtype=np.float64) for g in graphs])

@@ -126,7 +126,13 @@ def _set_threads() -> None:
 
 def set_threads(n: int) -> None:
     """Use ``n`` torch CPU threads in this run, now and again after each step that resets torch's count
-    (scanpy/numba preprocessing, scVI): training, sampling and the scVI baseline set it again."""
+    (scanpy/numba preprocessing, scVI): training, sampling and the scVI baseline set it again.
+
+    Parameters
+    ----------
+    n : int
+        torch CPU (intra-op) threads, passed to ``torch.set_num_threads``.
+    """
     _THREADS[:] = [n]
     _set_threads()
 
@@ -164,7 +170,18 @@ def _dense(x) -> np.ndarray:
 
 def log_normalize(counts: np.ndarray) -> np.ndarray:
     """Counts [C, G] -> log1p(1e4 * counts / total) [C, G] float32 over the given genes (``sc.pp.normalize_total``
-    with target_sum 1e4, then ``sc.pp.log1p``); real and generated cells both go through this."""
+    with target_sum 1e4, then ``sc.pp.log1p``); real and generated cells both go through this.
+
+    Parameters
+    ----------
+    counts : array-like
+        Counts [C, G] (non-negative; the total of a cell is over these G genes). Not modified.
+
+    Returns
+    -------
+    np.ndarray
+        float32 [C, G] log1p(CP10k).
+    """
     import anndata as ad
     import scanpy as sc
 
@@ -175,7 +192,29 @@ def log_normalize(counts: np.ndarray) -> np.ndarray:
 
 
 def load_pbmc(path, n_genes: int = 0) -> Data:
-    """``results/expression/adata.h5ad`` -> :class:`Data` (module docstring). InputError on missing fields."""
+    """``results/expression/adata.h5ad`` -> :class:`Data` (module docstring). InputError on missing fields.
+
+    Parameters
+    ----------
+    path : str or Path
+        The expression stage's h5ad (``--adata``).
+    n_genes : int
+        > 0: the top n HVGs by ``var.dispersions_norm`` (the first n without it); 0 = all HVGs.
+
+    Returns
+    -------
+    Data
+        ``dataset="pbmc"``: ``x`` float32 log1p(CP10k) and ``counts`` float32 [C, G] over the modelled genes
+        (cells with no count on them dropped), cell-type labels, ``split``, ``vocab`` = types with training
+        cells, ``report`` (cells and genes read, modelled and dropped).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not an h5ad, lacks the label key, an obs/var column or ``layers["counts"]``,
+        selects no HVG, has counts that are not non-negative whole numbers, or has no training cell or no test
+        cell of a type with training cells.
+    """
     import anndata as ad
 
     path = require_file(path, "--adata")
@@ -234,7 +273,30 @@ def load_pbmc(path, n_genes: int = 0) -> Data:
 
 
 def load_papalexi_data(path, min_grna_frac: float, control: str) -> Data:
-    """The Papalexi h5ad through :func:`cellgraph.tl.perturb.load_papalexi` -> :class:`Data`."""
+    """The Papalexi h5ad through :func:`cellgraph.tl.perturb.load_papalexi` -> :class:`Data`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ECCITE-seq h5ad (``--adata``).
+    min_grna_frac : float
+        Keep cells with ``top_grna_frac`` >= this fraction (0-1).
+    control : str
+        obs.perturbation label of the control cells.
+
+    Returns
+    -------
+    Data
+        ``dataset="papalexi"``: ``x`` float32 log1p(CP10k) and ``counts`` float32 [C, G] over the measured
+        genes (cells with no count dropped), perturbation labels, split ``"all"``, ``vocab`` = the targets
+        (labels other than ``control``), ``control``, ``report``.
+
+    Raises
+    ------
+    InputError
+        As :func:`cellgraph.tl.perturb.load_papalexi` (missing file or column, no control cell, X not
+        counts), or if no cell is perturbed.
+    """
     from .perturb import load_papalexi
 
     adata, rep = load_papalexi(path, min_grna_frac, control)
@@ -266,6 +328,11 @@ def load_data(dataset: str, adata_path, *, n_genes: int = 0, min_grna_frac: floa
     min_grna_frac : Papalexi: keep cells with ``top_grna_frac`` >= this fraction (``--min-grna-frac``).
     control : Papalexi: obs.perturbation label of control cells (``--control``).
 
+    Returns
+    -------
+    Data
+        The data set (:func:`load_pbmc` or :func:`load_papalexi_data`).
+
     Raises
     ------
     InputError
@@ -277,7 +344,26 @@ def load_data(dataset: str, adata_path, *, n_genes: int = 0, min_grna_frac: floa
 
 
 def conditions(data: Data | dict, labels: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Condition dict of the interface for ``labels``: ``cell_type`` (PBMC) or ``set_genes``/``set_mask``."""
+    """Condition dict of the interface for ``labels``: ``cell_type`` (PBMC) or ``set_genes``/``set_mask``.
+
+    Parameters
+    ----------
+    data : Data or dict
+        The data set, or the ``conditions`` dict of ``model.pt`` (``dataset``, ``vocab``, optional ``control``).
+    labels : sequence of str
+        Condition of each of n cells: a cell type (PBMC) or a perturbation (``control`` = the empty set).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        PBMC: ``cell_type`` Long [n] (index in ``vocab``). Papalexi: ``set_genes`` Long [n, 1] (index of the
+        target in ``vocab``, 0 for control) and ``set_mask`` Bool [n, 1] (False for control).
+
+    Raises
+    ------
+    InputError
+        If a cell type or perturbation (other than ``control``) is not in ``vocab``.
+    """
     dataset, vocab, control = ((data.dataset, data.vocab, data.control) if isinstance(data, Data)
                                else (data["dataset"], data["vocab"], data.get("control", "")))
     pos = {v: i for i, v in enumerate(vocab)}
@@ -301,8 +387,28 @@ def folds_of(data: Data, n_folds: int, folds_run: int, seed: int, val_fraction: 
              max_train_cells: int = 0) -> list[dict]:
     """Training/validation cell positions per fold (PBMC: one fold = the split) and held-out labels.
 
-    ``max_train_cells`` > 0 keeps a seeded random subset of that many training cells (validation the same
-    fraction of its cells), for quick runs."""
+    Parameters
+    ----------
+    data : Data
+        The data set. PBMC: train/val = the ``split`` "train"/"val" cells of types in ``vocab``.
+    n_folds : int
+        Papalexi: leave-perturbation-out folds (:func:`cellgraph.tl.perturb.leave_perturbation_out_folds`).
+    folds_run : int
+        Papalexi: only the first ``folds_run`` folds are returned.
+    seed : int
+        Seeds the folds, the validation draw and the subsets.
+    val_fraction : float
+        Papalexi: fraction (0-1) of a fold's training cells drawn for validation.
+    max_train_cells : int
+        > 0: a seeded random subset of that many training cells (validation: the same fraction of its
+        cells, at least 1), for quick runs; 0 = all.
+
+    Returns
+    -------
+    list of dict
+        One per fold: ``fold`` (int), ``train`` and ``val`` (int arrays of cell positions in ``data``) and
+        ``heldout`` (list of held-out perturbations; PBMC: empty).
+    """
     if data.dataset == "pbmc":
         known = np.isin(data.labels, data.vocab)
         folds = [(0, np.flatnonzero((data.split == "train") & known), np.flatnonzero((data.split == "val") & known), [])]
@@ -585,18 +691,12 @@ def _loader(x, cond, batch_size: int, seed: int, shuffle: bool, counts=None):
                                        collate_fn=_Collate(x, cond, counts))
 
 
-def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train: dict, x_val: torch.Tensor,
-        cond_val: dict, checkpoint_dir, fingerprint_files: Sequence = (), fingerprint_extra: dict | None = None,
-        init: Callable | None = None, callbacks: Sequence = (), fold: int = 0,
-        counts_train: torch.Tensor | None = None, counts_val: torch.Tensor | None = None):
-    """Train one model (all phases) with checkpoints/resume -> (EMA model, eval mode, CPU; history; summary).
-
-    x_* float [N, G] standardised log expression, cond_* the condition dicts, counts_* float [N, G] the raw
-    counts of the same cells (needed by nb/zinb models)."""
-    from ..training.pretrain import fingerprint, quiet_lightning, select_checkpoint
-
-    pl = _lightning()
-    from lightning.pytorch.callbacks import ModelCheckpoint
+def _resume_point(config: dict, settings: TrainSettings, checkpoint_dir, fingerprint_files: Sequence,
+                  fingerprint_extra: dict | None) -> tuple[Path, str, Path | None, list[str]]:
+    """Create ``checkpoint_dir``, fingerprint the run and pick the checkpoint to resume (part of :func:`fit`)
+    -> (checkpoint folder, fingerprint, checkpoint or None, skipped-checkpoint messages). A fresh run writes
+    ``fingerprint.json``."""
+    from ..training.pretrain import fingerprint, select_checkpoint
 
     ckdir = Path(checkpoint_dir)
     ckdir.mkdir(parents=True, exist_ok=True)
@@ -610,6 +710,49 @@ def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train
                                                 "train": dataclasses.asdict(settings)})
     else:
         log.info("resuming from %s", resume)
+    return ckdir, fp, resume, problems
+
+
+def fit(config: dict, settings: TrainSettings, x_train: torch.Tensor, cond_train: dict, x_val: torch.Tensor,
+        cond_val: dict, checkpoint_dir, fingerprint_files: Sequence = (), fingerprint_extra: dict | None = None,
+        init: Callable | None = None, callbacks: Sequence = (), fold: int = 0,
+        counts_train: torch.Tensor | None = None, counts_val: torch.Tensor | None = None):
+    """Train one model (all phases) with checkpoints/resume -> (EMA model, eval mode, CPU; history; summary).
+
+    Parameters
+    ----------
+    config : dict
+        ``DiffusionConfig`` fields (:func:`build_config`).
+    settings : TrainSettings
+        The optimisation settings.
+    x_train, x_val : torch.Tensor
+        float [N, G] standardised log expression of the training / validation cells (``x_val`` may be empty).
+    cond_train, cond_val : dict
+        Their condition dicts (:func:`conditions`).
+    checkpoint_dir : str or Path
+        Per-epoch checkpoints and ``fingerprint.json``; a checkpoint with the same fingerprint is resumed.
+    fingerprint_files, fingerprint_extra : sequence of paths, dict or None
+        Input files and extra settings hashed into the fingerprint with ``config`` and ``settings``.
+    init, callbacks : callable or None, sequence
+        ``init(model)`` on the new model (:func:`set_gene_init`); extra Lightning callbacks.
+    fold : int
+        Fold id of the metric rows and summary; Lightning is seeded with ``settings.seed + 1000 * fold``.
+    counts_train, counts_val : torch.Tensor or None
+        float [N, G] raw counts of the same cells (nb/zinb models; ``counts_train`` also sets the dispersion).
+
+    Returns
+    -------
+    tuple
+        (EMA model, eval mode, CPU; metric rows per epoch (:data:`METRIC_COLUMNS`); summary dict: device,
+        precision, checkpoint resumed from, seconds, cells, steps, EMA updates, parameters).
+    """
+    from ..training.pretrain import quiet_lightning
+
+    pl = _lightning()
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckdir, fp, resume, problems = _resume_point(config, settings, checkpoint_dir, fingerprint_files,
+                                                fingerprint_extra)
     _set_threads()
     pl.seed_everything(settings.seed + 1000 * fold, workers=True, verbose=False)
     g = torch.Generator().manual_seed(settings.seed)
@@ -699,6 +842,22 @@ def build_config(options: ModelOptions, data: Data, n_genes: int, n_set_features
     training-mode ``options`` and the condition sizes of ``data`` (PBMC: ``n_cell_types`` = its cell
     types; Papalexi: ``n_set_genes`` = its targets, ``n_set_features`` from :func:`set_gene_init`).
 
+    Parameters
+    ----------
+    options : ModelOptions
+        The preset and the architecture and training-mode fields that override it.
+    data : Data
+        Its ``dataset`` and ``vocab`` give the condition sizes.
+    n_genes : int
+        Genes modelled (G).
+    n_set_features : int
+        Papalexi: fixed features per set gene (0 = one learned row per gene).
+
+    Returns
+    -------
+    dict
+        Every ``DiffusionConfig`` field (``DiffusionConfig.to_dict``), as stored in ``model.pt``.
+
     Raises
     ------
     InputError
@@ -726,12 +885,31 @@ def set_gene_init(data: Data, *, adata_path, set_features: str = "rwr", rwr_dim:
                   ) -> tuple[Callable | None, dict, list[Path], int]:
     """How the set-gene embeddings start -> (init(model) or None, report, fingerprint files, n_set_features).
 
-    ``set_features`` ``"rwr"`` (Papalexi): random-walk-with-restart features of every target on the full gene
-    ``multigraph`` (:func:`cellgraph.graphs.gene_features.random_walk_features`, ``rwr_dim`` columns per walk
-    graph), projected by one learned layer, so a held-out target is embedded by the same path as a trained
-    one. ``gremln_init`` (``set_features`` ``"none"``, per-gene rows only): rows initialised from the GREmLN
-    gene embeddings of ``gremln_model`` where they cover the target. The fingerprint files are ``adata_path``
-    and the multigraph or GREmLN model read. PBMC has no set condition: no init.
+    PBMC has no set condition: no init.
+
+    Parameters
+    ----------
+    data : Data
+        The data set; its ``vocab`` are the targets (set genes).
+    adata_path : str or Path
+        The h5ad of ``data``: the first fingerprint file.
+    set_features : str
+        ``"rwr"`` (Papalexi): random-walk-with-restart features of every target on the full gene
+        ``multigraph`` (:func:`cellgraph.graphs.gene_features.random_walk_features`), projected by one learned
+        layer, so a held-out target is embedded by the same path as a trained one; ``"none"``: per-gene rows.
+    rwr_dim : int
+        RWR feature columns per walk graph.
+    gremln_init : bool
+        With ``set_features`` ``"none"``: rows initialised from the GREmLN gene embeddings of
+        ``gremln_model`` where they cover the target.
+    multigraph, gremln_model : str or Path, optional
+        The gene multigraph (rwr) and the GREmLN ``model.pt`` (``gremln_init``).
+
+    Returns
+    -------
+    tuple
+        (``init(model)`` or None; report dict; fingerprint files: ``adata_path`` and the multigraph or GREmLN
+        model read; ``n_set_features``: RWR feature columns, else 0).
 
     Raises
     ------
@@ -760,7 +938,18 @@ def set_gene_init(data: Data, *, adata_path, set_features: str = "rwr", rwr_dim:
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and sd [G] of training cells x [N, G]; the sd is floored at a quarter of the median
     positive sd: a gene (almost) silent in the training cells would blow up the standardised values of the
-    few other cells expressing it (PBMC HVGs of the held-out type have sd 0 in training)."""
+    few other cells expressing it (PBMC HVGs of the held-out type have sd 0 in training).
+
+    Parameters
+    ----------
+    x : np.ndarray
+        Log expression [N, G] of the training cells.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        (mean [G], sd [G], floored at max(0.25 * median positive sd, 1e-3); 1.0 when no gene varies).
+    """
     mu, sd = x.mean(0), x.std(0)
     floor = 0.25 * float(np.median(sd[sd > 0])) if (sd > 0).any() else 1.0
     return mu, np.maximum(sd, max(floor, 1e-3))
@@ -799,13 +988,28 @@ def run_train(params: TrainParams, options: ModelOptions, settings: TrainSetting
               checkpoint_dir, out_dir: Path, multigraph=None, gremln_model=None) -> None:
     """``--task train``: train one model per fold (:func:`folds_of`, :func:`fit`) on ``data``.
 
-    ``options`` is the architecture (:func:`build_config`), ``settings`` the optimisation. Reads
-    ``adata_path`` (already loaded as ``data``; a fingerprint file), ``multigraph`` (``set_features`` rwr) or
-    ``gremln_model`` (``gremln_init``) (:func:`set_gene_init`); checkpoints go to ``checkpoint_dir/fold<k>``.
-    Writes to ``out_dir``:
-    ``model.pt`` (config, training settings, genes, conditions, per-fold EMA state dicts, standardisation and
-    library sizes, fold summaries, data report; plain containers, loadable with ``weights_only=True``) and
-    ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss, seconds``).
+    Writes to ``out_dir``: ``model.pt`` (config, training settings, genes, conditions, per-fold EMA state
+    dicts, standardisation and library sizes, fold summaries, data report; plain containers, loadable with
+    ``weights_only=True``) and ``metrics.tsv`` (``fold, epoch, phase, train_loss, val_loss, seconds``).
+
+    Parameters
+    ----------
+    params : TrainParams
+        Folds, training-cell subset and set-gene options.
+    options : ModelOptions
+        The architecture (:func:`build_config`).
+    settings : TrainSettings
+        The optimisation (:func:`fit`).
+    data : Data
+        The data set, loaded from ``adata_path``.
+    adata_path : str or Path
+        The h5ad of ``data`` (a fingerprint file).
+    checkpoint_dir : str or Path
+        Checkpoints go to ``checkpoint_dir/fold<k>``.
+    out_dir : Path
+        Folder of ``model.pt`` and ``metrics.tsv``.
+    multigraph, gremln_model : str or Path, optional
+        Read by :func:`set_gene_init`: the multigraph (``set_features`` rwr), the GREmLN model (``gremln_init``).
 
     Raises
     ------
@@ -864,7 +1068,18 @@ def run_train(params: TrainParams, options: ModelOptions, settings: TrainSetting
 
 def plain_containers(obj):
     """``obj`` with numpy scalars as Python scalars and numpy arrays as (nested) lists (dicts, lists and
-    tuples rebuilt), so that ``torch.load(weights_only=True)`` reads the saved file without unpickling code."""
+    tuples rebuilt), so that ``torch.load(weights_only=True)`` reads the saved file without unpickling code.
+
+    Parameters
+    ----------
+    obj : object
+        Any value; dicts, lists and tuples are walked recursively.
+
+    Returns
+    -------
+    object
+        The same structure; other values (tensors, str, ...) unchanged.
+    """
     if isinstance(obj, dict):
         return {k: plain_containers(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -877,7 +1092,25 @@ def plain_containers(obj):
 
 
 def load_models(path) -> tuple[dict, list]:
-    """``model.pt`` -> (the stored dict, one LatentDiffusion per fold in eval mode)."""
+    """``model.pt`` -> (the stored dict, one LatentDiffusion per fold in eval mode).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``model.pt`` of ``--task train`` (``--model-path``).
+
+    Returns
+    -------
+    tuple
+        (the stored dict (:func:`run_train`); list of LatentDiffusion with each fold's EMA weights, CPU, eval
+        mode).
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a cellgraph diffusion ``model.pt`` (unreadable, or its config or state
+        dicts do not build a model).
+    """
     core = _model_core()
     path = require_file(path, "--model-path")
     try:
@@ -897,7 +1130,23 @@ def load_models(path) -> tuple[dict, list]:
 
 def sample_library(std: dict, labels: Sequence[str], rng: np.random.Generator) -> np.ndarray:
     """Library sizes float64 [len(labels)] drawn from the empirical distribution of the training cells' total
-    counts of each label (a label without training cells, e.g. a held-out perturbation: all training cells)."""
+    counts of each label (a label without training cells, e.g. a held-out perturbation: all training cells).
+
+    Parameters
+    ----------
+    std : dict
+        One fold's ``standardise`` entry of ``model.pt``: ``library`` (total counts of each training cell
+        [N]) and ``library_labels`` (their labels [N]).
+    labels : sequence of str
+        Condition of each cell to draw for.
+    rng : np.random.Generator
+        Draws with replacement.
+
+    Returns
+    -------
+    np.ndarray
+        float64 [len(labels)] library sizes (counts).
+    """
     lib = np.asarray(std["library"], np.float64)
     lab = np.asarray(std["library_labels"])
     labels = np.asarray(list(labels))
@@ -915,7 +1164,32 @@ def generate_cells(model, meta: dict, std: dict, labels: Sequence[str], method: 
     """Generated cells for the condition ``labels`` -> (log expression float32 [n, G], counts float32 [n, G] or
     None). nb/zinb: latent from the diffusion model, library sizes from :func:`sample_library`, counts drawn
     from the decoder's NB/ZINB, then :func:`log_normalize` exactly as the real cells. gaussian: the decoded
-    standardised expression mapped back and clipped at 0 (no counts)."""
+    standardised expression mapped back and clipped at 0 (no counts).
+
+    Parameters
+    ----------
+    model : LatentDiffusion
+        One fold's model (eval mode).
+    meta : dict
+        The ``conditions`` entry of ``model.pt`` (``dataset``, ``vocab``, ``control``; :func:`conditions`).
+    std : dict
+        The fold's ``standardise`` entry: ``mean``, ``sd`` tensors [G] and the library sizes.
+    labels : sequence of str
+        Condition of each of the n cells.
+    method, steps, eta : str, int, float
+        Sampler (``ddim`` | ``ddpm``), DDIM steps and DDIM eta (0-1).
+    guidance_scale : float
+        Classifier-free guidance scale (1 = none).
+    seed : int
+        Seeds the torch noise generator and the numpy library-size/count draws.
+    batch : int
+        Cells per sampling call.
+
+    Returns
+    -------
+    tuple
+        (log1p(CP10k) float32 [n, G]; counts float32 [n, G] or None for gaussian).
+    """
     _set_threads()
     g = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng([int(seed), 3])
@@ -944,7 +1218,23 @@ def generate_paired(model, meta: dict, std: dict, conds: Sequence[str], n: int, 
     """``n`` cells per condition of ``conds`` with common random numbers: every condition starts from the same
     initial noise and the same seeds of the count draws, so the difference of two conditions' generated means
     is the model's effect and not sampling noise (each condition's cells are still samples of its
-    distribution). Returns (log expression [n * len(conds), G], counts or None, labels)."""
+    distribution).
+
+    Parameters
+    ----------
+    model, meta, std, method, steps, eta, guidance_scale, seed
+        As in :func:`generate_cells` (the same ``seed`` for every condition).
+    conds : sequence of str
+        The conditions.
+    n : int
+        Cells per condition.
+
+    Returns
+    -------
+    tuple
+        (log expression float32 [n * len(conds), G]; counts float32 [n * len(conds), G] or None; label of
+        each cell, the conditions in order, n each).
+    """
     xs, cs, labels = [], [], []
     for c in conds:
         x, cnt = generate_cells(model, meta, std, [c] * n, method, steps, eta, guidance_scale, seed)
@@ -957,12 +1247,37 @@ def generate_paired(model, meta: dict, std: dict, conds: Sequence[str], n: int, 
 
 def generate(model, meta: dict, std: dict, labels: Sequence[str], method: str, steps: int, eta: float,
              guidance_scale: float, seed: int, batch: int = 1024) -> np.ndarray:
-    """Generated log expression float32 [len(labels), G] for the condition ``labels`` (see generate_cells)."""
+    """Generated log expression float32 [len(labels), G] for the condition ``labels`` (see generate_cells).
+
+    Parameters
+    ----------
+    model, meta, std, labels, method, steps, eta, guidance_scale, seed, batch
+        As in :func:`generate_cells`.
+
+    Returns
+    -------
+    np.ndarray
+        log1p(CP10k) float32 [len(labels), G].
+    """
     return generate_cells(model, meta, std, labels, method, steps, eta, guidance_scale, seed, batch)[0]
 
 
 def sample_plan(obj: dict, n_generate: int) -> list[tuple[int, list[str], list[bool]]]:
-    """Per fold: the condition label of every generated cell and whether its label is held out."""
+    """Per fold: the condition label of every generated cell and whether its label is held out.
+
+    Parameters
+    ----------
+    obj : dict
+        The ``model.pt`` dict (:func:`load_models`).
+    n_generate : int
+        Papalexi: cells per condition (control and every target) and fold.
+
+    Returns
+    -------
+    list of tuple
+        (position of the fold in ``obj["folds"]``, label per cell, held out per cell). PBMC: one entry with
+        as many cells per type as real test cells, none held out.
+    """
     meta = obj["conditions"]
     plan = []
     if meta["dataset"] == "pbmc":
@@ -1006,6 +1321,17 @@ def run_sample(params: SampleParams, *, dataset: str, model_path, out_dir: Path)
     float32 log1p CP10k over the model's genes, ``layers["counts"]`` the sampled counts (count models),
     ``obs`` the condition columns (PBMC: the label column; Papalexi: ``perturbation``, ``set_genes``, ``fold``, ``heldout``) plus ``sampler`` and
     ``guidance_scale``, ``uns["diffusion"]`` the sampler settings and seconds.
+
+    Parameters
+    ----------
+    params : SampleParams
+        Sampler, steps, eta, guidance scale, cells per perturbation and seed.
+    dataset : str
+        ``pbmc`` or ``papalexi`` (``--dataset``).
+    model_path : str or Path
+        ``model.pt`` of ``--task train``.
+    out_dir : Path
+        Folder of ``generated.h5ad``.
 
     Raises
     ------
@@ -1077,7 +1403,19 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def median_bandwidth(x: np.ndarray, y: np.ndarray) -> float:
-    """Median of the pairwise distances of the pooled sample (off-diagonal), the RBF bandwidth heuristic."""
+    """Median of the pairwise distances of the pooled sample (off-diagonal), the RBF bandwidth heuristic.
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Samples [n, d] and [m, d] in the same space (e.g. PCA coordinates).
+
+    Returns
+    -------
+    float
+        Median Euclidean distance over pairs of distinct rows of the pooled n + m rows; 1.0 when there is no
+        pair or the median is 0.
+    """
     z = np.vstack([x, y])
     d = np.sqrt(_sqdist(z, z))[np.triu_indices(len(z), 1)]
     h = float(np.median(d)) if d.size else 1.0
@@ -1085,14 +1423,38 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) -> float:
-    """Squared MMD (biased V-statistic, 0 for identical samples) with k(a, b) = exp(-|a-b|^2 / (2 h^2))."""
+    """Squared MMD (biased V-statistic, 0 for identical samples) with k(a, b) = exp(-|a-b|^2 / (2 h^2)).
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Samples [n, d] and [m, d] in the same space.
+    bandwidth : float or None
+        h, in the units of the coordinates; None = :func:`median_bandwidth` of x and y.
+
+    Returns
+    -------
+    float
+        MMD^2 >= 0 (clipped at 0).
+    """
     h = median_bandwidth(x, y) if bandwidth is None else float(bandwidth)
     k = lambda a, b: np.exp(-_sqdist(a, b) / (2.0 * h * h))  # noqa: E731
     return float(max(k(x, x).mean() + k(y, y).mean() - 2.0 * k(x, y).mean(), 0.0))
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (V-statistic; 0 for identical samples)."""
+    """Energy distance 2 E|X-Y| - E|X-X'| - E|Y-Y'| (V-statistic; 0 for identical samples).
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Samples [n, d] and [m, d] in the same space (Euclidean distances).
+
+    Returns
+    -------
+    float
+        The energy distance, >= 0 (clipped at 0), in the units of the coordinates.
+    """
     d = lambda a, b: np.sqrt(_sqdist(a, b)).mean()  # noqa: E731
     return float(max(2.0 * d(x, y) - d(x, x) - d(y, y), 0.0))
 
@@ -1100,7 +1462,22 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
 def c2st_auroc(x: np.ndarray, y: np.ndarray, seed: int = 0, n_splits: int = 5) -> float:
     """Classifier two-sample test: cross-validated AUROC of a random forest telling ``x`` from ``y``.
 
-    0.5 = indistinguishable, 1 = perfectly separable; nan when a side has fewer than ``n_splits`` cells."""
+    0.5 = indistinguishable, 1 = perfectly separable; nan when a side has fewer than ``n_splits`` cells.
+
+    Parameters
+    ----------
+    x, y : np.ndarray
+        Samples [n, d] and [m, d] (``y`` is the positive class).
+    seed : int
+        Seeds the forest (100 trees, ``min_samples_leaf`` 2) and the shuffled folds.
+    n_splits : int
+        Folds of the stratified cross-validation (out-of-fold probabilities).
+
+    Returns
+    -------
+    float
+        AUROC in [0, 1], or nan.
+    """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -1118,10 +1495,20 @@ def c2st_auroc(x: np.ndarray, y: np.ndarray, seed: int = 0, n_splits: int = 5) -
 def sparsity_metrics(gen: np.ndarray, real: np.ndarray) -> dict:
     """Zero and variance structure of log expression gen [n, G] vs real [m, G] (0 in log1p = a zero count).
 
-    ``zero_fraction`` / ``zero_fraction_real``: mean fraction of zero entries per cell; ``gene_zero_pearson``:
-    Pearson over genes of the per-gene zero fraction; ``log_var_pearson``: Pearson over genes (expressed in
-    both) of log per-gene variance, and ``mean_var_slope`` / ``mean_var_slope_real``: the least-squares slope
-    of log variance on log mean over those genes (the mean-variance relation)."""
+    Parameters
+    ----------
+    gen, real : np.ndarray
+        Generated [n, G] and real [m, G] log1p(CP10k) over the same genes.
+
+    Returns
+    -------
+    dict of str to float
+        ``zero_fraction`` / ``zero_fraction_real``: fraction (0-1) of zero entries; ``gene_zero_pearson``:
+        Pearson over genes of the per-gene zero fraction; ``log_var_pearson``: Pearson over genes (mean and
+        variance > 0 in both) of log per-gene variance, and ``mean_var_slope`` / ``mean_var_slope_real``: the
+        least-squares slope of log variance on log mean over those genes (the mean-variance relation); the
+        last three are nan with 2 or fewer such genes.
+    """
     zg, zr = (gen == 0).mean(0), (real == 0).mean(0)  # [G]
     mg, mr, vg, vr = gen.mean(0), real.mean(0), gen.var(0), real.var(0)
     ok = (mg > 0) & (mr > 0) & (vg > 0) & (vr > 0)
@@ -1134,7 +1521,25 @@ def sparsity_metrics(gen: np.ndarray, real: np.ndarray) -> dict:
 
 def distribution_metrics(gen: np.ndarray, real: np.ndarray, pca, seed: int, c2st: bool = True) -> dict:
     """Pearson of the gene means; MMD, energy distance and C2ST AUROC in the PCA space ``pca``; and the
-    :func:`sparsity_metrics`. gen [n, G], real [m, G] log expression."""
+    :func:`sparsity_metrics`.
+
+    Parameters
+    ----------
+    gen, real : np.ndarray
+        Generated [n, G] and real [m, G] log expression over the same genes.
+    pca : sklearn.decomposition.PCA
+        Fitted on G genes (the real training cells); both samples are scored on its components.
+    seed : int
+        Seeds the C2ST (:func:`c2st_auroc`).
+    c2st : bool
+        False: skip the C2ST (``c2st_auroc`` nan).
+
+    Returns
+    -------
+    dict of str to float
+        ``pearson_mean``, ``mmd_rbf`` (:func:`mmd_rbf`), ``energy_distance``, ``c2st_auroc`` and the
+        :func:`sparsity_metrics` keys.
+    """
     pg, pr = pca.transform(gen), pca.transform(real)
     return {"pearson_mean": pearson(gen.mean(0), real.mean(0)), "mmd_rbf": mmd_rbf(pg, pr),
             "energy_distance": energy_distance(pg, pr),
@@ -1193,7 +1598,18 @@ def _timing(model, meta, std, label: str, params: EvaluateParams) -> list[dict]:
 
 
 def model_cfg_steps(model) -> int:
-    """Number of diffusion timesteps (``n_timesteps``) of ``model``'s noise schedule: the steps of DDPM sampling."""
+    """Number of diffusion timesteps (``n_timesteps``) of ``model``'s noise schedule: the steps of DDPM sampling.
+
+    Parameters
+    ----------
+    model : LatentDiffusion
+        A trained or new model.
+
+    Returns
+    -------
+    int
+        Length of ``model.schedule.alphas_cumprod``.
+    """
     return int(model.schedule.alphas_cumprod.shape[0])
 
 
@@ -1220,9 +1636,27 @@ def scvi_baseline(data: Data, std: dict, labels: list[str], out: Path, *, seed: 
     with library sizes drawn as for the diffusion model -> (log expression [n, G], report); also written as
     ``out/baseline_scvi.h5ad`` (X log1p CP10k, layers["counts"], obs[label_key]).
 
-    ``std`` is the first fold's standardisation entry of ``model.pt`` (its training library sizes), ``n_latent``
-    and ``max_epochs`` the scVI latent size and epochs, ``threads`` its torch threads, ``seed`` seeds the
-    library draw and scVI (Lopez et al. 2018, Nat. Methods 15:1053).
+    Parameters
+    ----------
+    data : Data
+        PBMC data with ``counts``; scVI is fitted on its ``train`` cells of types in ``vocab``.
+    std : dict
+        The first fold's ``standardise`` entry of ``model.pt`` (its training library sizes).
+    labels : list of str
+        Cell type of each of the n cells to generate.
+    out : Path
+        Folder of ``baseline_scvi.h5ad``.
+    seed, n_latent, max_epochs, threads : int
+        Seeds the library draw and scVI; scVI latent size; epochs; torch threads.
+
+    Returns
+    -------
+    tuple
+        (log1p(CP10k) float32 [n, G]; the report of :func:`cellgraph.tl.scvi_baseline.scvi_generate`).
+
+    References
+    ----------
+    Lopez et al. 2018, Nat. Methods 15:1053 (scVI).
     """
     import anndata as ad
     import scipy.sparse as sp
@@ -1248,8 +1682,26 @@ def scvi_baseline(data: Data, std: dict, labels: list[str], out: Path, *, seed: 
 
 def pbmc_table(data: Data, references: dict[str, tuple[np.ndarray, np.ndarray]], pca, seed: int) -> pd.DataFrame:
     """Per cell type and method: :func:`distribution_metrics` against the real test cells; ``mmd_over_floor``
-    = MMD / the train-cells MMD of the type. references: method -> (log expression [n, G], labels [n]);
-    ``pca`` a fitted PCA of the real training cells; ``seed`` seeds the reference draws and the metrics."""
+    = MMD / the train-cells MMD of the type.
+
+    Parameters
+    ----------
+    data : Data
+        PBMC data (real train and test cells).
+    references : dict
+        Method -> (log expression [n, G], cell-type labels [n]), e.g. ``diffusion``, ``scvi``.
+    pca : sklearn.decomposition.PCA
+        Fitted on the real training cells.
+    seed : int
+        Seeds the ``train_cells`` / ``all_types`` draws and the metrics.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per (cell type, method), methods ``references`` plus ``train_cells`` and ``all_types``:
+        ``cell_type``, ``method``, ``n_generated``, ``n_real_test``, the :func:`distribution_metrics` columns
+        and ``mmd_over_floor``.
+    """
     known = np.isin(data.labels, data.vocab)
     train, test = (data.split == "train") & known, (data.split == "test") & known
     rng = np.random.default_rng(seed)
@@ -1273,7 +1725,20 @@ def pbmc_table(data: Data, references: dict[str, tuple[np.ndarray, np.ndarray]],
 
 def pbmc_criteria(table: pd.DataFrame) -> pd.DataFrame:
     """The acceptance bar per cell type for the diffusion model: zero fraction within 2 points of real, per-gene
-    zero-fraction Pearson >= 0.95, C2ST AUROC <= 0.65, MMD <= 2x the train-cells floor, MMD below scVI's."""
+    zero-fraction Pearson >= 0.95, C2ST AUROC <= 0.65, MMD <= 2x the train-cells floor, MMD below scVI's.
+
+    Parameters
+    ----------
+    table : pd.DataFrame
+        :func:`pbmc_table` output with ``diffusion`` rows (``scvi`` rows optional).
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per cell type: ``cell_type``, ``zero_fraction_gap`` (absolute, fraction 0-1),
+        ``gene_zero_pearson``, ``c2st_auroc``, ``mmd_over_floor``, the bools ``zero_fraction_ok``,
+        ``gene_zero_ok``, ``c2st_ok``, ``mmd_floor_ok`` and, with scVI rows, ``mmd_scvi`` and ``beats_scvi_mmd``.
+    """
     d = table[table.method == "diffusion"].set_index("cell_type")
     rows = pd.DataFrame({"zero_fraction_gap": (d.zero_fraction - d.zero_fraction_real).abs(),
                          "gene_zero_pearson": d.gene_zero_pearson, "c2st_auroc": d.c2st_auroc,
@@ -1298,6 +1763,21 @@ def evaluate_pbmc(params: EvaluateParams, data: Data, obj: dict, models: list, g
     ``criteria.tsv`` (:func:`pbmc_criteria`), ``guidance.tsv`` and ``guidance.png`` (quality vs
     ``params.guidance_scales``), ``sampling_time.tsv`` (DDIM vs DDPM), ``umap.png`` and, with scVI,
     ``baseline_scvi.h5ad``. Adds the tables to ``report`` in place.
+
+    Parameters
+    ----------
+    params : EvaluateParams
+        Evaluation options.
+    data : Data
+        The PBMC data, with the model's genes.
+    obj, models : dict, list
+        ``model.pt`` and its per-fold models (:func:`load_models`; the first fold is used).
+    gen : anndata.AnnData
+        ``generated.h5ad`` (X log expression, obs label column).
+    out : Path
+        Output folder.
+    report : dict
+        Updated in place.
     """
     from sklearn.decomposition import PCA
 
@@ -1353,9 +1833,29 @@ def papalexi_table(data: Data, obj: dict, gen, seed: int) -> tuple[pd.DataFrame,
     cells), with the perturbation's split-half ``reliability`` and ``noise_ceiling``
     (:func:`cellgraph.tl.perturb_eval.split_half_reliability`, :func:`~cellgraph.tl.perturb_eval.noise_ceiling`).
     Methods: ``diffusion`` (generated S={p} mean minus generated control mean), ``train_mean_change`` (the
-    mean observed change of the fold's training perturbations) and ``no_change``. ``seed`` seeds the split
-    halves and is the table's ``seed`` column. Returns (table, {perturbation: observed change [G]}).
-    Raises InputError if a fold has no generated control cell."""
+    mean observed change of the fold's training perturbations) and ``no_change``.
+
+    Parameters
+    ----------
+    data : Data
+        The Papalexi data (observed log expression).
+    obj : dict
+        The ``model.pt`` dict (folds, held-out and training labels).
+    gen : anndata.AnnData
+        ``generated.h5ad`` (obs ``perturbation``, ``fold``).
+    seed : int
+        Seeds the split halves; the table's ``seed`` column.
+
+    Returns
+    -------
+    tuple
+        (the table; {perturbation: observed mean change [G] in log expression}).
+
+    Raises
+    ------
+    InputError
+        If a fold has no generated control cell.
+    """
     from .perturb_eval import noise_ceiling, split_half_reliability, top_de_genes
 
     meta = obj["conditions"]
@@ -1399,7 +1899,27 @@ def evaluate_papalexi(params: EvaluateParams, data: Data, obj: dict, models: lis
     perturbations per set and method), ``comparison.tsv`` (paired one-sided Wilcoxon, diffusion vs
     ``train_mean_change``), ``guidance.tsv`` and ``guidance.png`` (Pearson of held-out and seen perturbations
     of the first fold vs ``params.guidance_scales``), ``sampling_time.tsv`` and ``perturbation.png``. Adds the
-    tables to ``report`` in place. Raises InputError if a fold has no generated control cell.
+    tables to ``report`` in place.
+
+    Parameters
+    ----------
+    params : EvaluateParams
+        Evaluation options.
+    data : Data
+        The Papalexi data, with the model's genes.
+    obj, models : dict, list
+        ``model.pt`` and its per-fold models (:func:`load_models`; the curve and timing use the first fold).
+    gen : anndata.AnnData
+        ``generated.h5ad``.
+    out : Path
+        Output folder.
+    report : dict
+        Updated in place.
+
+    Raises
+    ------
+    InputError
+        If a fold has no generated control cell (:func:`papalexi_table`).
     """
     from .perturb_eval import paired_comparison, summarize
 
@@ -1515,6 +2035,19 @@ def run_evaluate(params: EvaluateParams, data: Data, *, dataset: str, adata_path
     Reads ``model_path`` (``model.pt``), ``generated`` (``generated.h5ad``) and ``data`` (loaded from
     ``adata_path``; data set ``dataset``), runs :func:`evaluate_pbmc` or :func:`evaluate_papalexi` (their
     tables and figures in ``out_dir``) and writes ``out_dir/report.json``; the paths are recorded in it as given.
+
+    Parameters
+    ----------
+    params : EvaluateParams
+        Evaluation options.
+    data : Data
+        The real cells, loaded from ``adata_path``.
+    dataset : str
+        ``pbmc`` or ``papalexi`` (``--dataset``).
+    adata_path, model_path, generated : str or Path
+        The h5ad of ``data``, ``model.pt`` and ``generated.h5ad``.
+    out_dir : Path
+        Output folder.
 
     Raises
     ------

@@ -114,14 +114,36 @@ EDGE_COLUMNS = ("source", "target", "weight", "hidden")
 
 
 def summarize(values) -> dict[str, Any]:
-    """``{"mean", "sd", "values"}`` of a list of floats; sd is the sample sd (ddof=1; 0 for one value)."""
+    """``{"mean", "sd", "values"}`` of a list of floats; sd is the sample sd (ddof=1; 0 for one value).
+
+    Parameters
+    ----------
+    values : sequence of float
+        The values, e.g. one metric per split.
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``sd`` (float, in the unit of ``values``) and ``values`` (list of float).
+    """
     v = np.asarray(values, dtype=np.float64)
     sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
     return {"mean": float(v.mean()), "sd": sd, "values": v.tolist()}
 
 
 def make_annotation_probe(seed: int):
-    """Logistic-regression probe: ``StandardScaler`` then multinomial ``LogisticRegression(C=1)`` (L2)."""
+    """Logistic-regression probe: ``StandardScaler`` then multinomial ``LogisticRegression(C=1)`` (L2).
+
+    Parameters
+    ----------
+    seed : int
+        ``random_state`` of the logistic regression.
+
+    Returns
+    -------
+    sklearn.pipeline.Pipeline
+        Unfitted (``max_iter=2000``); ``fit(x [N, d], y [N])``, then ``predict(x) -> [N]`` labels.
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -130,7 +152,22 @@ def make_annotation_probe(seed: int):
 
 
 def stratified_subsample(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted positions of a stratified random ``fraction`` of ``y`` [N] (all of ``y`` when fraction >= 1)."""
+    """Sorted positions of a stratified random ``fraction`` of ``y`` [N] (all of ``y`` when fraction >= 1).
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Labels [N] to stratify by.
+    fraction : float
+        Share 0-1 of the positions to keep.
+    seed : int
+        ``random_state`` of ``sklearn.model_selection.train_test_split``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted int positions into ``y``.
+    """
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
@@ -143,7 +180,22 @@ def stratified_subsample(y: np.ndarray, fraction: float, seed: int) -> np.ndarra
 def stratified_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two disjoint sorted position arrays splitting ``y`` [N] 50/50, stratified by label.
 
-    Raises ValueError (from scikit-learn) if a label has fewer than 2 members.
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Labels [N].
+    seed : int
+        ``random_state`` of ``sklearn.model_selection.train_test_split``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(a, b)``: sorted int positions of the two halves.
+
+    Raises
+    ------
+    ValueError
+        From scikit-learn, if a label has fewer than 2 members.
     """
     from sklearn.model_selection import train_test_split
 
@@ -152,7 +204,20 @@ def stratified_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def classification_scores(y_true, y_pred, labels) -> dict[str, float]:
-    """Macro-averaged precision, recall and F1 (``sklearn.metrics.precision_recall_fscore_support``)."""
+    """Macro-averaged precision, recall and F1 (``sklearn.metrics.precision_recall_fscore_support``).
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like
+        True and predicted labels [N].
+    labels : sequence
+        The labels averaged over; an ill-defined score counts 0 (``zero_division=0``).
+
+    Returns
+    -------
+    dict
+        ``precision``, ``recall``, ``macro_f1``: floats 0-1.
+    """
     from sklearn.metrics import precision_recall_fscore_support
 
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
@@ -160,7 +225,21 @@ def classification_scores(y_true, y_pred, labels) -> dict[str, float]:
 
 
 def confusion(y_true, y_pred, labels) -> dict[str, Any]:
-    """Confusion matrix [K, K] (rows = true class in ``labels`` order): counts and row-normalised."""
+    """Confusion matrix [K, K] (rows = true class in ``labels`` order): counts and row-normalised.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like
+        True and predicted labels [N].
+    labels : sequence
+        The K labels, in row and column order.
+
+    Returns
+    -------
+    dict
+        ``labels`` (list), ``counts`` (int [K, K], nested lists) and ``normalized`` (each row divided by its
+        sum, fraction 0-1; an all-zero row stays 0).
+    """
     from sklearn.metrics import confusion_matrix
 
     counts = confusion_matrix(y_true, y_pred, labels=labels)
@@ -212,11 +291,27 @@ def annotate_with_heldout(x_train, y_train, x_test, y_test, x_held, y_held, n_sp
     Split ``s`` halves the held-out cells [N_held] 50/50 stratified (seed ``seed + s``), fits the probe on
     all train cells + half A and scores it on all test cells + half B.
 
+    Parameters
+    ----------
+    x_train, x_test, x_held : numpy.ndarray
+        Cell embeddings [N_train, d], [N_test, d], [N_held, d].
+    y_train, y_test, y_held : array-like
+        Their cell types [N_train], [N_test], [N_held] (compared as strings).
+    n_splits : int
+        Number of splits.
+    seed : int
+        Split ``s`` seeds the halves and the probe with ``seed + s``.
+
     Returns
     -------
     dict with overall ``precision``, ``recall``, ``macro_f1`` (:func:`summarize`), ``heldout_types``:
     ``{type: {"precision", "recall", "f1"}}`` (each :func:`summarize`), ``confusion_matrix`` of split 0,
     ``labels``, ``n_fit`` and ``n_test`` per split.
+
+    Raises
+    ------
+    ValueError
+        From :func:`stratified_halves`, if a held-out type has fewer than 2 cells.
     """
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -286,8 +381,24 @@ def pca_features(x, train_rows: np.ndarray, test_rows: np.ndarray, n_components:
 def bag_of_genes(dataset, n_vocab: int) -> np.ndarray:
     """Binary cells x genes matrix [C, V-2] (float32): 1 where the gene is a token of the cell's shard entry.
 
-    Columns are the vocabulary genes in token-id order (``vocab[2:]``); ``dataset`` is a
-    :class:`cellgraph.io.shards.TokenDataset`. Raises ValueError if a token id is outside ``2..n_vocab-1``.
+    Columns are the vocabulary genes in token-id order (``vocab[2:]``).
+
+    Parameters
+    ----------
+    dataset : cellgraph.io.shards.TokenDataset
+        C cells; its ``gene_ids`` and ``gene_ptr`` are read.
+    n_vocab : int
+        Vocabulary size V (``<pad>`` and ``<cls>`` included).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 [C, V-2] of 0/1.
+
+    Raises
+    ------
+    ValueError
+        If a token id is outside ``2..n_vocab-1``.
     """
     ids = np.asarray(dataset.gene_ids, dtype=np.int64)
     if ids.size and (ids.min() < 2 or ids.max() >= n_vocab):
@@ -301,8 +412,22 @@ def bag_of_genes(dataset, n_vocab: int) -> np.ndarray:
 def random_init_embeddings(model, datasets: dict[str, Any], n_vocab: int, seed: int) -> dict[str, dict]:
     """Embeddings of an untrained model: ``GREmLN(model.config)`` built after ``torch.manual_seed(seed)``.
 
-    Returns ``{name: encode_dataset(random_model, dataset, n_vocab)}`` for every dataset of ``datasets``
-    (same tokens and graphs as the trained model sees; eval mode).
+    Parameters
+    ----------
+    model : GREmLN
+        The trained model; only its ``config`` is used.
+    datasets : dict of str to TokenDataset
+        The datasets to embed, by name.
+    n_vocab : int
+        Vocabulary size V.
+    seed : int
+        Torch seed of the random initialisation.
+
+    Returns
+    -------
+    dict
+        ``{name: encode_dataset(random_model, dataset, n_vocab)}`` for every dataset of ``datasets`` (same
+        tokens and graphs as the trained model sees; eval mode).
     """
     import torch
 
@@ -314,7 +439,25 @@ def random_init_embeddings(model, datasets: dict[str, Any], n_vocab: int, seed: 
 
 
 def adata_rows(adata, obs_names) -> np.ndarray:
-    """Row positions [C] of ``obs_names`` in ``adata.obs_names``. Raises InputError naming missing cells."""
+    """Row positions [C] of ``obs_names`` in ``adata.obs_names``.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        The cells to look in.
+    obs_names : array-like
+        C cell names (compared as strings).
+
+    Returns
+    -------
+    numpy.ndarray
+        int positions [C].
+
+    Raises
+    ------
+    InputError
+        Naming the number of missing cells and up to 3 of them.
+    """
     pos = adata.obs_names.get_indexer(np.asarray(obs_names).astype(str))
     if (pos < 0).any():
         missing = np.asarray(obs_names)[pos < 0]
@@ -371,7 +514,22 @@ def annotation_baselines(adata, train_ds, test_ds, vocab: list[str], n_splits: i
 def relative_change(e: np.ndarray, e0: np.ndarray) -> float:
     """``||e - e0||_F / ||e||_F`` of two embedding matrices [C, d] (dimensionless, >= 0).
 
-    Raises ValueError if the shapes differ or ``e`` is all zero.
+    Parameters
+    ----------
+    e : numpy.ndarray
+        Reference embeddings [C, d] (e.g. with the cell graphs).
+    e0 : numpy.ndarray
+        Compared embeddings [C, d] (e.g. without the graphs).
+
+    Returns
+    -------
+    float
+        The relative Frobenius-norm change.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ or ``e`` is all zero.
     """
     e, e0 = np.asarray(e, dtype=np.float64), np.asarray(e0, dtype=np.float64)
     if e.shape != e0.shape:
@@ -426,6 +584,16 @@ def undirected_pairs(sources, targets) -> np.ndarray:
     """Distinct undirected gene pairs [E, 2] (str, each row sorted, rows sorted) of an edge list.
 
     Self-loops are dropped; (a, b) and (b, a) count once.
+
+    Parameters
+    ----------
+    sources, targets : array-like
+        Edge ends [E'] (gene symbols, compared as strings).
+
+    Returns
+    -------
+    numpy.ndarray
+        str [E, 2], E <= E'; shape (0, 2) when no edge is left.
     """
     s = np.asarray(sources).astype(str)
     t = np.asarray(targets).astype(str)
@@ -446,8 +614,28 @@ def _codes(pairs: np.ndarray, n_nodes: int) -> np.ndarray:
 def sample_non_edges(n_nodes: int, forbidden: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` distinct undirected node pairs [n, 2] (u < v) whose codes are not in ``forbidden``.
 
-    ``forbidden`` holds codes ``u * n_nodes + v`` (u < v) of pairs to avoid (edges, pairs used elsewhere).
-    Rejection sampling; raises ValueError if fewer than ``n`` such pairs exist.
+    Rejection sampling.
+
+    Parameters
+    ----------
+    n_nodes : int
+        Nodes are ``0..n_nodes-1``.
+    forbidden : numpy.ndarray
+        int codes ``u * n_nodes + v`` (u < v) of pairs to avoid (edges, pairs used elsewhere).
+    n : int
+        Number of pairs to draw.
+    rng : numpy.random.Generator
+        Source of the draws (advanced in place).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 [n, 2], rows ``(u, v)`` with u < v, in the order drawn.
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``n`` such pairs exist.
     """
     total = n_nodes * (n_nodes - 1) // 2
     forbidden = np.unique(np.asarray(forbidden, dtype=np.int64))
@@ -595,7 +783,20 @@ def _train_link_model(xt, visible, hidden, test_neg, forbidden, rng, seed, epoch
 
 
 def edge_metrics(labels, scores) -> dict[str, float]:
-    """AUROC and average precision (``sklearn.metrics``) of binary ``labels`` [M] against ``scores`` [M]."""
+    """AUROC and average precision (``sklearn.metrics``) of binary ``labels`` [M] against ``scores`` [M].
+
+    Parameters
+    ----------
+    labels : array-like
+        Binary labels [M] (1 = edge).
+    scores : array-like
+        Scores [M]; higher = more likely an edge.
+
+    Returns
+    -------
+    dict
+        ``auroc`` and ``average_precision``, floats 0-1.
+    """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     return {"auroc": float(roc_auc_score(labels, scores)), "average_precision": float(average_precision_score(labels, scores))}
@@ -606,6 +807,19 @@ def shard_gene_pairs(arrays: dict[str, np.ndarray], vocab: list[str]) -> np.ndar
 
     Local token positions in ``edge_index`` are mapped back to genes through ``gene_ptr``/``gene_ids``
     and ``vocab`` (list indexed by token id).
+
+    Parameters
+    ----------
+    arrays : dict of str to numpy.ndarray
+        ``gene_ptr`` [C+1], ``gene_ids`` [T], ``edge_ptr`` [C+1] and ``edge_index`` (2, E') of positions
+        within each cell's gene tokens.
+    vocab : list of str
+        Gene symbol by token id.
+
+    Returns
+    -------
+    numpy.ndarray
+        str [E, 2] (:func:`undirected_pairs`: self-loops dropped, each pair once).
     """
     gene_ptr, edge_ptr = np.asarray(arrays["gene_ptr"]), np.asarray(arrays["edge_ptr"])
     gene_ids, edge_index = np.asarray(arrays["gene_ids"]), np.asarray(arrays["edge_index"]).reshape(2, -1)
@@ -624,8 +838,20 @@ def read_graph_edges(path):
     Columns ``source, target`` (gene symbols; undirected, one row per edge), ``weight`` and ``hidden``
     (True for edges removed from every shard before pretraining; booleans, 0/1 or true/false).
 
-    Returns a pandas DataFrame with exactly these columns (source/target str, weight float, hidden bool).
-    Raises InputError if the file cannot be read, a column is missing or ``hidden`` is not boolean.
+    Parameters
+    ----------
+    path : str or Path
+        The tab-separated table (compression inferred by pandas from the suffix).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Exactly these columns: ``source``/``target`` str, ``weight`` float (NaN if not numeric), ``hidden`` bool.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be read, a column is missing or ``hidden`` is not boolean.
     """
     import pandas as pd
 
@@ -652,9 +878,24 @@ def read_graph_edges(path):
 def check_hidden_edges_absent(shards: dict[str, Any], edges, vocab: list[str]) -> dict[str, int]:
     """Check that no hidden edge of ``edges`` (:func:`read_graph_edges`) is in any cell graph of any shard.
 
-    ``shards`` maps a name (shown in the error) to a :class:`cellgraph.io.shards.TokenDataset`.
-    Returns ``{name: distinct undirected gene pairs in the shard's cell graphs}``.
-    Raises InputError naming the shard and example edges if a hidden edge would have been seen.
+    Parameters
+    ----------
+    shards : dict of str to cellgraph.io.shards.TokenDataset
+        The shards by name (the name is shown in the error).
+    edges : pandas.DataFrame
+        :func:`read_graph_edges` table (``source``, ``target``, ``hidden`` are read).
+    vocab : list of str
+        Gene symbol by token id.
+
+    Returns
+    -------
+    dict of str to int
+        ``{name: distinct undirected gene pairs in the shard's cell graphs}``.
+
+    Raises
+    ------
+    InputError
+        Naming the shard and example edges if a hidden edge would have been seen.
     """
     h = edges["hidden"].to_numpy(bool)
     hidden = {tuple(p) for p in undirected_pairs(edges["source"].to_numpy()[h], edges["target"].to_numpy()[h])}
@@ -670,8 +911,21 @@ def check_hidden_edges_absent(shards: dict[str, Any], edges, vocab: list[str]) -
 
 
 def mean_gene_embedding(gene_sum: np.ndarray, gene_count: np.ndarray) -> np.ndarray:
-    """Mean contextual embedding per gene [V, d] from :func:`encode_dataset`'s ``gene_sum`` [V, d] and
-    ``gene_count`` [V]; rows of genes with no token are NaN (no embedding)."""
+    """Mean contextual embedding per gene [V, d] from :func:`encode_dataset`'s ``gene_sum`` and ``gene_count``;
+    rows of genes with no token are NaN (no embedding).
+
+    Parameters
+    ----------
+    gene_sum : numpy.ndarray
+        Token embeddings summed per gene id [V, d].
+    gene_count : numpy.ndarray
+        Tokens per gene id [V].
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [V, d].
+    """
     count = np.asarray(gene_count, dtype=np.float64)
     out = np.full(np.shape(gene_sum), np.nan)
     seen = count > 0
@@ -908,8 +1162,24 @@ def linear_probe(x_train, y_train, x_test, y_test, alpha: float, seed: int,
     """Ridge regression (``StandardScaler`` + ``sklearn.linear_model.Ridge(alpha)``) from token embeddings
     [N, d] to expression [N]; R^2 (``sklearn.metrics.r2_score``) on the test tokens (GREmLN appendix A.6).
 
-    Returns ``{"r2", "r2_train", "n_train", "n_test", "scatter_true", "scatter_pred"}``, the scatter a
-    seeded subsample of at most ``n_scatter`` test tokens.
+    Parameters
+    ----------
+    x_train, x_test : numpy.ndarray
+        Token embeddings [N_train, d], [N_test, d].
+    y_train, y_test : numpy.ndarray
+        The tokens' log1p normalised expression (``batch["expr"]``) [N_train], [N_test].
+    alpha : float
+        Ridge penalty (> 0).
+    seed : int
+        Seed of the scatter subsample.
+    n_scatter : int
+        Most test tokens in the scatter.
+
+    Returns
+    -------
+    dict
+        ``r2`` (test), ``r2_train`` (float, <= 1), ``n_train``, ``n_test`` (int), and ``scatter_true``,
+        ``scatter_pred`` (float32 [min(n_scatter, N_test)]), a seeded subsample of the test tokens.
     """
     from sklearn.linear_model import Ridge
     from sklearn.metrics import r2_score
@@ -939,8 +1209,30 @@ def per_gene_log_probs(gene_ids: np.ndarray, bins: np.ndarray, n_vocab: int, n_b
     """Each gene's log bin distribution [V, n_bins + 1] (nats) from its tokens (e.g. the train shard).
 
     ``p(b | gene) = (count(gene, b) + pseudocount) / (count(gene) + pseudocount * (n_bins + 1))`` over the
-    bin values ``0..n_bins``; a gene with no token gets the uniform distribution. Raises ValueError if a
-    bin is outside ``0..n_bins`` or a gene id outside ``0..n_vocab-1``.
+    bin values ``0..n_bins``; a gene with no token gets the uniform distribution.
+
+    Parameters
+    ----------
+    gene_ids : numpy.ndarray
+        Token gene ids [T], in ``0..n_vocab-1``.
+    bins : numpy.ndarray
+        The tokens' rank bins [T], in ``0..n_bins``.
+    n_vocab : int
+        Vocabulary size V.
+    n_bins : int
+        Highest bin value.
+    pseudocount : float
+        Added to every (gene, bin) count.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [V, n_bins + 1], natural-log probabilities.
+
+    Raises
+    ------
+    ValueError
+        If a bin is outside ``0..n_bins`` or a gene id outside ``0..n_vocab-1``.
     """
     g, b = np.asarray(gene_ids, dtype=np.int64), np.asarray(bins, dtype=np.int64)
     if g.size and (b.min() < 0 or b.max() > n_bins or g.min() < 0 or g.max() >= n_vocab):
@@ -983,6 +1275,22 @@ def rank_bin_complement(bins: np.ndarray, masked: np.ndarray, n_bins: int,
     visible bins. ``p(b) ~ max(expected(b) - visible(b), 0) + pseudocount``: a baseline that needs no cell
     state, only the sequence length and the visible bins (combined with :func:`per_gene_log_probs` it is the
     strongest simple baseline of the rank-bin objective).
+
+    Parameters
+    ----------
+    bins : numpy.ndarray
+        True bins [n] (``0..n_bins``, > 0 = expressed) of the cell's real gene tokens, masked ones included.
+    masked : numpy.ndarray
+        Bool [n], True at masked tokens.
+    n_bins : int
+        Highest bin value.
+    pseudocount : float
+        Added to every bin's free count.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 [n_bins + 1], natural-log probabilities.
     """
     bins, masked = np.asarray(bins, dtype=np.int64), np.asarray(masked, dtype=bool)
     m = int((bins > 0).sum())
@@ -994,7 +1302,22 @@ def rank_bin_complement(bins: np.ndarray, masked: np.ndarray, n_bins: int,
 def evaluation_mask(batch: dict, mask_rate: float, seed: int):
     """Bool [B, 1+n]: the masked gene tokens of :func:`cellgraph.training.pretrain.mask_positions` on the evaluation
     stream (``EVAL_MASK_STREAM``, epoch 0): ``max(1, round(mask_rate * n_real))`` per cell, drawn from
-    ``default_rng([seed, 3, 0, cell_index])``, independent of the batch."""
+    ``default_rng([seed, 3, 0, cell_index])``, independent of the batch.
+
+    Parameters
+    ----------
+    batch : dict
+        Collated batch with ``attention_mask`` Bool [B, 1+n] and ``cell_index`` [B].
+    mask_rate : float
+        Fraction 0-1 of each cell's real gene tokens to mask.
+    seed : int
+        Run seed.
+
+    Returns
+    -------
+    torch.Tensor
+        Bool [B, 1+n], on the device of ``batch["attention_mask"]``.
+    """
     from ..training.pretrain import mask_positions
 
     return mask_positions(batch["attention_mask"], batch["cell_index"], mask_rate, seed, epoch=0,
@@ -1039,11 +1362,32 @@ def paired_bootstrap_ci(diff_sum: np.ndarray, count: np.ndarray, n_boot: int = N
                         level: float = 0.95) -> dict[str, float]:
     """Bootstrap over cells of a token-weighted mean difference.
 
-    ``diff_sum`` [C]: per cell, the sum over its masked tokens of (model CE - baseline CE); ``count`` [C]:
-    its masked tokens. The statistic is ``sum(diff_sum) / sum(count)``; each of ``n_boot`` resamples
+    The statistic is ``sum(diff_sum) / sum(count)``; each of ``n_boot`` resamples
     (``numpy.random.default_rng(seed)``) draws C cells with replacement (paired: both CEs of a token stay
-    together; percentile bootstrap, Efron & Tibshirani 1993). Returns ``{"mean", "ci_low",
-    "ci_high"}`` (percentile interval at ``level``). Raises ValueError if no cell has a token.
+    together; percentile bootstrap, Efron & Tibshirani 1993).
+
+    Parameters
+    ----------
+    diff_sum : numpy.ndarray
+        Per cell [C], the sum over its masked tokens of (model CE - baseline CE), nats.
+    count : numpy.ndarray
+        Per cell [C], its number of masked tokens.
+    n_boot : int
+        Number of resamples.
+    seed : int
+        Seed of the resampling.
+    level : float
+        Coverage (0-1) of the percentile interval.
+
+    Returns
+    -------
+    dict
+        ``mean``, ``ci_low``, ``ci_high``: floats, nats per masked token.
+
+    Raises
+    ------
+    ValueError
+        If no cell has a masked token.
     """
     diff_sum, count = np.asarray(diff_sum, dtype=np.float64), np.asarray(count, dtype=np.float64)
     if count.sum() <= 0:
@@ -1068,15 +1412,33 @@ def masked_token_evaluation(model, test_ds, train_ds, seed: int, batch_size: int
     ``train_ds`` (the train shard), the per-cell baseline :func:`per_cell_baseline` (the cell's visible
     bins). Accuracy = the argmax (baselines: the mode) equals the true bin.
 
+    Parameters
+    ----------
+    model : GREmLN
+        The model (``config.n_bins``, ``mask_rate`` and ``vocab_size`` are read).
+    test_ds : cellgraph.io.shards.TokenDataset
+        The cells evaluated.
+    train_ds : cellgraph.io.shards.TokenDataset
+        The train shard, for the per-gene baseline.
+    seed : int
+        Seed of the mask, and of the bootstraps (``seed + i`` for baseline ``i``).
+    batch_size : int
+        Cells per forward pass.
+    n_boot : int
+        Bootstrap resamples.
+
     Returns
     -------
     ``(summary, tokens)``: ``summary`` with ``mask_rate``, ``n_masked``, ``n_cells``, ``model`` /
-    ``per_gene`` / ``per_cell``: ``{"cross_entropy" (nats per masked token), "accuracy"}``, and
-    ``model_minus_per_gene_ce`` / ``model_minus_per_cell_ce``: :func:`paired_bootstrap_ci` over cells;
-    ``tokens``: per masked token [M] ``cell_index``, ``position`` (in the [1+n] batch layout), ``gene_id``,
-    ``target`` and the CE / correctness of the model and both baselines.
+    ``per_gene`` / ``per_cell`` / ``per_gene_x_complement``: ``{"cross_entropy" (nats per masked token),
+    "accuracy"}``, ``model_minus_<baseline>_ce`` of each baseline: :func:`paired_bootstrap_ci` over cells,
+    and ``details``; ``tokens``: per masked token [M] ``cell_index``, ``position`` (in the [1+n] batch
+    layout), ``gene_id``, ``target`` and the CE / correctness of the model and every baseline.
 
-    Raises ValueError if the test shard has no gene token.
+    Raises
+    ------
+    ValueError
+        If the test shard has no gene token.
     """
     from torch.utils.data import DataLoader
 
@@ -1129,7 +1491,9 @@ def encode_dataset(model, dataset, n_vocab: int, batch_size: int = 64, token_fra
     model : object with ``encode(batch) -> Tensor[B, 1+n, d]`` (position 0 = CLS).
     dataset : ``cellgraph.io.shards.TokenDataset``; batches from ``cellgraph.io.shards.collate``.
     n_vocab : vocabulary size V (for the per-gene sums).
+    batch_size : cells per forward pass.
     token_fraction : probability that a real gene token is kept for the linear probe (seeded).
+    seed : seed of that token sampling (``numpy.random.default_rng(seed)``).
     drop_graph : replace every cell's Laplacian by zeros (no graph: ``exp(-beta 0) = I``).
 
     Returns
@@ -1137,6 +1501,11 @@ def encode_dataset(model, dataset, n_vocab: int, batch_size: int = 64, token_fra
     dict: ``cls`` [C, d], ``mean_pool`` [C, d] (mean over real gene tokens, CLS excluded), ``gene_sum``
     [V, d] and ``gene_count`` [V] (token embeddings summed per gene id), and the sampled tokens
     ``token_emb`` [M, d], ``token_expr`` [M], ``token_gene`` [M].
+
+    Raises
+    ------
+    ValueError
+        If the dataset is empty.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -1224,6 +1593,16 @@ def write_embeddings(path, parts: dict[str, dict[str, np.ndarray]], attention: s
 
 def load_model(path: Path):
     """A ``cellgraph train`` model.pt (:func:`cellgraph.models.gremln.load`, eval mode, ``model.vocab``).
+
+    Parameters
+    ----------
+    path : Path
+        The ``model.pt`` file.
+
+    Returns
+    -------
+    GREmLN
+        The model in eval mode, its vocabulary (list of gene symbols by token id) as ``model.vocab``.
 
     Raises
     ------
@@ -1383,6 +1762,13 @@ def annotation_task(inputs: dict[str, Any], emb: dict[str, dict], n_splits: int,
     inputs : :func:`load_evaluation_inputs`.
     emb : ``{shard: encode_dataset(...)}`` with ``train``, ``test``, ``train_own_graph`` (and ``heldout``).
     n_splits, seed : probe splits and their seed.
+
+    Returns
+    -------
+    dict
+        ``model``, ``attention``, ``train_fraction``, ``n_splits``, ``probe``, ``cells``, ``train_cells_graph``,
+        ``heldout_types`` and ``embeddings``: ``{"mean_pool" | "cls": {"seen_test", "with_heldout"`` (with a
+        held-out embedding) ``, "seen_test_probe_on_own_graph_train_cells"}}``.
 
     Raises
     ------

@@ -107,7 +107,20 @@ class Samples(torch.utils.data.Dataset):
 
 def per_sample(out: dict, batch: dict) -> dict:
     """Predictions of the distinct sets -> predictions per sample (``out[t][set_of_sample]``, plus the sample's
-    offset ``o_<t>`` where the batch has one)."""
+    offset ``o_<t>`` where the batch has one).
+
+    Parameters
+    ----------
+    out : dict
+        task -> model output over the U distinct sets, tensor [U, ...]; ``h_pert`` is dropped.
+    batch : dict
+        :meth:`Samples.collate` batch (``set_of_sample`` Long [B], optional ``o_<task>`` float [B]).
+
+    Returns
+    -------
+    dict
+        task -> tensor [B, ...], one row per sample.
+    """
     s = batch["set_of_sample"]
     return {k: v[s] + batch[f"o_{k}"] if f"o_{k}" in batch else v[s] for k, v in out.items() if k != "h_pert"}
 
@@ -125,23 +138,34 @@ def _fit_on_cpu(module, loader, max_epochs: int) -> None:
 
 def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: int, lr: float, seed: int,
         diagnostics: dict | None = None, on_epoch_end=None, weight_decay: float = 0.01):
-    """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation). Returns the
-    per-epoch mean training loss list.
+    """Train with Lightning (AdamW, loss = sparse multi-task loss + graph regularisation); model left in eval mode.
 
-    diagnostics: optional ``{"graphs": graphs (as for SharedEncoder.set_graphs), "graph_rows": list,
-    "head_rows": list, "every": E, **columns}``; after every E-th epoch (default 1) and the last one, the
-    attention diagnostics of the encoder
-    (:func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`, eval mode) are appended to the two
-    lists with ``epoch`` and the extra columns. The encoder has no per-cell input, so its attention maps are
-    the same for any validation data: the end of each epoch is the validation point.
-    on_epoch_end: optional callable(epoch (1-based), model) run after every epoch with the model in eval mode
-    (early stopping on an inner split reads its validation score here)."""
+    Parameters
+    ----------
+    model, samples : torch.nn.Module, Samples
+        Cell graph transformer (:func:`make_model`), trained in place; training samples (shuffled batches).
+    weights : dict
+        task -> loss weight (:func:`cellgraph.models.cell_graph_transformer.multitask_loss`).
+    max_epochs, batch_size, lr, seed, weight_decay : int, int, float, int, float
+        Epochs, samples per batch, AdamW learning rate, seed (Lightning, batch order), AdamW weight decay.
+    diagnostics : dict or None
+        ``{"graphs": (as for SharedEncoder.set_graphs), "graph_rows": [], "head_rows": [], "every": E, **columns}``:
+        after every E-th epoch (default 1) and the last, the encoder's attention diagnostics (eval mode;
+        :func:`cellgraph.models.cell_graph_transformer.attention_diagnostics`) are appended to the two lists with
+        ``epoch`` and the columns (no per-cell input: the maps hold for any data; epoch end is the validation point).
+    on_epoch_end : callable or None
+        ``f(epoch (1-based), model)`` after every epoch, model in eval mode (early stopping reads its score here).
+
+    Returns
+    -------
+    list of float
+        Mean training loss (multi-task loss + graph regularisation) per epoch.
+    """
     import lightning.pytorch as pl
 
     class Module(pl.LightningModule):
         """Lightning wrapper of ``model`` for :func:`fit`: multi-task loss plus graph regularisation, per-epoch
-        mean loss, attention diagnostics and the ``on_epoch_end`` callback.
-        """
+        mean loss, attention diagnostics and the ``on_epoch_end`` callback."""
         def __init__(self):
             super().__init__()
             self.model = model
@@ -151,8 +175,7 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
         def training_step(self, batch, _):
             """Loss of one :class:`Samples` batch: :func:`cellgraph.models.cell_graph_transformer.multitask_loss`
             of the per-sample predictions (:func:`per_sample`) with the task ``weights``, plus the model's graph
-            regularisation (sum over graphs of lambda_k x mean KL). Returns the scalar total and records it.
-            """
+            regularisation (sum over graphs of lambda_k x mean KL). Returns the scalar total and records it."""
             out, reg, _ = self.model(batch)
             loss, _ = cgt.multitask_loss(per_sample(out, batch), batch, weights)
             total = loss + reg
@@ -162,8 +185,7 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
         def on_train_epoch_end(self):
             """Record the epoch's mean training loss; after every ``every``-th epoch and the last, append the
             encoder's attention diagnostics (eval mode) to ``diagnostics``; then run ``on_epoch_end(epoch, model)``
-            (1-based epoch, eval mode) if given.
-            """
+            (1-based epoch, eval mode) if given."""
             self.epoch_losses.append(float(np.mean(self._acc)))
             self._acc = []
             every = int(diagnostics.get("every", 1)) if diagnostics else 0
@@ -198,7 +220,22 @@ def fit(model, samples: Samples, weights: dict, *, max_epochs: int, batch_size: 
 @torch.no_grad()
 def predict(model, sets: list, offsets: dict | None = None) -> dict:
     """Model outputs (numpy) for the given sets (plus per-sample ``offsets`` as in :class:`Samples`), one
-    batch, eval mode; ``h_pert`` dropped."""
+    batch, eval mode; ``h_pert`` dropped.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Cell graph transformer; set to eval mode.
+    sets : list of np.ndarray
+        n perturbation sets, int gene indices into the model's universe.
+    offsets : dict or None
+        task -> float [n], added to that task's prediction of each set.
+
+    Returns
+    -------
+    dict
+        task -> np.ndarray [n, ...] (e.g. ``expression`` [n, N], ``fitness`` [n]).
+    """
     model.eval()
     batch = Samples(sets, {}, offsets=offsets).collate(np.arange(len(sets)))
     out, _, _ = model(batch)
@@ -206,7 +243,23 @@ def predict(model, sets: list, offsets: dict | None = None) -> dict:
 
 
 def graph_reg_from_flags(items: list[str]) -> dict:
-    """``["physical:0:0:0.1", ...]`` -> {graph: [layer, head, lambda]}."""
+    """``["physical:0:0:0.1", ...]`` -> {graph: [layer, head, lambda]}.
+
+    Parameters
+    ----------
+    items : list of str
+        ``--graph-reg`` values, each ``GRAPH:LAYER:HEAD:LAMBDA``; a later item for the same graph wins.
+
+    Returns
+    -------
+    dict
+        graph -> [layer int, head int, lambda float].
+
+    Raises
+    ------
+    InputError
+        If an item has fewer than four fields or a non-numeric layer, head or lambda.
+    """
     out = {}
     for it in items:
         parts = it.split(":")
@@ -222,7 +275,24 @@ def restrict_graphs(mg: dict, genes: list[str], flip_directed: bool = False) -> 
     positions in genes, weight [E], directed)}, {graph: edges kept}). Graphs with no edge are left out.
 
     Row i of an attention target attends to column j for an edge (i, j): as stored, a regulator attends to
-    its targets. ``flip_directed`` reverses directed graphs, so that targets attend to their regulators."""
+    its targets. ``flip_directed`` reverses directed graphs, so that targets attend to their regulators.
+
+    Parameters
+    ----------
+    mg : dict
+        :func:`cellgraph.graphs.multigraph.load_multigraph` dict (``nodes``, ``edge_index``, ``edge_weight``,
+        ``directed``).
+    genes : list of str
+        The universe [N]; edges with an endpoint outside it are dropped.
+    flip_directed : bool
+        Reverse the edges of directed graphs.
+
+    Returns
+    -------
+    tuple of dict
+        ({graph: (edge_index Long [2, E] over positions in ``genes``, weight float [E], directed bool)},
+        {graph: number of edges kept}); the second lists every non-empty graph, also those with 0 kept.
+    """
     pos = {g: i for i, g in enumerate(genes)}
     remap = torch.tensor([pos.get(n, -1) for n in mg["nodes"]], dtype=torch.long)
     out, kept = {}, {}
@@ -273,7 +343,28 @@ def make_model(kind: str, n_genes: int, graphs: dict, report_key: str, report: d
 def load_papalexi(path, min_grna_frac: float, control: str):
     """Read and filter the ECCITE-seq h5ad -> (adata with log-normalised X, report dict).
 
-    Raises InputError for missing obs columns, no control cells, non-count X."""
+    Parameters
+    ----------
+    path : str or os.PathLike
+        h5ad (``--adata``) with raw counts in X and obs columns ``perturbation`` and ``top_grna_frac``.
+    min_grna_frac : float
+        Keep cells with ``obs.top_grna_frac`` >= this, a fraction 0-1.
+    control : str
+        ``obs.perturbation`` label of the control cells.
+
+    Returns
+    -------
+    tuple
+        (AnnData of the kept cells: X log1p(counts per 1e4), ``layers["counts"]`` the raw counts,
+        ``obs.perturbation`` str; report dict ``cells_read``, ``genes``, ``cells_dropped_top_grna_frac``,
+        ``min_grna_frac``, ``cells_kept``, ``cells_per_perturbation``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, an obs column is missing, no control cell is left after the filter, or X
+        holds negative or non-integer values.
+    """
     import anndata as ad
     import scanpy as sc
 
@@ -304,7 +395,29 @@ def load_papalexi(path, min_grna_frac: float, control: str):
 def leave_perturbation_out_folds(perturbation: np.ndarray, control: str, n_folds: int, seed: int):
     """Split the non-control labels into ``n_folds`` groups -> list of (train cell positions, held-out labels).
 
-    Control cells are always in training; no cell whose label is held out is in that fold's training set."""
+    Control cells are always in training; no cell whose label is held out is in that fold's training set.
+
+    Parameters
+    ----------
+    perturbation : np.ndarray
+        str [C], perturbation label of every cell.
+    control : str
+        Label of the control cells.
+    n_folds : int
+        Number of folds.
+    seed : int
+        Seed of ``numpy.random.default_rng`` for the permutation of the labels.
+
+    Returns
+    -------
+    list of tuple
+        Per fold (training cell positions int [C_train], sorted list of held-out labels).
+
+    Raises
+    ------
+    InputError
+        If there are fewer non-control labels than ``n_folds``.
+    """
     targets = np.array(sorted(set(perturbation) - {control}))
     if len(targets) < n_folds:
         raise InputError(f"{len(targets)} perturbations cannot be split into {n_folds} folds")
@@ -320,7 +433,24 @@ def leave_perturbation_out_folds(perturbation: np.ndarray, control: str, n_folds
 def papalexi_arrays(adata, control: str, graph_genes: set):
     """Universe, expression matrix and sets: -> dict with ``genes`` [N] (measured genes, then targets not
     measured, sorted), ``measured`` bool [N], ``expr`` float32 [C, N] (0 for unmeasured), ``sets`` list
-    (one per cell), ``perturbation`` str [C]."""
+    (one per cell), ``perturbation`` str [C].
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells of :func:`load_papalexi` (X log1p(counts per 1e4)).
+    control : str
+        Label of the control cells (their set is empty).
+    graph_genes : set of str
+        Nodes of the multigraph.
+
+    Returns
+    -------
+    dict
+        ``genes``, ``measured``, ``expr`` (log1p(counts per 1e4)), ``sets`` (int gene indices: the target, or
+        empty for a control cell), ``perturbation``, ``targets_unmeasured`` (sorted) and
+        ``genes_not_in_multigraph`` (sorted universe genes outside ``graph_genes``).
+    """
     measured_genes = list(adata.var_names)
     pert = adata.obs["perturbation"].to_numpy(str)
     extra = sorted(set(pert) - {control} - set(measured_genes))
@@ -338,7 +468,15 @@ def papalexi_arrays(adata, control: str, graph_genes: set):
 
 def write_diagnostics(out: Path, diag_rows: dict) -> None:
     """``attention_diagnostics.tsv`` (per epoch, fold, model, graph, layer, head) and ``attention_heads.tsv``
-    (per epoch, fold, model, layer, head) in ``out``."""
+    (per epoch, fold, model, layer, head) in ``out``.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        Existing output folder.
+    diag_rows : dict
+        ``graph_rows`` and ``head_rows``: lists of row dicts filled by :func:`fit`.
+    """
     for key, name in (("graph_rows", "attention_diagnostics.tsv"), ("head_rows", "attention_heads.tsv")):
         write_tsv(pd.DataFrame(diag_rows[key]), out / name)
 
@@ -354,7 +492,27 @@ def load_costanzo(path, info_path):
     """Costanzo fragment -> DataFrame (query, array ORFs; smf_q, smf_a, dmf, epsilon) and report.
 
     Names map through STRING ``protein.info`` ``preferred_name`` (case-insensitive) or, failing that, when the
-    name is itself an ORF id. Rows with an unmapped name are dropped and counted."""
+    name is itself an ORF id. Rows with an unmapped name are dropped and counted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Pairs csv (``--pairs``) with the columns of :data:`COSTANZO_COLUMNS`; ``genepairs`` is ``QUERY_ARRAY``.
+    info_path : str or os.PathLike
+        STRING ``protein.info`` TSV (``--string-info``) with ``#string_protein_id`` and ``preferred_name``.
+
+    Returns
+    -------
+    tuple
+        (DataFrame, one row per mapped pair: ``query``, ``array`` (ORFs), ``query_name``, ``array_name``,
+        ``smf_q``, ``smf_a``, ``dmf`` (fitness), ``epsilon`` = dmf - smf_q smf_a; report dict ``pairs_read``,
+        ``pairs_unmapped``, ``pairs_kept``, ``unmapped_names``).
+
+    Raises
+    ------
+    InputError
+        If a file is missing, a column is missing, or a ``genepairs`` value has no ``_``.
+    """
     path = require_file(path, "--pairs")
     df = pd.read_csv(path)
     missing = [c for c in COSTANZO_COLUMNS if c not in df.columns]
@@ -383,7 +541,22 @@ def load_costanzo(path, info_path):
 
 
 def yeast_universe(mg: dict, seeds: list[str], hops: int) -> list[str]:
-    """``seeds`` plus their ``hops``-hop neighbours over all graphs (hops < 0: every node), sorted."""
+    """``seeds`` plus their ``hops``-hop neighbours over all graphs (hops < 0: every node), sorted.
+
+    Parameters
+    ----------
+    mg : dict
+        :func:`cellgraph.graphs.multigraph.load_multigraph` dict (``nodes``, ``edge_index``).
+    seeds : list of str
+        Phenotype genes (ORFs); those not in the multigraph are kept without neighbours.
+    hops : int
+        Neighbourhood radius over the union of the graphs' edges; < 0 for every node.
+
+    Returns
+    -------
+    list of str
+        Sorted gene names; for ``hops`` < 0, ``mg["nodes"]`` as stored (``seeds`` not added).
+    """
     if hops < 0:
         return list(mg["nodes"])
     idx = {n: i for i, n in enumerate(mg["nodes"])}
@@ -406,7 +579,32 @@ def yeast_universe(mg: dict, seeds: list[str], hops: int) -> list[str]:
 def top_shift_perturbations(adata, control: str, n_top: int, n_comps: int, seed: int) -> pd.DataFrame:
     """Distance of each perturbation's centroid from the control centroid in PCA space (``scanpy.pp.pca`` of
     the log-normalised X, ``n_comps`` components) -> DataFrame (perturbation, n_cells, shift, top) sorted by
-    shift, ``top`` True for the ``n_top`` largest (the paper's rule)."""
+    shift, ``top`` True for the ``n_top`` largest (the paper's rule).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells with log-normalised X and ``obs.perturbation`` (:func:`load_papalexi`).
+    control : str
+        Label of the control cells.
+    n_top : int
+        Number of perturbations flagged ``top`` (``--n-top-perturbations``).
+    n_comps : int
+        PCA components (at most n_genes - 1 are used).
+    seed : int
+        ``random_state`` of the PCA.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per non-control perturbation, by decreasing ``shift`` (Euclidean distance of centroids in PCA
+        space): ``perturbation``, ``n_cells``, ``shift``, ``top`` (bool).
+
+    Raises
+    ------
+    InputError
+        If ``n_top`` exceeds the number of non-control perturbations.
+    """
     import scanpy as sc
 
     x = sc.pp.pca(np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X, dtype=np.float32),
@@ -430,7 +628,37 @@ def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, re
     of the vocabulary not measured here are zero (not expressed) and only the measured vocabulary genes become
     tokens. X for tokenisation is log1p(CPM) over the 299 genes (design.md section 2). The graph of every cell
     is the ARACNe network of ``cell_type`` in ``networks_path`` or, when that type has no network (held out),
-    the union over types (maximum MI), which is reported under ``report[f"{key}_embedding"]``."""
+    the union over types (maximum MI), which is reported under ``report[f"{key}_embedding"]``.
+
+    Parameters
+    ----------
+    model_path : str or os.PathLike
+        Main-job ``model.pt`` (``--gremln-model`` / ``--vanilla-model``).
+    adata : anndata.AnnData
+        Cells of :func:`load_papalexi` (raw counts in ``layers["counts"]``).
+    cells : np.ndarray
+        int [C], positions of the cells to tokenise.
+    networks_path : str or os.PathLike
+        ARACNe networks TSV (``--grn-networks``) with ``cell_type``, ``source``, ``target``, ``mi``.
+    cell_type : str
+        Cell type whose network is the cells' graph.
+    seed : int
+        Seed of the tokenisation.
+    report : dict
+        Run report, updated in place under ``f"{key}_embedding"``.
+    key : str
+        Model name (``"gremln"``, ``"vanilla"``) for option names and the report key.
+
+    Returns
+    -------
+    tuple
+        (loaded model, :class:`cellgraph.io.shards.TokenDataset` of the C cells).
+
+    Raises
+    ------
+    InputError
+        If the model or networks file is missing or the networks table lacks its columns.
+    """
     import anndata as ad
     import scipy.sparse as sp
 
@@ -474,7 +702,20 @@ def tokenized_cells(model_path, adata, cells, networks_path, cell_type, seed, re
 
 @torch.no_grad()
 def cls_embeddings(model, ds) -> np.ndarray:
-    """CLS hidden states [C, d] of every cell of the token dataset ``ds`` (eval mode, batches of 64)."""
+    """CLS hidden states [C, d] of every cell of the token dataset ``ds`` (eval mode, batches of 64).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Main-job model (:func:`tokenized_cells`) whose ``encode(batch)`` gives [B, 1 + n, d]; set to eval mode.
+    ds : cellgraph.io.shards.TokenDataset
+        Tokenised cells (:func:`tokenized_cells`).
+
+    Returns
+    -------
+    np.ndarray
+        float32 [C, d], position 0 (CLS) of each cell's encoding.
+    """
     from ..io import shards as cg_data
 
     model.eval()
@@ -486,10 +727,26 @@ def finetune_classifier(model, ds, y: np.ndarray, train: np.ndarray, test: np.nd
                         epochs: int, lr: float, seed: int) -> np.ndarray:
     """Fine-tune a copy of a GREmLN encoder with a linear classification head on its CLS state.
 
-    ``y`` int [C] class of every cell of ``ds``; ``train``/``test`` cell positions. Loss: cross-entropy;
-    AdamW, learning rate ``lr`` for the encoder and 10 ``lr`` for the new head, ``epochs`` passes over the
-    training cells in batches of 64 (Lightning, CPU fp32). Returns the predicted classes of ``test`` [T].
-    (GREmLN paper section 4.5: the pretrained encoder, all weights trained, with a classification head.)"""
+    Loss: cross-entropy; AdamW, learning rate ``lr`` for the encoder and 10 ``lr`` for the new head, ``epochs``
+    passes over the training cells in batches of 64 (Lightning, CPU fp32); ``model`` itself is not changed.
+    (GREmLN paper section 4.5: the pretrained encoder, all weights trained, with a classification head.)
+
+    Parameters
+    ----------
+    model, ds : torch.nn.Module, cellgraph.io.shards.TokenDataset
+        Encoder and tokenised cells of :func:`tokenized_cells`.
+    y : np.ndarray
+        int [C], class of every cell of ``ds``.
+    train, test : np.ndarray
+        int, cell positions in ``ds`` to train on and to predict.
+    n_classes, epochs, lr, seed : int, int, float, int
+        Number of classes, training epochs, encoder learning rate, seed (Lightning, batch order).
+
+    Returns
+    -------
+    np.ndarray
+        int [len(test)], predicted class of each test cell.
+    """
     import copy
 
     import lightning.pytorch as pl
@@ -546,7 +803,18 @@ def l1_logistic_regression(**kwargs):
     """L1-penalised (lasso) ``LogisticRegression`` with the saga solver on every scikit-learn the project allows.
 
     scikit-learn < 1.8 reads the penalty from ``penalty`` (``l1_ratio`` alone is ignored there, leaving L2);
-    1.8 deprecates ``penalty`` in favour of ``l1_ratio=1``. kwargs go to ``LogisticRegression``."""
+    1.8 deprecates ``penalty`` in favour of ``l1_ratio=1``.
+
+    Parameters
+    ----------
+    **kwargs
+        Further arguments of ``sklearn.linear_model.LogisticRegression`` (e.g. ``C``, ``max_iter``, ``tol``).
+
+    Returns
+    -------
+    sklearn.linear_model.LogisticRegression
+        Unfitted estimator.
+    """
     import sklearn
     from sklearn.linear_model import LogisticRegression
 
@@ -605,21 +873,26 @@ def run_reverse(params: ReverseParams, *, adata_path, out_dir: Path, gremln_mode
                 grn_networks=None) -> None:
     """``--task reverse``: predict which perturbation a cell received (GREmLN paper section 4.5, Table 3).
 
-    Reads ``adata_path`` (``--adata``, the ECCITE-seq h5ad; :func:`load_papalexi`), takes the cells of the
-    ``params.n_top_perturbations`` targets with the largest PCA centroid shift (:func:`top_shift_perturbations`)
-    and, on ``params.n_splits`` stratified 80/20 splits, scores lasso logistic regression on expression and,
-    when ``gremln_model`` / ``vanilla_model`` (main-job ``model.pt`` files) are given (with ``grn_networks``,
-    the ARACNe ``networks.tsv.gz``; graph ``params.grn_cell_type``), a logistic probe on frozen CLS embeddings
-    and the encoder fine-tuned with a classification head (``params.finetune_epochs`` > 0). Writes to
-    ``out_dir``: ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean and sd over
-    splits), ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]) and
-    ``report.json``.
+    Takes the cells of the ``params.n_top_perturbations`` targets with the largest PCA centroid shift
+    (:func:`top_shift_perturbations`); on ``params.n_splits`` stratified 80/20 splits scores lasso logistic
+    regression on expression and, per given model (graph ``params.grn_cell_type``), a logistic probe on frozen CLS
+    embeddings and the encoder fine-tuned with a classification head (``params.finetune_epochs`` > 0). Writes
+    ``metrics.tsv`` (split, method, accuracy, macro-F1, sizes), ``summary.tsv`` (mean, sd over splits),
+    ``confusion.npz`` (``classes``, ``methods``, summed ``confusion`` [methods, classes, classes]), ``report.json``.
+
+    Parameters
+    ----------
+    params, out_dir : ReverseParams, pathlib.Path
+        Run options; existing output folder of the files above.
+    adata_path : str or os.PathLike
+        ECCITE-seq h5ad with raw counts (``--adata``; :func:`load_papalexi`).
+    gremln_model, vanilla_model, grn_networks : str or os.PathLike or None
+        Main-job ``model.pt`` files (None: skipped); ARACNe ``networks.tsv.gz``, required with a model.
 
     Raises
     ------
     InputError
-        If the h5ad is unusable (:func:`load_papalexi`), a model is given without ``grn_networks``, or the
-        networks table lacks its columns.
+        If an input file is unusable, a model is given without ``grn_networks``, or n_top_perturbations is too big.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score

@@ -31,7 +31,25 @@ def split_controls(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions 0..n-1 of control cells split at random into (training half, evaluation half), sorted.
 
     The training half labels the training perturbations; the evaluation half is the reference of every
-    held-out delta. Raises ValueError for n < 2."""
+    held-out delta.
+
+    Parameters
+    ----------
+    n : int
+        Number of control cells.
+    seed : int
+        Seed of ``numpy.random.default_rng`` for the permutation.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        (training positions int [n // 2], evaluation positions int [n - n // 2]), each sorted ascending.
+
+    Raises
+    ------
+    ValueError
+        When n < 2.
+    """
     if n < 2:
         raise ValueError(f"need at least 2 control cells to split them, got {n}")
     perm = np.random.default_rng(seed).permutation(n)
@@ -39,7 +57,18 @@ def split_controls(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two vectors; NaN when either is constant or shorter than 3."""
+    """Pearson r of two vectors; NaN when either is constant or shorter than 3.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Vectors of the same length [n] (cast to float).
+
+    Returns
+    -------
+    float
+        Pearson correlation in [-1, 1], or NaN.
+    """
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
@@ -47,7 +76,18 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pearson_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(Pearson r, Spearman rho) of two vectors; (NaN, NaN) when either is constant or shorter than 3."""
+    """(Pearson r, Spearman rho) of two vectors; (NaN, NaN) when either is constant or shorter than 3.
+
+    Parameters
+    ----------
+    a, b : np.ndarray
+        Vectors of the same length [n] (cast to float).
+
+    Returns
+    -------
+    tuple of float
+        (Pearson r, Spearman rho from ``scipy.stats.spearmanr``), each in [-1, 1] or NaN.
+    """
     from scipy.stats import spearmanr
 
     r = pearson(a, b)
@@ -57,8 +97,25 @@ def pearson_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def split_half_reliability(x_p: np.ndarray, x_ctrl: np.ndarray, n_splits: int = 20, seed: int = 0) -> float:
     """Mean over ``n_splits`` random halvings of Pearson(delta_1, delta_2).
 
-    x_p float [n_p, G] cells of one perturbation, x_ctrl float [n_0, G] control cells (log-expression);
-    delta_h = mean(x_p half h) - mean(x_ctrl half h). NaN when a side has fewer than 2 cells."""
+    delta_h = mean(x_p half h) - mean(x_ctrl half h).
+
+    Parameters
+    ----------
+    x_p : np.ndarray
+        float [n_p, G], log-expression of the cells of one perturbation.
+    x_ctrl : np.ndarray
+        float [n_0, G], log-expression of control cells.
+    n_splits : int
+        Number of random halvings (cells and controls are permuted independently each time).
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    float
+        Mean split-half Pearson r (NaN splits ignored); NaN when a side has fewer than 2 cells or no split
+        gives a finite r.
+    """
     if len(x_p) < 2 or len(x_ctrl) < 2:
         return float("nan")
     rng = np.random.default_rng(seed)
@@ -73,7 +130,23 @@ def split_half_reliability(x_p: np.ndarray, x_ctrl: np.ndarray, n_splits: int = 
 
 
 def noise_ceiling(r_half: float) -> float:
-    r"""Highest expected Pearson with the full-data delta: :math:`\sqrt{2r/(1+r)}`; 0 for r <= 0, NaN for NaN."""
+    r"""Highest expected Pearson with the full-data delta: :math:`\sqrt{2r/(1+r)}`; 0 for r <= 0, NaN for NaN.
+
+    Parameters
+    ----------
+    r_half : float
+        Split-half reliability (Pearson r between half-deltas, e.g. from :func:`split_half_reliability`).
+
+    Returns
+    -------
+    float
+        Noise ceiling in [0, 1], or NaN.
+
+    References
+    ----------
+    Spearman-Brown reliability :math:`\rho = 2r/(1+r)` (Spearman 1910; Brown 1910); the ceiling is
+    :math:`\sqrt{\rho}`.
+    """
     if not np.isfinite(r_half):
         return float("nan")
     if r_half <= 0:
@@ -82,8 +155,29 @@ def noise_ceiling(r_half: float) -> float:
 
 
 def top_de_genes(x_p: np.ndarray, x_ctrl: np.ndarray, k: int = 20) -> np.ndarray:
-    """Indices [min(k, G)] of the genes with the largest |Welch t| of x_p [n_p, G] against x_ctrl [n_0, G]
-    (``scipy.stats.ttest_ind(equal_var=False)``; genes constant in both groups rank last)."""
+    """Indices of the genes with the largest |Welch t| of x_p against x_ctrl.
+
+    Uses ``scipy.stats.ttest_ind(equal_var=False)``; genes constant in both groups (NaN t) rank last; ties keep
+    gene order.
+
+    Parameters
+    ----------
+    x_p : np.ndarray
+        [n_p, G], log-expression of the cells of one perturbation.
+    x_ctrl : np.ndarray
+        [n_0, G], log-expression of control cells.
+    k : int
+        Number of genes to return.
+
+    Returns
+    -------
+    np.ndarray
+        int [min(k, G)] gene indices, largest |t| first.
+
+    References
+    ----------
+    Roohani et al. 2024, *GEARS*, Nat. Biotechnol. ("top 20 DE genes").
+    """
     from scipy.stats import ttest_ind
 
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -96,12 +190,34 @@ def linear_baseline(y_train: np.ndarray, gene_emb: np.ndarray, p_train: np.ndarr
                     lam: float = 0.1) -> np.ndarray:
     r"""Ahlmann-Eltze et al. 2025 linear model -> predicted deltas float [P_test, G].
 
-    y_train [P_train, G] training deltas; gene_emb G [G, K]; p_train [P_train, K'] and p_test [P_test, K']
-    perturbation embeddings. With :math:`b` the mean training delta, :math:`Y_c = Y - b` (genes x
-    perturbations) and P centred on the mean training embedding :math:`\bar p` (the intercept b then fits the
-    mean exactly), :math:`W = (G^\top G + \lambda I)^{-1} G^\top Y_c P_c (P_c^\top P_c + \lambda I)^{-1}`
-    and :math:`\hat y = b + G W (p - \bar p)`. A test embedding equal to :math:`\bar p` predicts b, the mean
-    training change."""
+    With :math:`b` the mean training delta, :math:`Y_c = Y - b` (genes x perturbations) and P centred on the
+    mean training embedding :math:`\bar p` (the intercept b then fits the mean exactly),
+    :math:`W = (G^\top G + \lambda I)^{-1} G^\top Y_c P_c (P_c^\top P_c + \lambda I)^{-1}` and
+    :math:`\hat y = b + G W (p - \bar p)`. A test embedding equal to :math:`\bar p` predicts b, the mean
+    training change.
+
+    Parameters
+    ----------
+    y_train : np.ndarray
+        [P_train, G] training deltas (log-expression units).
+    gene_emb : np.ndarray
+        G, [G, K] gene embedding.
+    p_train : np.ndarray
+        [P_train, K'] embeddings of the training perturbations.
+    p_test : np.ndarray
+        [P_test, K'] embeddings of the test perturbations.
+    lam : float
+        Ridge penalty :math:`\lambda` of both solves.
+
+    Returns
+    -------
+    np.ndarray
+        float [P_test, G] predicted deltas.
+
+    References
+    ----------
+    Ahlmann-Eltze et al. 2025, *Nature Methods*, eq. 1 (:math:`Y \approx G W P^\top + b`).
+    """
     b = y_train.mean(0)  # [G]
     yc = (y_train - b).T  # [G, P]
     p_bar = p_train.astype(float).mean(0)
@@ -114,11 +230,28 @@ def linear_baseline(y_train: np.ndarray, gene_emb: np.ndarray, p_train: np.ndarr
 def weighted_mean_change(y_train: np.ndarray, weight: np.ndarray) -> np.ndarray:
     r"""Reliability-weighted mean training change, scaled by least squares -> float [G].
 
-    y_train [P, G] training deltas, weight [P] >= 0 (e.g. split-half reliabilities on training cells). The
-    direction :math:`d = \sum_p w_p y_p / \sum_p w_p` keeps the shared response of the targets that have one
-    and drops those whose delta is sampling noise; the scale :math:`c = \sum_p y_p \cdot d / (P \lVert d
+    The direction :math:`d = \sum_p w_p y_p / \sum_p w_p` keeps the shared response of the targets that have
+    one and drops those whose delta is sampling noise; the scale :math:`c = \sum_p y_p \cdot d / (P \lVert d
     \rVert^2)` is the least-squares fit of every training delta by :math:`c\,d`, so the MSE is not paid for a
-    direction taken from the strongest targets. Raises ValueError when all weights are 0."""
+    direction taken from the strongest targets.
+
+    Parameters
+    ----------
+    y_train : np.ndarray
+        [P, G] training deltas (log-expression units).
+    weight : np.ndarray
+        [P] weights >= 0 (e.g. split-half reliabilities on training cells).
+
+    Returns
+    -------
+    np.ndarray
+        float [G], :math:`c\,d` (d itself when d is all zero).
+
+    Raises
+    ------
+    ValueError
+        When a weight is negative or all weights are 0.
+    """
     w = np.asarray(weight, float)
     if not (w >= 0).all() or w.sum() <= 0:
         raise ValueError("weights must be >= 0 with a positive sum")
@@ -128,9 +261,32 @@ def weighted_mean_change(y_train: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 
 def one_standard_error_choice(curve: list[dict], key: str = "score", se_key: str = "se") -> dict:
-    """The first entry (curve in order of model complexity, e.g. epochs) whose ``key`` is within one
-    standard error of the best entry's (Breiman et al. 1984, *Classification and Regression Trees*, sec.
-    3.4.3; Hastie, Tibshirani & Friedman 2009, sec. 7.10). Raises ValueError on an empty curve."""
+    """The first entry whose ``key`` is within one standard error of the best entry's.
+
+    Parameters
+    ----------
+    curve : list of dict
+        Entries in order of model complexity (e.g. epochs), each with ``key`` and ``se_key``.
+    key : str
+        Score to maximise.
+    se_key : str
+        Standard error of the score.
+
+    Returns
+    -------
+    dict
+        The chosen entry of ``curve`` (the same object).
+
+    Raises
+    ------
+    ValueError
+        When ``curve`` is empty.
+
+    References
+    ----------
+    Breiman et al. 1984, *Classification and Regression Trees*, sec. 3.4.3; Hastie, Tibshirani & Friedman
+    2009, sec. 7.10 (one-standard-error rule).
+    """
     if not curve:
         raise ValueError("empty curve")
     best = max(curve, key=lambda r: r[key])
@@ -138,8 +294,23 @@ def one_standard_error_choice(curve: list[dict], key: str = "score", se_key: str
 
 
 def own_gene_adjusted(mean_change: np.ndarray, own_drops: list[float], target_pos: int | None) -> np.ndarray:
-    """Mean training change with the mean own-gene change of the measured training targets (``own_drops``,
-    log units) put at the held-out target's own gene (``target_pos``, None when it is not measured) -> [G]."""
+    """Mean training change with the mean own-gene change of the measured training targets at the target's gene.
+
+    Parameters
+    ----------
+    mean_change : np.ndarray
+        [G] mean training delta (log units).
+    own_drops : list of float
+        Own-gene change of each measured training target (log units).
+    target_pos : int or None
+        Position of the held-out target's own gene; None when it is not measured.
+
+    Returns
+    -------
+    np.ndarray
+        float [G], a copy of ``mean_change`` with ``mean(own_drops)`` at ``target_pos`` (unchanged when
+        ``target_pos`` is None or ``own_drops`` is empty).
+    """
     out = np.array(mean_change, dtype=float)
     if target_pos is not None and own_drops:
         out[target_pos] = float(np.mean(own_drops))
@@ -147,8 +318,22 @@ def own_gene_adjusted(mean_change: np.ndarray, own_drops: list[float], target_po
 
 
 def debiased_score(x_p: np.ndarray, x_ctrl: np.ndarray) -> float:
-    r""":math:`\lVert\bar x_p - \bar x_0\rVert^2 - \mathrm{tr}\,\Sigma_p/n_p - \mathrm{tr}\,\Sigma_0/n_0`
-    (squared log units; unbiased for :math:`\lVert\mu_p - \mu_0\rVert^2`). x_p [n_p, G], x_ctrl [n_0, G]."""
+    r""":math:`\lVert\bar x_p - \bar x_0\rVert^2 - \mathrm{tr}\,\Sigma_p/n_p - \mathrm{tr}\,\Sigma_0/n_0`.
+
+    Unbiased for :math:`\lVert\mu_p - \mu_0\rVert^2`; variances with ddof=1.
+
+    Parameters
+    ----------
+    x_p : np.ndarray
+        [n_p, G], log-expression of the cells of one perturbation (n_p >= 2).
+    x_ctrl : np.ndarray
+        [n_0, G], log-expression of control cells (n_0 >= 2).
+
+    Returns
+    -------
+    float
+        Debiased perturbation score (squared log units; may be negative).
+    """
     d = x_p.mean(0) - x_ctrl.mean(0)
     noise = x_p.var(0, ddof=1).sum() / len(x_p) + x_ctrl.var(0, ddof=1).sum() / len(x_ctrl)
     return float(d @ d - noise)
@@ -159,13 +344,33 @@ def paired_comparison(metrics: pd.DataFrame, model: str, baselines: list[str], v
     """Paired one-sided Wilcoxon signed-rank tests (``scipy.stats.wilcoxon``, alternative: model greater) of
     ``value`` of ``model`` against each baseline, per ``by`` group.
 
-    metrics: one row per (seed, perturbation, method) with columns seed, perturbation, method, ``by`` and
-    ``value``. Differences smaller than ``tie`` in absolute value are exact ties (a model that returns a
-    baseline's prediction differs from it only by float rounding) and are dropped by the test's "wilcox" zero
-    method. ``p_value`` treats every (seed, perturbation) pair as one observation; ``p_value_perturbations``
-    first averages the seeds of each perturbation (the conservative test: perturbations, not seeds, are the
-    independent units). Returns rows: ``by``, baseline, n_pairs, n_ties, model_mean, baseline_mean,
-    mean_difference, p_value, n_perturbations, p_value_perturbations."""
+    Differences smaller than ``tie`` in absolute value are exact ties (a model that returns a baseline's
+    prediction differs from it only by float rounding) and are dropped by the test's "wilcox" zero method.
+    ``p_value`` treats every (seed, perturbation) pair as one observation; ``p_value_perturbations`` first
+    averages the seeds of each perturbation (the conservative test: perturbations, not seeds, are the
+    independent units).
+
+    Parameters
+    ----------
+    metrics : pd.DataFrame
+        One row per (seed, perturbation, method) with columns seed, perturbation, method, ``by`` and ``value``.
+    model : str
+        Method name of the model.
+    baselines : list of str
+        Method names to compare with; those absent from a group are skipped.
+    value : str
+        Metric column to compare (higher is better).
+    by : str
+        Grouping column.
+    tie : float
+        Absolute difference below which a pair is a tie.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per (group, baseline): ``by``, baseline, n_pairs, n_ties, model_mean, baseline_mean,
+        mean_difference, p_value, n_perturbations, p_value_perturbations (NaN when all differences are ties).
+    """
     rows = []
     for grp, sub in metrics.groupby(by, sort=False):
         wide = sub.pivot_table(index=["seed", "perturbation"], columns="method", values=value)
@@ -194,9 +399,24 @@ def _wilcoxon_greater(diff: np.ndarray, tie: float) -> float:
 def summarize(metrics: pd.DataFrame, by: list[str], n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Mean of each metric per ``by`` group with a 95% bootstrap CI over perturbations (seeds averaged first).
 
-    metrics columns: seed, perturbation, ``by``..., pearson_delta, pearson_delta_top20, mse, noise_ceiling.
-    Returns one row per group: n_perturbations, n_seeds, and for each metric ``<m>_mean``, ``<m>_ci_low``,
-    ``<m>_ci_high`` (percentile bootstrap, resampling perturbations)."""
+    Parameters
+    ----------
+    metrics : pd.DataFrame
+        Columns seed, perturbation, ``by``..., pearson_delta, pearson_delta_top20, mse, noise_ceiling.
+    by : list of str
+        Grouping columns.
+    n_boot : int
+        Number of bootstrap resamples.
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per group: the ``by`` columns, n_perturbations, n_seeds, and for each metric ``<m>_mean``,
+        ``<m>_ci_low``, ``<m>_ci_high`` (percentile bootstrap 2.5/97.5, resampling perturbations; NaN when the
+        metric has no finite value).
+    """
     rng = np.random.default_rng(seed)
     vals = ["pearson_delta", "pearson_delta_top20", "mse", "noise_ceiling"]
     rows = []

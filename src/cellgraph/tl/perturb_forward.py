@@ -189,14 +189,44 @@ def load_context(params: ForwardParams, *, adata_path, multigraph_path, gremln_m
 
 def deltas(ctx: dict, perts: list[str], ctrl_rows: np.ndarray) -> np.ndarray:
     """Mean change of each perturbation's cells against the mean of the control rows -> float
-    [len(perts), N] (log units; 0 at unmeasured genes)."""
+    [len(perts), N] (log units; 0 at unmeasured genes).
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr`` float32 [C, N] log1p(counts per 1e4), ``perturbation`` [C], ...).
+    perts : list of str
+        Perturbation labels [P].
+    ctrl_rows : np.ndarray
+        int, rows of ``ctx["expr"]`` of the reference control cells.
+
+    Returns
+    -------
+    np.ndarray
+        float32 [P, N], mean log1p(counts per 1e4) of the perturbation's cells minus that of the controls.
+    """
     expr, pert = ctx["expr"], ctx["perturbation"]
     mu0 = expr[ctrl_rows].mean(0)
     return np.stack([expr[pert == p].mean(0) - mu0 for p in perts]).astype(np.float32)
 
 
 def scores(ctx: dict, perts: list[str], ctrl_rows: np.ndarray) -> np.ndarray:
-    """Debiased perturbation score of each perturbation against the control rows -> float [len(perts)]."""
+    """Debiased perturbation score of each perturbation against the control rows -> float [len(perts)].
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr`` float32 [C, N] log1p(counts per 1e4), ``perturbation`` [C], ...).
+    perts : list of str
+        Perturbation labels [P].
+    ctrl_rows : np.ndarray
+        int, rows of ``ctx["expr"]`` of the reference control cells.
+
+    Returns
+    -------
+    np.ndarray
+        float [P], :func:`cellgraph.tl.perturb_eval.debiased_score` over the measured genes (squared log units).
+    """
     m = ctx["measured"]
     x0 = ctx["expr"][ctrl_rows][:, m]
     return np.array([pe.debiased_score(ctx["expr"][ctx["perturbation"] == p][:, m], x0) for p in perts])
@@ -205,27 +235,95 @@ def scores(ctx: dict, perts: list[str], ctrl_rows: np.ndarray) -> np.ndarray:
 def training_weights(ctx: dict, perts: list[str], ctrl_rows: np.ndarray, seed: int) -> np.ndarray:
     """Loss weight of each training target: its split-half reliability on training cells against the training
     controls, clipped at 0 -> float [len(perts)]; uniform when every weight is 0. Targets whose training
-    delta is sampling noise then neither steer the fit nor the offset."""
+    delta is sampling noise then neither steer the fit nor the offset.
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr`` float32 [C, N] log1p(counts per 1e4), ``perturbation`` [C], ...).
+    perts : list of str
+        Training targets [P].
+    ctrl_rows : np.ndarray
+        int, rows of ``ctx["expr"]`` of the training control cells.
+    seed : int
+        Seed of the random halvings (:func:`split_half_rs`).
+
+    Returns
+    -------
+    np.ndarray
+        float [P], weights >= 0 (NaN reliabilities count as 0); all ones when they sum to 0.
+    """
     w = split_half_rs(ctx, perts, ctrl_rows, seed)
     w = np.clip(np.nan_to_num(w), 0, None)
     return w if w.sum() > 0 else np.ones(len(perts))
 
 
 def own_gene_changes(ctx: dict, perts: list[str], y: np.ndarray) -> list[float]:
-    """Own-gene change (log units) of each measured target among ``perts`` from deltas y [P, N]."""
+    """Own-gene change (log units) of each measured target among ``perts`` from deltas y [P, N].
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``pos`` gene -> column, ``measured`` bool [N]).
+    perts : list of str
+        Targets [P], the rows of ``y``.
+    y : np.ndarray
+        float [P, N], deltas (log units).
+
+    Returns
+    -------
+    list of float
+        ``y[j, column of perts[j]]`` for every target whose gene is measured, in the order of ``perts``.
+    """
     return [float(y[j, ctx["pos"][p]]) for j, p in enumerate(perts) if ctx["measured"][ctx["pos"][p]]]
 
 
 def split_half_rs(ctx: dict, perts: list[str], ctrl_rows: np.ndarray, seed: int) -> np.ndarray:
     """Split-half reliability of each perturbation's delta against the control rows -> float [len(perts)]
-    (:func:`cellgraph.tl.perturb_eval.split_half_reliability` over the measured genes)."""
+    (:func:`cellgraph.tl.perturb_eval.split_half_reliability` over the measured genes).
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr`` float32 [C, N] log1p(counts per 1e4), ``perturbation`` [C], ...).
+    perts : list of str
+        Perturbation labels [P].
+    ctrl_rows : np.ndarray
+        int, rows of ``ctx["expr"]`` of the reference control cells.
+    seed : int
+        Seed of the random halvings.
+
+    Returns
+    -------
+    np.ndarray
+        float [P], mean split-half Pearson r; NaN where a side has fewer than 2 cells.
+    """
     m, expr, pert = ctx["measured"], ctx["expr"], ctx["perturbation"]
     x0 = expr[ctrl_rows][:, m]
     return np.array([pe.split_half_reliability(expr[pert == p][:, m], x0, seed=seed) for p in perts])
 
 
 def reliability_table(ctx: dict, eval_ctrl: np.ndarray, seed: int, threshold: float) -> pd.DataFrame:
-    """Per target: n_cells, split-half r against the evaluation controls, noise ceiling, reliable flag."""
+    """Per target: n_cells, split-half r against the evaluation controls, noise ceiling, reliable flag.
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr`` float32 [C, N] log1p(counts per 1e4), ``perturbation`` [C], ...).
+    eval_ctrl : np.ndarray
+        int, rows of ``ctx["expr"]`` of the evaluation control cells.
+    seed : int
+        Seed of the random halvings (:func:`split_half_rs`).
+    threshold : float
+        Split-half r from which a target is reliable (``--reliable-threshold``).
+
+    Returns
+    -------
+    pd.DataFrame
+        Indexed by ``perturbation`` (every target of ``ctx["targets"]``); columns ``n_cells`` (all its cells),
+        ``split_half_r``, ``noise_ceiling`` (:func:`cellgraph.tl.perturb_eval.noise_ceiling`), ``reliable``
+        (bool: finite r >= ``threshold``).
+    """
     r = split_half_rs(ctx, ctx["targets"], eval_ctrl, seed)
     n = [int((ctx["perturbation"] == p).sum()) for p in ctx["targets"]]
     return pd.DataFrame({"perturbation": ctx["targets"], "n_cells": n, "split_half_r": r,
@@ -244,6 +342,22 @@ def fold_gene_features(ctx: dict, train_cells: np.ndarray, n_pca: int, seed: int
     (:func:`cellgraph.graphs.gene_features.expression_loadings`, seeded by ``seed``; always the last columns).
 
     ``train_cells`` are row positions of ``ctx["expr"]``; no other cell is read.
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``expr``, ``measured``, ``rwr`` [N, F_rwr], ``gremln`` [N, F_g]).
+    train_cells : np.ndarray
+        int, rows of ``ctx["expr"]`` of the fold's training cells (controls and training targets).
+    n_pca : int
+        Number of PCA components (``--n-pca``).
+    seed : int
+        Seed of the PCA.
+
+    Returns
+    -------
+    np.ndarray
+        float32 [N, F_rwr + F_g + n_pca + 1].
     """
     load = expression_loadings(ctx["expr"][train_cells][:, ctx["measured"]], ctx["measured"], n_pca, seed=seed)
     return np.concatenate([ctx["rwr"], ctx["gremln"], load], 1).astype(np.float32)  # [N, F]
@@ -267,6 +381,12 @@ def train_model(params: ForwardParams, ctx: dict, perts: list[str], y: np.ndarra
     epochs : full-batch training epochs (0 = the offsets alone).
     seed : seeds the initialisation and the batch order.
     on_epoch_end, diagnostics : as for :func:`cellgraph.tl.perturb.fit`.
+
+    Returns
+    -------
+    tuple
+        (model in eval mode, ``gene_sd`` float32 [N] label scale per gene (1 at unmeasured genes), (score mean,
+        score sd) of the training scores).
     """
     measured = ctx["measured"]
     gene_sd = np.ones(len(measured), np.float32)
@@ -306,7 +426,26 @@ def train_model(params: ForwardParams, ctx: dict, perts: list[str], y: np.ndarra
 
 
 def predict_deltas(ctx: dict, model, gene_sd: np.ndarray, score_scale, perts: list[str]):
-    """-> (predicted deltas [P, N] in log units, predicted scores [P])."""
+    """-> (predicted deltas [P, N] in log units, predicted scores [P]).
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``pos`` gene -> column).
+    model : torch.nn.Module
+        Model of :func:`train_model`.
+    gene_sd : np.ndarray
+        float32 [N], label scale per gene (:func:`train_model`).
+    score_scale : tuple of float
+        (score mean, score sd) of :func:`train_model`.
+    perts : list of str
+        Targets [P] to predict (each set is {target}).
+
+    Returns
+    -------
+    tuple of np.ndarray
+        (float [P, N] predicted deltas, log units; float [P] predicted debiased scores).
+    """
     out = pt.predict(model, [np.array([ctx["pos"][p]]) for p in perts])
     return out["expression"] * gene_sd, out["fitness"] * score_scale[1] + score_scale[0]
 
@@ -321,8 +460,27 @@ def choose_epochs(params: ForwardParams, ctx: dict, train_perts: list[str], trai
     reliability; the epoch count is the smallest within one standard error of the best (the one-SE rule),
     so a curve that is flat within its noise keeps the offsets alone
     (:func:`cellgraph.tl.perturb_eval.one_standard_error_choice`). The inner model trains for
-    ``params.max_epochs`` and is scored every ``params.eval_every`` epochs; ``feats`` float32 [N, F] are the
-    fold's gene features, ``train_ctrl`` the training control rows, ``seed`` seeds the inner split.
+    ``params.max_epochs`` and is scored every ``params.eval_every`` epochs.
+
+    Parameters
+    ----------
+    params : ForwardParams
+        Run options (``inner_fraction``, ``max_epochs``, ``eval_every`` and those of :func:`train_model`).
+    ctx : dict
+        :func:`load_context` dict.
+    train_perts : list of str
+        The fold's training targets.
+    train_ctrl : np.ndarray
+        int, rows of ``ctx["expr"]`` of the training control cells.
+    feats : np.ndarray
+        float32 [N, F], the fold's gene features (:func:`fold_gene_features`).
+    seed : int
+        Seeds the inner split, the control halves and the inner model.
+
+    Returns
+    -------
+    tuple
+        (chosen epoch count int, curve: list of dicts ``epoch``, ``inner_pearson_delta``, ``se``).
     """
     rng = np.random.default_rng(seed + 7919)
     n_in = max(2, int(round(params.inner_fraction * len(train_perts))))
@@ -369,6 +527,30 @@ def baseline_predictions(ctx: dict, train_perts: list[str], held: list[str], y_t
     [N, F] gene features whose columns ``-(n_pca + 1):-1`` are the expression loadings
     (:func:`fold_gene_features`), ``ridge`` the lambda of the linear baselines (:func:`cellgraph.tl.perturb_eval.linear_baseline`;
     Ahlmann-Eltze et al. 2025). Methods: :data:`BASELINES`.
+
+    Parameters
+    ----------
+    ctx : dict
+        :func:`load_context` dict (``measured``, ``pos``, ``genes``, ``rwr``).
+    train_perts : list of str
+        Training targets [P], the rows of ``y_train``.
+    held : list of str
+        Held-out targets.
+    y_train : np.ndarray
+        float [P, N], training deltas (log units).
+    weight : np.ndarray
+        float [P], loss weights of the training targets (:func:`training_weights`).
+    feats : np.ndarray
+        float32 [N, F], gene features (:func:`fold_gene_features`).
+    n_pca : int
+        Number of expression-loading columns.
+    ridge : float
+        Ridge lambda of the linear baselines.
+
+    Returns
+    -------
+    dict
+        {method: float [len(held), M]} predicted deltas over the M measured genes (log units).
     """
     m, pos = ctx["measured"], ctx["pos"]
     yt = y_train[:, m]
@@ -470,6 +652,15 @@ def run_forward(params: ForwardParams, *, adata_path, multigraph_path, out_dir: 
     ``score_predictions.tsv``, ``score_summary.tsv``, ``predictions.h5ad``, ``model.pt`` (first fold of the
     first seed), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
 
+    Parameters
+    ----------
+    params : ForwardParams
+        Run options.
+    adata_path, multigraph_path, gremln_model : str or os.PathLike (``gremln_model`` optional)
+        Inputs of :func:`load_context` (``--adata``, ``--multigraph``, ``--gremln-model``).
+    out_dir : pathlib.Path
+        Existing output folder.
+
     Raises
     ------
     InputError
@@ -510,6 +701,25 @@ def write_outputs(out: Path, ctx: dict, params: ForwardParams, metrics: pd.DataF
     ``pred_rows`` the per-fold predictions (:func:`write_predictions`), ``state`` the config and state dict of
     the first fold's model (``model.pt``), ``diag_rows`` the attention diagnostics and ``extra`` entries added
     to ``report.json``; the bootstrap of ``summary.tsv`` is seeded by ``params.seeds[0]``.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        Existing output folder.
+    ctx : dict
+        :func:`load_context` dict (``graphs``, ``genes``, ``measured``, ``report``).
+    params : ForwardParams
+        Run options (``seeds``).
+    metrics, score_df, curves : pd.DataFrame
+        Metric rows, score rows and early-stopping curve rows of :func:`run_fold`, all seeds and folds.
+    pred_rows : list
+        (seed, fold, held, methods, observed, reliability table) per fold (:func:`write_predictions`).
+    state : dict
+        ``config`` and ``state_dict`` of the first fold's model.
+    diag_rows : dict
+        ``graph_rows`` and ``head_rows`` of the attention diagnostics.
+    extra : dict
+        Entries added to ``report.json``.
     """
     metrics["subset"] = np.where(metrics["reliable"], "reliable", "unreliable")
     both = pd.concat([metrics.assign(subset="all"), metrics])
@@ -540,7 +750,18 @@ def write_outputs(out: Path, ctx: dict, params: ForwardParams, metrics: pd.DataF
 
 
 def write_predictions(path: Path, ctx: dict, pred_rows: list) -> None:
-    """predictions.h5ad: one obs row per (seed, held-out perturbation); layers: observed and each method."""
+    """predictions.h5ad: one obs row per (seed, held-out perturbation); layers: observed and each method.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Output h5ad, written atomically.
+    ctx : dict
+        :func:`load_context` dict (``genes``, ``measured``: var = the M measured genes).
+    pred_rows : list
+        Per fold (seed, fold, held [H], {method: float [H, M]}, observed float [H, M], :func:`reliability_table`);
+        deltas in log1p(counts per 1e4) units.
+    """
     import anndata as ad
 
     obs, layers = [], {}

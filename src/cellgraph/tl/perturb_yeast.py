@@ -91,7 +91,24 @@ def load_smf(path) -> tuple[pd.Series, dict]:
 
     A strain's fitness is its 30° value, or its 26° value where the 30° one is missing; an ORF's fitness is
     the mean over its strains (deletion, DAmP and temperature-sensitive alleles). Strains with neither value
-    are dropped and counted. Raises InputError for a missing column or a non-numeric fitness."""
+    are dropped and counted.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Data File S1 as TSV (``--smf``) with the columns of :data:`SMF_COLUMNS`.
+
+    Returns
+    -------
+    tuple
+        (``pd.Series`` float: mean single-mutant fitness per ORF, indexed by the upper-cased systematic name;
+        report dict ``strains_read``, ``strains_without_fitness``, ``orfs``).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, a column of :data:`SMF_COLUMNS` is missing or a fitness is not numeric.
+    """
     path = require_file(path, "--smf")
     df = pd.read_csv(path, sep="\t")
     missing = [c for c in SMF_COLUMNS if c not in df.columns]
@@ -110,7 +127,27 @@ def load_smf(path) -> tuple[pd.Series, dict]:
 def gene_disjoint_folds(pairs: pd.DataFrame, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds over the query genes -> [(train pair rows, test pair rows)]: the test pairs are those of the
     held-out queries (each pair is tested once); a training pair contains no held-out query gene, neither as
-    query nor as array. Raises InputError for fewer query genes than folds."""
+    query nor as array.
+
+    Parameters
+    ----------
+    pairs : pd.DataFrame
+        One row per pair with columns ``query`` and ``array`` (ORFs; :func:`cellgraph.tl.perturb.load_costanzo`).
+    n_folds : int
+        Number of folds K.
+    seed : int
+        Seed of ``numpy.random.default_rng`` for the permutation of the query genes.
+
+    Returns
+    -------
+    list of tuple of np.ndarray
+        One (training row positions int, test row positions int) per fold, positions into ``pairs``.
+
+    Raises
+    ------
+    InputError
+        If there are fewer distinct query genes than ``n_folds``.
+    """
     queries = np.array(sorted(set(pairs["query"])))
     if len(queries) < n_folds:
         raise InputError(f"{len(queries)} query genes cannot be split into {n_folds} gene-disjoint folds")
@@ -124,7 +161,24 @@ def gene_disjoint_folds(pairs: pd.DataFrame, n_folds: int, seed: int) -> list[tu
 
 
 def additive_epsilon(train: pd.DataFrame, test: pd.DataFrame, alpha: float) -> np.ndarray:
-    """Ridge on one-hot query and array genes fitted to training epsilons -> predicted test epsilons."""
+    """Ridge on one-hot query and array genes fitted to training epsilons -> predicted test epsilons.
+
+    epsilon = b + u_query + v_array (``sklearn.linear_model.Ridge``); a gene unseen in ``train`` contributes 0.
+
+    Parameters
+    ----------
+    train : pd.DataFrame
+        Training pairs with columns ``query``, ``array`` and ``epsilon`` (DMF - SMF_q SMF_a).
+    test : pd.DataFrame
+        Pairs to predict, with columns ``query`` and ``array``.
+    alpha : float
+        Ridge penalty (``--ridge``).
+
+    Returns
+    -------
+    np.ndarray
+        float [len(test)], predicted epsilon of each test pair (fitness units).
+    """
     from sklearn.linear_model import Ridge
 
     def onehot(df, cols):
@@ -262,6 +316,15 @@ def run_yeast(params: YeastParams, *, pairs_path, smf_path, string_info_path, mu
     ``metrics.tsv`` (per scheme, fold, target, method), ``summary.tsv`` (Pearson over the pooled held-out pairs
     with 95% bootstrap CI, MSE), ``comparisons.tsv`` (each model minus the additive baseline, paired bootstrap
     CI), ``attention_diagnostics.tsv``, ``attention_heads.tsv`` and ``report.json``.
+
+    Parameters
+    ----------
+    params : YeastParams
+        Run options.
+    pairs_path, smf_path, string_info_path, multigraph_path : str or os.PathLike
+        Inputs of :func:`load_context` (``--pairs``, ``--smf``, ``--string-info``, ``--multigraph``).
+    out_dir : pathlib.Path
+        Existing output folder.
 
     Raises
     ------

@@ -260,11 +260,29 @@ def probe_splits(y: np.ndarray, role: np.ndarray, protocol: str, n_splits: int,
     every cell is scored exactly once by a probe that was not fitted on it. ``reference_query``: one split,
     fit on the ``reference`` cells, score the ``query`` cells (``role`` [C]).
 
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Cell labels, [C] (compared as strings).
+    role : numpy.ndarray
+        Per-cell role, [C], ``"reference"`` or ``"query"`` (read by ``reference_query`` only).
+    protocol : str
+        ``"cross_validation"`` or ``"reference_query"``.
+    n_splits : int
+        Number of folds (cross-validation).
+    seed : int
+        ``random_state`` of the fold shuffle.
+
+    Returns
+    -------
+    list of tuple of numpy.ndarray
+        One ``(fit, score)`` pair of sorted int cell positions per probe fit (``n_splits`` pairs, or one).
+
     Raises
     ------
     InputError
-        Unknown protocol; a label with fewer than ``n_splits`` cells (cross-validation); no reference or no
-        query cell.
+        Unknown protocol; fewer than 2 labels or a label with fewer than ``n_splits`` cells
+        (cross-validation); no reference or no query cell.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -293,6 +311,22 @@ def macro_f1_codes(true: np.ndarray, pred: np.ndarray, n_labels: int, weights: n
     ``true`` int [C] in ``0..n_labels-1``; ``pred`` int [C] in ``0..n_labels``, where ``n_labels`` stands for
     a predicted label that no scored cell has (it costs recall, adds no class); ``weights`` [C] counts each
     cell that many times (a bootstrap resample).
+
+    Parameters
+    ----------
+    true : numpy.ndarray
+        True label codes, int [C], in ``0..n_labels-1``.
+    pred : numpy.ndarray
+        Predicted label codes, int [C], in ``0..n_labels``.
+    n_labels : int
+        Number of true labels.
+    weights : numpy.ndarray, optional
+        Per-cell counts, [C]; ``None`` counts every cell once.
+
+    Returns
+    -------
+    float
+        Macro-F1, fraction 0-1.
     """
     k = n_labels
     w = np.ones(len(true)) if weights is None else np.asarray(weights, dtype=np.float64)

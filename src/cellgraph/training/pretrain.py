@@ -69,6 +69,26 @@ def mask_positions(attention_mask: torch.Tensor, cell_index: torch.Tensor, mask_
     Cell ``b``'s positions are drawn without replacement from its real gene tokens (``attention_mask``
     True, position 0 = CLS excluded) by ``numpy.random.default_rng([seed, stream, epoch, cell_index[b]])``,
     so the mask of a cell is independent of batch composition and padding length.
+
+    Parameters
+    ----------
+    attention_mask : torch.Tensor
+        Bool [B, 1+n]; True at real tokens, False at padding (position 0, CLS, is never masked).
+    cell_index : torch.Tensor
+        Int [B], the cells' indices in their dataset (seed of each cell's mask).
+    mask_rate : float
+        Fraction 0-1 of a cell's real gene tokens to mask.
+    seed : int
+        Run seed.
+    epoch : int
+        Epoch (validation: 0).
+    stream : int
+        ``TRAIN_STREAM`` (1) or ``VAL_STREAM`` (2).
+
+    Returns
+    -------
+    torch.Tensor
+        Bool [B, 1+n] on ``attention_mask``'s device; all False for a cell without real tokens.
     """
     am = attention_mask.detach().cpu().numpy().astype(bool)
     idx = cell_index.detach().cpu().numpy()
@@ -91,6 +111,22 @@ def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tenso
     forward pass and the targets are the original bins (0..n_bins). Unmasked positions do not contribute.
     The loss is the mean over the masked positions, or their sum divided by ``denominator`` when given
     (data-parallel training: the global number of masked positions over the world size).
+
+    Parameters
+    ----------
+    model : GREmLN
+        The model; its ``config.n_bins`` sets the ``MASK`` token.
+    batch : dict of str to torch.Tensor
+        A design.md section 5 batch; ``batch["bins"]`` Long [B, 1+n] holds the target bins.
+    mask : torch.Tensor
+        Bool [B, 1+n], positions to mask and score.
+    denominator : float or torch.Tensor, optional
+        Divisor of the summed loss; ``None``: mean over the masked positions.
+
+    Returns
+    -------
+    tuple of (torch.Tensor, int, int)
+        Scalar loss (cross-entropy, nats), number of masked positions, number whose argmax bin is right.
     """
     target = batch["bins"]
     inputs = dict(batch)
@@ -118,7 +154,14 @@ def _lightning():
 @contextlib.contextmanager
 def quiet_lightning():
     """No device banners, tips or known-harmless warnings from Lightning in a stage's log (warnings and
-    errors still show)."""
+    errors still show).
+
+    Yields
+    ------
+    None
+        Inside the ``with`` block the ``lightning.pytorch`` logger is at WARNING and the listed warnings are
+        ignored; both are restored on exit.
+    """
     pl_log = logging.getLogger("lightning.pytorch")
     level = pl_log.level
     pl_log.setLevel(logging.WARNING)
@@ -419,7 +462,20 @@ def _loader(ds, collate, batch_size: int, rank: int, world: int, seed: int, shuf
 
 
 def fingerprint(config: dict[str, Any], files: Sequence[str | Path]) -> str:
-    """SHA-256 over the JSON of ``config`` and the bytes of ``files``: what a checkpoint may resume from."""
+    """SHA-256 over the JSON of ``config`` and the bytes of ``files``: what a checkpoint may resume from.
+
+    Parameters
+    ----------
+    config : dict
+        JSON-serialisable hyper-parameters (hashed with sorted keys).
+    files : sequence of str or Path
+        Files whose names and bytes are hashed, in the given order.
+
+    Returns
+    -------
+    str
+        Hex SHA-256 digest (64 characters).
+    """
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for f in files:
         h.update(Path(f).name.encode())
@@ -448,6 +504,20 @@ def select_checkpoint(ckdir: Path, fp: str, cleanup: bool = False) -> tuple[Path
     ``torch.load(weights_only=True)``. An unreadable (corrupt, truncated) one is reported by name in the
     returned list and, with ``cleanup``, renamed ``<name>.corrupt``; one of another run (fingerprint
     differs) is deleted with ``cleanup``. Read-only without ``cleanup`` (ranks other than 0).
+
+    Parameters
+    ----------
+    ckdir : Path
+        Checkpoint folder (``*.ckpt`` files).
+    fp : str
+        Fingerprint of the current run (:func:`fingerprint`).
+    cleanup : bool
+        Rename unreadable and delete foreign checkpoints (rank 0 only).
+
+    Returns
+    -------
+    tuple of (Path or None, list of str)
+        The checkpoint to resume from (``None``: start fresh) and one message per unreadable checkpoint.
     """
     problems: list[str] = []
     found: Path | None = None
@@ -519,29 +589,13 @@ def _step_checkpoint(every: int, ckdir: Path):
                               auto_insert_metric_name=False)
 
 
-def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | Path,
-        fingerprint_files: Sequence[str | Path] = (), callbacks: Sequence[Any] = (), devices: int = 1,
-        num_nodes: int = 1, checkpoint_every_n_steps: int | None = None
-        ) -> tuple[GREmLN, list[dict[str, float]], dict[str, Any]]:
-    """Train ``GREmLN(config)`` on ``train_ds``, validating on ``val_ds`` after every epoch.
+def _resume_point(ckdir: Path, cfg: dict[str, Any], fingerprint_files: Sequence[str | Path]
+                  ) -> tuple[str, Path | None, list[str]]:
+    """The run's fingerprint, the checkpoint to resume from (``None``: start fresh) and the problems met.
 
-    Datasets yield items that ``collate`` turns into design.md section 5 batches (with ``cell_index``).
-    Checkpoints go to ``checkpoint_dir`` every epoch (``last.ckpt``) and every ``checkpoint_every_n_steps``
-    steps; the newest readable one whose stored fingerprint equals :func:`fingerprint` of
-    ``(config, fingerprint_files)`` is resumed (:func:`select_checkpoint`). ``devices`` x ``num_nodes`` > 1
-    trains data-parallel (Lightning DDP; ``config.batch_size`` is the global batch and must be a multiple
-    of the world size). CUDA with bf16 autocast when available, else CPU fp32. Returns the trained model
-    (eval mode, CPU, fp32), the per-epoch metric rows and a run summary (device, resumed, ranks, seconds).
+    Problems are logged as warnings; rank 0 cleans up (:func:`select_checkpoint`) and, on a fresh start,
+    writes ``<ckdir>/fingerprint.json``.
     """
-    pl = _lightning()
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    ckdir = Path(checkpoint_dir)
-    ckdir.mkdir(parents=True, exist_ok=True)
-    world = devices * num_nodes
-    if config.batch_size % world:
-        raise InputError(f"batch size {config.batch_size} must be a multiple of devices x nodes = {world}")
-    cfg = config.to_dict()
     fp = fingerprint(cfg, fingerprint_files)
     fp_file = ckdir / "fingerprint.json"
     rank0 = _env_is_rank_zero()
@@ -553,6 +607,59 @@ def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | P
             write_json(fp_file, {"fingerprint": fp, "config": cfg, "files": [str(f) for f in fingerprint_files]})
     else:
         log.info("resuming from %s", resume)
+    return fp, resume, problems
+
+
+def fit(config: GREmLNConfig, train_ds, val_ds, collate, checkpoint_dir: str | Path,
+        fingerprint_files: Sequence[str | Path] = (), callbacks: Sequence[Any] = (), devices: int = 1,
+        num_nodes: int = 1, checkpoint_every_n_steps: int | None = None
+        ) -> tuple[GREmLN, list[dict[str, float]], dict[str, Any]]:
+    """Train ``GREmLN(config)`` on ``train_ds``, validating on ``val_ds`` after every epoch.
+
+    The newest readable checkpoint whose stored fingerprint equals :func:`fingerprint` of ``(config,
+    fingerprint_files)`` is resumed (:func:`select_checkpoint`). CUDA with bf16 autocast when available,
+    else CPU fp32.
+
+    Parameters
+    ----------
+    config : GREmLNConfig
+        Model and training settings; ``batch_size`` is the global batch.
+    train_ds, val_ds : torch.utils.data.Dataset
+        Items that ``collate`` turns into design.md section 5 batches (with ``cell_index``).
+    collate : callable
+        Batch builder for the items of both datasets.
+    checkpoint_dir : str or Path
+        Checkpoints every epoch (``last.ckpt``) and every ``checkpoint_every_n_steps`` steps; created.
+    fingerprint_files : sequence of str or Path
+        Input files hashed into the run's fingerprint.
+    callbacks : sequence
+        Extra Lightning callbacks.
+    devices, num_nodes : int
+        Devices per node and nodes; a product > 1 trains data-parallel (Lightning DDP).
+    checkpoint_every_n_steps : int, optional
+        Step interval of the mid-epoch checkpoints; ``None``: per epoch only.
+
+    Returns
+    -------
+    tuple of (GREmLN, list of dict, dict)
+        Trained model (eval mode, CPU, fp32), per-epoch metric rows (``epoch``, ``train_loss``, ``val_loss``
+        in nats, ``val_masked_accuracy``, ``seconds``) and a run summary (device, resumed, ranks, seconds).
+
+    Raises
+    ------
+    InputError
+        If ``config.batch_size`` is not a multiple of ``devices * num_nodes``.
+    """
+    pl = _lightning()
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckdir = Path(checkpoint_dir)
+    ckdir.mkdir(parents=True, exist_ok=True)
+    world = devices * num_nodes
+    if config.batch_size % world:
+        raise InputError(f"batch size {config.batch_size} must be a multiple of devices x nodes = {world}")
+    cfg = config.to_dict()
+    fp, resume, problems = _resume_point(ckdir, cfg, fingerprint_files)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = MaskedRankModule(cfg)
