@@ -188,6 +188,15 @@ def test_hetero_data_has_nine_edge_types_both_directions(yeast):
     assert data["gene", "regulatory", "gene"].edge_index.shape[1] == mg["edge_index"]["regulatory"].shape[1]
 
 
+def test_truncated_multigraph_file_is_an_input_error(yeast, tmp_path):
+    out, _, _ = yeast
+    with np.load(out / "multigraph.npz", allow_pickle=False) as z:
+        kept = {k: z[k] for k in z.files if k != "edge_weight_physical"}
+    np.savez(tmp_path / "cut.npz", **kept)
+    with pytest.raises(InputError, match=r"graph 'physical' is listed but its key\(s\) \['edge_weight_physical'\]"):
+        load_multigraph(tmp_path / "cut.npz")
+
+
 def test_thresholds_and_empty_graph_error(tmp_path):
     g, _, rep = build_multigraph("yeast", Y | {"string_actions": None}, {"string_physical.combined_score": 900})
     w = g["physical"][1]

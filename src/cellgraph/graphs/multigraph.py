@@ -733,6 +733,9 @@ def load_multigraph(path: str | Path, as_hetero: bool = False):
         out = {"organism": str(z["organism"]), "nodes": nodes, "directed": {}, "edge_index": {}, "edge_weight": {}}
         for g, d in zip(z["graph_types"], z["directed"]):
             g = str(g)
+            absent = [k for k in (f"edge_index_{g}", f"edge_weight_{g}") if k not in z.files]
+            if absent:
+                raise InputError(f"multigraph {path}: graph {g!r} is listed but its key(s) {absent} are missing")
             ei, w = z[f"edge_index_{g}"], z[f"edge_weight_{g}"]
             if ei.size and (ei.min() < 0 or ei.max() >= len(nodes)):
                 raise InputError(f"multigraph {path}: edge_index_{g} refers to nodes outside 0..{len(nodes) - 1}")
