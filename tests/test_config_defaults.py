@@ -3,8 +3,11 @@
 
 A user who runs a stage by hand gets what the workflow runs. The schema cannot drift from config.yaml (every
 section has ``additionalProperties: false`` and Snakemake validates the config at load, which every workflow
-test does); the rules' flag lists name config keys, so a key missing from the config fails at parse time.
-Keys that are no option of the command, and defaults that differ on purpose, are listed here with the reason.
+test does); the rules' flag lists name config keys, so a key missing from the config fails at parse time. The
+other way round, :func:`test_rules_pass_every_option_with_the_config_value` reads the shell commands that
+``snakemake -n -p`` plans and fails on a config key that no command of its stage receives (a setting a user
+would change without effect). Keys that are no option of the command, and defaults that differ on purpose,
+are listed here with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -159,3 +163,76 @@ def test_parameter_dataclass_defaults_are_the_config_defaults(section):
             if value is not None and not _same(value, field.default):
                 bad.append(f"{cls.__name__}.{field.name} = {field.default!r}, config {section}.{field.name} = {value!r}")
     assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# The rules pass every option of their section, with the config's value
+# --------------------------------------------------------------------------------------------------
+
+TARGETS = ["all", "multigraph", "perturbation", "diffusion", "ablation"]
+
+
+@pytest.fixture(scope="module")
+def planned_commands():
+    """``(stage, argv)`` of every ``cellgraph <stage>`` shell command that ``snakemake -n -p --forceall`` plans for
+    the default config and every optional target."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(REPO), "-n",
+                           "-p", "--forceall", *TARGETS], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = []
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if not line.startswith("Shell command: "):
+            continue
+        for part in re.split(r";|&&", line.removeprefix("Shell command: ")):
+            argv = shlex.split(part)
+            if argv[:1] == ["cellgraph"]:
+                cut = next((i for i, a in enumerate(argv) if a[:1] in (">", "|") or a[:2] in ("2>", "1>")), len(argv))
+                out.append((argv[1], argv[2:cut]))
+    return out
+
+
+def unpassed_or_changed(config: dict, commands: list[tuple[str, list[str]]], sections: dict[str, str]) -> list[str]:
+    """``section.key: ...`` for every config key (not null, not ``[]``, not in :data:`NOT_AN_OPTION`) that no planned
+    ``cellgraph <stage>`` command passes, or that every command passes with another value than the config's
+    (for diffusion also a value of ``diffusion.per_dataset``)."""
+    bad = []
+    for section, stage in sections.items():
+        parser = _parser(stage)
+        runs = [parser.parse_args(argv) for s, argv in commands if s == stage]
+        flags = [set(a.split("=")[0] for a in argv if a.startswith("--")) for s, argv in commands if s == stage]
+        if not runs:
+            continue
+        for key, value in (config.get(section) or {}).items():
+            name = f"{section}.{key}"
+            if name in NOT_AN_OPTION or value is None or value == []:  # null or []: no flag, the command default
+                continue
+            flag = "--" + key.replace("_", "-")
+            passing = [r for r, f in zip(runs, flags) if flag in f or "--no-" + flag[2:] in f]
+            if not passing:
+                bad.append(f"{name}: no planned cellgraph {stage} command passes {flag}")
+                continue
+            allowed = [value] + [d.get(key) for d in (config[section].get("per_dataset") or {}).values()
+                                 if key in d]
+            if not any(_same(v, getattr(r, key)) for r in passing for v in allowed):
+                bad.append(f"{name}: config {value!r}, planned commands pass "
+                           f"{sorted({str(getattr(r, key)) for r in passing})}")
+    return bad
+
+
+def test_rules_pass_every_option_with_the_config_value(planned_commands):
+    stages = {s for s, _ in planned_commands}
+    assert {"networks", "expression", "grn", "spectral", "tokenize", "train", "evaluate", "figures", "multigraph",
+            "perturb", "diffusion", "ablation"} <= stages
+    bad = unpassed_or_changed(CONFIG, planned_commands, SECTION_STAGE)
+    assert not bad, "config keys the workflow does not pass to its command:\n" + "\n".join(bad)
+    # the checker sees a key that no rule passes, and a value the rule does not pass on
+    extra = {**CONFIG, "spectral": {**CONFIG["spectral"], "threshold": 3, "tol": 1e-3}}
+    assert unpassed_or_changed(extra, planned_commands, {"spectral": "spectral"}) == [
+        "spectral.tol: config 0.001, planned commands pass ['1e-06']",
+        "spectral.threshold: no planned cellgraph spectral command passes --threshold"]
