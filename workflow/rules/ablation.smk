@@ -54,7 +54,7 @@ rule ablation:
         [f"{ablation_evaluate_dir(s)}/{m}/{name}" for s in ABLATION_SEEDS for m in ["gremln", "vanilla"]
          for name in EVAL_FILES],
     output:
-        per_seed=res("ablation/ablation.tsv"),
+        per_seed=report(res("ablation/ablation.tsv"), caption="../report/ablation_seeds.rst", category="Tables"),
         paired=report(res("ablation/ablation_paired.csv"), caption="../report/ablation.rst", category="Tables"),
         paired_md=res("ablation/ablation_paired.md"),
     params:
