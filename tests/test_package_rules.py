@@ -26,6 +26,7 @@ synthetic packages, so the checkers themselves cannot silently stop finding anyt
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -368,10 +369,24 @@ def _own_nodes(fn: ast.FunctionDef):
         stack.extend(ast.iter_child_nodes(node))
 
 
+def numpy_sections(doc: str) -> dict[str, str]:
+    """Sections of a numpy-style docstring: header (a line followed by a line of dashes) -> its text."""
+    lines = doc.splitlines()
+    out, current = {}, None
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and re.fullmatch(r"\s*-{3,}\s*", lines[i + 1]) and line.strip():
+            current = line.strip()
+            out[current] = ""
+        elif current is not None and not re.fullmatch(r"\s*-{3,}\s*", line):
+            out[current] += line + "\n"
+    return out
+
+
 def docstring_gaps(parsed: dict[str, tuple[Path, ast.Module, bool]], cli_folder: str = CLI_FOLDER) -> list[str]:
-    """``module:function: missing sections`` of every public module-level function whose docstring lacks
-    ``Parameters`` (it has arguments), ``Returns``/``Yields`` (it returns a value or yields) or ``Raises``
-    (a ``raise`` in its own body). ``configure_parser`` and ``run`` of the ``cli_folder`` modules are exempt."""
+    """``module:function: missing sections`` of every public module-level function whose docstring lacks the
+    numpy section (a header underlined with dashes) ``Parameters`` (it has arguments; each argument named in it),
+    ``Returns``/``Yields`` (it returns a value or yields) or ``Raises`` (a ``raise`` in its own body).
+    ``configure_parser`` and ``run`` of the ``cli_folder`` modules are exempt."""
     gaps = []
     for module, (_, tree, _) in sorted(parsed.items()):
         in_cli = module.split(".")[1:2] == [cli_folder]
@@ -387,12 +402,16 @@ def docstring_gaps(parsed: dict[str, tuple[Path, ast.Module, bool]], cli_folder:
             returns = any(isinstance(n, ast.Return) and n.value is not None
                           and not (isinstance(n.value, ast.Constant) and n.value.value is None) for n in nodes)
             yields = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in nodes)
+            sections = numpy_sections(doc)
             missing = []
-            if (args or a.vararg or a.kwarg) and "Parameters" not in doc:
+            if (args or a.vararg or a.kwarg) and "Parameters" not in sections:
                 missing.append("Parameters")
-            if (returns or yields) and "Returns" not in doc and "Yields" not in doc:
+            elif "Parameters" in sections:
+                names = set(re.findall(r"\w+", sections["Parameters"]))
+                missing += [f"parameter {x}" for x in args if x not in names]
+            if (returns or yields) and "Returns" not in sections and "Yields" not in sections:
                 missing.append("Returns")
-            if any(isinstance(n, ast.Raise) for n in nodes) and "Raises" not in doc:
+            if any(isinstance(n, ast.Raise) for n in nodes) and "Raises" not in sections:
                 missing.append("Raises")
             if missing:
                 gaps.append(f"{module}:{fn.name}: {', '.join(missing)}")
@@ -583,3 +602,7 @@ def test_checker_finds_docstring_gaps(tmp_path):
     })
     assert docstring_gaps(parsed) == ["pkg.cli.s:helper: Parameters", "pkg.m:bare: Parameters, Returns, Raises",
                                       "pkg.m:gen: Returns"]
+    prose = _write_package(tmp_path / "prose", {
+        "m.py": 'def f(x, y):\n    """Sum.\n\n    Parameters\n    ----------\n    x : int\n\n    Returns the sum; '
+                'Raises ValueError on None.\n    """\n    if x is None:\n        raise ValueError\n    return x + y\n'})
+    assert docstring_gaps(prose) == ["pkg.m:f: parameter y, Returns, Raises"]

@@ -509,15 +509,22 @@ def choose_heldout_types(
 
     Parameters
     ----------
-    types : the distinct cell types present (after QC).
-    heldout_fraction : fraction of types drawn when ``heldout_types`` is empty:
-        ``max(1, round(fraction * n_types))`` types, drawn without replacement from the sorted types with
-        ``numpy.random.default_rng(seed)``.
-    heldout_types : explicit list; each must be one of ``types``.
+    types : sequence of str
+        The distinct cell types present (after QC).
+    heldout_fraction : float
+        Fraction of types drawn when ``heldout_types`` is empty: ``max(1, round(fraction * n_types))`` types,
+        drawn without replacement from the sorted types.
+    heldout_types : sequence of str
+        Explicit list; each must be one of ``types``. Empty = draw ``heldout_fraction`` of the types.
+    seed : int
+        Seed of ``numpy.random.default_rng`` for the draw.
+    label_key : str, default "label"
+        Obs column of the cell types; only named in the error messages.
 
     Returns
     -------
-    Sorted list of held-out types; at least one type is held out and at least one is kept.
+    list of str
+        Sorted held-out types; at least one type is held out and at least one is kept.
 
     Raises
     ------
@@ -557,11 +564,21 @@ def split_cells(
 
     Parameters
     ----------
-    labels : str array [cells] of cell types.
+    labels : str array [cells]
+        Cell type of each cell.
+    heldout : sequence of str
+        Held-out cell types (:func:`choose_heldout_types`); their cells are ``"heldout"``.
+    val_fraction : float
+        Fraction of the seen (not held-out) cells assigned to ``val``.
+    test_fraction : float
+        Fraction of the seen cells assigned to ``test``.
+    seed : int
+        ``random_state`` of both stratified splits.
 
     Returns
     -------
-    numpy str array [cells] of split names.
+    numpy str array [cells]
+        Split name of each cell.
 
     Raises
     ------
@@ -601,12 +618,20 @@ def load_input(path: Path, label_key: str, p: dict[str, Any], idmap: str | Path 
 
     Parameters
     ----------
-    path : input h5ad; ``p`` : the full parameter dict (keys of ``DEFAULTS``); ``idmap`` : the id map TSV
-        (None = :data:`DEFAULT_IDMAP`).
+    path : Path
+        Input h5ad.
+    label_key : str
+        Obs column with the cell-type labels.
+    p : dict
+        The full parameter dict (keys of ``DEFAULTS``; ``counts_layer``, ``gene_id_type`` and
+        ``min_mapped_fraction`` are used here).
+    idmap : str or Path or None, default None
+        The id map TSV; None = :data:`DEFAULT_IDMAP`.
 
     Returns
     -------
-    (AnnData [cells, genes] with raw counts in ``X`` and no layers, dict for ``report["input"]``).
+    tuple
+        (AnnData [cells, genes] with raw counts in ``X`` and no layers, dict for ``report["input"]``).
 
     Raises
     ------

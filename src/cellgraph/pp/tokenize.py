@@ -1676,16 +1676,20 @@ def choose_vocabulary_streamed(counts, scan: _CorpusScan, n_top_genes: int, chun
     ----------
     counts : AnnData
         Raw UMI counts of the train cells (in memory).
-    scan : the corpus from :func:`scan_corpus` (its per-gene sums over kept cells; one more chunked pass
+    scan : _CorpusScan
+        The corpus from :func:`scan_corpus` (its per-gene sums over kept cells; one more chunked pass
         for the clipped sums of seurat_v3 when genes must be ranked).
     n_top_genes : int
         Number of genes (capped at the shared detected genes).
+    chunk_cells : int
+        Rows of the corpus file read at a time in that chunked pass (bounds the memory).
 
     Returns
     -------
-    Sorted gene symbols: the same genes as :func:`choose_vocabulary` (the unclipped statistics are exact
-    integer sums; the clipped sums can differ from scanpy's in the last bits, scanpy's own being summed in
-    thread order).
+    list of str
+        Sorted gene symbols: the same genes as :func:`choose_vocabulary` (the unclipped statistics are
+        exact integer sums; the clipped sums can differ from scanpy's in the last bits, scanpy's own being
+        summed in thread order).
 
     Raises
     ------

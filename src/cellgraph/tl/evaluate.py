@@ -360,13 +360,19 @@ def pca_features(x, train_rows: np.ndarray, test_rows: np.ndarray, n_components:
     x : float array or scipy sparse matrix [N, G] (cells x genes, e.g. log-normalised ``adata.X``).
     train_rows, test_rows : int arrays of row positions.
     n_components : wanted components; capped at ``min(n_train, G) - 1`` (ARPACK needs fewer than both).
+    seed : int
+        ``random_state`` of the PCA.
 
     Returns
     -------
-    ``(z_train [N_train, k], z_test [N_test, k], k)``: scikit-learn ``PCA(svd_solver="arpack",
-    random_state=seed)`` (centring implicit for sparse input).
+    tuple
+        ``(z_train [N_train, k], z_test [N_test, k], k)``: scikit-learn ``PCA(svd_solver="arpack",
+        random_state=seed)`` (centring implicit for sparse input).
 
-    Raises ValueError if fewer than 2 train rows or genes.
+    Raises
+    ------
+    ValueError
+        If fewer than 2 train rows or genes.
     """
     from sklearn.decomposition import PCA
 
@@ -475,14 +481,24 @@ def annotation_baselines(adata, train_ds, test_ds, vocab: list[str], n_splits: i
     adata : AnnData with log-normalised expression in ``X``; cells found by ``obs_names``.
     train_ds, test_ds : TokenDatasets of the probe's train cells and the test cells.
     vocab : ``["<pad>", "<cls>", genes...]``.
+    n_splits : int
+        Probe splits of :func:`annotate_seen`.
+    seed : int
+        Seed of the probe splits and of the PCA.
     random_init : ``{"train": emb, "test": emb}`` from :func:`random_init_embeddings` (skipped if None).
+    n_pcs : int
+        Principal components of the PCA baselines (default ``N_PCS`` = 50; :func:`pca_features` caps it).
 
     Returns
     -------
-    ``{name: annotate_seen(...)["macro_f1"]}`` for ``random_init_mean_pool``, ``random_init_cls``,
-    ``pca_all_genes``, ``pca_vocabulary``, ``bag_of_genes``, plus ``details`` (components, gene counts).
+    dict
+        ``{name: annotate_seen(...)["macro_f1"]}`` for ``random_init_mean_pool``, ``random_init_cls``,
+        ``pca_all_genes``, ``pca_vocabulary``, ``bag_of_genes``, plus ``details`` (components, gene counts).
 
-    Raises InputError if a shard cell or a vocabulary gene is missing from ``adata``.
+    Raises
+    ------
+    InputError
+        If a shard cell or a vocabulary gene is missing from ``adata``.
     """
     y_tr, y_te = train_ds.cell_type, test_ds.cell_type
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -549,15 +565,26 @@ def graph_removal(model, train_ds, test_ds, n_vocab: int, emb_train: dict, emb_t
 
     Parameters
     ----------
+    model : GREmLN
+        The frozen model (:func:`load_model`); only ``config.attention == "gremln"`` uses the graphs.
+    train_ds, test_ds : TokenDataset
+        Shards of the probe's train cells and of the test cells.
+    n_vocab : int
+        Vocabulary size (``len(vocab)``), passed to :func:`encode_dataset`.
     emb_train, emb_test : :func:`encode_dataset` outputs of ``train_ds`` / ``test_ds`` with their graphs.
+    n_splits : int
+        Probe splits of :func:`annotate_seen`.
+    seed : int
+        Seed of the probe splits.
 
     Returns
     -------
-    ``{"applicable": False, "reason"}`` for a vanilla model (its attention ignores the Laplacian); else
-    ``{"applicable": True, "relative_change_mean_pool", "relative_change_cls"}`` (:func:`relative_change`
-    on the test cells), ``seen_test_macro_f1_without_graph`` and ``seen_test_macro_f1_with_graph``:
-    ``{"mean_pool", "cls"}`` -> :func:`summarize` of :func:`annotate_seen` (probe refitted on train
-    embeddings also computed without graph), and ``test_cells_with_edges``.
+    dict
+        ``{"applicable": False, "reason"}`` for a vanilla model (its attention ignores the Laplacian); else
+        ``{"applicable": True, "relative_change_mean_pool", "relative_change_cls"}`` (:func:`relative_change`
+        on the test cells), ``seen_test_macro_f1_without_graph`` and ``seen_test_macro_f1_with_graph``:
+        ``{"mean_pool", "cls"}`` -> :func:`summarize` of :func:`annotate_seen` (probe refitted on train
+        embeddings also computed without graph), and ``test_cells_with_edges``.
     """
     if model.config.attention != "gremln":
         return {"applicable": False, "reason": f"attention={model.config.attention!r} ignores the Laplacian"}
@@ -674,6 +701,13 @@ def link_prediction(x: np.ndarray, visible: np.ndarray, hidden: np.ndarray, seed
     visible, hidden : int arrays [E_v, 2], [E_h, 2] undirected edges (node positions); disjoint.
     seed : seeds the non-edge sampling, the epoch splits and torch initialisation.
     epochs : training steps (default ``LINK_EPOCHS`` = 150).
+    hidden_dim : int
+        Width of each of the 2 GAT heads and of the MLP's hidden layer (default ``LINK_HIDDEN`` = 32).
+    lr : float
+        Adam learning rate (default ``LINK_LR`` = 0.01).
+    supervision_fraction : float
+        Share 0-1 of the visible edges taken out of message passing each epoch as training positives
+        (default ``LINK_SUPERVISION_FRACTION`` = 0.3).
     use_graph : False replaces the GAT layer by a per-node linear layer (``h = ELU(W x)``), so the score
         depends on the two genes' embeddings only (a pair-feature MLP, no message passing).
     test_negatives : int array [M, 2], optional: the non-edges to score beside the hidden edges (e.g.
@@ -681,10 +715,15 @@ def link_prediction(x: np.ndarray, visible: np.ndarray, hidden: np.ndarray, seed
 
     Returns
     -------
-    dict: ``test_pairs`` [M, 2], ``test_labels`` [M] (1 = hidden edge, 0 = non-edge), ``scores`` [M]
-    (probabilities), ``train_negatives`` [K, 2] (every non-edge used in training), ``message_edges`` [E_v, 2].
+    dict
+        ``test_pairs`` [M, 2], ``test_labels`` [M] (1 = hidden edge, 0 = non-edge), ``scores`` [M]
+        (probabilities), ``train_negatives`` [K, 2] (every non-edge used in training), ``message_edges``
+        [E_v, 2].
 
-    Raises ValueError if visible and hidden edges overlap or a given test negative is an edge.
+    Raises
+    ------
+    ValueError
+        If visible and hidden edges overlap or a given test negative is an edge (or a self-pair).
     """
     import torch
 
@@ -958,13 +997,18 @@ def source_matched_negatives(sources: np.ndarray, adjacency: dict[int, set[int]]
     sources : int array [H] node positions (the source gene of each hidden edge).
     adjacency : node -> set of its neighbours in the *full* graph (visible and hidden edges).
     n_nodes : node positions are ``0..n_nodes-1`` (every gene with an embedding).
+    n_negatives : int
+        Non-neighbours drawn per source.
+    seed : int
+        Source ``h`` draws with ``numpy.random.default_rng([seed, h])``, so its draw does not depend on
+        the other edges.
 
     Returns
     -------
-    ``(targets [H', n_negatives], keep [H])``: the negative partners ``g`` of each kept source (pairs
-    ``(source, g)``; ``g`` is neither the source nor a neighbour of it), and which sources had at least
-    ``n_negatives`` candidates (the others are dropped). Source ``h`` uses
-    ``numpy.random.default_rng([seed, h])``, so its draw does not depend on the other edges.
+    tuple of numpy.ndarray
+        ``(targets [H', n_negatives], keep [H])``: the negative partners ``g`` of each kept source (pairs
+        ``(source, g)``; ``g`` is neither the source nor a neighbour of it), and which sources had at least
+        ``n_negatives`` candidates (the others are dropped).
     """
     sources = np.asarray(sources, dtype=np.int64)
     keep = np.zeros(sources.size, dtype=bool)
@@ -999,10 +1043,21 @@ def grouped_bootstrap_auroc(labels, scores, group, n_boot: int = N_BOOT, seed: i
     labels : binary array [M]; scores : float array [M]; group : int array [M] with values ``0..G-1``.
     n_boot : resamples (``numpy.random.default_rng(seed)``); each draws G groups with replacement and
         computes the AUROC of the pooled items, a group drawn ``w`` times weighing ``w``.
+    seed : int
+        Seed of the resampling (default 0).
+    level : float
+        Confidence level 0-1 (default 0.95).
 
-    Returns ``(low, high)``, the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (percentile
-    bootstrap, Efron & Tibshirani 1993; the weighted AUROC is the Mann-Whitney statistic, ties 1/2).
-    Raises ValueError if the arrays differ in length or are empty.
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``, the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (percentile bootstrap,
+        Efron & Tibshirani 1993; the weighted AUROC is the Mann-Whitney statistic, ties 1/2).
+
+    Raises
+    ------
+    ValueError
+        If the arrays differ in length or are empty.
     """
     labels, scores, group = np.asarray(labels), np.asarray(scores, dtype=np.float64), np.asarray(group, np.int64)
     if not labels.size or labels.shape != scores.shape or labels.shape != group.shape:
@@ -1034,18 +1089,26 @@ def hidden_edge_recovery(gene_emb: np.ndarray, edges, vocab: list[str], seed: in
     seed : seeds the negatives, the link classifier (:func:`link_prediction`), the random features and
         the bootstrap.
     n_negatives : non-edges ``(s, g)`` per hidden edge ``(s, t)`` (:func:`source_matched_negatives`).
+    n_boot : int
+        Bootstrap resamples of the AUROC CI (default ``N_BOOT`` = 1000).
+    epochs : int, optional
+        Training steps of the link classifier (default ``LINK_EPOCHS``).
 
     Returns
     -------
-    ``(summary, curves, table)``: the JSON summary (``pooled``: ``auroc``, ``ap`` (= ``average_precision``),
-    ``auroc_ci_low``/``auroc_ci_high`` (:func:`grouped_bootstrap_auroc`), ``auroc_random_features``,
-    ``ap_random_features``, ``n_hidden`` scored, ``n_negatives``; ``counts`` of edges and genes kept and
-    dropped); the arrays of ``edge_curves.npz`` (per scored pair ``scores``, ``labels``, ``group``,
-    ``gene_u``, ``gene_v``, ``cell_type`` = "all"; pooled ``roc_fpr, roc_tpr, pr_precision, pr_recall``);
-    and the ``edge_scores.tsv`` table (``source, target, label, score, group``). Without a hidden edge to
-    score (or with fewer than 2 visible edges) the metrics are None (:func:`_no_edge_recovery`).
+    tuple
+        ``(summary, curves, table)``: the JSON summary (``pooled``: ``auroc``, ``ap`` (=
+        ``average_precision``), ``auroc_ci_low``/``auroc_ci_high`` (:func:`grouped_bootstrap_auroc`),
+        ``auroc_random_features``, ``ap_random_features``, ``n_hidden`` scored, ``n_negatives``; ``counts``
+        of edges and genes kept and dropped); the arrays of ``edge_curves.npz`` (per scored pair ``scores``,
+        ``labels``, ``group``, ``gene_u``, ``gene_v``, ``cell_type`` = "all"; pooled ``roc_fpr, roc_tpr,
+        pr_precision, pr_recall``); and the ``edge_scores.tsv`` table (``source, target, label, score,
+        group``). Without a hidden edge to score (or with fewer than 2 visible edges) the metrics are None.
 
-    Raises ValueError if ``gene_emb`` has not one row per vocabulary entry.
+    Raises
+    ------
+    ValueError
+        If ``gene_emb`` has not one row per vocabulary entry.
     """
     x_all = np.asarray(gene_emb, dtype=np.float64)
     if x_all.ndim != 2 or x_all.shape[0] != len(vocab):
@@ -1250,6 +1313,10 @@ def per_cell_baseline(bins: np.ndarray, masked: np.ndarray, n_bins: int,
     ----------
     bins : int array [n] bins (``0..n_bins``) of the cell's real gene tokens, in token order.
     masked : bool array [n], True at masked tokens.
+    n_bins : int
+        Highest expression bin; bins are ``0..n_bins``.
+    pseudocount : float
+        Added to every bin's visible count (default ``PSEUDOCOUNT`` = 0.5).
 
     Returns
     -------
@@ -1559,15 +1626,22 @@ def encode_dataset(model, dataset, n_vocab: int, batch_size: int = 64, token_fra
 def write_embeddings(path, parts: dict[str, dict[str, np.ndarray]], attention: str) -> None:
     """Write the cell embeddings as an AnnData (``.h5ad``) for scanpy, atomically.
 
+    The AnnData has ``X`` of shape [n_cells, 0], ``obs`` indexed by ``obs_names`` with columns
+    ``cell_type`` and ``split`` (categoricals).
+
     Parameters
     ----------
+    path : str or Path
+        The ``.h5ad`` file to write (via a temporary file renamed onto it).
     parts : ``{split: {"obs_names" [C], "cell_type" [C], "mean_pool" [C, d], "cls" [C, d]}}`` in the
         order the cells are to appear.
     attention : model kind; the embeddings go to ``obsm["X_<attention>"]`` (mean-pool) and
         ``obsm["X_<attention>_cls"]``.
 
-    The AnnData has ``X`` of shape [n_cells, 0], ``obs`` indexed by ``obs_names`` with columns
-    ``cell_type`` and ``split`` (categoricals). Raises ValueError if an obs name repeats.
+    Raises
+    ------
+    ValueError
+        If an obs name repeats (a cell in more than one shard).
     """
     import anndata as ad
     import pandas as pd

@@ -156,13 +156,22 @@ def top_shift_labels(adata, control: str, n_top: int, seed: int, n_comps: int = 
 
     Parameters
     ----------
-    adata : AnnData [cells, genes], log-normalised ``X``, ``obs["label"]`` the perturbation (``control`` for
-        control cells).
+    adata : AnnData [cells, genes]
+        Log-normalised ``X``, ``obs["label"]`` the perturbation (``control`` for control cells).
+    control : str
+        Label of the control cells.
+    n_top : int
+        Number of labels kept (those with the largest shift).
+    seed : int
+        ``random_state`` of the PCA.
+    n_comps : int, default 20
+        PCA components.
 
     Returns
     -------
-    (AnnData subset [kept cells, genes] without control cells, DataFrame of every label's shift with its
-    ``top`` flag).
+    tuple
+        (AnnData subset [kept cells, genes] without control cells, DataFrame of every label's shift with its
+        ``top`` flag).
 
     Raises
     ------
@@ -346,14 +355,23 @@ def bootstrap_macro_f1(y: np.ndarray, preds: dict[str, np.ndarray], n_boot: int 
 
     Parameters
     ----------
-    y : str [C] true labels of the scored cells; ``preds`` : ``{method: str [C]}`` predictions.
-    n_boot : resamples of the C cells with replacement (seeded; one set shared by every method).
+    y : str array [C]
+        True labels of the scored cells.
+    preds : dict of str to str array [C]
+        ``{method: predictions}``.
+    n_boot : int, default N_BOOT (1000)
+        Resamples of the C cells with replacement (one set shared by every method).
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng`` for the resamples.
+    reference : str, default MODEL_METHOD ("model_mean_pool")
+        Method the paired differences are taken against.
 
     Returns
     -------
-    DataFrame, one row per method: ``method, macro_f1, ci_low, ci_high, diff_vs_model, diff_ci_low,
-    diff_ci_high, n_cells, n_labels`` (the diff columns are NaN when ``reference`` is not in ``preds``).
-    Labels are those of ``y``; a prediction outside them counts as a false positive of no label.
+    pandas.DataFrame
+        One row per method: ``method, macro_f1, ci_low, ci_high, diff_vs_model, diff_ci_low, diff_ci_high,
+        n_cells, n_labels`` (the diff columns are NaN when ``reference`` is not in ``preds``). Labels are
+        those of ``y``; a prediction outside them counts as a false positive of no label.
     """
     y = np.asarray(y).astype(str)
     labels = np.unique(y)
@@ -398,13 +416,22 @@ def out_of_fold_predictions(features: dict[str, Any], y: np.ndarray, splits, see
 
     Parameters
     ----------
-    features : ``{method: float [C, d]}``, or ``("pca", matrix [C, G])`` for PCA fitted on the fold's fit
-        cells only (:func:`cellgraph.tl.evaluate.pca_features`, ``n_pcs`` components).
-    y : str [C]; splits : :func:`probe_splits`.
+    features : dict
+        ``{method: float [C, d]}``, or ``("pca", matrix [C, G])`` for PCA fitted on the fold's fit cells
+        only (:func:`cellgraph.tl.evaluate.pca_features`, ``n_pcs`` components).
+    y : str array [C]
+        Labels of the cells.
+    splits : list of (fit, score) position arrays
+        From :func:`probe_splits`.
+    seed : int
+        Fold ``i`` seeds its probe and its PCA with ``seed + i``.
+    n_pcs : int, default 50
+        PCA components of the ``"pca"`` features.
 
     Returns
     -------
-    (scored cell positions [S] in split order, ``{method: str [S]}``, fold index [S]).
+    tuple
+        (scored cell positions [S] in split order, ``{method: str [S]}``, fold index [S]).
     """
     from .evaluate import make_annotation_probe, pca_features
 
@@ -428,19 +455,30 @@ def transfer_annotation(model, ds, cells, vocab: Sequence[str], protocol: str, n
 
     Parameters
     ----------
-    model : a pretrained encoder (:func:`cellgraph.models.gremln.load`).
-    ds : :class:`cellgraph.io.shards.TokenDataset` of the data set (:func:`tokenize_transfer`; ``cell_type`` is
-        the label, ``split`` the role ``reference``/``query``).
-    cells : AnnData of the same cells (``obs_names`` match ``ds.obs_names``), log-normalised ``X``.
-    vocab : the model's vocabulary; protocol, n_splits, seed : :func:`probe_splits`.
+    model : GREmLN
+        A pretrained encoder (:func:`cellgraph.models.gremln.load`).
+    ds : cellgraph.io.shards.TokenDataset
+        The data set (:func:`tokenize_transfer`; ``cell_type`` is the label, ``split`` the role
+        ``reference``/``query``).
+    cells : AnnData
+        The same cells (``obs_names`` match ``ds.obs_names``), log-normalised ``X``.
+    vocab : sequence of str
+        The model's vocabulary.
+    protocol, n_splits, seed : str, int, int
+        See :func:`probe_splits`; ``seed`` also seeds the untrained model, the probes and the bootstrap.
+    n_boot : int, default N_BOOT (1000)
+        Bootstrap resamples of :func:`bootstrap_macro_f1`.
+    n_pcs : int, default 50
+        Components of the PCA baselines (:func:`out_of_fold_predictions`).
 
     Returns
     -------
-    dict: ``table`` (:func:`bootstrap_macro_f1`, one row per method), ``predictions`` (DataFrame: obs_name,
-    label, fold, one column per method), ``embeddings`` (``mean_pool``, ``cls`` [C, d]), ``details``.
-    Methods: the model's mean-pool and CLS embeddings, the same for ``GREmLN(model.config)`` untrained
-    (:func:`cellgraph.tl.evaluate.random_init_embeddings`), PCA of all genes and of the measured vocabulary genes
-    (fitted on each fold's probe cells only) and the bag of token genes.
+    dict
+        ``table`` (:func:`bootstrap_macro_f1`, one row per method), ``predictions`` (DataFrame: obs_name,
+        label, fold, one column per method), ``embeddings`` (``mean_pool``, ``cls`` [C, d]), ``details``.
+        Methods: the model's mean-pool and CLS embeddings, the same for ``GREmLN(model.config)`` untrained
+        (:func:`cellgraph.tl.evaluate.random_init_embeddings`), PCA of all genes and of the measured
+        vocabulary genes (fitted on each fold's probe cells only) and the bag of token genes.
 
     Raises
     ------
