@@ -36,6 +36,35 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+def dataclass_from_args(cls, args: argparse.Namespace, **given):
+    """An instance of the parameter dataclass ``cls`` whose fields take the command-line option of the same name.
+
+    Parameters
+    ----------
+    cls : dataclass type
+        The library's parameter dataclass (e.g. :class:`cellgraph.tl.diffusion.TrainSettings`).
+    args : argparse.Namespace
+        The parsed options of the stage's ``configure_parser``.
+    **given
+        Field values that do not come from the option of the same name (a parsed flag, a renamed option, a
+        list turned into a tuple); they replace the option's value.
+
+    Returns
+    -------
+    cls
+        ``cls(**{field: given.get(field, getattr(args, field))})`` over the fields of ``cls``.
+
+    Raises
+    ------
+    AttributeError
+        If a field has neither an option of its name nor a value in ``given`` (a programming error).
+    """
+    import dataclasses
+
+    return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name)
+                  for f in dataclasses.fields(cls)})
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``cellgraph`` argument parser, with one subcommand per stage of :data:`STAGES`.
 

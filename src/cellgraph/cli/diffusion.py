@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..tl import diffusion as dfn
+from . import dataclass_from_args
 from ..tl.diffusion import DATASETS, LIKELIHOODS, SAMPLERS, SET_FEATURES, TASKS
 
 
@@ -172,12 +173,7 @@ def model_options(args: argparse.Namespace) -> dfn.ModelOptions:
     cellgraph.tl.diffusion.ModelOptions
         The model options, values as given.
     """
-    return dfn.ModelOptions(
-        preset=args.preset, n_tokens=args.n_tokens, d_model=args.d_model, n_layers=args.n_layers,
-        n_heads=args.n_heads, ae_hidden=args.ae_hidden, conditioning=args.conditioning,
-        training_mode=args.training_mode, prediction=args.prediction, schedule=args.schedule,
-        cond_dropout=args.cond_dropout, likelihood=args.likelihood, latent_dim=args.latent_dim,
-        kl_weight=args.kl_weight, feature_dropout=args.feature_dropout)
+    return dataclass_from_args(dfn.ModelOptions, args)
 
 
 def train_params(args: argparse.Namespace) -> dfn.TrainParams:
@@ -193,9 +189,7 @@ def train_params(args: argparse.Namespace) -> dfn.TrainParams:
     cellgraph.tl.diffusion.TrainParams
         The fold, validation, subset, seed and set-feature options, values as given.
     """
-    return dfn.TrainParams(n_folds=args.n_folds, folds_run=args.folds_run, val_fraction=args.val_fraction,
-                           max_train_cells=args.max_train_cells, seed=args.seed, set_features=args.set_features,
-                           rwr_dim=args.rwr_dim, gremln_init=args.gremln_init)
+    return dataclass_from_args(dfn.TrainParams, args)
 
 
 def train_settings(args: argparse.Namespace) -> dfn.TrainSettings:
@@ -211,8 +205,7 @@ def train_settings(args: argparse.Namespace) -> dfn.TrainSettings:
     cellgraph.tl.diffusion.TrainSettings
         Optimiser steps, batch size, learning rate, weight decay, EMA decay and seed, values as given.
     """
-    return dfn.TrainSettings(ae_steps=args.ae_steps, max_steps=args.max_steps, batch_size=args.batch_size,
-                             lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay, seed=args.seed)
+    return dataclass_from_args(dfn.TrainSettings, args)
 
 
 def sample_params(args: argparse.Namespace) -> dfn.SampleParams:
@@ -228,8 +221,7 @@ def sample_params(args: argparse.Namespace) -> dfn.SampleParams:
     cellgraph.tl.diffusion.SampleParams
         Sampler, DDIM steps and eta, guidance scale, cells generated and seed, values as given.
     """
-    return dfn.SampleParams(sampler=args.sampler, ddim_steps=args.ddim_steps, eta=args.eta,
-                            guidance_scale=args.guidance_scale, n_generate=args.n_generate, seed=args.seed)
+    return dataclass_from_args(dfn.SampleParams, args)
 
 
 def evaluate_params(args: argparse.Namespace) -> dfn.EvaluateParams:
@@ -245,11 +237,7 @@ def evaluate_params(args: argparse.Namespace) -> dfn.EvaluateParams:
     cellgraph.tl.diffusion.EvaluateParams
         The sampling, quality-curve, timing, PCA, scVI-baseline, thread and seed options, values as given.
     """
-    return dfn.EvaluateParams(ddim_steps=args.ddim_steps, eta=args.eta, guidance_scale=args.guidance_scale,
-                              guidance_scales=tuple(args.guidance_scales), curve_cells=args.curve_cells,
-                              curve_seen=args.curve_seen, timing_cells=args.timing_cells, n_pcs=args.n_pcs,
-                              scvi_epochs=args.scvi_epochs, scvi_latent=args.scvi_latent, threads=args.threads,
-                              seed=args.seed)
+    return dataclass_from_args(dfn.EvaluateParams, args, guidance_scales=tuple(args.guidance_scales))
 
 
 def run(args: argparse.Namespace) -> None:

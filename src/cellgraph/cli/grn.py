@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..grn import aracne as engine
 from ..grn import celltypes
 from ..io import write_json, write_tsv
+from . import dataclass_from_args
 
 __all__ = ["add_engine_arguments", "check_engine_args", "configure_parser", "run"]
 
@@ -134,9 +135,8 @@ def _parameters(args: argparse.Namespace) -> celltypes.GrnParameters:
     """The stage settings from the parsed options; the null-model cache defaults to
     ``<out-dir>/../.cache/aracne_null``."""
     cache_dir = Path(args.cache_dir) if args.cache_dir else Path(args.out_dir).parent / ".cache" / "aracne_null"
-    return celltypes.GrnParameters(**{k: getattr(args, k) for k in celltypes.DEFAULTS}, seed=args.seed,
-                                   cache_dir=cache_dir,
-                                   checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None)
+    return dataclass_from_args(celltypes.GrnParameters, args, cache_dir=cache_dir,
+                               checkpoint_dir=Path(args.checkpoint_dir) if args.checkpoint_dir else None)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -27,6 +27,7 @@ import torch
 from ..errors import InputError
 from ..models import cell_graph_transformer as cgt
 from ..tl import perturb as pt
+from . import dataclass_from_args
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -119,14 +120,7 @@ def forward_params(args: argparse.Namespace, graph_reg: dict):
     """
     from ..tl.perturb_forward import ForwardParams
 
-    return ForwardParams(
-        control=args.control, min_grna_frac=args.min_grna_frac, preset=args.preset, head=args.head,
-        graph_reg=graph_reg, n_folds=args.n_folds, max_epochs=args.max_epochs, seeds=tuple(args.seeds),
-        eval_every=args.eval_every, inner_fraction=args.inner_fraction, reliable_threshold=args.reliable_threshold,
-        attend=args.attend, rwr_dim=args.rwr_dim, n_pca=args.n_pca, weight_decay=args.weight_decay,
-        dropout=args.dropout, label_scale=args.label_scale, ridge=args.ridge,
-        diagnostics_every=args.diagnostics_every, batch_size=args.batch_size, lr=args.lr,
-        score_weight=args.score_weight)
+    return dataclass_from_args(ForwardParams, args, graph_reg=graph_reg, seeds=tuple(args.seeds))
 
 
 def yeast_params(args: argparse.Namespace, graph_reg: dict):
@@ -147,10 +141,8 @@ def yeast_params(args: argparse.Namespace, graph_reg: dict):
     """
     from ..tl.perturb_yeast import YeastParams
 
-    return YeastParams(preset=args.preset, head=args.head, graph_reg=graph_reg, n_folds=args.n_folds,
-                       max_epochs=args.yeast_max_epochs, batch_size=args.batch_size, lr=args.lr,
-                       hops=args.yeast_hops, ridge=args.ridge, diagnostics_every=args.diagnostics_every,
-                       seed=args.seed)
+    return dataclass_from_args(YeastParams, args, graph_reg=graph_reg, max_epochs=args.yeast_max_epochs,
+                               hops=args.yeast_hops)
 
 
 def reverse_params(args: argparse.Namespace) -> pt.ReverseParams:
@@ -167,10 +159,7 @@ def reverse_params(args: argparse.Namespace) -> pt.ReverseParams:
         The ``--task reverse`` settings (cell filter, top perturbations, splits, ARACNe cell type,
         fine-tuning epochs and learning rate, seed), values as given.
     """
-    return pt.ReverseParams(control=args.control, min_grna_frac=args.min_grna_frac,
-                            n_top_perturbations=args.n_top_perturbations, n_splits=args.n_splits,
-                            grn_cell_type=args.grn_cell_type, finetune_epochs=args.finetune_epochs,
-                            finetune_lr=args.finetune_lr, seed=args.seed)
+    return dataclass_from_args(pt.ReverseParams, args)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..io import require_file, write_json
 from ..io.shards import CLS_TOKEN, PAD_TOKEN
 from ..pp import tokenize as tk
+from . import dataclass_from_args
 
 log = logging.getLogger(tk.__name__)  # the stage's logger: log lines keep their name
 
@@ -91,13 +92,7 @@ def params_from_args(args: argparse.Namespace) -> tk.TokenizeParams:
     InputError
         An option out of range (the message names the option).
     """
-    return tk.TokenizeParams(
-        seed=args.seed, n_bins=args.n_bins, max_seq_len=args.max_seq_len, n_top_genes=args.n_top_genes,
-        tie_break=args.tie_break, neighbours=args.neighbours, graph=args.graph, prior_graphs=tuple(args.prior_graphs),
-        edge_holdout_fraction=args.edge_holdout_fraction, n_bootstraps=args.n_bootstraps,
-        integration_alpha=args.integration_alpha, knn_k=args.knn_k, min_counts=args.min_counts,
-        max_counts=args.max_counts, min_genes=args.min_genes, target_sum=args.target_sum, chunk_cells=args.chunk_cells,
-    )
+    return dataclass_from_args(tk.TokenizeParams, args, prior_graphs=tuple(args.prior_graphs))
 
 
 def run(args: argparse.Namespace) -> None:
