@@ -1,6 +1,6 @@
 """Benchmark: streaming tokenization of the pretraining corpus against the whole-corpus path.
 
-    python bench/tokenize.py [--scales 1 4 16] [--chunk-cells 2000] [--skip-baseline-above 16]
+    python bench/tokenize_memory.py [--scales 1 4 16] [--chunk-cells 2000] [--skip-baseline-above 16]
 
 The vendored real corpus (resources/demo/expression/zheng2017_frozen_donorA_counts.h5ad, 2,896 cells of
 raw UMI counts) is replicated 1x, 4x, 16x into corpus h5ad files in a temporary folder (obs names get a
