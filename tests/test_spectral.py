@@ -160,10 +160,14 @@ def test_dense_torch_equals_sparse(huri, dorothea):
         np.testing.assert_allclose(dense[b, m:], x[b, m:], atol=1e-10)  # padding behaves as isolated nodes
     kernel = spc.heat_kernel_dense(torch.from_numpy(batch), c.tolist()).numpy()
     np.testing.assert_allclose(kernel[1, :n2, :n2], expm(-0.3 * laps[1]), atol=1e-7)
-    # differentiable in x
+    # differentiable in x, with the gradient of the dense product (a bmm per Chebyshev term)
+    lap_t, w = torch.from_numpy(batch), torch.from_numpy(rng.normal(size=x.shape))
     xt = torch.from_numpy(x).requires_grad_(True)
-    spc.chebyshev_apply_dense(torch.from_numpy(batch), xt, c).sum().backward()
-    assert xt.grad is not None and torch.isfinite(xt.grad).all()
+    (spc.chebyshev_apply_dense(lap_t, xt, c) * w).sum().backward()
+    xd = torch.from_numpy(x).requires_grad_(True)
+    (spc.chebyshev_recurrence(lambda y: torch.bmm(lap_t, y), xd, torch.from_numpy(c)) * w).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), xd.grad.numpy(), atol=1e-10)
+    assert np.abs(xt.grad.numpy() - w.numpy()).max() > 1e-3  # the gradient is diffused, not the identity
 
 
 @pytest.mark.parametrize("kwargs", [
