@@ -250,10 +250,10 @@ def chebyshev_apply_dense(laplacian, x, coefficients):
     sign[1::2] = -1.0
     isolated = flat * (c * sign).sum()
 
-    def matmul(y):
+    def _matmul(y):
         return torch.zeros_like(y).index_add(0, rows, weight * y[cols])
 
-    connected = chebyshev_recurrence(matmul, flat[active], c)
+    connected = chebyshev_recurrence(_matmul, flat[active], c)
     return isolated.index_copy(0, active, connected).view(b, n, f)
 
 
