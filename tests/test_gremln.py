@@ -72,11 +72,13 @@ def huri_shard(lengths=(12, 9, 7, 12), n_bins=10, seed=0, n_rows=3000) -> tuple[
     return arrays, vocab
 
 
-def make_model(attention="gremln", beta=1.0, n_layers=1, vocab_size=60, n_bins=10, seed=0, d=16, heads=2):
+def make_model(attention="gremln", beta=1.0, n_layers=1, vocab_size=60, n_bins=10, seed=0, d=16, heads=2,
+               diffuse="queries"):
     torch.manual_seed(seed)
     coeffs = heat_kernel_coefficients(beta, 1e-12).tolist()
     cfg = GREmLNConfig(d_model=d, n_layers=n_layers, n_heads=heads, attention=attention, vocab_size=vocab_size,
-                       n_bins=n_bins, beta=beta, coefficients=coeffs, chebyshev_order=len(coeffs) - 1)
+                       n_bins=n_bins, beta=beta, coefficients=coeffs, chebyshev_order=len(coeffs) - 1,
+                       diffuse=diffuse)
     model = GREmLN(cfg).double().eval()
     with torch.no_grad():  # GPT-2 init gives near-uniform attention; sharpen it so queries matter
         for block in model.blocks:
@@ -93,21 +95,29 @@ def shard():
     return arrays, vocab, batch
 
 
-def direct_attention(attn, x, batch, beta: float | None):
-    """softmax(Q' K^T / sqrt(dh)) V with Q' = expm(-beta L) Q on gene tokens, padded keys masked."""
+def direct_attention(attn, x, batch, beta: float | None, diffuse: str = "queries", gate=None):
+    """softmax(Q' K^T / sqrt(dh)) V with Q' = expm(-beta L) Q on gene tokens, padded keys masked; with
+    ``diffuse="queries+values"`` also V' = expm(-beta L) V; with ``diffuse="gated"`` plus
+    gate_h (expm(-beta L) - I) V_h per head."""
     b, t, d = x.shape
     h = attn.n_heads
     dh = d // h
     q, k, v = (x @ attn.c_attn.weight.T + attn.c_attn.bias).split(d, dim=2)
-    q = q.clone()
+    q, v_heat = q.clone(), v.clone()
     if beta is not None:
         for i in range(b):
             heat = torch.from_numpy(expm(-beta * batch["laplacian"][i].numpy()))
             q[i, 1:] = heat @ q[i, 1:]
+            v_heat[i, 1:] = heat @ v[i, 1:]
+    if diffuse == "queries+values":
+        v = v_heat
+    extra = (v_heat - v).view(b, t, h, dh).transpose(1, 2)
     q, k, v = (z.view(b, t, h, dh).transpose(1, 2) for z in (q, k, v))
     scores = q @ k.transpose(-1, -2) / dh**0.5
     scores = scores.masked_fill(~batch["attention_mask"][:, None, None, :], float("-inf"))
     y = torch.softmax(scores, dim=-1) @ v
+    if diffuse == "gated":
+        y = y + gate[None, :, None, None] * extra
     return attn.c_proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -140,6 +150,28 @@ def test_heat_kernel_attention_equals_direct_expm(shard):
     torch.testing.assert_close(got[real], want[real], rtol=1e-9, atol=1e-10)
     # the diffusion matters on these graphs: gene tokens differ from plain attention
     assert (got[:, 1:][real[:, 1:]] - plain[:, 1:][real[:, 1:]]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("diffuse", ["queries+values", "gated"])
+def test_value_diffusion_equals_direct_expm(shard, diffuse):
+    """The two value-diffusing variants against expm: V' = exp(-beta L) V, or a per-head gate on
+    (exp(-beta L) - I) V added to the attention output. A gated model starts as the paper's (gate 0)."""
+    _, vocab, batch = shard
+    model = make_model("gremln", beta=1.0, vocab_size=len(vocab), diffuse=diffuse)
+    attn = model.blocks[0].attn
+    x = layer_input(model, batch)
+    real = batch["attention_mask"]
+    run = lambda: attn(x, real, batch["laplacian"], model.coefficients.double())  # noqa: E731
+    paper = direct_attention(attn, x, batch, beta=1.0)
+    if diffuse == "gated":
+        torch.testing.assert_close(run()[real], paper[real], rtol=1e-9, atol=1e-10)
+        with torch.no_grad():
+            attn.gate.copy_(torch.tensor([0.7, -1.3], dtype=torch.float64))
+    want = direct_attention(attn, x, batch, beta=1.0, diffuse=diffuse, gate=getattr(attn, "gate", None))
+    torch.testing.assert_close(run()[real], want[real], rtol=1e-9, atol=1e-10)
+    assert (want[:, 1:][real[:, 1:]] - paper[:, 1:][real[:, 1:]]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="diffuse"):
+        GREmLNConfig(diffuse="keys")
 
 
 def test_cls_query_is_not_diffused(shard):
@@ -219,3 +251,19 @@ def test_load_round_trips_outputs_exactly(shard, tmp_path):
     assert not loaded.training and loaded.vocab == vocab
     torch.testing.assert_close(loaded(fbatch), model(fbatch), rtol=0, atol=0)
     torch.testing.assert_close(loaded.encode(fbatch), model.encode(fbatch), rtol=0, atol=0)
+
+
+def test_checkpoint_without_diffuse_loads_as_query_diffusion(shard, tmp_path):
+    """model.pt files written before the ``diffuse`` option hold no such key: they load as eq. 4 (queries);
+    a gated checkpoint keeps its gates."""
+    _, vocab, batch = shard
+    for diffuse in ("queries", "gated"):
+        model = make_model("gremln", vocab_size=len(vocab), diffuse=diffuse).float()
+        config = model.config.to_dict()
+        if diffuse == "queries":
+            del config["diffuse"]
+        path = tmp_path / f"{diffuse}.pt"
+        torch.save({"config": config, "state_dict": model.state_dict(), "vocab": vocab}, path)
+        loaded = load(path)
+        assert loaded.config.diffuse == diffuse
+        assert hasattr(loaded.blocks[0].attn, "gate") == (diffuse == "gated")

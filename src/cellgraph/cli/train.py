@@ -21,7 +21,7 @@ import torch
 from ..errors import InputError
 from ..io import require_file, write_json
 from ..io import shards as data
-from ..models.gremln import PRESETS
+from ..models.gremln import DIFFUSE, PRESETS
 from ..training import pretrain
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="cells per batch (default: the preset's; demo 32 = config train.batch_size)")
     p.add_argument("--mask-rate", type=float, default=0.3, help="fraction of gene tokens masked (default 0.3)")
+    p.add_argument("--diffuse", default="queries", choices=list(DIFFUSE),
+                   help="what the heat kernel diffuses (GREmLN only): queries (paper eq. 4), queries+values, or "
+                        "gated (queries, plus a learned per-head gate on (exp(-beta L) - I) V) (default queries)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
                    help="cells of masked pretraining: the labelled train cells joined by the corpus shard "
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> None:
     _check_options(args)
     config = pretrain.training_config(args.preset, attention=args.model, vocab_size=len(vocab), n_bins=n_bins,
                                       beta=beta, coefficients=coeffs, max_epochs=args.max_epochs,
-                                      batch_size=args.batch_size, mask_rate=args.mask_rate, seed=args.seed)
+                                      batch_size=args.batch_size, mask_rate=args.mask_rate, seed=args.seed,
+                                      diffuse=args.diffuse)
     world = args.devices * args.num_nodes
     if config.batch_size % world:
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --devices x --num-nodes = {world}")

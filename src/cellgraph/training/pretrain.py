@@ -750,7 +750,7 @@ def shard_n_bins(path: Path) -> int:
 
 def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: int, beta: float,
                     coefficients: Sequence[float], max_epochs: int | None = None, batch_size: int | None = None,
-                    mask_rate: float = 0.3, seed: int = 0) -> GREmLNConfig:
+                    mask_rate: float = 0.3, seed: int = 0, diffuse: str | None = None) -> GREmLNConfig:
     """The configuration of one training run: preset ``preset_name`` with the data's sizes and the heat kernel.
 
     The Chebyshev expansion of the heat kernel ``exp(-beta L)`` (GREmLN, Zhang et al. 2025, section 2.2,
@@ -767,6 +767,8 @@ def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: i
     max_epochs, batch_size : the preset's when None; ``batch_size`` is the global batch (cells).
     mask_rate : fraction of a cell's gene tokens masked (default 0.3).
     seed : seed of weights, shuffling and masks (default 0).
+    diffuse : what the kernel diffuses (``queries``, ``queries+values``, ``gated``; the preset's when None;
+        :mod:`cellgraph.models.gremln`).
 
     Returns
     -------
@@ -775,7 +777,7 @@ def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: i
     order = min(PRESETS[preset_name].chebyshev_max_order, len(coefficients) - 1)
     return preset(preset_name, attention=attention, vocab_size=vocab_size, n_bins=n_bins, beta=beta,
                   chebyshev_order=order, coefficients=list(coefficients)[: order + 1], max_epochs=max_epochs,
-                  batch_size=batch_size, mask_rate=mask_rate, seed=seed)
+                  batch_size=batch_size, mask_rate=mask_rate, seed=seed, diffuse=diffuse)
 
 
 def pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
