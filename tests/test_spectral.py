@@ -167,6 +167,9 @@ def test_dense_torch_equals_sparse(huri, dorothea):
     xd = torch.from_numpy(x).requires_grad_(True)
     (spc.chebyshev_recurrence(lambda y: torch.bmm(lap_t, y), xd, torch.from_numpy(c)) * w).sum().backward()
     np.testing.assert_allclose(xt.grad.numpy(), xd.grad.numpy(), atol=1e-10)
+    # a batch without any edge (the graph-removal check of evaluate): every node is isolated, exp(0) x = x
+    zero = spc.chebyshev_apply_dense(torch.zeros_like(lap_t), torch.from_numpy(x), c).numpy()
+    np.testing.assert_allclose(zero, x, atol=1e-8)
     assert np.abs(xt.grad.numpy() - w.numpy()).max() > 1e-3  # the gradient is diffused, not the identity
 
 

@@ -244,7 +244,7 @@ def chebyshev_apply_dense(laplacian, x, coefficients):
     bi, ii, jj = laplacian.nonzero(as_tuple=True)
     weight = laplacian[bi, ii, jj].to(x.dtype)[:, None]
     active, local = torch.unique(torch.cat([bi * n + ii, bi * n + jj]), return_inverse=True)
-    rows, cols = local.split(bi.numel())
+    rows, cols = local[: bi.numel()], local[bi.numel():]
     flat = x.reshape(b * n, f)
     sign = torch.ones_like(c)
     sign[1::2] = -1.0
