@@ -229,7 +229,7 @@ def chebyshev_apply_dense(laplacian, x, coefficients):
     Parameters
     ----------
     laplacian : torch.Tensor [B, n, n]
-        Dense normalised Laplacians (padding rows/columns zero; symmetric sparsity pattern).
+        Dense normalised Laplacians (padding rows/columns zero).
     x : torch.Tensor [B, n, F]
     coefficients : torch.Tensor [K + 1] or sequence of floats.
 

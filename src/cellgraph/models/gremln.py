@@ -198,6 +198,8 @@ class Attention(nn.Module):
 def diffuse_queries(q: torch.Tensor, laplacian: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     r"""``[q_CLS, exp(-beta L) q_genes]``: q [B, 1+n, F], laplacian [B, n, n] (fp32 even under autocast).
 
+    Used for the queries and, with ``diffuse`` other than ``"queries"``, for ``[q || v]`` in one call.
+
     Parameters
     ----------
     q : torch.Tensor
