@@ -9,9 +9,8 @@ dense ``torch.bmm`` per term (what the function did before). Both are timed in t
   apply   forward + backward of exp(-beta L) x, x [32, 256, 64] (the demo's queries)
   step    one masked training step of the demo GREmLN (d 64, 2 blocks, 4 heads, batch 32) per ``--diffuse``
 
-The batch is the first 32 cells of ``--shard`` (a tokenize output; real cell subgraphs) when it exists, else
-32 random graphs of the same size with 1% edge density. beta and the coefficients are those of
-``--coefficients`` when it exists, else beta 11 (the demo's auto beta). Printed: median seconds over
+The batch is the first 32 cells of ``--shard`` (a tokenize output: real cell subgraphs) and the kernel that of
+``--coefficients`` (the spectral stage's; run the main job first). Printed: median seconds over
 ``--repeats`` and the ratio dense / scatter; the maximum absolute difference of the two results.
 """
 
@@ -23,11 +22,10 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cellgraph.graphs import spectral
-from cellgraph.graphs.spectral import chebyshev_recurrence, heat_kernel_coefficients
+from cellgraph.graphs.spectral import chebyshev_recurrence
 from cellgraph.io.shards import TokenDataset, collate
 from cellgraph.models import gremln
 from cellgraph.models.gremln import GREmLN, GREmLNConfig
@@ -40,21 +38,6 @@ def dense_bmm_apply(laplacian, x, coefficients):
     c = torch.as_tensor(coefficients, dtype=x.dtype, device=x.device)
     lap = laplacian.to(x.dtype)
     return chebyshev_recurrence(lambda y: torch.bmm(lap, y), x, c)
-
-
-def random_batch(rng, b=32, n=256, vocab=3002, n_bins=50):
-    am = np.ones((b, 1 + n), dtype=bool)
-    lap = np.zeros((b, n, n), dtype=np.float32)
-    for i in range(b):
-        a = np.triu((rng.random((n, n)) < 0.01).astype(np.float32), 1)
-        a = a + a.T
-        d = a.sum(1)
-        inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0)
-        lap[i] = np.diag((d > 0).astype(np.float32)) - inv[:, None] * a * inv[None, :]
-    genes = rng.integers(2, vocab, size=(b, 1 + n))
-    genes[:, 0] = 1
-    return {"gene_ids": torch.from_numpy(genes), "bins": torch.from_numpy(rng.integers(1, n_bins + 1, (b, 1 + n))),
-            "attention_mask": torch.from_numpy(am), "laplacian": torch.from_numpy(lap)}, vocab, n_bins
 
 
 def timed(fn, repeats):
@@ -75,20 +58,16 @@ def main() -> None:
     args = ap.parse_args()
     limit_thread_pools(args.threads)
     torch.manual_seed(0)
-    if Path(args.shard).exists():
-        ds = TokenDataset(args.shard)
-        batch = collate([ds[i] for i in range(32)])
-        vocab, n_bins, source = int(ds.gene_ids.max()) + 1, int(ds.n_bins), args.shard
-    else:
-        batch, vocab, n_bins = random_batch(np.random.default_rng(0))
-        source = "random graphs, 1% density"
-    if Path(args.coefficients).exists():
-        coef = json.loads(Path(args.coefficients).read_text())["coefficients"]
-    else:
-        coef = heat_kernel_coefficients(11.0).tolist()
+    for path in (args.shard, args.coefficients):
+        if not Path(path).exists():
+            raise SystemExit(f"{path}: not found; run the main job (snakemake) first, or pass --shard / --coefficients")
+    ds = TokenDataset(args.shard)
+    batch = collate([ds[i] for i in range(32)])
+    vocab, n_bins = int(ds.gene_ids.max()) + 1, int(ds.n_bins)
+    coef = json.loads(Path(args.coefficients).read_text())["coefficients"]
     lap = batch["laplacian"].float()
     nnz = (lap != 0).sum().item() / lap.shape[0]
-    print(f"batch: {source}; {tuple(lap.shape)}, {nnz:.0f} non-zeros per cell; K = {len(coef) - 1}; "
+    print(f"batch: {args.shard}; {tuple(lap.shape)}, {nnz:.0f} non-zeros per cell; K = {len(coef) - 1}; "
           f"{args.threads} threads")
     x = torch.randn(lap.shape[0], lap.shape[1], 64, requires_grad=True)
     c = torch.tensor(coef)
