@@ -186,8 +186,8 @@ def test_control_can_fail_depth_confounding_on_real_cells(stage_run):
     cells of a type, as before, loses the depth structure and would call these edges real.)"""
     out, _ = stage_run
     tab = pd.read_csv(out / "control.tsv", sep="\t").set_index("cell_type")
-    assert tab.loc["total", "real_edges"] >= 10
-    assert tab.loc["total", "fdr"] >= 0.3, tab
+    assert tab.loc["total", "real_edges"] >= 5
+    assert tab.loc["total", "fdr"] >= 0.3, tab.to_string()
 
 
 def test_null_pbmc_types_give_no_edges_at_the_defaults(inputs):
@@ -209,9 +209,10 @@ def test_null_pbmc_types_give_no_edges_at_the_defaults(inputs):
 
 def test_control_flags_overlapping_knn_metacells(inputs):
     """kNN metacells reuse each cell about k times: the report marks the null invalid and the control, rebuilt
-    from permuted cells, finds false edges."""
+    from permuted cells, finds false edges. (ARACNe alone: the count DPI removes most of what kNN metacells
+    make, in the real run and the control alike.)"""
     counts, depth, genes, regs = _type_inputs(inputs, "NK")
-    st = _settings(metacells="knn", control_permutations=2)
+    st = _settings(metacells="knn", control_permutations=2, count_dpi=False)
     df, cut, info = grn.type_network(counts, depth, genes, regs, st)
     assert not info["null_valid"] and info["max_reuse"] >= 10 and "not independent" in info["reason"]
     control = grn.permutation_control(counts, depth, genes, regs, st, cut)
@@ -226,9 +227,10 @@ def test_disjoint_metacells_use_every_cell_once(inputs):
     assert np.array_equal(np.sort(used), np.arange(depth.size))  # a partition of the cells
     sums = np.array([depth[g].sum() for g in groups])
     assert (sums >= 5000).all() and len(groups) == pytest.approx(depth.sum() / 5000, rel=0.35)
-    expr, sdepth, info = grn.sample_matrix(counts, depth, "disjoint", 0, metacell_umis=5000)
-    assert info["null_valid"] and info["max_reuse"] == 1 and expr.shape == (len(genes), info["samples"])
+    scounts, sdepth, info = grn.sample_matrix(counts, depth, "disjoint", 0, metacell_umis=5000)
+    assert info["null_valid"] and info["max_reuse"] == 1 and scounts.shape == (info["samples"], len(genes))
     assert sdepth.sum() == depth.sum() and (sdepth >= 5000).all()
+    assert scounts.sum() == counts.sum()  # summed raw counts: every UMI in exactly one sample
     with pytest.raises(InputError, match="fewer than one metacell"):
         grn.disjoint_metacells(emb, depth, depth.sum() + 1, seed=0)
 
@@ -252,19 +254,26 @@ def test_depth_blocks_and_within_block_permutation():
 
 def test_planted_single_cell_network_precision():
     """Planted regulator graph observed as UMI counts with PBMC library sizes and 60-75% zeros, through the
-    stage's path (log-CPM, depth blocks, defaults): what is found is mostly true (precision over 4 seeds;
-    the exact precision and recall by seed are in bench/aracne.py, case planted-sc)."""
+    stage's path (log-CPM, depth blocks, defaults): what is found is mostly true, and the count DPI removes
+    indirect edges that ARACNe's DPI keeps (pooled over 6 seeds; bench/aracne.py, case planted-sc, gives
+    precision and recall over 40)."""
     import anndata as ad
 
     lib = np.asarray(ad.read_h5ad(COUNTS).X.sum(axis=1)).ravel()
     st = _settings(control_permutations=0)
-    tp = found = 0
-    for seed in range(4):
+    tp, found = np.zeros(2, int), np.zeros(2, int)
+    for seed in range(6):
         counts, _, libs, genes, regs, true = A.planted_counts(seed=seed, library_sizes=lib)
-        df, _, _ = grn.type_network(counts.T, libs, np.asarray(genes), regs, st | dict(seed=seed))
-        pred = {frozenset(p) for p in zip(df["regulator"], df["target"])}
-        tp, found = tp + len(pred & true), found + len(pred)
-    assert found >= 20 and tp / found >= 0.85, (tp, found)
+        found_by = []
+        for k, on in enumerate((False, True)):
+            df, _, info = grn.type_network(counts.T, libs, np.asarray(genes), regs, st | dict(seed=seed, count_dpi=on))
+            pred = {frozenset(p) for p in zip(df["regulator"], df["target"])}
+            tp[k], found[k] = tp[k] + len(pred & true), found[k] + len(pred)
+            found_by.append(pred)
+        assert found_by[1] <= found_by[0] and info["edges_before_count_dpi"] == len(found_by[0])
+    precision = tp / found
+    assert found[1] >= 50 and precision[1] >= 0.95 and precision[1] > precision[0] + 0.05, (tp, found)
+    assert tp[1] >= 0.7 * tp[0]  # most true edges stay
 
 
 def test_recurrence_consolidation_follows_binomial():

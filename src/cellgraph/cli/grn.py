@@ -111,6 +111,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="smaller sub-clusters are skipped and counted (default %(default)s)")
     p.add_argument("--control-permutations", type=int, default=d["control_permutations"],
                    help="runs of the permutation control per type (0 = off) (default %(default)s)")
+    p.add_argument("--count-dpi", action=argparse.BooleanOptionalAction, default=d["count_dpi"],
+                   help="after ARACNe, remove edges a triangle through a regulator explains on the latent (Poisson-"
+                        "deconvolved) correlations of the counts (default %(default)s)")
+    p.add_argument("--count-dpi-margin", type=float, default=d["count_dpi_margin"],
+                   help="margin of --count-dpi in [0, 1): an edge goes when both other sides of a triangle exceed "
+                        "(1 - margin) times its |rho|; 0 = the plain DPI (default %(default)s)")
     p.add_argument("--cache-dir", default=None, help="null-model cache (default <out-dir>/../.cache/aracne_null)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="per-bootstrap networks of the real runs (one subfolder per cell type) so an interrupted run "
@@ -126,6 +132,7 @@ def _check_args(args: argparse.Namespace) -> None:
                     (args.subcluster_resolution > 0, "--subcluster-resolution must be > 0"),
                     (args.subcluster_min_cells >= 8, "--subcluster-min-cells must be >= 8"),
                     (args.control_permutations >= 0, "--control-permutations must be >= 0"),
+                    (0 <= args.count_dpi_margin < 1, "--count-dpi-margin must be in [0, 1)"),
                     (args.threads >= 1, "--threads must be >= 1")):
         if not ok:
             raise InputError(msg)

@@ -23,6 +23,13 @@ function of this module, usable on its own.
    2-16 false edges per type; with it, none.
 4. **ARACNe** (:func:`cellgraph.grn.aracne.aracne`, engine defaults :data:`cellgraph.grn.aracne.DEFAULTS`):
    per-bootstrap Benjamini-Hochberg over null p-values, DPI, recurrence cut.
+5. **Count DPI** (``count_dpi``, :func:`cellgraph.grn.count_dpi.count_dpi`): counting noise weakens a
+   sparse gene's dependences, so when the middle gene of a chain or the parent of two siblings is sparse,
+   ARACNe's DPI on the observed values keeps the indirect edge. Each final edge is measured again on the
+   latent correlation of the samples' counts (Poisson deconvolution of each gene, Gaussian copula per pair)
+   and removed when a triangle through a regulator explains it (``count_dpi_margin``). On planted
+   single-cell networks (``bench/aracne.py``, 40 seeds) it lifts precision from 0.86 to 0.96 and keeps
+   80% of the true edges found.
 
 **Sub-clusters** (``subclusters``; GREmLN appendix A.1): the type's cells are split by Leiden (scanpy) at
 ``subcluster_resolution``, steps 2-4 run within each sub-cluster of at least ``subcluster_min_cells`` cells
@@ -66,6 +73,7 @@ import numpy as np
 import pandas as pd
 
 from . import aracne as engine
+from .count_dpi import count_dpi
 from ..errors import InputError
 from ..io import atomic_path, require_file
 
@@ -114,6 +122,8 @@ DEFAULTS = dict(
     subcluster_resolution=1.0,
     subcluster_min_cells=100,
     control_permutations=5,
+    count_dpi=True,
+    count_dpi_margin=0.1,
     threads=2,
 )
 ENGINE_KEYS = tuple(engine.DEFAULTS)
@@ -170,6 +180,12 @@ class GrnParameters:
         Sub-clusters with fewer cells are skipped and counted.
     control_permutations : int, default 5
         Runs of the permutation control per type; 0 = off.
+    count_dpi : bool, default True
+        Remove edges that a triangle through a regulator explains on the latent correlations of the counts
+        (:func:`cellgraph.grn.count_dpi.count_dpi`), after ARACNe.
+    count_dpi_margin : float, default 0.1
+        Margin of that rule, in [0, 1): an edge is removed when both other sides of a triangle exceed
+        ``(1 - margin)`` times its ``|rho|``; 0 = the plain DPI.
     threads : int, default 2
         numba threads (results do not depend on it).
     seed : int, default 0
@@ -201,6 +217,8 @@ class GrnParameters:
     subcluster_resolution: float = DEFAULTS["subcluster_resolution"]
     subcluster_min_cells: int = DEFAULTS["subcluster_min_cells"]
     control_permutations: int = DEFAULTS["control_permutations"]
+    count_dpi: bool = DEFAULTS["count_dpi"]
+    count_dpi_margin: float = DEFAULTS["count_dpi_margin"]
     threads: int = DEFAULTS["threads"]
     seed: int = 0
     cache_dir: Path | None = None
@@ -527,8 +545,9 @@ def sample_matrix(counts: np.ndarray, depth: np.ndarray, metacells: str, seed: i
 
     Returns
     -------
-    (expr float [G x samples] = log1p(CPM), sample depth [samples], info dict: ``samples``, ``metacells``,
-    ``cells_per_sample`` (median), ``max_reuse`` (most samples one cell is in), ``null_valid``, ``reason``).
+    (counts float [samples x G] (a metacell's summed raw counts), sample depth [samples], info dict:
+    ``samples``, ``metacells``, ``cells_per_sample`` (median), ``max_reuse`` (most samples one cell is in),
+    ``null_valid``, ``reason``). ARACNe's expression is ``log1p(CPM)`` of these counts.
     """
     if metacells == "none":
         groups = None
@@ -539,7 +558,7 @@ def sample_matrix(counts: np.ndarray, depth: np.ndarray, metacells: str, seed: i
     if groups is None:
         info = dict(samples=int(depth.size), metacells=metacells, cells_per_sample=1, max_reuse=1, null_valid=True,
                     reason="single cells: independent samples")
-        return _log_cpm(counts, depth).T.copy(), depth, info
+        return counts, depth, info
     summed = np.stack([counts[g].sum(axis=0) for g in groups])
     sdepth = np.array([depth[g].sum() for g in groups])
     reuse = int(np.bincount(np.concatenate(groups), minlength=depth.size).max())
@@ -549,7 +568,7 @@ def sample_matrix(counts: np.ndarray, depth: np.ndarray, metacells: str, seed: i
                 reason="disjoint metacells: every cell in one sample" if valid else
                 f"overlapping metacells: a cell is in up to {reuse} samples, so samples are not independent and the "
                 "MI null model does not hold (see the permutation control)")
-    return _log_cpm(summed, sdepth).T.copy(), sdepth, info
+    return summed, sdepth, info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -591,7 +610,9 @@ def bootstrap_progress(n_bootstraps: int, label: str = "", every_s: float = 30.0
 
 def _part_network(counts, depth, genes, regs, st, fixed=None):
     """Samples + ARACNe of one group of cells: (edges DataFrame, cut dict, info dict)."""
-    expr, sdepth, info = sample_matrix(counts, depth, st["metacells"], st["seed"], st["metacell_umis"], st["metacell_k"])
+    scounts, sdepth, info = sample_matrix(counts, depth, st["metacells"], st["seed"], st["metacell_umis"],
+                                          st["metacell_k"])
+    expr = _log_cpm(scounts, sdepth).T.copy()
     strata = depth_blocks(sdepth, st["depth_stratum_cells"])
     info["depth_strata"] = 0 if strata is None else int(strata.max() + 1)
     kw = {k: st[k] for k in ENGINE_KEYS} | dict(seed=st["seed"], threads=st["threads"], cache_dir=st["cache_dir"],
@@ -609,6 +630,10 @@ def _part_network(counts, depth, genes, regs, st, fixed=None):
                 edges_after_dpi_per_bootstrap=a["edges_per_bootstrap"], mi_thresholds_per_bootstrap=a["mi_thresholds_per_bootstrap"],
                 count_rate=a["count_rate"], min_count=a["min_count"], consolidation_rule=a["consolidation_rule"],
                 constant_genes=a["constant_genes"], bootstraps_resumed=a["bootstraps_resumed"], edges=n_pairs(df))
+    if st["count_dpi"]:
+        keep = count_dpi(df, scounts, sdepth / np.median(sdepth), genes, regs, st["count_dpi_margin"])
+        info.update(edges_before_count_dpi=info["edges"], edges=n_pairs(df[keep]))
+        df = df[keep].reset_index(drop=True)
     return df, cut, info
 
 
