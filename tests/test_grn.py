@@ -339,8 +339,13 @@ def test_bad_inputs_exit_2_and_write_nothing(inputs, tmp_path, capsys):
     del b.obs["split"]
     no_split = tmp_path / "no_split.h5ad"
     b.write_h5ad(no_split)
+    c = inputs["ad"].copy()
+    c.layers["counts"] = c.layers["counts"] * 0.5  # normalised values, not UMI counts
+    halves = tmp_path / "halves.h5ad"
+    c.write_h5ad(halves)
     cases = [
         ([str(no_counts)], "layers['counts']"),
+        ([str(halves)], "layers['counts'] holds values that are not whole numbers >= 0"),
         ([str(no_split)], "obs has no 'split' column"),
         ([str(inputs["adata"]), "--mi-alpha", "1.5"], "--mi-alpha must be in (0, 1)"),
         ([str(inputs["adata"]), "--min-detected-fraction", "2"], "--min-detected-fraction"),
