@@ -20,10 +20,10 @@ This module measures each edge on the expression behind the counts instead:
    grid of both latent values). ``rho`` is the correlation of the normal scores of the latent expression,
    free of the counting noise and unchanged by any monotone transform of either gene.
 3. **DPI** (:func:`count_dpi`): an edge ``(r, t)`` is removed when a regulator ``m`` closes a triangle whose
-   two other edges are both significant and stronger than ``(1 - margin) |rho_rt|``. For a Gaussian copula the mutual
-   information ``-1/2 log(1 - rho^2)`` is monotone in ``|rho|``, so ``margin = 0`` is the DPI itself; a
-   margin > 0 asks an edge to beat the alternative path by that fraction, because ``rho`` is estimated with
-   error (about 0.05 at 350 cells with 60-75% zeros).
+   two other edges are both significant (likelihood-ratio test of ``rho = 0``) and stronger than
+   ``(1 - margin) |rho_rt|``. For a Gaussian copula the mutual information ``-1/2 log(1 - rho^2)`` is
+   monotone in ``|rho|``, so ``margin = 0`` is the DPI itself; a margin > 0 asks an edge to beat the
+   alternative path by that fraction, because each ``rho`` is estimated with error.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def latent_marginals(counts, size_factors) -> tuple[np.ndarray, np.ndarray, np.n
         Shapes that do not match, counts that are not whole numbers >= 0, size factors <= 0.
     """
     y, s = _check_counts(counts, size_factors)
-    mean = np.maximum(y.mean(axis=0), 1e-3) / s.mean()  # a gene without counts gets a grid all the same
+    mean = np.maximum(y.mean(axis=0), 1e-3) / s.mean()  # a gene without counts: a grid around 1e-3 per cell
     grid = np.log(mean)[:, None] + np.linspace(-6.0, 4.0, GRID)[None, :]
     loglam = np.log(s)[None, :, None] + grid[:, None, :]  # [G, n, GRID]
     ll = y.T[:, :, None] * loglam - np.exp(loglam)
