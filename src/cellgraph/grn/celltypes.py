@@ -73,6 +73,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from . import aracne as engine
 from .count_dpi import count_dpi
@@ -328,7 +329,7 @@ def read_adata(path: str | os.PathLike):
         if not ok:
             raise InputError(f"{path}: {what}")
     x = adata.layers["counts"]
-    values = np.asarray(x.data if hasattr(x, "data") and not isinstance(x, np.ndarray) else x)
+    values = x.data if sparse.issparse(x) else np.asarray(x)
     if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0 and np.all(values == np.round(values))):
         raise InputError(f"{path}: layers['counts'] holds values that are not whole numbers >= 0 (expected raw UMI "
                          "counts: ARACNe's samples and the count DPI's Poisson model are built from them)")
