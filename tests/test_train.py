@@ -15,7 +15,7 @@ from cellgraph import cli
 from cellgraph.io.shards import TokenDataset, collate
 from cellgraph.models.gremln import GREmLN, GREmLNConfig, load
 from cellgraph.graphs.spectral import heat_kernel_coefficients
-from cellgraph.training.pretrain import fit, mask_positions, masked_step
+from cellgraph.training.pretrain import fit, gepc_error, mask_positions, masked_step
 
 from test_gremln import huri_shard
 
@@ -282,3 +282,94 @@ def test_shard_n_bins_and_coefficients_reject_malformed_files(tmp_path):
     coef.write_text(json.dumps({"beta": 0.0, "coefficients": [1.0]}))
     with pytest.raises(InputError, match="beta > 0"):
         read_coefficients(coef)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cell-embedding objective (GEPC)
+# --------------------------------------------------------------------------------------------------
+def _gepc_batch():
+    """Two cells over a vocabulary of 8 genes (ids 2..9); known bins, one padding position."""
+    return {"gene_ids": torch.tensor([[1, 3, 4, 0], [1, 5, 6, 7]]),
+            "bins": torch.tensor([[13, 2, 5, 12], [13, 1, 0, 3]]),
+            "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]).bool()}
+
+
+def test_gepc_error_targets_every_vocabulary_gene():
+    batch = _gepc_batch()
+    n_bins = 5
+    # a prediction of 0 everywhere: the error is the sum of the squared targets of the cell's genes
+    err = gepc_error(torch.zeros(2, 10), batch, n_bins)
+    torch.testing.assert_close(err, torch.tensor([(2 / 5) ** 2 + 1.0, (1 / 5) ** 2 + 0 + (3 / 5) ** 2]))
+    # the exact target scores 0; a gene that is not a token of the cell has target 0; CLS/pad columns are ignored
+    exact = torch.zeros(2, 10)
+    exact[0, 3], exact[0, 4] = 2 / 5, 1.0
+    exact[1, 5], exact[1, 7] = 1 / 5, 3 / 5
+    exact[:, :2] = 7.0
+    torch.testing.assert_close(gepc_error(exact, batch, n_bins), torch.zeros(2))
+    exact[1, 9] = 0.5  # a gene the second cell does not express
+    torch.testing.assert_close(gepc_error(exact, batch, n_bins, cells=torch.tensor([True, True])),
+                               torch.tensor([0.0, 0.25]))
+    torch.testing.assert_close(gepc_error(exact, batch, n_bins, cells=torch.tensor([True, False])),
+                               torch.zeros(2))
+
+
+def test_gepc_reads_the_cls_state_only(cells):
+    _, vocab, ds = cells
+    torch.manual_seed(0)
+    model = GREmLN(tiny_config(vocab, gepc_weight=1.0))
+    batch = collate([ds[i] for i in range(4)])
+    hidden = model.encode(batch).detach()
+    pred = model.gepc(hidden)
+    assert pred.shape == (4, len(vocab))
+    other = hidden.clone()
+    other[:, 1:] = torch.randn_like(other[:, 1:])  # the gene tokens' states do not reach the prediction
+    torch.testing.assert_close(model.gepc(other), pred)
+    other[:, 0] = torch.randn_like(other[:, 0])  # the CLS state does
+    assert (model.gepc(other) - pred).abs().max() > 1e-3
+
+
+def test_gepc_adds_its_weighted_error_to_the_masked_loss(cells):
+    _, vocab, ds = cells
+    batch = collate([ds[i] for i in range(6)])
+    mask = mask_positions(batch["attention_mask"], batch["cell_index"], 0.3, seed=0, epoch=0)
+    torch.manual_seed(0)
+    model = GREmLN(tiny_config(vocab, gepc_weight=2.5))
+    parts = {}
+    loss, n, _ = masked_step(model, batch, mask, parts=parts)
+    with torch.no_grad():
+        want = gepc_error(model.gepc(model.encode({**batch, "bins": torch.where(
+            mask, torch.full_like(batch["bins"], N_BINS + 1), batch["bins"])})), batch, N_BINS).sum() / n
+    assert parts["gepc"] == pytest.approx(float(want), rel=1e-5) and parts["gepc"] > 0
+    assert float(loss.detach()) == pytest.approx(parts["cross_entropy"] + 2.5 * parts["gepc"], rel=1e-5)
+    # without the objective the model has no GEPC head (checkpoints keep their keys) and the loss is the CE
+    plain = GREmLN(tiny_config(vocab))
+    assert not any(k.startswith("gepc") for k in plain.state_dict())
+    with pytest.raises(RuntimeError, match="no GEPC head"):
+        plain.gepc(hidden=torch.zeros(1, 2, 16))
+    parts = {}
+    loss, _, _ = masked_step(plain, batch, mask, parts=parts)
+    assert parts["gepc"] == 0 and float(loss.detach()) == pytest.approx(parts["cross_entropy"], rel=1e-6)
+    with pytest.raises(ValueError, match="gepc_weight"):
+        tiny_config(vocab, gepc_weight=-1.0)
+
+
+def test_cli_gepc_weight_reaches_the_model_and_bad_values_are_refused(cells, tmp_path, capsys):
+    arrays, vocab, _ = cells
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef = tmp_path / "coefficients.json"
+    coeffs = heat_kernel_coefficients(0.1, 1e-6)
+    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    common = ["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef), "--model", "gremln",
+              "--max-epochs", "1", "--batch-size", "8", "--threads", "1"]
+    for bad in ("-0.5", "nan"):
+        rc = cli.main([*common, "--gepc-weight", bad, "--checkpoint-dir", str(tmp_path / "ck_bad"),
+                       "--out-dir", str(tmp_path / "bad")])
+        assert rc == 2 and "--gepc-weight" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "ck_bad").exists()
+    rc = cli.main([*common, "--gepc-weight", "1.5", "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--out-dir", str(tmp_path / "out")])
+    assert rc == 0
+    m = load(tmp_path / "out/model.pt")  # the GEPC head is saved and loads back
+    assert m.config.gepc_weight == 1.5 and any(k.startswith("gepc") for k in m.state_dict())
+    batch = collate([TokenDataset(tmp_path / "tokens/val.npz")[i] for i in range(3)])
+    assert m.gepc(m.encode(batch)).shape == (3, len(vocab))

@@ -13,7 +13,8 @@ use rule train as ablation_train with:
         out_dir=folder_of("model"),
         checkpoint_dir=res("ablation/seed{seed}/checkpoints/{model}"),
         seed=lambda wildcards: wildcards.seed,
-        options=flags("train", ["preset", "max_epochs", "batch_size", "mask_rate", "pretrain_on", "diffuse"]),
+        options=flags("train", ["preset", "max_epochs", "batch_size", "mask_rate", "pretrain_on", "diffuse",
+                                "gepc_weight"]),
         launch=lambda wildcards, resources: (
             f"{resources.mpi} -n {resources.tasks} --ntasks-per-node={max(resources.tasks // resources.nodes, 1)} "
             if resources.get("mpi") else ""

@@ -17,7 +17,8 @@ rule train:
         # resumable Lightning checkpoints: not a declared output, so a failed job keeps them
         checkpoint_dir=res("checkpoints/{model}"),
         seed=config["seed"],
-        options=flags("train", ["preset", "max_epochs", "batch_size", "mask_rate", "pretrain_on", "diffuse"]),
+        options=flags("train", ["preset", "max_epochs", "batch_size", "mask_rate", "pretrain_on", "diffuse",
+                                "gepc_weight"]),
         # data-parallel launch: with resources `mpi` (e.g. "srun", set by the Slurm profile) the job's
         # tasks are started by `srun -n {tasks}` (explicit: the job step strips SLURM_*), one rank per
         # task; without it, Lightning starts `tasks` processes on this machine itself

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -45,6 +46,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffuse", default="queries", choices=list(DIFFUSE),
                    help="what the heat kernel diffuses (GREmLN only): queries (paper eq. 4), queries+values, or "
                         "gated (queries, plus a learned per-head gate on (exp(-beta L) - I) V) (default queries)")
+    p.add_argument("--gepc-weight", type=float, default=0.0,
+                   help="weight of the cell-embedding objective: the masked bins predicted from the CLS state "
+                        "alone (scGPT's GEPC; 0 = off, the default)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
                    help="cells of masked pretraining: the labelled train cells joined by the corpus shard "
@@ -67,6 +71,8 @@ def _check_options(args: argparse.Namespace) -> None:
             raise InputError(f"{name} must be >= 1, got {v}")
     if not 0.0 < args.mask_rate < 1.0:
         raise InputError(f"--mask-rate must be in (0, 1), got {args.mask_rate}")
+    if not (args.gepc_weight >= 0 and math.isfinite(args.gepc_weight)):
+        raise InputError(f"--gepc-weight must be a finite number >= 0, got {args.gepc_weight}")
     if args.checkpoint_every_n_steps < 0:
         raise InputError(f"--checkpoint-every-n-steps must be >= 0, got {args.checkpoint_every_n_steps}")
 
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     config = pretrain.training_config(args.preset, attention=args.model, vocab_size=len(vocab), n_bins=n_bins,
                                       beta=beta, coefficients=coeffs, max_epochs=args.max_epochs,
                                       batch_size=args.batch_size, mask_rate=args.mask_rate, seed=args.seed,
-                                      diffuse=args.diffuse)
+                                      diffuse=args.diffuse, gepc_weight=args.gepc_weight)
     world = args.devices * args.num_nodes
     if config.batch_size % world:
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of --devices x --num-nodes = {world}")

@@ -101,6 +101,7 @@ class GREmLNConfig:
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     mask_rate: float = 0.15
+    gepc_weight: float = 0.0  # weight of the cell-embedding objective (GEPC, see GREmLN.gepc); 0 = off
     seed: int = 0
     preset: str = "demo"
 
@@ -113,6 +114,8 @@ class GREmLNConfig:
             raise ValueError(f"d_model={self.d_model} must be even and divisible by n_heads={self.n_heads}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ValueError(f"mask_rate must be in (0, 1), got {self.mask_rate}")
+        if not (self.gepc_weight >= 0.0 and math.isfinite(self.gepc_weight)):
+            raise ValueError(f"gepc_weight must be a finite number >= 0, got {self.gepc_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (``dataclasses.asdict``), as stored under ``config`` in ``model.pt``."""
@@ -269,6 +272,9 @@ class GREmLN(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.n_bins + 1)
+        if cfg.gepc_weight > 0:  # only then, so that checkpoints without the objective load unchanged
+            self.gepc_gene = nn.Linear(half, cfg.d_model)
+            self.gepc_cell = nn.Linear(cfg.d_model, cfg.d_model)
         self.register_buffer("coefficients", torch.tensor(cfg.coefficients or [1.0], dtype=torch.float64),
                              persistent=False)
         self.apply(self._init_weights)
@@ -311,6 +317,38 @@ class GREmLN(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B, 1+n, n_bins + 1] over the bin values 0..n_bins at every position."""
         return self.head(self.encode(batch))
+
+    def gepc(self, hidden: torch.Tensor) -> torch.Tensor:
+        r"""Every vocabulary gene's bin predicted from the cell embedding alone (GEPC), in units of ``n_bins``.
+
+        scGPT's "gene expression prediction for cell modelling" (Cui et al. 2024, *Nature Methods* 21:1470,
+        Methods, GEPC): :math:`\hat x_{c,g} = (W_g e_g + b_g)^\top (W_c h_c + b_c)`, with :math:`e_g` the
+        gene-identity embedding of gene ``g`` and :math:`h_c` the final CLS state of cell ``c``. It is read out
+        for every gene of the vocabulary, expressed or not (a gene that is not a token of the cell has bin 0),
+        and the only way from the cell's tokens to :math:`\hat x_{c,g}` is through the CLS state: trained
+        with :func:`cellgraph.training.pretrain.masked_step`, the CLS embedding becomes a summary of the cell's
+        expression state.
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            Float [B, 1+n, d], :meth:`encode`'s output.
+
+        Returns
+        -------
+        torch.Tensor
+            Float [B, vocab_size], predicted ``bin / n_bins`` (target range 0-1); columns ``<pad>`` and
+            ``<cls>`` (ids 0, 1) carry no gene.
+
+        Raises
+        ------
+        RuntimeError
+            When the model was built with ``gepc_weight = 0`` (it has no GEPC head).
+        """
+        if self.config.gepc_weight <= 0:
+            raise RuntimeError("this model has no GEPC head (gepc_weight = 0)")
+        genes = self.gepc_gene(self.gene_emb.weight)  # [V, d]
+        return self.gepc_cell(hidden[:, 0]) @ genes.T  # [B, V]
 
 
 def load(path, map_location: str | torch.device = "cpu") -> GREmLN:

@@ -2,7 +2,10 @@
 
 A fraction ``mask_rate`` of each cell's real gene tokens (never CLS or padding) has its rank bin replaced by
 ``MASK``; the model predicts the original bin (``0..n_bins``) and the loss is the cross-entropy over the
-masked positions only (GREmLN, Zhang et al. 2025, section 2.3). The mask of a cell is drawn from a
+masked positions only (GREmLN, Zhang et al. 2025, section 2.3). With ``gepc_weight`` > 0 the loss also holds
+the cell-embedding objective of scGPT (GEPC; :meth:`cellgraph.models.gremln.GREmLN.gepc`, :func:`gepc_error`):
+every vocabulary gene's bin predicted from the CLS state alone, so that the CLS state must summarise the
+cell. ``metrics.tsv`` keeps reporting the cross-entropy alone. The mask of a cell is drawn from a
 generator seeded by ``(seed, stream, epoch, cell_index)`` alone, so it does not depend on the batch the cell
 lands in (validation uses a fixed mask, epoch 0 of its own stream). AdamW with a linear warm-up over the
 first 10% of the steps, then cosine decay to 0 (paper appendix A.5). The loop, the per-epoch checkpoints
@@ -49,9 +52,9 @@ from ..models.gremln import PRESETS, GREmLN, GREmLNConfig, bin_tokens, preset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mask_positions", "masked_step", "MaskedRankModule", "ShardedBatchSampler", "fit", "fingerprint",
-           "select_checkpoint", "read_coefficients", "shard_n_bins", "training_config", "pretraining_cells",
-           "write_model_and_metrics"]
+__all__ = ["mask_positions", "masked_step", "gepc_error", "MaskedRankModule", "ShardedBatchSampler", "fit",
+           "fingerprint", "select_checkpoint", "read_coefficients", "shard_n_bins", "training_config",
+           "pretraining_cells", "write_model_and_metrics"]
 
 TRAIN_STREAM, VAL_STREAM = 1, 2
 METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_masked_accuracy"]
@@ -104,13 +107,17 @@ def mask_positions(attention_mask: torch.Tensor, cell_index: torch.Tensor, mask_
 
 
 def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tensor,
-                denominator: float | torch.Tensor | None = None) -> tuple[torch.Tensor, int, int]:
+                denominator: float | torch.Tensor | None = None,
+                parts: dict[str, float] | None = None) -> tuple[torch.Tensor, int, int]:
     """Cross-entropy over masked positions, their number and the number predicted right.
 
     ``mask`` Bool [B, 1+n] from :func:`mask_positions`; the masked bins are replaced by ``MASK`` before the
     forward pass and the targets are the original bins (0..n_bins). Unmasked positions do not contribute.
     The loss is the mean over the masked positions, or their sum divided by ``denominator`` when given
     (data-parallel training: the global number of masked positions over the world size).
+
+    When ``model.config.gepc_weight`` w > 0 the loss also holds w times the cell-embedding objective: the sum
+    over the cells that have a masked position of :func:`gepc_error`, divided like the cross-entropy.
 
     Parameters
     ----------
@@ -122,6 +129,8 @@ def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tenso
         Bool [B, 1+n], positions to mask and score.
     denominator : float or torch.Tensor, optional
         Divisor of the summed loss; ``None``: mean over the masked positions.
+    parts : dict, optional
+        Filled with the loss's terms as floats: ``cross_entropy`` (nats) and ``gepc`` (squared error, 0 when off).
 
     Returns
     -------
@@ -131,13 +140,50 @@ def masked_step(model: GREmLN, batch: dict[str, torch.Tensor], mask: torch.Tenso
     target = batch["bins"]
     inputs = dict(batch)
     inputs["bins"] = torch.where(mask, torch.full_like(target, bin_tokens(model.config.n_bins)["MASK"]), target)
-    logits = model(inputs)[mask].float()  # [M, n_bins + 1]
+    hidden = model.encode(inputs)
+    logits = model.head(hidden)[mask].float()  # [M, n_bins + 1]
     tgt = target[mask]
-    if denominator is None:
-        loss = F.cross_entropy(logits, tgt)
-    else:
-        loss = F.cross_entropy(logits, tgt, reduction="sum") / denominator
-    return loss, int(tgt.numel()), int((logits.argmax(-1) == tgt).sum())
+    scale = max(tgt.numel(), 1) if denominator is None else denominator
+    loss = F.cross_entropy(logits, tgt, reduction="sum") / scale
+    gepc = torch.zeros((), device=loss.device)
+    if model.config.gepc_weight > 0:
+        gepc = gepc_error(model.gepc(hidden).float(), batch, model.config.n_bins, mask.any(1)).sum() / scale
+    if parts is not None:
+        parts["cross_entropy"], parts["gepc"] = float(loss.detach()), float(gepc.detach())
+    return loss + model.config.gepc_weight * gepc, int(tgt.numel()), int((logits.argmax(-1) == tgt).sum())
+
+
+def gepc_error(pred: torch.Tensor, batch: dict[str, torch.Tensor], n_bins: int,
+               cells: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-cell sum of squared errors of a whole-vocabulary expression prediction (:meth:`GREmLN.gepc`).
+
+    The target of cell ``b`` and gene ``g`` is ``bin / n_bins`` when ``g`` is one of the cell's gene tokens
+    (the original bin, masked or not) and 0 otherwise; the sum runs over the genes (ids >= 2).
+
+    Parameters
+    ----------
+    pred : torch.Tensor
+        Float [B, V], predicted ``bin / n_bins``.
+    batch : dict of str to torch.Tensor
+        A design.md section 5 batch: ``gene_ids``, ``bins`` (original bins) and ``attention_mask`` [B, 1+n].
+    n_bins : int
+        The highest bin.
+    cells : torch.Tensor, optional
+        Bool [B], the cells scored (others give 0); all when None.
+
+    Returns
+    -------
+    torch.Tensor
+        Float [B], squared error in (bin / n_bins)^2 units.
+    """
+    real = batch["attention_mask"].bool().clone()
+    real[:, 0] = False  # the CLS token carries no gene
+    target = torch.zeros_like(pred)
+    values = torch.where(real, batch["bins"].to(pred.dtype) / n_bins, torch.zeros((), dtype=pred.dtype,
+                                                                                  device=pred.device))
+    target.scatter_(1, torch.where(real, batch["gene_ids"], torch.zeros_like(batch["gene_ids"])), values)
+    err = ((pred - target)[:, 2:] ** 2).sum(1)
+    return err if cells is None else err * cells.to(err.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,9 +266,10 @@ class MaskedRankModule(_lightning().LightningModule):
         if which == "train":
             total = self._reduce([float(mask.sum())])[0]
             denominator = max(total, 1.0) / self.trainer.world_size
-        loss, n, correct = masked_step(self.model, batch, mask, denominator)
+        parts: dict[str, float] = {}
+        loss, n, correct = masked_step(self.model, batch, mask, denominator, parts)
         acc = getattr(self, f"_{which}_acc")
-        ce_sum = float(loss.detach()) * (denominator if denominator is not None else n)
+        ce_sum = parts["cross_entropy"] * (denominator if denominator is not None else n)
         acc[0] += ce_sum
         acc[1] += n
         acc[2] += correct
@@ -750,7 +797,8 @@ def shard_n_bins(path: Path) -> int:
 
 def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: int, beta: float,
                     coefficients: Sequence[float], max_epochs: int | None = None, batch_size: int | None = None,
-                    mask_rate: float = 0.3, seed: int = 0, diffuse: str | None = None) -> GREmLNConfig:
+                    mask_rate: float = 0.3, seed: int = 0, diffuse: str | None = None,
+                    gepc_weight: float = 0.0) -> GREmLNConfig:
     """The configuration of one training run: preset ``preset_name`` with the data's sizes and the heat kernel.
 
     The Chebyshev expansion of the heat kernel ``exp(-beta L)`` (GREmLN, Zhang et al. 2025, section 2.2,
@@ -769,6 +817,7 @@ def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: i
     seed : seed of weights, shuffling and masks (default 0).
     diffuse : what the kernel diffuses (``queries``, ``queries+values``, ``gated``; the preset's when None;
         :mod:`cellgraph.models.gremln`).
+    gepc_weight : weight of the cell-embedding objective (:meth:`cellgraph.models.gremln.GREmLN.gepc`); 0 = off.
 
     Returns
     -------
@@ -777,7 +826,8 @@ def training_config(preset_name: str, attention: str, vocab_size: int, n_bins: i
     order = min(PRESETS[preset_name].chebyshev_max_order, len(coefficients) - 1)
     return preset(preset_name, attention=attention, vocab_size=vocab_size, n_bins=n_bins, beta=beta,
                   chebyshev_order=order, coefficients=list(coefficients)[: order + 1], max_epochs=max_epochs,
-                  batch_size=batch_size, mask_rate=mask_rate, seed=seed, diffuse=diffuse)
+                  batch_size=batch_size, mask_rate=mask_rate, seed=seed, diffuse=diffuse,
+                  gepc_weight=gepc_weight)
 
 
 def pretraining_cells(tokens: Path, n_bins: int, pretrain_on: str):
