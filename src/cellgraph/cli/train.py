@@ -47,8 +47,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="what the heat kernel diffuses (GREmLN only): queries (paper eq. 4), queries+values, or "
                         "gated (queries, plus a learned per-head gate on (exp(-beta L) - I) V) (default queries)")
     p.add_argument("--gepc-weight", type=float, default=0.0,
-                   help="weight of the cell-embedding objective: the masked bins predicted from the CLS state "
-                        "alone (scGPT's GEPC; 0 = off, the default)")
+                   help="weight of the cell-embedding objective: every vocabulary gene's bin (0 if not a token) "
+                        "predicted from the CLS state alone (scGPT's GEPC; 0 = off, the default)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--pretrain-on", default="train+corpus", choices=["train+corpus", "corpus"],
                    help="cells of masked pretraining: the labelled train cells joined by the corpus shard "
