@@ -38,6 +38,15 @@ def tiny_config(vocab, **kw) -> GREmLNConfig:
     return GREmLNConfig(**base)
 
 
+def write_tokens_and_coefficients(tmp_path: Path, arrays: dict, vocab: list[str]) -> tuple[Path, np.ndarray]:
+    """The token folder ``tmp_path/tokens`` and a heat-kernel ``coefficients.json`` (beta 0.1) for the CLI."""
+    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef = tmp_path / "coefficients.json"
+    coeffs = heat_kernel_coefficients(0.1, 1e-6)
+    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    return coef, coeffs
+
+
 def test_masks_are_per_cell_and_only_on_gene_tokens(cells):
     _, _, ds = cells
     batch = collate([ds[i] for i in range(8)])
@@ -159,10 +168,7 @@ def write_tokens(folder: Path, arrays: dict, vocab: list[str]) -> None:
 
 def test_cli_writes_model_and_metrics(cells, tmp_path):
     arrays, vocab, _ = cells
-    write_tokens(tmp_path / "tokens", arrays, vocab)
-    coef = tmp_path / "coefficients.json"
-    coeffs = heat_kernel_coefficients(0.1, 1e-6)
-    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    coef, coeffs = write_tokens_and_coefficients(tmp_path, arrays, vocab)
     common = ["--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef), "--seed", "0",
               "--max-epochs", "2", "--batch-size", "8", "--threads", "1"]
     outs = {}
@@ -203,13 +209,10 @@ def test_pretrain_on_corpus_keeps_evaluation_cells_out(cells, tmp_path, monkeypa
     import cellgraph.training.pretrain as tr
 
     arrays, vocab, _ = cells
-    write_tokens(tmp_path / "tokens", arrays, vocab)
+    coef, _ = write_tokens_and_coefficients(tmp_path, arrays, vocab)
     c = len(arrays["obs_names"])
     corpus = dict(arrays, obs_names=np.array([f"corpus-{n}" for n in arrays["obs_names"]]))
     write_split_shard(tmp_path / "tokens/pretrain.npz", corpus, "pretrain", np.arange(c))
-    coef = tmp_path / "coefficients.json"
-    coeffs = heat_kernel_coefficients(0.1, 1e-6)
-    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
     seen = {}
     real_fit = tr.fit
 
@@ -233,10 +236,7 @@ def test_pretrain_on_corpus_keeps_evaluation_cells_out(cells, tmp_path, monkeypa
 
 def test_pretrain_on_corpus_without_a_corpus_is_one_clear_error(cells, tmp_path, capsys):
     arrays, vocab, _ = cells
-    write_tokens(tmp_path / "tokens", arrays, vocab)
-    coef = tmp_path / "coefficients.json"
-    coeffs = heat_kernel_coefficients(0.1, 1e-6)
-    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    coef, _ = write_tokens_and_coefficients(tmp_path, arrays, vocab)
     rc = cli.main(["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef),
                    "--model", "gremln", "--pretrain-on", "corpus", "--checkpoint-dir", str(tmp_path / "ck"),
                    "--out-dir", str(tmp_path / "out")])
@@ -355,10 +355,7 @@ def test_gepc_adds_its_weighted_error_to_the_masked_loss(cells):
 
 def test_cli_gepc_weight_reaches_the_model_and_bad_values_are_refused(cells, tmp_path, capsys):
     arrays, vocab, _ = cells
-    write_tokens(tmp_path / "tokens", arrays, vocab)
-    coef = tmp_path / "coefficients.json"
-    coeffs = heat_kernel_coefficients(0.1, 1e-6)
-    coef.write_text(json.dumps({"beta": 0.1, "tol": 1e-6, "K": len(coeffs) - 1, "coefficients": coeffs.tolist()}))
+    coef, _ = write_tokens_and_coefficients(tmp_path, arrays, vocab)
     common = ["train", "--tokens-dir", str(tmp_path / "tokens"), "--coefficients", str(coef), "--model", "gremln",
               "--max-epochs", "1", "--batch-size", "8", "--threads", "1"]
     for bad in ("-0.5", "nan"):
